@@ -1,0 +1,149 @@
+"""Typed, frozen configuration for the tracking side, and the TOML-table loader both sides use.
+
+Configuration is read once at start into frozen dataclasses so that a typo fails loudly before
+anything listens, naming the file and the key, instead of surfacing as a wrong behaviour later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A configuration mistake; the message names the file and the key so it can be fixed."""
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        super().__init__(f"{file}: {key}: {reason}")
+        self.file = file
+        self.key = key
+        self.reason = reason
+
+
+def choices(default: str, *allowed: str) -> Any:
+    """A string field that may only take one of `allowed` values."""
+    return field(default=default, metadata={"choices": (default, *allowed)})
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is tuple:
+        return "list of strings"
+    return {str: "string", int: "integer", bool: "boolean"}.get(tp, str(tp))
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """Check `value` against a field type; raises ValueError with a user-facing reason."""
+    if typing.get_origin(tp) is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"expected a list of strings, got {value!r}")
+        return tuple(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config field type {tp!r}")  # a bug in this module, not user input
+
+
+T = typing.TypeVar("T")
+
+
+def build_section(cls: type[T], table: Any, file: str, prefix: str) -> T:
+    """Make one frozen section object from a TOML table, rejecting unknown keys and bad types."""
+    if table is None:
+        table = {}
+    if not isinstance(table, dict):
+        raise ConfigError(file, prefix, f"expected a table [{prefix}], got {table!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in table:
+        if key not in known:
+            raise ConfigError(file, f"{prefix}.{key}", f"unknown key (known: {', '.join(known)})")
+    values: dict[str, Any] = {}
+    for name, f in known.items():
+        if name not in table:
+            continue
+        try:
+            value = _coerce(hints[name], table[name])
+        except ValueError as exc:
+            raise ConfigError(file, f"{prefix}.{name}", str(exc)) from None
+        allowed = f.metadata.get("choices")
+        if allowed and value not in allowed:
+            raise ConfigError(
+                file, f"{prefix}.{name}", f"must be one of {', '.join(map(repr, allowed))}"
+            )
+        values[name] = value
+    return cls(**values)
+
+
+def parse_listen(value: str, file: str, key: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(file, key, f"expected host:port, got {value!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when `host` names only this machine (so nobody else can reach what listens there)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_networks(
+    values: tuple[str, ...], file: str, key: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    nets = []
+    for v in values:
+        try:
+            nets.append(ipaddress.ip_network(v, strict=False))
+        except ValueError:
+            raise ConfigError(file, key, f"{v!r} is not an IP address or network") from None
+    return tuple(nets)
+
+
+@dataclass(frozen=True)
+class PixelServerConfig:
+    listen: str = "127.0.0.1:8025"
+    public_url: str = "http://127.0.0.1:8025"
+    pixel_path: str = "p"
+    trusted_proxies: tuple[str, ...] = ()
+    report_password_env: str = ""
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = ""
+
+
+def validate_pixelserver(cfg: PixelServerConfig, file: str) -> None:
+    parse_listen(cfg.listen, file, "pixelserver.listen")
+    parse_networks(cfg.trusted_proxies, file, "pixelserver.trusted_proxies")
+    if not cfg.public_url.startswith(("http://", "https://")):
+        raise ConfigError(file, "pixelserver.public_url", "must start with http:// or https://")
+    if not cfg.pixel_path or not all(c.isalnum() or c in "-_" for c in cfg.pixel_path):
+        raise ConfigError(file, "pixelserver.pixel_path", "letters, digits, - and _ only")
+
+
+def validate_database(cfg: DatabaseConfig, file: str) -> None:
+    if cfg.url and not cfg.url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise ConfigError(
+            file,
+            "database.url",
+            "must be empty (SQLite in data_dir), sqlite+aiosqlite://... or postgresql+asyncpg://...",
+        )

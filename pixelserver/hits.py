@@ -1,0 +1,191 @@
+"""The hit pipeline: a local journal on the request path, batched store writes off it.
+
+Why a journal: the pixel must be answered fast whatever the database is doing, and an answered
+hit must not be lost. The handler appends one line to a file (no database, no lookups) and
+returns; a background task reads new lines every `interval`, resolves tokens, writes them in one
+transaction and then trims the file. Each hit carries a uid minted at request time, so replaying
+the journal after a crash stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from pixelserver import storage
+from pixelserver.networks import mask
+
+log = logging.getLogger("mailping.hits")
+
+# Request headers worth keeping: they tell prefetchers and proxies apart (see issue on verdicts).
+KEPT_HEADERS = ("Accept", "Accept-Language", "Sec-Purpose", "Purpose", "X-Purpose", "Via", "From")
+MAX_BATCH = 5000
+COMPACT_AT = 4 * 1024 * 1024  # rewrite the journal once this much of it has been consumed
+
+
+class Journal:
+    """Append-only JSON lines in data_dir; the only thing the pixel handler writes to."""
+
+    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+        self.path = path
+        self.fsync = fsync
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.offset = 0  # bytes already committed to the store
+        self.appended = 0
+
+    def append(self, ip: str, token: str, method: str, ua: str, headers: Mapping[str, str]) -> None:
+        record = {
+            "u": secrets.token_hex(12),
+            "t": token,
+            "at": dt.datetime.now(dt.UTC).timestamp(),
+            "m": method,
+            "ip": ip,
+            "ua": ua,
+            "h": {k: v for k in KEPT_HEADERS if (v := headers.get(k))},
+        }
+        os.write(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
+        self.appended += 1
+
+    def read_new(self) -> tuple[list[dict], int]:
+        """Complete lines after the committed offset, and the offset just past them."""
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(64 * 1024 * 1024)
+        end = data.rfind(b"\n") + 1
+        records = []
+        for line in data[:end].splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                log.warning("skipping a damaged journal line (%d bytes)", len(line))
+        return records, self.offset + end
+
+    def committed(self, offset: int) -> None:
+        """Everything before `offset` is in the store: forget it.
+
+        Runs on the event loop thread, as does `append`, so no line can be written between the
+        size check and the truncation.
+        """
+        if self.fsync:
+            os.fsync(self._fd)
+        self.offset = offset
+        size = os.fstat(self._fd).st_size
+        if size == offset:
+            os.ftruncate(self._fd, 0)
+            self.offset = 0
+        elif offset >= COMPACT_AT:
+            with open(self.path, "rb") as f:
+                f.seek(offset)
+                rest = f.read()
+            tmp = self.path.with_suffix(".compact")
+            tmp.write_bytes(rest)
+            os.replace(tmp, self.path)
+            os.close(self._fd)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self.offset = 0
+
+    def size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.fsync(self._fd)
+        os.close(self._fd)
+
+
+def to_hit(record: dict) -> storage.NewHit:
+    return storage.NewHit(
+        uid=record["u"],
+        token=record["t"],
+        at=dt.datetime.fromtimestamp(record["at"], dt.UTC),
+        method=record.get("m", "GET"),
+        ip_prefix=mask(record.get("ip", "")),
+        user_agent=record.get("ua", ""),
+        headers=record.get("h", {}),
+    )
+
+
+class HitPipeline:
+    """Moves journaled hits into the store in batches; survives store outages by waiting."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        interval: float = 0.1,
+    ) -> None:
+        self.journal = journal
+        self.sessions = sessions
+        self.interval = interval
+        self.stored = 0
+        self.unknown = 0
+        self._task: asyncio.Task | None = None
+        self._failing = False
+
+    def record(self, ip: str, token: str, method: str, ua: str, headers: Mapping[str, str]) -> None:
+        self.journal.append(ip, token, method, ua, headers)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="hit-pipeline")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self.flush()
+        self.journal.close()
+
+    async def flush(self) -> int:
+        """Write everything journaled so far; returns how many hits were taken from it."""
+        total = 0
+        while True:
+            records, end = self.journal.read_new()
+            if not records:
+                if end != self.journal.offset:
+                    self.journal.committed(end)
+                return total
+            for i in range(0, len(records), MAX_BATCH):
+                batch = [to_hit(r) for r in records[i : i + MAX_BATCH] if _well_formed(r)]
+                async with self.sessions.begin() as session:
+                    stored, unknown = await storage.add_hits(session, batch)
+                self.stored += stored
+                self.unknown += unknown
+            self.journal.committed(end)
+            total += len(records)
+
+    async def _run(self) -> None:
+        delay = self.interval
+        while True:
+            try:
+                await self.flush()
+                if self._failing:
+                    log.info("store reachable again; journal drained")
+                self._failing = False
+                delay = self.interval
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self._failing:
+                    log.error(
+                        "cannot write hits to the store (%s); keeping them in the journal", exc
+                    )
+                self._failing = True
+                delay = min(max(delay * 2, 0.5), 5.0)
+            await asyncio.sleep(delay)
+
+
+def _well_formed(record: dict) -> bool:
+    return isinstance(record.get("u"), str) and isinstance(record.get("t"), str) and "at" in record

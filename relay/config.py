@@ -1,0 +1,178 @@
+"""The whole MailPing configuration: one TOML file, loaded once into frozen objects.
+
+The relay owns the file because `mailping` (relay/cli.py) is what reads it; the tracking side's
+tables are defined in pixelserver.config so that the pixel server never imports the relay.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pixelserver.config import (
+    ConfigError,
+    DatabaseConfig,
+    PixelServerConfig,
+    build_section,
+    choices,
+    is_loopback_host,
+    parse_listen,
+    validate_database,
+    validate_pixelserver,
+)
+
+ENV_VAR = "MAILPING_CONFIG"
+EMBEDDED = "(embedded defaults)"
+DEFAULT_DATA_DIR = "mailping-data"
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    listen: str = "127.0.0.1:2525"
+    hostname: str = ""
+    tls: str = choices("none", "starttls", "implicit")
+    cert_file: str = ""
+    key_file: str = ""
+    auth: str = choices("none", "upstream")
+    max_message_size: int = 36700160
+    max_in_flight: int = 16
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    host: str = ""
+    port: int = 587
+    tls: str = choices("starttls", "none", "implicit")
+    username: str = ""
+    password_env: str = ""
+    sent_copy: str = choices("auto", "guard", "off")
+    timeout: int = 60
+    verify_certificate: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    data_dir: Path
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    pixelserver: PixelServerConfig = field(default_factory=PixelServerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    upstream_password: str = field(default="", repr=False)
+
+    @property
+    def database_url(self) -> str:
+        """The configured URL, or the embedded SQLite file in data_dir."""
+        return self.database.url or f"sqlite+aiosqlite:///{self.data_dir / 'mailping.sqlite3'}"
+
+    @property
+    def outbox_dir(self) -> Path | None:
+        """Where copies go when no upstream is configured (the first-run demo)."""
+        return None if self.upstream.host else self.data_dir / "outbox"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.data_dir / "hits.journal"
+
+
+def config_path(cli_value: str | None) -> Path | None:
+    """--config wins over MAILPING_CONFIG; neither means embedded defaults."""
+    value = cli_value or os.environ.get(ENV_VAR) or ""
+    return Path(value) if value else None
+
+
+def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Config:
+    """Read, type-check and validate the file; every mistake raises ConfigError naming the key."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        raw: dict = {}
+        file = EMBEDDED
+        base = Path.cwd()
+    else:
+        file = str(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(file, "-", "file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(file, "-", f"cannot read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(file, "-", f"not valid TOML: {exc}") from None
+        base = path.resolve().parent
+
+    sections = {"relay", "upstream", "pixelserver", "database"}
+    for key in raw:
+        if key not in sections | {"data_dir"}:
+            raise ConfigError(file, key, "unknown key or table")
+    data_dir_value = raw.get("data_dir", DEFAULT_DATA_DIR)
+    if not isinstance(data_dir_value, str) or not data_dir_value:
+        raise ConfigError(file, "data_dir", f"expected a non-empty string, got {data_dir_value!r}")
+
+    relay = build_section(RelayConfig, raw.get("relay"), file, "relay")
+    upstream = build_section(UpstreamConfig, raw.get("upstream"), file, "upstream")
+    pixel = build_section(PixelServerConfig, raw.get("pixelserver"), file, "pixelserver")
+    database = build_section(DatabaseConfig, raw.get("database"), file, "database")
+
+    host, _ = parse_listen(relay.listen, file, "relay.listen")
+    if relay.auth == "none" and not is_loopback_host(host):
+        raise ConfigError(
+            file,
+            "relay.auth",
+            f'"none" lets anyone relay; it is allowed only on a loopback listen address, '
+            f"not {host!r}",
+        )
+    if relay.auth == "upstream" and not upstream.host:
+        raise ConfigError(file, "relay.auth", '"upstream" needs upstream.host to check logins')
+    if relay.tls != "none" and not (relay.cert_file and relay.key_file):
+        raise ConfigError(
+            file, "relay.cert_file", f'relay.tls = "{relay.tls}" needs cert_file and key_file'
+        )
+    for key in ("cert_file", "key_file"):
+        value = getattr(relay, key)
+        if value and not (base / value).is_file():
+            raise ConfigError(file, f"relay.{key}", f"no such file: {base / value}")
+    if relay.max_message_size < 1024:
+        raise ConfigError(file, "relay.max_message_size", "must be at least 1024 bytes")
+    if relay.max_in_flight < 1:
+        raise ConfigError(file, "relay.max_in_flight", "must be at least 1")
+    if not 0 < upstream.port < 65536:
+        raise ConfigError(file, "upstream.port", f"not a TCP port: {upstream.port}")
+    if upstream.timeout < 1:
+        raise ConfigError(file, "upstream.timeout", "must be at least 1 second")
+    password = ""
+    if upstream.password_env:
+        if upstream.password_env not in env:
+            raise ConfigError(
+                file,
+                "upstream.password_env",
+                f"environment variable {upstream.password_env} is not set",
+            )
+        password = env[upstream.password_env]
+    if upstream.username and not upstream.password_env:
+        raise ConfigError(file, "upstream.password_env", "upstream.username is set but no password")
+    if pixel.report_password_env and pixel.report_password_env not in env:
+        raise ConfigError(
+            file,
+            "pixelserver.report_password_env",
+            f"environment variable {pixel.report_password_env} is not set",
+        )
+    validate_pixelserver(pixel, file)
+    validate_database(database, file)
+
+    return Config(
+        source=file,
+        data_dir=(base / data_dir_value).resolve(),
+        relay=relay,
+        upstream=upstream,
+        pixelserver=pixel,
+        database=database,
+        upstream_password=password,
+    )
+
+
+def resolve_file(cfg: Config, value: str) -> Path:
+    """Relative paths in the file are relative to the file, like data_dir."""
+    base = Path.cwd() if cfg.source == EMBEDDED else Path(cfg.source).resolve().parent
+    return base / value

@@ -1,0 +1,272 @@
+"""Sending copies upstream, one outcome per recipient.
+
+Transport failures never escape as exceptions: each copy ends as `accepted`, `rejected` (the
+upstream said 5xx) or `deferred` (4xx, or it could not be reached), with the words to tell the
+user. One connection is reused for all copies of a message and re-opened once if it drops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+
+log = logging.getLogger("mailping.forward")
+
+ACCEPTED, REJECTED, DEFERRED = "accepted", "rejected", "deferred"
+
+
+@dataclass(frozen=True)
+class Copy:
+    key: int  # the delivery id
+    recipient: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    key: int
+    recipient: str
+    status: str
+    code: int
+    reply: str
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+Render = Callable[[Copy], bytes]
+
+
+class Upstream(Protocol):
+    async def send(
+        self,
+        sender: str,
+        copies: Sequence[Copy],
+        render: Render,
+        *,
+        mail_options: Sequence[str] = (),
+        credentials: Credentials | None = None,
+    ) -> list[Outcome]: ...
+
+
+def status_for(code: int) -> str:
+    """The one place SMTP reply codes are sorted into permanent and temporary."""
+    return REJECTED if 500 <= code < 600 else DEFERRED
+
+
+class SmtpUpstream:
+    """The user's real submission server."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        tls: str,
+        *,
+        credentials: Credentials | None = None,
+        timeout: float = 60,
+        verify_certificate: bool = True,
+        local_hostname: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.credentials = credentials
+        self.timeout = timeout
+        self.verify_certificate = verify_certificate
+        self.local_hostname = local_hostname
+
+    def describe(self) -> str:
+        return f"{self.host}:{self.port} ({self.tls})"
+
+    def _client(self) -> aiosmtplib.SMTP:
+        context = ssl.create_default_context()
+        if not self.verify_certificate:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            use_tls=self.tls == "implicit",
+            start_tls=self.tls == "starttls",
+            tls_context=context if self.tls != "none" else None,
+            timeout=self.timeout,
+            local_hostname=self.local_hostname,
+        )
+
+    async def connect(self, credentials: Credentials | None) -> aiosmtplib.SMTP:
+        smtp = self._client()
+        await smtp.connect()
+        creds = credentials or self.credentials
+        if creds is not None:
+            await smtp.login(creds.username, creds.password)
+        return smtp
+
+    async def check_login(self, credentials: Credentials) -> bool:
+        """Whether the upstream accepts these credentials (auth = "upstream")."""
+        smtp = self._client()
+        try:
+            await smtp.connect()
+            await smtp.login(credentials.username, credentials.password)
+            return True
+        except aiosmtplib.SMTPAuthenticationError:
+            return False
+        finally:
+            if smtp.is_connected:
+                try:
+                    await smtp.quit()
+                except aiosmtplib.SMTPException:
+                    smtp.close()
+
+    async def send(
+        self,
+        sender: str,
+        copies: Sequence[Copy],
+        render: Render,
+        *,
+        mail_options: Sequence[str] = (),
+        credentials: Credentials | None = None,
+    ) -> list[Outcome]:
+        link = _Link(self, credentials)
+        outcomes: list[Outcome] = []
+        broken: Outcome | None = None  # once the upstream is unusable, the rest fail alike
+        try:
+            for copy in copies:
+                if broken is not None:
+                    outcomes.append(_same_failure(broken, copy))
+                    continue
+                outcome, usable = await self._send_copy(
+                    link, sender, copy, render(copy), mail_options
+                )
+                if not usable:
+                    broken = outcome
+                outcomes.append(outcome)
+        finally:
+            await link.close()
+        return outcomes
+
+    async def _send_copy(
+        self, link: _Link, sender: str, copy: Copy, data: bytes, mail_options: Sequence[str]
+    ) -> tuple[Outcome, bool]:
+        """One copy to its one recipient; (outcome, whether the upstream is still usable)."""
+
+        def failed(code: int, reply: str) -> Outcome:
+            return Outcome(copy.key, copy.recipient, status_for(code), code, reply)
+
+        for attempt in (1, 2):
+            try:
+                smtp = await link.get()
+                await smtp.sendmail(sender, [copy.recipient], data, mail_options=mail_options)
+                return Outcome(copy.key, copy.recipient, ACCEPTED, 250, "accepted"), True
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                r = exc.recipients[0]
+                return failed(r.code, r.message), True
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                return failed(451, f"{self.host} refused the login: {exc.message}"), False
+            except aiosmtplib.SMTPConnectResponseError as exc:
+                return failed(exc.code, f"{self.host} refused the connection: {exc.message}"), False
+            except aiosmtplib.SMTPResponseException as exc:
+                return failed(exc.code, exc.message), True
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                was_open = link.drop()
+                if attempt == 1 and was_open:
+                    log.info("upstream connection dropped (%s); re-opening it once", exc)
+                    continue
+                reply = f"could not reach the upstream server {self.describe()}: {_words(exc)}"
+                return failed(451, reply), False
+        raise AssertionError("unreachable")
+
+
+class _Link:
+    """The one upstream connection a message's copies share, opened on first use."""
+
+    def __init__(self, upstream: SmtpUpstream, credentials: Credentials | None) -> None:
+        self.upstream = upstream
+        self.credentials = credentials
+        self.smtp: aiosmtplib.SMTP | None = None
+
+    async def get(self) -> aiosmtplib.SMTP:
+        if self.smtp is None or not self.smtp.is_connected:
+            self.smtp = None
+            self.smtp = await self.upstream.connect(self.credentials)
+        return self.smtp
+
+    def drop(self) -> bool:
+        """Forget a broken connection; True if one had been open."""
+        was_open = self.smtp is not None
+        if self.smtp is not None:
+            self.smtp.close()
+        self.smtp = None
+        return was_open
+
+    async def close(self) -> None:
+        if self.smtp is not None and self.smtp.is_connected:
+            try:
+                await self.smtp.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                self.smtp.close()
+
+
+def _same_failure(first: Outcome, copy: Copy) -> Outcome:
+    return Outcome(copy.key, copy.recipient, first.status, first.code, first.reply)
+
+
+def _words(exc: BaseException) -> str:
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return "it did not answer in time"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed ({exc.reason or exc})"
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return "it closed the connection"
+    return str(exc) or type(exc).__name__
+
+
+class OutboxUpstream:
+    """No upstream configured: each copy is stored as a file so a newcomer can look at it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def describe(self) -> str:
+        return f"local outbox {self.directory}"
+
+    async def send(
+        self,
+        sender: str,
+        copies: Sequence[Copy],
+        render: Render,
+        *,
+        mail_options: Sequence[str] = (),
+        credentials: Credentials | None = None,
+    ) -> list[Outcome]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        outcomes = []
+        for copy in copies:
+            data = render(copy)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, self.directory / f"{copy.key}.eml")
+            except OSError as exc:
+                Path(tmp).unlink(missing_ok=True)
+                outcomes.append(
+                    Outcome(copy.key, copy.recipient, DEFERRED, 451, f"local outbox: {exc}")
+                )
+                continue
+            outcomes.append(
+                Outcome(copy.key, copy.recipient, ACCEPTED, 250, "stored in the local outbox")
+            )
+        return outcomes

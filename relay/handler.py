@@ -1,0 +1,132 @@
+"""The aiosmtpd handler: who may relay, and SMTP in/out translation around `Relay.submit`.
+
+Handlers translate, they do not work: DATA is parsed into a Submission, handed to the domain
+code, and its outcomes become one reply (relay/replies.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from base64 import b64decode
+from collections.abc import Awaitable, Callable
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
+
+from relay import replies
+from relay.forward import Credentials
+from relay.submit import Relay, Submission
+
+log = logging.getLogger("mailping.handler")
+
+CheckLogin = Callable[[Credentials], Awaitable[bool]]
+
+FAILURE_WINDOW = 600.0  # seconds over which failed logins from one address are counted
+FAILURES_BEFORE_LOCKOUT = 8
+
+
+class RelayHandler:
+    def __init__(
+        self,
+        relay: Relay,
+        *,
+        check_login: CheckLogin | None,
+        in_flight: int,
+    ) -> None:
+        self.relay = relay
+        self.check_login = check_login
+        self.in_flight = asyncio.Semaphore(in_flight)
+        self._failures: dict[str, list[float]] = {}
+
+    @property
+    def auth_required(self) -> bool:
+        return self.check_login is not None
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list
+    ) -> str:
+        if self.auth_required and not session.authenticated:
+            return replies.AUTH_REQUIRED
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return replies.RCPT_OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        creds = session.auth_data if isinstance(session.auth_data, Credentials) else None
+        sub = Submission(
+            user=creds.username if creds else (envelope.mail_from or "anonymous"),
+            sender=envelope.mail_from or "",
+            recipients=list(envelope.rcpt_tos),
+            data=envelope.original_content or envelope.content or b"",
+            mail_options=[o for o in envelope.mail_options if o.upper().startswith("BODY=")],
+            credentials=creds,
+        )
+        async with self.in_flight:
+            result = await self.relay.submit(sub)
+        return replies.reply_for(result.outcomes)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # The default reply would show the exception text to the client.
+        log.exception("unexpected error while handling a client", exc_info=error)
+        return replies.INTERNAL_ERROR
+
+    # AUTH for auth = "upstream": aiosmtpd awaits handler-defined auth_* methods, so the login
+    # can be checked against the upstream server without blocking the loop.
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = b64decode(args[1], validate=True)
+            except ValueError:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        try:
+            _authz, login, password = blob.split(b"\x00")
+        except ValueError:
+            await server.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        return await self._check(server, login, password)
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await server.challenge_auth(SMTP.AuthLoginUsernameChallenge)
+        else:
+            try:
+                login = b64decode(args[1], validate=True)
+            except ValueError:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        if login is MISSING:
+            return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth(SMTP.AuthLoginPasswordChallenge)
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        return await self._check(server, login, password)
+
+    async def _check(self, server: SMTP, login: bytes, password: bytes) -> AuthResult:
+        if self.check_login is None:
+            return AuthResult(success=False, message=replies.AUTH_INVALID)
+        peer = str(server.session.peer[0]) if server.session and server.session.peer else "?"
+        now = time.monotonic()
+        recent = [t for t in self._failures.get(peer, []) if now - t < FAILURE_WINDOW]
+        self._failures[peer] = recent
+        if len(recent) >= FAILURES_BEFORE_LOCKOUT:
+            return AuthResult(success=False, message=replies.AUTH_TOO_MANY)
+        creds = Credentials(login.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
+        try:
+            ok = await self.check_login(creds)
+        except Exception:  # any transport failure: the login could not be checked
+            log.warning("could not check a login against the upstream server", exc_info=True)
+            return AuthResult(success=False, message=replies.AUTH_UNAVAILABLE)
+        if not ok:
+            recent.append(now)
+            # Slow down guessing: each failure from this address costs it more time.
+            await asyncio.sleep(min(0.5 * len(recent), 5.0))
+            return AuthResult(success=False, message=replies.AUTH_INVALID)
+        self._failures.pop(peer, None)
+        return AuthResult(success=True, auth_data=creds, message=replies.AUTH_OK)

@@ -1,0 +1,374 @@
+"""Pure MIME rewriting: message bytes + pixel URL -> the copy one recipient receives.
+
+Why not `email` parse + generate: re-serialising a message refolds headers, rewrites boundaries
+and re-encodes parts, so the copy would differ from what the user sent in ways that break
+signatures and confuse recipients. Instead the message is walked once as bytes: each entity's
+headers are parsed only to learn its type, and the output is the original bytes with only the
+bodies of HTML parts replaced. `prepare` does the walk once per message; `render` is cheap and
+runs once per recipient.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import re
+from dataclasses import dataclass
+from email.header import decode_header, make_header
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+# Why these attributes: width/height for clients that ignore CSS, border=0 and alt="" so that a
+# blocked image leaves no frame or text; no display:none, which some clients then never fetch.
+PIXEL_TAG = (
+    '<img src="{url}" width="1" height="1" alt="" border="0" '
+    'style="border:0;width:1px;height:1px;max-width:1px;max-height:1px">'
+)
+# The same tag with line breaks between attributes, for lines that would exceed 998 octets
+# (RFC 5322 2.1.1): the breaks are inside the tag, so the HTML around it stays byte-identical.
+PIXEL_TAG_WRAPPED = (
+    '<img{eol}src="{url}"{eol}width="1" height="1" alt="" border="0"{eol}'
+    'style="border:0;width:1px;height:1px;max-width:1px;max-height:1px">'
+)
+MAX_LINE = 998
+MAX_DEPTH = 40
+
+# Untracked reasons (DESIGN.md vocabulary).
+TEXT_ONLY = "text_only"
+SIGNED = "signed"
+DKIM_SIGNED = "dkim_signed"
+OPTED_OUT = "opted_out"
+UNPARSABLE = "unparsable"
+
+_SIGNED_TYPES = {
+    "multipart/signed",
+    "multipart/encrypted",
+    "application/pkcs7-mime",
+    "application/x-pkcs7-mime",
+    "application/pkcs7-signature",
+    "application/pgp-encrypted",
+}
+# Encodings whose bytes for "<", "/", ">" and ASCII letters are not plain ASCII, or that switch
+# state with escape sequences: for these the HTML must be decoded to find </body>.
+_STATEFUL_OR_WIDE = ("utf_16", "utf_32", "iso2022", "utf_7", "hz")
+
+_HEADER_RE = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
+_BLANK_LINE_RE = re.compile(rb"\n(\r?\n)")
+_TOKEN_RE = re.compile(r"<!--|<(script|style|textarea|title|xmp)\b|</body\b[^>]*>", re.I)
+
+
+class Unparsable(Exception):
+    """The rewriter cannot be sure of the structure; the message must go out untouched."""
+
+
+@dataclass(frozen=True)
+class HtmlSlot:
+    """One HTML body, decoded, split where the pixel goes; re-encoded per recipient."""
+
+    before: str
+    after: str
+    codec: str
+    cte: str
+    eol: str
+    b64_line: int
+    line_len: int  # length of the line the pixel lands in (unencoded parts only, else 0)
+    trailing_eol: bool
+
+    def encode(self, url: str) -> bytes:
+        tag = PIXEL_TAG.format(url=url)
+        if self.line_len + len(tag) > MAX_LINE:
+            tag = PIXEL_TAG_WRAPPED.format(url=url, eol=self.eol)
+        html = self.before + tag + self.after
+        data = html.encode(self.codec)
+        if self.cte == "quoted-printable":
+            return _encode_qp(data, self.eol)
+        if self.cte == "base64":
+            return _encode_b64(data, self.b64_line, self.eol, self.trailing_eol)
+        return data
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A message walked once: byte pieces and HTML slots, or the reason it stays untouched."""
+
+    pieces: tuple[bytes | memoryview | HtmlSlot, ...]
+    untracked_reason: str | None
+    subject: str
+    message_id: str
+
+    @property
+    def tracked(self) -> bool:
+        return self.untracked_reason is None
+
+    @property
+    def html_parts(self) -> int:
+        return sum(isinstance(p, HtmlSlot) for p in self.pieces)
+
+
+def prepare(raw: bytes) -> Prepared:
+    """Walk the message once; never raises for bad input (it becomes `unparsable`)."""
+    head_end, _ = _split_head(raw, 0, len(raw))
+    headers = _parse_headers(raw[:head_end])
+    subject = _header_text(headers, "Subject")
+    message_id = _header_text(headers, "Message-ID")
+    # Bcc must never reach a recipient; a client that left it in the submission relies on the
+    # submission server to drop it (as Postfix's cleanup does). X-MailPing is ours to consume.
+    drop = _header_spans(raw, head_end, {b"bcc", b"x-mailping"})
+    opted_out = (headers.get("X-MailPing") or "").strip().lower() == "off"
+
+    def untouched(reason: str) -> Prepared:
+        return Prepared(_splice(raw, drop), reason, subject, message_id)
+
+    if headers.get("DKIM-Signature") is not None or headers.get("ARC-Seal") is not None:
+        return untouched(DKIM_SIGNED)
+    walker = _Walker(raw)
+    try:
+        walker.walk(0, len(raw), 0)
+    except Unparsable:
+        return untouched(UNPARSABLE)
+    if walker.signed:
+        return untouched(SIGNED)
+    if opted_out:
+        return untouched(OPTED_OUT)
+    if not walker.slots:
+        return untouched(TEXT_ONLY)
+    return Prepared(_splice(raw, drop + walker.slots), None, subject, message_id)
+
+
+def render(prepared: Prepared, pixel_url: str) -> bytes:
+    """The copy for one recipient: original bytes, each HTML body carrying `pixel_url` once."""
+    return b"".join(p.encode(pixel_url) if isinstance(p, HtmlSlot) else p for p in prepared.pieces)
+
+
+def untouched_copy(raw: bytes) -> bytes:
+    """The message as submitted, less the header fields no recipient may see."""
+    head_end, _ = _split_head(raw, 0, len(raw))
+    return b"".join(_splice(raw, _header_spans(raw, head_end, {b"bcc", b"x-mailping"})))
+
+
+def rewrite(raw: bytes, pixel_url: str) -> bytes:
+    return render(prepare(raw), pixel_url)
+
+
+def find_insertion(html: str) -> int:
+    """Index of the last `</body>` outside comments, script, style and other raw text; else end."""
+    last = None
+    pos = 0
+    while m := _TOKEN_RE.search(html, pos):
+        token = m.group(0)
+        if token == "<!--":
+            # "-->" may start right after "<!" ("<!-->" is a complete, empty comment in HTML5).
+            close = html.find("-->", m.start() + 2)
+            if close < 0:
+                break
+            pos = close + 3
+        elif m.group(1):
+            end = re.compile(rf"</{m.group(1)}\s*>", re.I).search(html, m.end())
+            if end is None:
+                break
+            pos = end.end()
+        else:
+            last = m.start()
+            pos = m.end()
+    return len(html) if last is None else last
+
+
+# --- the walk ------------------------------------------------------------------------------
+
+
+class _Walker:
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.slots: list[tuple[int, int, HtmlSlot]] = []
+        self.signed = False
+        self.eol = "\r\n" if b"\r\n" in raw[:4096] else "\n"
+
+    def walk(self, start: int, end: int, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise Unparsable("MIME nesting too deep")
+        head_end, body_start = _split_head(self.raw, start, end)
+        msg = _parse_headers(self.raw[start:head_end])
+        ctype = msg.get_content_type()
+        if ctype in _SIGNED_TYPES:
+            self.signed = True
+            return
+        if msg.get_content_maintype() == "multipart":
+            boundary = msg.get_boundary()
+            if not boundary:
+                raise Unparsable("multipart without boundary")
+            for s, e in _split_multipart(self.raw, body_start, end, boundary):
+                self.walk(s, e, depth + 1)
+        elif ctype == "text/html" and not _is_file(msg):
+            self.slots.append((body_start, end, self._html_slot(msg, body_start, end)))
+        # Everything else, message/rfc822 included, is left exactly as it is.
+
+    def _html_slot(self, msg: Message, start: int, end: int) -> HtmlSlot:
+        body = self.raw[start:end]
+        cte = str(msg.get("Content-Transfer-Encoding", "7bit")).strip().lower() or "7bit"
+        b64_line = 76
+        if cte in ("7bit", "8bit", "binary"):
+            decoded = body
+        elif cte == "quoted-printable":
+            decoded = binascii.a2b_qp(body)
+        elif cte == "base64":
+            first = body.split(b"\n", 1)[0].strip()
+            if 4 <= len(first) <= 76 and len(first) % 4 == 0:
+                b64_line = len(first)
+            try:
+                decoded = base64.b64decode(b"".join(body.split()), validate=True)
+            except (binascii.Error, ValueError):
+                raise Unparsable("bad base64") from None
+        else:
+            raise Unparsable(f"unknown Content-Transfer-Encoding {cte!r}")
+        codec, text = _decode_html(decoded, msg.get_content_charset())
+        idx = find_insertion(text)
+        before, after = text[:idx], text[idx:]
+        line_len = 0
+        if cte in ("7bit", "8bit", "binary"):
+            line_start = max(before.rfind("\n"), before.rfind("\r")) + 1
+            nl = after.find("\n")
+            line_len = len(before) - line_start + (len(after) if nl < 0 else nl)
+        return HtmlSlot(
+            before=before,
+            after=after,
+            codec=codec,
+            cte=cte,
+            eol=self.eol,
+            b64_line=b64_line,
+            line_len=line_len,
+            trailing_eol=body.endswith(b"\n"),
+        )
+
+
+def _decode_html(data: bytes, charset: str | None) -> tuple[str, str]:
+    """Text to search for </body>, and the codec that turns it back into exactly `data`.
+
+    ASCII-compatible charsets are handled byte-transparently (latin-1), so an HTML part whose
+    bytes are not valid in its declared charset (common in real mail) still round-trips exactly.
+    """
+    if charset:
+        try:
+            name = codecs.lookup(charset).name.replace("-", "_")
+        except LookupError:
+            name = ""
+        if name.startswith(_STATEFUL_OR_WIDE):
+            try:
+                text = data.decode(name)
+            except UnicodeDecodeError:
+                raise Unparsable(f"HTML is not valid {charset}") from None
+            if text.encode(name) != data:
+                raise Unparsable(f"{charset} does not round-trip")
+            return name, text
+    return "latin-1", data.decode("latin-1")
+
+
+def _encode_qp(data: bytes, eol: str) -> bytes:
+    lines = re.split(rb"\r\n|\n", data)
+    encoded = [binascii.b2a_qp(line, quotetabs=False, istext=False) for line in lines]
+    # b2a_qp uses "\n" for its own soft line breaks; normalise them to the message's line end.
+    out = eol.encode().join(encoded)
+    return out.replace(b"=\n", b"=" + eol.encode()) if eol == "\r\n" else out
+
+
+def _encode_b64(data: bytes, line: int, eol: str, trailing: bool) -> bytes:
+    flat = base64.b64encode(data)
+    out = eol.encode().join(flat[i : i + line] for i in range(0, len(flat), line))
+    return out + eol.encode() if trailing else out
+
+
+# --- byte-level MIME structure ---------------------------------------------------------------
+
+
+def _split_head(raw: bytes, start: int, end: int) -> tuple[int, int]:
+    """(end of the header block, start of the body) for the entity raw[start:end]."""
+    if raw.startswith(b"\r\n", start):
+        return start, start + 2
+    if raw.startswith(b"\n", start):
+        return start, start + 1
+    m = _BLANK_LINE_RE.search(raw, start, end)
+    if m is None:
+        return end, end
+    return m.start() + 1, m.end()
+
+
+def _parse_headers(block: bytes) -> Message:
+    return BytesHeaderParser(policy=compat32).parsebytes(block)
+
+
+def _header_text(msg: Message, name: str) -> str:
+    value = msg.get(name)
+    if value is None:
+        return ""
+    try:
+        return str(make_header(decode_header(str(value))))
+    except (UnicodeError, LookupError, ValueError, binascii.Error):
+        return str(value)
+
+
+def _is_file(msg: Message) -> bool:
+    """An HTML attachment (a file sent along), not the body of the mail."""
+    return msg.get_content_disposition() == "attachment" or msg.get_filename() is not None
+
+
+def _split_multipart(raw: bytes, start: int, end: int, boundary: str) -> list[tuple[int, int]]:
+    """Byte ranges of the body parts (RFC 2046 5.1.1): the line break before a delimiter
+    belongs to the delimiter, and trailing white space after it is padding."""
+    b = boundary.encode("ascii", "surrogateescape")
+    delim = re.compile(rb"^--" + re.escape(b) + rb"(--)?[ \t]*(?:\r?\n|\Z)", re.M)
+    parts: list[tuple[int, int]] = []
+    part_start: int | None = None
+    for m in delim.finditer(raw, start, end):
+        if part_start is not None:
+            s = m.start()
+            if raw[s - 2 : s] == b"\r\n":
+                s -= 2
+            elif raw[s - 1 : s] == b"\n":
+                s -= 1
+            parts.append((part_start, max(part_start, s)))
+        if m.group(1):
+            part_start = None
+            break
+        part_start = m.end()
+    if part_start is not None:
+        if not parts and part_start >= end:
+            raise Unparsable("multipart has an opening delimiter and nothing else")
+        parts.append((part_start, end))
+    if not parts:
+        raise Unparsable(f"boundary {boundary!r} never appears")
+    return parts
+
+
+def _header_spans(raw: bytes, head_end: int, names: set[bytes]) -> list[tuple[int, int, bytes]]:
+    """Spans of the named top-level header fields (with their folded continuation lines)."""
+    spans = []
+    for m in _HEADER_RE.finditer(raw, 0, head_end):
+        if m.group(1).lower() not in names:
+            continue
+        end = m.end()
+        while True:
+            nl = raw.find(b"\n", end, head_end)
+            if nl < 0:
+                end = head_end
+                break
+            end = nl + 1
+            if end >= head_end or raw[end : end + 1] not in (b" ", b"\t"):
+                break
+        spans.append((m.start(), end, b""))
+    return spans
+
+
+def _splice(
+    raw: bytes, replacements: list[tuple[int, int, bytes]] | list[tuple[int, int, HtmlSlot]]
+) -> tuple[bytes | memoryview | HtmlSlot, ...]:
+    view = memoryview(raw)
+    pieces: list[bytes | memoryview | HtmlSlot] = []
+    pos = 0
+    for start, end, new in sorted(replacements, key=lambda r: r[0]):
+        pieces.append(view[pos:start])
+        if new != b"":
+            pieces.append(new)
+        pos = end
+    pieces.append(view[pos:])
+    return tuple(p for p in pieces if not isinstance(p, memoryview) or len(p))

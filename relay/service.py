@@ -1,0 +1,171 @@
+"""Assembly: build the relay and the pixel server from a Config, on the running event loop.
+
+`mailping serve` runs both in one process; `mailping relay` and `mailping pixelserver` run one
+each against the same store, which is how MailPing scales out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+
+import tornado.httpserver
+from aiosmtpd.smtp import SMTP
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from pixelserver import migrate, storage
+from pixelserver.app import make_app
+from pixelserver.config import ConfigError, is_loopback_host, parse_listen
+from pixelserver.hits import HitPipeline, Journal
+from relay.config import Config, resolve_file
+from relay.forward import Credentials, OutboxUpstream, SmtpUpstream, Upstream
+from relay.handler import RelayHandler
+from relay.submit import Relay
+
+log = logging.getLogger("mailping")
+
+
+class SchemaOutOfDate(Exception):
+    """The PostgreSQL schema is older than this version of MailPing."""
+
+
+async def open_store(cfg: Config) -> tuple[AsyncEngine, async_sessionmaker[AsyncSession]]:
+    """SQLite is upgraded in place on start; a shared PostgreSQL is upgraded by an operator."""
+    if not cfg.database.url:
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = storage.make_engine(cfg.database_url)
+    if engine.dialect.name == "sqlite":
+        await migrate.upgrade(engine)
+    else:
+        current = await migrate.current_revision(engine)
+        if current != migrate.head_revision():
+            await engine.dispose()
+            raise SchemaOutOfDate(
+                f"database schema is at {current or 'nothing'}, this MailPing needs "
+                f"{migrate.head_revision()}: run `mailping db upgrade`"
+            )
+    return engine, storage.make_sessionmaker(engine)
+
+
+def make_upstream(cfg: Config) -> Upstream:
+    if cfg.outbox_dir is not None:
+        return OutboxUpstream(cfg.outbox_dir)
+    creds = (
+        Credentials(cfg.upstream.username, cfg.upstream_password) if cfg.upstream.username else None
+    )
+    return SmtpUpstream(
+        cfg.upstream.host,
+        cfg.upstream.port,
+        cfg.upstream.tls,
+        credentials=creds,
+        timeout=cfg.upstream.timeout,
+        verify_certificate=cfg.upstream.verify_certificate,
+        local_hostname=cfg.relay.hostname or None,
+    )
+
+
+def server_tls_context(cfg: Config) -> ssl.SSLContext | None:
+    if cfg.relay.tls == "none":
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(
+            resolve_file(cfg, cfg.relay.cert_file), resolve_file(cfg, cfg.relay.key_file)
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            cfg.source, "relay.cert_file", f"cannot load certificate: {exc}"
+        ) from None
+    return ctx
+
+
+@dataclass
+class RunningRelay:
+    server: asyncio.base_events.Server
+    handler: RelayHandler
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def start_relay(
+    cfg: Config, sessions: async_sessionmaker[AsyncSession], upstream: Upstream | None = None
+) -> RunningRelay:
+    upstream = upstream or make_upstream(cfg)
+    hostname = cfg.relay.hostname or socket.getfqdn()
+    relay = Relay(
+        sessions,
+        upstream,
+        public_url=cfg.pixelserver.public_url,
+        pixel_path=cfg.pixelserver.pixel_path,
+        hostname=hostname,
+    )
+    check_login = None
+    if cfg.relay.auth == "upstream":
+        assert isinstance(upstream, SmtpUpstream)
+        check_login = upstream.check_login
+    handler = RelayHandler(relay, check_login=check_login, in_flight=cfg.relay.max_in_flight)
+    host, port = parse_listen(cfg.relay.listen, cfg.source, "relay.listen")
+    tls = server_tls_context(cfg)
+    loopback = is_loopback_host(host)
+
+    def factory() -> SMTP:
+        return SMTP(
+            handler,
+            data_size_limit=cfg.relay.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=hostname,
+            ident="MailPing ESMTP",
+            tls_context=tls if cfg.relay.tls == "starttls" else None,
+            require_starttls=cfg.relay.tls == "starttls" and not loopback,
+            auth_require_tls=not loopback,
+            auth_exclude_mechanism=["PLAIN", "LOGIN"] if check_login is None else None,
+        )
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        factory,
+        host=host,
+        port=port,
+        ssl=tls if cfg.relay.tls == "implicit" else None,
+        reuse_address=True,
+    )
+    return RunningRelay(server, handler)
+
+
+@dataclass
+class RunningPixelServer:
+    http: tornado.httpserver.HTTPServer
+    pipeline: HitPipeline
+
+    async def close(self) -> None:
+        self.http.stop()
+        await self.http.close_all_connections()
+        await self.pipeline.close()
+
+
+async def start_pixelserver(
+    cfg: Config, sessions: async_sessionmaker[AsyncSession]
+) -> RunningPixelServer:
+    journal = Journal(cfg.journal_path)
+    pipeline = HitPipeline(journal, sessions)
+    await pipeline.flush()  # replay what an earlier run answered but had not stored
+    pipeline.start()
+    password = (
+        os.environ.get(cfg.pixelserver.report_password_env)
+        if cfg.pixelserver.report_password_env
+        else None
+    )
+    app = make_app(
+        cfg.pixelserver, sessions, pipeline, report_password=password, outbox_dir=cfg.outbox_dir
+    )
+    host, port = parse_listen(cfg.pixelserver.listen, cfg.source, "pixelserver.listen")
+    http = tornado.httpserver.HTTPServer(app, xheaders=False)
+    http.listen(port, address=host, reuse_port=False)
+    return RunningPixelServer(http, pipeline)

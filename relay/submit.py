@@ -1,0 +1,150 @@
+"""One submission, end to end: prepare once, record, render per recipient, forward, report.
+
+This is the domain code the SMTP handler calls; it knows nothing of SMTP sessions, so it can be
+driven directly by benchmarks and by the digest sender later.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from relay import rewrite, tracking
+from relay.dsn import build_dsn
+from relay.forward import ACCEPTED, Copy, Credentials, Outcome, Upstream
+
+log = logging.getLogger("mailping.relay")
+
+
+@dataclass(frozen=True)
+class Submission:
+    user: str
+    sender: str
+    recipients: Sequence[str]
+    data: bytes
+    mail_options: Sequence[str] = ()
+    credentials: Credentials | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    message_id: int | None
+    outcomes: list[Outcome]
+    untracked_reason: str | None
+
+
+def unique_recipients(recipients: Sequence[str]) -> list[str]:
+    """A recipient named twice in RCPT gets one copy, not two."""
+    seen: set[str] = set()
+    out = []
+    for r in recipients:
+        if r.lower() not in seen:
+            seen.add(r.lower())
+            out.append(r)
+    return out
+
+
+class Relay:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        upstream: Upstream,
+        *,
+        public_url: str,
+        pixel_path: str,
+        hostname: str,
+    ) -> None:
+        self.sessions = sessions
+        self.upstream = upstream
+        self.public_url = public_url
+        self.pixel_path = pixel_path
+        self.hostname = hostname
+
+    async def submit(self, sub: Submission) -> Result:
+        arrival = dt.datetime.now(dt.UTC)
+        prepared = rewrite.prepare(sub.data)
+        recipients = unique_recipients(sub.recipients)
+        try:
+            recorded = await tracking.record_message(
+                self.sessions,
+                user=sub.user,
+                envelope_from=sub.sender,
+                recipients=recipients,
+                subject=prepared.subject,
+                message_id_header=prepared.message_id,
+                size=len(sub.data),
+                untracked_reason=prepared.untracked_reason,
+            )
+        except SQLAlchemyError:
+            # The store is down: the mail still goes out, untracked, rather than waiting on us.
+            log.exception("could not record the message; forwarding it untracked")
+            recorded = None
+
+        if recorded is None or not prepared.tracked:
+            same = rewrite.untouched_copy(sub.data)
+            if recorded is None:
+                copies = [Copy(-i - 1, r) for i, r in enumerate(recipients)]
+            else:
+                copies = [Copy(d.id, d.recipient) for d in recorded.deliveries]
+
+            def render(copy: Copy) -> bytes:
+                return same
+        else:
+            tokens = {d.id: d.token for d in recorded.deliveries}
+            copies = [Copy(d.id, d.recipient) for d in recorded.deliveries]
+
+            def render(copy: Copy) -> bytes:
+                url = tracking.pixel_url(self.public_url, self.pixel_path, tokens[copy.key])
+                return rewrite.render(prepared, url)
+
+        outcomes = await self.upstream.send(
+            sub.sender,
+            copies,
+            render,
+            mail_options=sub.mail_options,
+            credentials=sub.credentials,
+        )
+        if recorded is not None:
+            try:
+                await tracking.record_outcomes(
+                    self.sessions, [(o.key, o.status, o.reply) for o in outcomes]
+                )
+            except SQLAlchemyError:
+                log.exception("could not record delivery outcomes for message %s", recorded.id)
+        accepted = sum(o.status == ACCEPTED for o in outcomes)
+        log.info(
+            "message %s from %s: %d/%d copies accepted, %s",
+            recorded.id if recorded else "-",
+            sub.user,
+            accepted,
+            len(outcomes),
+            prepared.untracked_reason or "tracked",
+        )
+        for o in outcomes:
+            if o.status != ACCEPTED:
+                log.warning("copy to %s %s: %s %s", o.recipient, o.status, o.code, o.reply)
+        if 0 < accepted < len(outcomes):
+            await self._report_failures(sub, outcomes, arrival)
+        return Result(recorded.id if recorded else None, outcomes, prepared.untracked_reason)
+
+    async def _report_failures(
+        self, sub: Submission, outcomes: list[Outcome], arrival: dt.datetime
+    ) -> None:
+        report = build_dsn(
+            reporting_host=self.hostname,
+            user_address=sub.sender or sub.user,
+            original=sub.data,
+            outcomes=outcomes,
+            arrival=arrival,
+        )
+        to = sub.sender or sub.user
+        sent = await self.upstream.send(
+            to, [Copy(0, to)], lambda _c: report, credentials=sub.credentials
+        )
+        if sent[0].status != ACCEPTED:
+            log.error("could not send the delivery report to %s: %s", to, sent[0].reply)
