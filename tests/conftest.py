@@ -1,0 +1,197 @@
+"""Shared fixtures: real stores (SQLite and PostgreSQL), a capture upstream SMTP server, and the
+relay and pixel server started on the test's event loop, all over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy.engine import make_url
+
+from pixelserver import migrate, storage
+from pixelserver.config import DatabaseConfig, PixelServerConfig
+from relay import service
+from relay.config import Config, RelayConfig, UpstreamConfig
+
+PG_ENV = "MAILPING_TEST_PG_URL"
+HERE = Path(__file__).parent
+CORPUS = HERE.parent.parent / "shared" / "corpus" / "mail-gem"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In CI, PostgreSQL tests must run: a missing server is a failure, not a skip."""
+    del config, items
+
+
+def require_postgres() -> str:
+    url = os.environ.get(PG_ENV)
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {PG_ENV} is not: PostgreSQL tests must run in CI")
+        pytest.skip(f"set {PG_ENV} to run PostgreSQL tests")
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty database on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'test.sqlite3'}"
+        return
+    base = make_url(require_postgres())
+    name = f"mailping_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(
+        host=base.host,
+        port=base.port or 5432,
+        user=base.username,
+        password=base.password,
+        database=base.database or "postgres",
+    )
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def store(db_url: str):
+    engine = storage.make_engine(db_url)
+    await migrate.upgrade(engine)
+    yield storage.make_sessionmaker(engine)
+    await engine.dispose()
+
+
+@dataclass
+class Captured:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+
+@dataclass
+class CaptureUpstream:
+    """A real SMTP server standing in for the user's provider; records what it receives.
+
+    `refuse` maps a recipient to the reply it gets at RCPT (e.g. "550 5.1.1 No such user").
+    """
+
+    port: int
+    messages: list[Captured] = field(default_factory=list)
+    refuse: dict[str, str] = field(default_factory=dict)
+    sessions: int = 0
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        self.sessions += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.messages.append(
+            Captured(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+        )
+        return "250 2.0.0 queued"
+
+    def for_recipient(self, rcpt: str) -> list[Captured]:
+        return [m for m in self.messages if m.rcpt_tos == [rcpt]]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[CaptureUpstream]:
+    cap = CaptureUpstream(port=free_port())
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(
+            cap,
+            decode_data=False,
+            enable_SMTPUTF8=True,
+            data_size_limit=None,
+            hostname="upstream.test",
+        ),
+        "127.0.0.1",
+        cap.port,
+    )
+    yield cap
+    server.close()
+    await server.wait_closed()
+
+
+def make_config(tmp_path: Path, db_url: str, upstream_port: int | None, **relay: object) -> Config:
+    pixel_port = free_port()
+    return Config(
+        source="(test)",
+        data_dir=tmp_path / "data",
+        relay=RelayConfig(listen=f"127.0.0.1:{free_port()}", hostname="relay.test", **relay),
+        upstream=UpstreamConfig(
+            host="127.0.0.1" if upstream_port else "",
+            port=upstream_port or 587,
+            tls="none",
+            timeout=5,
+        ),
+        pixelserver=PixelServerConfig(
+            listen=f"127.0.0.1:{pixel_port}",
+            public_url=f"http://127.0.0.1:{pixel_port}",
+            trusted_proxies=("127.0.0.2/32",),
+        ),
+        database=DatabaseConfig(url=db_url),
+    )
+
+
+@dataclass
+class Stack:
+    """Relay + pixel server running on this test's loop against one store."""
+
+    config: Config
+    store: object
+    relay_port: int
+    pixel_base: str
+    close: Callable
+
+
+@pytest.fixture
+async def stack(
+    tmp_path: Path, db_url: str, store, upstream: CaptureUpstream
+) -> AsyncIterator[Stack]:
+    cfg = make_config(tmp_path, db_url, upstream.port)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    relay = await service.start_relay(cfg, store)
+    pixel = await service.start_pixelserver(cfg, store)
+    s = Stack(cfg, store, int(cfg.relay.listen.rsplit(":", 1)[1]), cfg.pixelserver.public_url, None)
+    yield s
+    await relay.close()
+    await pixel.close()

@@ -1,0 +1,104 @@
+"""Checks shared by the rewriter and relay tests: what "unharmed" means for a copy."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import re
+from email.message import Message
+from pathlib import Path
+
+HERE = Path(__file__).parent
+CORPUS_DIR = HERE / "corpus"
+MAILGEM_DIR = HERE.parent.parent / "shared" / "corpus" / "mail-gem"
+PIXEL_RE = re.compile(
+    r'<img(?:\r?\n| )src="([^"]+/p/([A-Za-z0-9_-]{22})\.gif)"(?:\r?\n| )width="1" height="1" '
+    r'alt="" border="0"(?:\r?\n| )style="[^"]*">'
+)
+
+
+def corpus() -> dict[str, dict]:
+    return json.loads((CORPUS_DIR / "expectations.json").read_text())
+
+
+def mailgem_files() -> list[Path]:
+    return sorted(MAILGEM_DIR.rglob("*.eml"))
+
+
+def leaves(raw: bytes) -> list[Message]:
+    """Leaf parts in order, not descending into message/rfc822 (which the relay never touches)."""
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    out: list[Message] = []
+
+    def walk(m: Message) -> None:
+        if m.is_multipart() and m.get_content_type() != "message/rfc822":
+            for p in m.get_payload():
+                walk(p)
+        else:
+            out.append(m)
+
+    walk(msg)
+    return out
+
+
+def decoded(part: Message) -> bytes:
+    if part.get_content_maintype() == "message" and part.is_multipart():
+        return b"".join(bytes(inner) for inner in part.get_payload())
+    payload = part.get_payload(decode=True)
+    if isinstance(payload, bytes):
+        return payload
+    return str(part.get_payload()).encode("utf-8", "surrogateescape")
+
+
+def html_text(part: Message) -> str:
+    charset = part.get_content_charset() or "latin-1"
+    try:
+        return decoded(part).decode(charset)
+    except (LookupError, UnicodeDecodeError):
+        return decoded(part).decode("latin-1")
+
+
+def is_body_html(part: Message) -> bool:
+    return (
+        part.get_content_type() == "text/html"
+        and part.get_content_disposition() != "attachment"
+        and part.get_filename() is None
+    )
+
+
+def longest_line(raw: bytes) -> int:
+    return max(len(line.rstrip(b"\r")) for line in raw.split(b"\n"))
+
+
+def kept(part: Message) -> list[tuple[str, str]]:
+    """Header fields a copy must carry unchanged: all but Bcc and our own X-MailPing."""
+    return [(k, v) for k, v in part.items() if k.lower() not in ("bcc", "x-mailping")]
+
+
+def assert_unharmed(original: bytes, copy: bytes, *, pixels: int) -> list[str]:
+    """The copy differs from the original only by one pixel in each body HTML part (and a
+    dropped Bcc); returns the tokens found. Headers keep their values, other parts their
+    decoded bytes, every part its charset and Content-Transfer-Encoding."""
+    a, b = leaves(original), leaves(copy)
+    assert len(a) == len(b), "number of parts changed"
+    orig_msg = email.message_from_bytes(original, policy=email.policy.compat32)
+    copy_msg = email.message_from_bytes(copy, policy=email.policy.compat32)
+    assert kept(orig_msg) == copy_msg.items(), "top-level headers changed"
+    tokens: list[str] = []
+    for pa, pb in zip(a, b, strict=True):
+        assert kept(pa) == pb.items(), "part headers changed"
+        if is_body_html(pa) and pixels:
+            text = html_text(pb)
+            found = PIXEL_RE.findall(text)
+            assert len(found) == 1, f"expected one pixel in an HTML part, found {len(found)}"
+            tokens.append(found[0][1])
+            assert PIXEL_RE.sub("", text) == html_text(pa), "HTML changed beyond the pixel"
+        else:
+            assert decoded(pa) == decoded(pb), f"{pa.get_content_type()} part changed"
+    assert len(tokens) == pixels, f"expected {pixels} pixels, found {len(tokens)}"
+    # No line over 998 octets (RFC 5322 2.1.1), unless the original already had a longer one.
+    assert longest_line(copy) <= max(998, longest_line(original)), "a line grew past 998 octets"
+    defects = sum(len(p.defects) for p in copy_msg.walk())
+    assert defects <= sum(len(p.defects) for p in orig_msg.walk()), "new MIME defects"
+    return tokens
