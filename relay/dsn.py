@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 from collections.abc import Sequence
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
 from email.policy import SMTP
 
@@ -51,27 +51,22 @@ def build_dsn(
     msg.replace_header("Content-Type", "multipart/report")
     msg.set_param("report-type", "delivery-status")
 
-    per_message = [
-        f"Reporting-MTA: dns; {reporting_host}",
-        f"Arrival-Date: {email.utils.format_datetime(arrival)}",
-    ]
-    blocks = ["\r\n".join(per_message)]
+    # message/delivery-status is a list of header blocks: one per message, one per recipient.
+    per_message = Message()
+    per_message["Reporting-MTA"] = f"dns; {reporting_host}"
+    per_message["Arrival-Date"] = email.utils.format_datetime(arrival)
+    blocks = [per_message]
     for o in failed:
         permanent = o.status != DEFERRED
-        status = f"{'5' if permanent else '4'}.0.0"
-        blocks.append(
-            "\r\n".join(
-                [
-                    f"Final-Recipient: rfc822; {o.recipient}",
-                    f"Action: {'failed' if permanent else 'delayed'}",
-                    f"Status: {status}",
-                    f"Diagnostic-Code: smtp; {o.code} {' '.join(o.reply.split())}",
-                ]
-            )
-        )
-    status_part = EmailMessage(policy=SMTP)
-    status_part.set_payload("\r\n\r\n".join(blocks) + "\r\n")
+        block = Message()
+        block["Final-Recipient"] = f"rfc822; {o.recipient}"
+        block["Action"] = "failed" if permanent else "delayed"
+        block["Status"] = f"{'5' if permanent else '4'}.0.0"
+        block["Diagnostic-Code"] = f"smtp; {o.code} {' '.join(o.reply.split())}"
+        blocks.append(block)
+    status_part = Message()
     status_part["Content-Type"] = "message/delivery-status"
+    status_part.set_payload(blocks)
     msg.attach(status_part)
 
     headers_part = EmailMessage(policy=SMTP)

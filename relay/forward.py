@@ -87,7 +87,7 @@ class SmtpUpstream:
         self.local_hostname = local_hostname
 
     def describe(self) -> str:
-        return f"{self.host}:{self.port} ({self.tls})"
+        return f"{self.host}:{self.port}"
 
     def _client(self) -> aiosmtplib.SMTP:
         context = ssl.create_default_context()
@@ -222,6 +222,9 @@ def _same_failure(first: Outcome, copy: Copy) -> Outcome:
 
 
 def _words(exc: BaseException) -> str:
+    """The failure in words a user understands (aiosmtplib wraps the socket error it met)."""
+    if isinstance(exc.__cause__, OSError) and not isinstance(exc, TimeoutError):
+        exc = exc.__cause__
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
         return "it did not answer in time"
     if isinstance(exc, ConnectionRefusedError):

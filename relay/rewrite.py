@@ -153,7 +153,8 @@ def rewrite(raw: bytes, pixel_url: str) -> bytes:
 
 
 def find_insertion(html: str) -> int:
-    """Index of the last `</body>` outside comments, script, style and other raw text; else end."""
+    """Index of the last `</body>` outside comments, script, style and other raw text; else the
+    end, before any final line breaks (a copy must still end with the line break it had)."""
     last = None
     pos = 0
     while m := _TOKEN_RE.search(html, pos):
@@ -172,7 +173,7 @@ def find_insertion(html: str) -> int:
         else:
             last = m.start()
             pos = m.end()
-    return len(html) if last is None else last
+    return len(html.rstrip("\r\n")) if last is None else last
 
 
 # --- the walk ------------------------------------------------------------------------------
@@ -200,7 +201,8 @@ class _Walker:
                 raise Unparsable("multipart without boundary")
             for s, e in _split_multipart(self.raw, body_start, end, boundary):
                 self.walk(s, e, depth + 1)
-        elif ctype == "text/html" and not _is_file(msg):
+        elif ctype == "text/html" and not _is_file(msg) and self.raw[body_start:end].strip():
+            # (An empty HTML body shows nothing; a pixel appended to it would be the only line.)
             self.slots.append((body_start, end, self._html_slot(msg, body_start, end)))
         # Everything else, message/rfc822 included, is left exactly as it is.
 

@@ -62,6 +62,7 @@ def html_text(part: Message) -> str:
 def is_body_html(part: Message) -> bool:
     return (
         part.get_content_type() == "text/html"
+        and bool(part.get_payload(decode=False).strip())
         and part.get_content_disposition() != "attachment"
         and part.get_filename() is None
     )

@@ -40,6 +40,7 @@ def html_message(body: bytes, *, cte: str = "8bit", charset: str = "utf-8") -> b
         ("<HTML><BODY>x</BODY></HTML>", f"<HTML><BODY>x{TAG}</BODY></HTML>"),
         ("<body>x</body >", f"<body>x{TAG}</body >"),
         ("<p>no closing tag</p>", f"<p>no closing tag</p>{TAG}"),
+        ("<p>no closing tag</p>\r\n\r\n", f"<p>no closing tag</p>{TAG}\r\n\r\n"),
         ("<body>a<!-- </body> -->b</body>", f"<body>a<!-- </body> -->b{TAG}</body>"),
         ("<body>a</body><!-- </body> -->", f"<body>a{TAG}</body><!-- </body> -->"),
         (
