@@ -54,9 +54,12 @@ class PageHandler(tornado.web.RequestHandler):
                 self.set_header("WWW-Authenticate", 'Basic realm="MailPing", charset="UTF-8"')
                 raise tornado.web.HTTPError(401)
             return
-        ip = client_ip(self.request.remote_ip or "", self.request.headers, self.trusted_proxies)
-        forwarded = any(h in self.request.headers for h in PROXY_HEADERS)
-        if not is_loopback(ip) or (forwarded and not self.trusted_proxies):
+        peer = self.request.remote_ip or ""
+        ip = client_ip(peer, self.request.headers, self.trusted_proxies)
+        # Proxy headers from a peer that is not a configured proxy: an unknown proxy forwards
+        # someone from elsewhere, so the request is not from this machine whatever its socket.
+        relayed = any(h in self.request.headers for h in PROXY_HEADERS) and ip == peer
+        if not is_loopback(ip) or relayed:
             raise tornado.web.HTTPError(403, reason="Reports are only shown on this machine")
 
     def _password_ok(self) -> bool:

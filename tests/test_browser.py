@@ -1,0 +1,103 @@
+"""The report page in a real headless Chromium (Debian's, driven by Playwright): a newcomer
+opens the stored copy from the report page, the browser fetches the pixel, the open shows up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import smtplib
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from relay import service
+from tests.conftest import make_config
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
+SHOTS = Path(__file__).parent.parent / "docs" / "screenshots"
+
+
+def require_chromium() -> str:
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but Debian's chromium is not installed")
+        pytest.skip("Debian's chromium is not installed")
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser():
+    from playwright.async_api import async_playwright
+
+    executable = require_chromium()
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=executable, args=ARGS)
+        yield b
+        await b.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_open_the_copy_from_the_report_page(
+    tmp_path: Path, db_url: str, store, browser
+) -> None:
+    cfg = make_config(tmp_path, db_url, None)  # no upstream: the local outbox
+    relay = await service.start_relay(cfg, store)
+    pixel = await service.start_pixelserver(cfg, store)
+    try:
+        msg = EmailMessage()
+        msg["From"] = "me@example.com"
+        msg["To"] = "ana@example.org"
+        msg["Subject"] = "<img src=x onerror=alert(1)> Offer"
+        msg.set_content("plain")
+        msg.add_alternative("<html><body><h1>Our offer</h1></body></html>", subtype="html")
+        port = int(cfg.relay.listen.rsplit(":", 1)[1])
+
+        def send() -> None:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+                c.send_message(msg)
+
+        await asyncio.to_thread(send)
+
+        page = await browser.new_page(viewport={"width": 1000, "height": 700})
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: dialogs.append(d.message))
+        await page.goto(cfg.pixelserver.public_url + "/")
+        heading = page.locator("section.message h2")
+        assert await heading.inner_text() == "<img src=x onerror=alert(1)> Offer"
+        row = page.locator("tr.delivery", has_text="ana@example.org")
+        assert await row.locator("td.hits").inner_text() == "0"
+
+        async with page.expect_popup() as popup_info:
+            await row.get_by_role("link", name="view copy").click()
+        copy = await popup_info.value
+        await copy.wait_for_load_state("load")
+        assert await copy.locator("h1").inner_text() == "Our offer"
+        await copy.close()
+
+        for _ in range(40):
+            await page.reload()
+            if await row.locator("td.hits").inner_text() == "1":
+                break
+            await asyncio.sleep(0.1)
+        assert await row.locator("td.hits").inner_text() == "1"
+        assert dialogs == []  # the subject never ran as markup
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(SHOTS / "report-first-run.png"), full_page=True)
+        await page.set_viewport_size({"width": 390, "height": 800})
+        width = await page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, "the report page scrolls sideways on a phone"
+    finally:
+        await relay.close()
+        await pixel.close()

@@ -1,0 +1,123 @@
+"""Configuration: defaults, and every mistake named by file and key, through the real CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pixelserver.config import ConfigError
+from relay.cli import main
+from relay.config import load_config
+
+EXAMPLE = Path(__file__).parent.parent / "config.example.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "mailping.toml"
+    p.write_text(text)
+    return p
+
+
+def test_example_file_is_valid_and_equals_the_defaults(tmp_path: Path) -> None:
+    example = load_config(EXAMPLE)
+    embedded = load_config(None)
+    for section in ("relay", "upstream", "pixelserver", "database"):
+        assert getattr(example, section) == getattr(embedded, section), section
+
+
+def test_every_key_is_documented_in_the_example() -> None:
+    import dataclasses
+    import tomllib
+
+    from relay.config import Config
+
+    documented = tomllib.loads(EXAMPLE.read_text())
+    for f in dataclasses.fields(Config):
+        if f.name in ("relay", "upstream", "pixelserver", "database"):
+            keys = {k.name for k in dataclasses.fields(f.default_factory())}  # type: ignore[misc]
+            assert keys == set(documented[f.name]), f.name
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("[relay]\nlisen = '127.0.0.1:25'\n", "relay.lisen", "unknown key"),
+        ("[relay]\nmax_message_size = '35MB'\n", "relay.max_message_size", "expected an integer"),
+        ("[relay]\ntls = 'ssl'\n", "relay.tls", "must be one of"),
+        ("[relay]\nlisten = '0.0.0.0:2525'\n", "relay.auth", "loopback"),
+        ("[relay]\nlisten = 'localhost'\n", "relay.listen", "host:port"),
+        ("[relay]\ntls = 'starttls'\n", "relay.cert_file", "needs cert_file"),
+        ("[upstream]\nusername = 'me'\n", "upstream.password_env", "no password"),
+        ("[upstream]\npassword_env = 'NOPE_NOT_SET_123'\n", "upstream.password_env", "not set"),
+        ("[relay]\nauth = 'upstream'\n", "relay.auth", "upstream.host"),
+        (
+            "[pixelserver]\ntrusted_proxies = ['10.0.0.0/33']\n",
+            "pixelserver.trusted_proxies",
+            "not an IP",
+        ),
+        ("[pixelserver]\npublic_url = 'example.com'\n", "pixelserver.public_url", "http"),
+        ("[database]\nurl = 'mysql://x'\n", "database.url", "must be empty"),
+        ("[smtp]\nport = 1\n", "smtp", "unknown"),
+        ("data_dir = 5\n", "data_dir", "non-empty string"),
+        ("[relay\n", "-", "not valid TOML"),
+    ],
+)
+def test_mistakes_name_the_file_and_the_key(
+    tmp_path: Path, text: str, key: str, words: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert err.value.key == key and err.value.file == str(path)
+    assert words in err.value.reason
+
+
+def test_secret_comes_from_the_named_environment_variable(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "[upstream]\nhost='smtp.example.com'\nusername='me'\npassword_env='MP_PW'\n"
+    )
+    cfg = load_config(path, environ={"MP_PW": "s3cret"})
+    assert cfg.upstream_password == "s3cret"
+    assert "s3cret" not in repr(cfg)
+
+
+def test_relative_data_dir_is_relative_to_the_file(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "data_dir = 'state'\n"))
+    assert cfg.data_dir == (tmp_path / "state").resolve()
+    assert cfg.database_url.endswith(str(tmp_path / "state" / "mailping.sqlite3"))
+
+
+def test_cli_check_config_reports_errors_in_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "[relay]\ntls = 'ssl'\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "relay.cli", "--config", str(path), "check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"mailping: configuration error: {path}: relay.tls: must be one of 'none', 'starttls', 'implicit'"
+    ]
+
+
+def test_cli_check_config_says_what_it_would_do(tmp_path: Path, capsys) -> None:
+    path = write(
+        tmp_path,
+        "[upstream]\nhost='smtp.example.com'\nusername='me'\npassword_env='MP_PW'\n"
+        "[database]\nurl='postgresql+asyncpg://mp:pw@db.internal/mailping'\n",
+    )
+    import os
+
+    os.environ["MP_PW"] = "x"
+    try:
+        assert main(["--config", str(path), "check-config"]) == 0
+    finally:
+        del os.environ["MP_PW"]
+    out = capsys.readouterr().out
+    assert "smtp.example.com:587 with starttls TLS as me" in out
+    assert "postgresql+asyncpg://mp:***@db.internal/mailping" in out
+    assert "pw@" not in out

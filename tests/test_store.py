@@ -1,0 +1,114 @@
+"""The store on SQLite and PostgreSQL: schema from migrations, writes, idempotent hits, reads."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.exc import IntegrityError
+
+from pixelserver import migrate, storage
+
+
+async def test_migrations_match_the_models(db_url: str, store) -> None:
+    """The schema Alembic builds is the one the models describe, on each backend."""
+    engine = store.kw["bind"]
+
+    def diff(conn):
+        return compare_metadata(MigrationContext.configure(conn), storage.Base.metadata)
+
+    async with engine.connect() as conn:
+        assert await conn.run_sync(diff) == []
+    assert await migrate.current_revision(engine) == migrate.head_revision()
+
+
+async def add(store, recipients: list[str], subject: str = "s", user: str = "me@example.com"):
+    async with store.begin() as session:
+        return await storage.add_message(
+            session,
+            user_address=user,
+            envelope_from=user,
+            subject=subject,
+            message_id_header="<m@x>",
+            size=10,
+            deliveries=[
+                storage.NewDelivery(r, f"tok-{subject}-{i:02d}".ljust(22, "x"), "tracked", None)
+                for i, r in enumerate(recipients)
+            ],
+        )
+
+
+def hit(uid: str, token: str, minutes: int = 0) -> storage.NewHit:
+    return storage.NewHit(
+        uid=uid,
+        token=token,
+        at=dt.datetime(2026, 1, 1, 12, minutes, tzinfo=dt.UTC),
+        method="GET",
+        ip_prefix="192.0.2.0/24",
+        user_agent="ua",
+        headers={"Accept": "image/*"},
+    )
+
+
+async def test_one_user_per_address_whatever_the_case(store) -> None:
+    m1, _ = await add(store, ["a@x"], "one", user="Me@Example.com")
+    m2, _ = await add(store, ["a@x"], "two", user="me@example.com")
+    assert m1.user_id == m2.user_id
+
+
+async def test_tokens_are_unique(store) -> None:
+    await add(store, ["a@x"], "dup")
+    with pytest.raises(IntegrityError):
+        await add(store, ["b@x"], "dup")
+
+
+async def test_hits_are_stored_once_and_unknown_tokens_dropped(store) -> None:
+    _, (d,) = await add(store, ["a@x"], "hits")
+    batch = [
+        hit("u1", d.token, 1),
+        hit("u2", d.token, 5),
+        hit("u3", "no-such-token".ljust(22, "y")),
+    ]
+    async with store.begin() as session:
+        assert await storage.add_hits(session, batch) == (2, 1)
+    async with store.begin() as session:  # a replay of the same journal lines
+        await storage.add_hits(session, batch)
+    async with store() as session:
+        hits = await storage.hits_for_delivery(session, d.id)
+    assert [h.uid for h in hits] == ["u1", "u2"]
+    assert hits[0].at == dt.datetime(2026, 1, 1, 12, 1, tzinfo=dt.UTC)
+    assert hits[0].headers == {"Accept": "image/*"}
+
+
+async def test_recent_messages_newest_first_with_counts_and_pages(store) -> None:
+    _, (a,) = await add(store, ["a@x"], "first")
+    _, (b, c) = await add(store, ["b@x", "c@x"], "second")
+    async with store.begin() as session:
+        await storage.add_hits(session, [hit("h1", b.token, 3), hit("h2", b.token, 9)])
+        await storage.set_outcomes(
+            session, [(b.id, "accepted", "ok"), (c.id, "rejected", "550 no")]
+        )
+    async with store() as session:
+        page = await storage.recent_messages(session, limit=1)
+        older = await storage.recent_messages(session, limit=1, before_id=page[0].id)
+    assert [m.subject for m in page] == ["second"]
+    assert [m.subject for m in older] == ["first"]
+    rb, rc = page[0].deliveries
+    assert (rb.recipient, rb.outcome, rb.hit_count) == ("b@x", "accepted", 2)
+    assert rb.first_hit == dt.datetime(2026, 1, 1, 12, 3, tzinfo=dt.UTC)
+    assert rb.last_hit == dt.datetime(2026, 1, 1, 12, 9, tzinfo=dt.UTC)
+    assert (rc.outcome, rc.hit_count, rc.first_hit, rc.upstream_reply) == (
+        "rejected",
+        0,
+        None,
+        "550 no",
+    )
+
+
+async def test_unknown_outcome_is_refused(store) -> None:
+    _, (d,) = await add(store, ["a@x"], "bad")
+    async with store.begin() as session:
+        with pytest.raises(ValueError):
+            await storage.set_outcomes(session, [(d.id, "lost", "")])
