@@ -100,7 +100,8 @@ def test_cli_check_config_reports_errors_in_one_line(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"mailping: configuration error: {path}: relay.tls: must be one of 'none', 'starttls', 'implicit'"
+        f"mailping: configuration error: {path}: relay.tls: "
+        "must be one of 'none', 'starttls', 'implicit'"
     ]
 
 
