@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import os
 import re
 from email.message import Message
 from pathlib import Path
@@ -22,8 +23,22 @@ def corpus() -> dict[str, dict]:
     return json.loads((CORPUS_DIR / "expectations.json").read_text())
 
 
+# 103 .eml files and the empty `sample_output_multipart` (the brief says 105; 104 are there).
+MAILGEM_COUNT = 104
+
+
 def mailgem_files() -> list[Path]:
-    return sorted(MAILGEM_DIR.rglob("*.eml"))
+    """The public fixtures in ../shared; in CI their absence is an error, not an empty test."""
+    files = sorted(
+        p
+        for p in MAILGEM_DIR.rglob("*")
+        if p.is_file() and p.name not in ("SOURCE.md", ".gitattributes")
+    )
+    if len(files) != MAILGEM_COUNT and os.environ.get("CI"):
+        raise RuntimeError(
+            f"expected {MAILGEM_COUNT} fixtures in {MAILGEM_DIR}, found {len(files)}"
+        )
+    return files
 
 
 def leaves(raw: bytes) -> list[Message]:
