@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    bindparam,
     event,
     func,
     select,
@@ -219,15 +220,24 @@ async def add_message(
 
 
 async def set_outcomes(session: AsyncSession, outcomes: Iterable[tuple[int, str, str]]) -> None:
-    """(delivery id, outcome, upstream reply) for each copy that was tried."""
+    """(delivery id, outcome, upstream reply) for each copy that was tried, in one statement."""
     now = utcnow()
+    rows = []
     for delivery_id, outcome, reply in outcomes:
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
+        rows.append(
+            {
+                "b_id": delivery_id,
+                "outcome": outcome,
+                "upstream_reply": reply[:2000],
+                "finished_at": now,
+            }
+        )
+    if rows:
         await session.execute(
-            update(Delivery)
-            .where(Delivery.id == delivery_id)
-            .values(outcome=outcome, upstream_reply=reply[:2000], finished_at=now)
+            update(Delivery.__table__).where(Delivery.__table__.c.id == bindparam("b_id")),
+            rows,
         )
 
 

@@ -85,21 +85,19 @@ class SmtpUpstream:
         self.timeout = timeout
         self.verify_certificate = verify_certificate
         self.local_hostname = local_hostname
+        # Made once: loading the CA bundle costs tens of milliseconds and blocks the loop.
+        self.tls_context = _client_tls_context(verify_certificate) if tls != "none" else None
 
     def describe(self) -> str:
         return f"{self.host}:{self.port}"
 
     def _client(self) -> aiosmtplib.SMTP:
-        context = ssl.create_default_context()
-        if not self.verify_certificate:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
         return aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,
             use_tls=self.tls == "implicit",
             start_tls=self.tls == "starttls",
-            tls_context=context if self.tls != "none" else None,
+            tls_context=self.tls_context,
             timeout=self.timeout,
             local_hostname=self.local_hostname,
         )
@@ -215,6 +213,14 @@ class _Link:
                 await self.smtp.quit()
             except (aiosmtplib.SMTPException, OSError):
                 self.smtp.close()
+
+
+def _client_tls_context(verify: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _same_failure(first: Outcome, copy: Copy) -> Outcome:
