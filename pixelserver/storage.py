@@ -82,6 +82,17 @@ class User(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class LocalUser(Base):
+    """A relay login for auth = "local" (argon2id hash; the password itself is never kept)."""
+
+    __tablename__ = "local_user"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    username: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Message(Base):
     __tablename__ = "message"
 
@@ -239,6 +250,40 @@ async def set_outcomes(session: AsyncSession, outcomes: Iterable[tuple[int, str,
             update(Delivery.__table__).where(Delivery.__table__.c.id == bindparam("b_id")),
             rows,
         )
+
+
+async def local_user_hash(session: AsyncSession, username: str) -> str | None:
+    return (
+        await session.execute(
+            select(LocalUser.password_hash).where(LocalUser.username == username.lower())
+        )
+    ).scalar_one_or_none()
+
+
+async def set_local_user(session: AsyncSession, username: str, password_hash: str) -> bool:
+    """Create or replace; True when the user is new."""
+    user = (
+        await session.execute(select(LocalUser).where(LocalUser.username == username.lower()))
+    ).scalar_one_or_none()
+    if user is None:
+        session.add(LocalUser(username=username.lower(), password_hash=password_hash))
+        return True
+    user.password_hash = password_hash
+    return False
+
+
+async def remove_local_user(session: AsyncSession, username: str) -> bool:
+    user = (
+        await session.execute(select(LocalUser).where(LocalUser.username == username.lower()))
+    ).scalar_one_or_none()
+    if user is None:
+        return False
+    await session.delete(user)
+    return True
+
+
+async def local_usernames(session: AsyncSession) -> list[str]:
+    return list((await session.execute(select(LocalUser.username).order_by("username"))).scalars())
 
 
 # --- writes from the hit pipeline ----------------------------------------------------------

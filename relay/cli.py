@@ -5,22 +5,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from pixelserver import migrate, storage
 from pixelserver.config import ConfigError
-from relay import service
+from relay import auth, certs, service
 from relay.config import Config, config_path, load_config
 
 log = logging.getLogger("mailping")
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
+MIN_PASSWORD = 10
+
+
+class UsageError(Exception):
+    """A command was given wrong arguments; the message says what to do instead."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,6 +41,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     db = sub.add_parser("db", help="database maintenance")
     db.add_argument("action", choices=["upgrade", "status"])
     sub.add_parser("check-config", help="validate the configuration and say what it would do")
+    user = sub.add_parser("user", help='relay logins for relay.auth = "local"')
+    user.add_argument("action", choices=["add", "remove", "list"])
+    user.add_argument("name", nargs="?", help="login name (usually an email address)")
+    user.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input instead of asking",
+    )
+    cert = sub.add_parser("cert", help="make a self-signed TLS certificate and key for testing")
+    cert.add_argument("--host", default="localhost", help="name or address the certificate is for")
+    cert.add_argument("--out", default=".", help="folder for cert.pem and key.pem")
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -47,11 +65,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "db":
             return asyncio.run(db_command(cfg, args.action))
+        if args.command == "user":
+            return asyncio.run(user_command(cfg, args.action, args.name, args.password_stdin))
+        if args.command == "cert":
+            return cert_command(args.host, Path(args.out))
         return asyncio.run(run(cfg, args.command))
     except ConfigError as exc:
         print(f"mailping: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except service.SchemaOutOfDate as exc:
+    except (service.SchemaOutOfDate, service.ListenError) as exc:
         print(f"mailping: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except SQLAlchemyError as exc:
@@ -60,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_RUNTIME
+    except UsageError as exc:
+        print(f"mailping: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except OSError as exc:
         print(f"mailping: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
@@ -78,6 +103,7 @@ def describe(cfg: Config) -> str:
     auth = {
         "none": "no login (loopback clients only)",
         "upstream": "clients log in with their upstream mail account",
+        "local": "clients log in with users made by `mailping user add`",
     }[cfg.relay.auth]
     return "\n".join(
         [
@@ -123,6 +149,59 @@ async def db_command(cfg: Config, action: str) -> int:
         return 0
     finally:
         await engine.dispose()
+
+
+async def user_command(cfg: Config, action: str, name: str | None, from_stdin: bool) -> int:
+    if action != "list" and not name:
+        raise UsageError(f"`mailping user {action}` needs a login name")
+    engine, sessions = await service.open_store(cfg)
+    try:
+        if action == "list":
+            async with sessions() as session:
+                for username in await storage.local_usernames(session):
+                    print(username)
+            return 0
+        assert name is not None
+        if action == "remove":
+            async with sessions.begin() as session:
+                if not await storage.remove_local_user(session, name):
+                    raise UsageError(f"no user {name!r}")
+            print(f"removed {name}")
+            return 0
+        password = read_password(from_stdin)
+        digest = await asyncio.to_thread(auth.hash_password, password)
+        async with sessions.begin() as session:
+            created = await storage.set_local_user(session, name, digest)
+        print(f"{'added' if created else 'changed the password of'} {name.lower()}")
+        if cfg.relay.auth != "local":
+            print(
+                f'note: relay.auth is "{cfg.relay.auth}" in {cfg.source}; set it to "local" '
+                "for these logins to be used"
+            )
+        return 0
+    finally:
+        await engine.dispose()
+
+
+def read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise UsageError("the two passwords differ")
+    if len(password) < MIN_PASSWORD:
+        raise UsageError(f"the password must have at least {MIN_PASSWORD} characters")
+    return password
+
+
+def cert_command(host: str, out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    cert, key = out / "cert.pem", out / "key.pem"
+    certs.make_self_signed(host, cert, key)
+    print(f"wrote {cert} and {key} (self-signed for {host}, for testing only)")
+    print(f'in the config: [relay] tls = "starttls"  cert_file = "{cert}"  key_file = "{key}"')
+    return 0
 
 
 async def run(cfg: Config, command: str) -> int:

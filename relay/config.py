@@ -6,6 +6,7 @@ tables are defined in pixelserver.config so that the pixel server never imports 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ class RelayConfig:
     tls: str = choices("none", "starttls", "implicit")
     cert_file: str = ""
     key_file: str = ""
-    auth: str = choices("none", "upstream")
+    auth: str = choices("none", "upstream", "local")
     max_message_size: int = 36700160
     max_in_flight: int = 16
 
@@ -112,6 +113,9 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
 
     relay = build_section(RelayConfig, raw.get("relay"), file, "relay")
     upstream = build_section(UpstreamConfig, raw.get("upstream"), file, "upstream")
+    if upstream.host and "auth" not in (raw.get("relay") or {}):
+        # With a real upstream, the safe default is that clients log in with their account.
+        relay = dataclasses.replace(relay, auth="upstream")
     pixel = build_section(PixelServerConfig, raw.get("pixelserver"), file, "pixelserver")
     database = build_section(DatabaseConfig, raw.get("database"), file, "database")
 
@@ -125,6 +129,12 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         )
     if relay.auth == "upstream" and not upstream.host:
         raise ConfigError(file, "relay.auth", '"upstream" needs upstream.host to check logins')
+    if relay.auth != "none" and relay.tls == "none" and not is_loopback_host(host):
+        raise ConfigError(
+            file,
+            "relay.tls",
+            "logins are only taken over TLS beyond loopback: set starttls or implicit",
+        )
     if relay.tls != "none" and not (relay.cert_file and relay.key_file):
         raise ConfigError(
             file, "relay.cert_file", f'relay.tls = "{relay.tls}" needs cert_file and key_file'

@@ -54,7 +54,8 @@ class Upstream(Protocol):
         copies: Sequence[Copy],
         render: Render,
         *,
-        mail_options: Sequence[str] = (),
+        smtputf8: bool = False,
+        eight_bit: bool = False,
         credentials: Credentials | None = None,
     ) -> list[Outcome]: ...
 
@@ -132,10 +133,12 @@ class SmtpUpstream:
         copies: Sequence[Copy],
         render: Render,
         *,
-        mail_options: Sequence[str] = (),
+        smtputf8: bool = False,
+        eight_bit: bool = False,
         credentials: Credentials | None = None,
     ) -> list[Outcome]:
         link = _Link(self, credentials)
+        envelope = _Envelope(sender, smtputf8, eight_bit)
         outcomes: list[Outcome] = []
         broken: Outcome | None = None  # once the upstream is unusable, the rest fail alike
         try:
@@ -143,9 +146,7 @@ class SmtpUpstream:
                 if broken is not None:
                     outcomes.append(_same_failure(broken, copy))
                     continue
-                outcome, usable = await self._send_copy(
-                    link, sender, copy, render(copy), mail_options
-                )
+                outcome, usable = await self._send_copy(link, envelope, copy, render)
                 if not usable:
                     broken = outcome
                 outcomes.append(outcome)
@@ -154,9 +155,12 @@ class SmtpUpstream:
         return outcomes
 
     async def _send_copy(
-        self, link: _Link, sender: str, copy: Copy, data: bytes, mail_options: Sequence[str]
+        self, link: _Link, envelope: _Envelope, copy: Copy, render: Render
     ) -> tuple[Outcome, bool]:
-        """One copy to its one recipient; (outcome, whether the upstream is still usable)."""
+        """One copy to its one recipient; (outcome, whether the upstream is still usable).
+
+        The copy is rendered only once the connection is up, so a message to many recipients
+        holds one rendered copy at a time."""
 
         def failed(code: int, reply: str) -> Outcome:
             return Outcome(copy.key, copy.recipient, status_for(code), code, reply)
@@ -164,7 +168,15 @@ class SmtpUpstream:
         for attempt in (1, 2):
             try:
                 smtp = await link.get()
-                await smtp.sendmail(sender, [copy.recipient], data, mail_options=mail_options)
+                if envelope.smtputf8 and not smtp.supports_extension("smtputf8"):
+                    # Checked before the first copy, so nothing has been sent to anyone.
+                    return failed(550, f"5.6.7 {NO_SMTPUTF8.format(host=self.host)}"), False
+                options = ["SMTPUTF8"] if envelope.smtputf8 else []
+                if envelope.eight_bit and smtp.supports_extension("8bitmime"):
+                    options.append("BODY=8BITMIME")
+                await smtp.sendmail(
+                    envelope.sender, [copy.recipient], render(copy), mail_options=options
+                )
                 return Outcome(copy.key, copy.recipient, ACCEPTED, 250, "accepted"), True
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 r = exc.recipients[0]
@@ -183,6 +195,19 @@ class SmtpUpstream:
                 reply = f"could not reach the upstream server {self.describe()}: {_words(exc)}"
                 return failed(451, reply), False
         raise AssertionError("unreachable")
+
+
+NO_SMTPUTF8 = (
+    "This message needs SMTPUTF8 (an address with non-ASCII characters), which the upstream "
+    "server {host} does not support; nothing was sent"
+)
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    sender: str
+    smtputf8: bool
+    eight_bit: bool
 
 
 class _Link:
@@ -257,7 +282,8 @@ class OutboxUpstream:
         copies: Sequence[Copy],
         render: Render,
         *,
-        mail_options: Sequence[str] = (),
+        smtputf8: bool = False,
+        eight_bit: bool = False,
         credentials: Credentials | None = None,
     ) -> list[Outcome]:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -10,20 +10,22 @@ import asyncio
 import logging
 import time
 from base64 import b64decode
-from collections.abc import Awaitable, Callable
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from relay import replies
+from relay.auth import Authenticator
 from relay.forward import Credentials
 from relay.submit import Relay, Submission
 
 log = logging.getLogger("mailping.handler")
 
-CheckLogin = Callable[[Credentials], Awaitable[bool]]
-
 FAILURE_WINDOW = 600.0  # seconds over which failed logins from one address are counted
 FAILURES_BEFORE_LOCKOUT = 8
+
+
+def _ascii(*values: str | None) -> bool:
+    return all((v or "").isascii() for v in values)
 
 
 class RelayHandler:
@@ -31,17 +33,29 @@ class RelayHandler:
         self,
         relay: Relay,
         *,
-        check_login: CheckLogin | None,
+        authenticator: Authenticator | None,
         in_flight: int,
     ) -> None:
         self.relay = relay
-        self.check_login = check_login
+        self.authenticator = authenticator
         self.in_flight = asyncio.Semaphore(in_flight)
         self._failures: dict[str, list[float]] = {}
 
     @property
     def auth_required(self) -> bool:
-        return self.check_login is not None
+        return self.authenticator is not None
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        # aiosmtpd reads commands from a stream, so pipelined commands simply wait their turn.
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list
@@ -54,13 +68,17 @@ class RelayHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         creds = session.auth_data if isinstance(session.auth_data, Credentials) else None
+        forward_with = (
+            creds if self.authenticator and self.authenticator.forwards_credentials else None
+        )
         sub = Submission(
             user=creds.username if creds else (envelope.mail_from or "anonymous"),
             sender=envelope.mail_from or "",
             recipients=list(envelope.rcpt_tos),
-            data=envelope.original_content or envelope.content or b"",
-            mail_options=[o for o in envelope.mail_options if o.upper().startswith("BODY=")],
-            credentials=creds,
+            data=envelope.original_content or b"",
+            smtputf8=bool(envelope.smtp_utf8) or not _ascii(envelope.mail_from, *envelope.rcpt_tos),
+            eight_bit="BODY=8BITMIME" in (o.upper() for o in envelope.mail_options),
+            credentials=forward_with,
         )
         async with self.in_flight:
             result = await self.relay.submit(sub)
@@ -71,8 +89,8 @@ class RelayHandler:
         log.exception("unexpected error while handling a client", exc_info=error)
         return replies.INTERNAL_ERROR
 
-    # AUTH for auth = "upstream": aiosmtpd awaits handler-defined auth_* methods, so the login
-    # can be checked against the upstream server without blocking the loop.
+    # AUTH: aiosmtpd awaits handler-defined auth_* methods, so a login can be checked against
+    # the upstream server or the store without blocking the loop.
 
     async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
         if len(args) == 1:
@@ -109,7 +127,7 @@ class RelayHandler:
         return await self._check(server, login, password)
 
     async def _check(self, server: SMTP, login: bytes, password: bytes) -> AuthResult:
-        if self.check_login is None:
+        if self.authenticator is None:
             return AuthResult(success=False, message=replies.AUTH_INVALID)
         peer = str(server.session.peer[0]) if server.session and server.session.peer else "?"
         now = time.monotonic()
@@ -119,7 +137,7 @@ class RelayHandler:
             return AuthResult(success=False, message=replies.AUTH_TOO_MANY)
         creds = Credentials(login.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
         try:
-            ok = await self.check_login(creds)
+            ok = await self.authenticator.check(creds)
         except Exception:  # any transport failure: the login could not be checked
             log.warning("could not check a login against the upstream server", exc_info=True)
             return AuthResult(success=False, message=replies.AUTH_UNAVAILABLE)

@@ -14,7 +14,7 @@ from relay.forward import ACCEPTED, DEFERRED, Outcome
 RCPT_OK = "250 2.1.5 Recipient OK"
 AUTH_REQUIRED = "530 5.7.0 Authentication required: log in with your mail account first"
 AUTH_OK = "235 2.7.0 Authentication successful"
-AUTH_INVALID = "535 5.7.8 Username or password not accepted by the upstream mail server"
+AUTH_INVALID = "535 5.7.8 Username or password not accepted"
 AUTH_UNAVAILABLE = "454 4.7.0 Cannot check your login right now: the upstream server is unreachable"
 AUTH_TOO_MANY = "421 4.7.0 Too many failed logins from your address; try again later"
 NO_RECIPIENTS = "554 5.5.1 No valid recipients"

@@ -14,19 +14,28 @@ import ssl
 from dataclasses import dataclass
 
 import tornado.httpserver
-from aiosmtpd.smtp import SMTP
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from pixelserver import migrate, storage
 from pixelserver.app import make_app
 from pixelserver.config import ConfigError, is_loopback_host, parse_listen
 from pixelserver.hits import HitPipeline, Journal
+from relay.auth import Authenticator, LocalLogin, UpstreamLogin
 from relay.config import Config, resolve_file
 from relay.forward import Credentials, OutboxUpstream, SmtpUpstream, Upstream
 from relay.handler import RelayHandler
+from relay.smtp import RelaySMTP
 from relay.submit import Relay
 
 log = logging.getLogger("mailping")
+
+
+class ListenError(Exception):
+    """A listen address cannot be used; says which key to change."""
+
+    def __init__(self, key: str, address: str, exc: OSError) -> None:
+        reason = exc.strerror or str(exc)
+        super().__init__(f"cannot listen on {address} ({key}): {reason.lower()}")
 
 
 class SchemaOutOfDate(Exception):
@@ -105,17 +114,19 @@ async def start_relay(
         pixel_path=cfg.pixelserver.pixel_path,
         hostname=hostname,
     )
-    check_login = None
+    authenticator: Authenticator | None = None
     if cfg.relay.auth == "upstream":
         assert isinstance(upstream, SmtpUpstream)
-        check_login = upstream.check_login
-    handler = RelayHandler(relay, check_login=check_login, in_flight=cfg.relay.max_in_flight)
+        authenticator = UpstreamLogin(upstream.check_login)
+    elif cfg.relay.auth == "local":
+        authenticator = LocalLogin(sessions)
+    handler = RelayHandler(relay, authenticator=authenticator, in_flight=cfg.relay.max_in_flight)
     host, port = parse_listen(cfg.relay.listen, cfg.source, "relay.listen")
     tls = server_tls_context(cfg)
     loopback = is_loopback_host(host)
 
-    def factory() -> SMTP:
-        return SMTP(
+    def factory() -> RelaySMTP:
+        return RelaySMTP(
             handler,
             data_size_limit=cfg.relay.max_message_size,
             enable_SMTPUTF8=True,
@@ -125,17 +136,20 @@ async def start_relay(
             tls_context=tls if cfg.relay.tls == "starttls" else None,
             require_starttls=cfg.relay.tls == "starttls" and not loopback,
             auth_require_tls=not loopback,
-            auth_exclude_mechanism=["PLAIN", "LOGIN"] if check_login is None else None,
+            auth_exclude_mechanism=["PLAIN", "LOGIN"] if authenticator is None else None,
         )
 
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        factory,
-        host=host,
-        port=port,
-        ssl=tls if cfg.relay.tls == "implicit" else None,
-        reuse_address=True,
-    )
+    try:
+        server = await loop.create_server(
+            factory,
+            host=host,
+            port=port,
+            ssl=tls if cfg.relay.tls == "implicit" else None,
+            reuse_address=True,
+        )
+    except OSError as exc:
+        raise ListenError("relay.listen", cfg.relay.listen, exc) from None
     return RunningRelay(server, handler)
 
 
@@ -167,5 +181,9 @@ async def start_pixelserver(
     )
     host, port = parse_listen(cfg.pixelserver.listen, cfg.source, "pixelserver.listen")
     http = tornado.httpserver.HTTPServer(app, xheaders=False)
-    http.listen(port, address=host, reuse_port=False)
+    try:
+        http.listen(port, address=host, reuse_port=False)
+    except OSError as exc:
+        await pipeline.close()
+        raise ListenError("pixelserver.listen", cfg.pixelserver.listen, exc) from None
     return RunningPixelServer(http, pipeline)

@@ -27,7 +27,8 @@ class Submission:
     sender: str
     recipients: Sequence[str]
     data: bytes
-    mail_options: Sequence[str] = ()
+    smtputf8: bool = False
+    eight_bit: bool = False
     credentials: Credentials | None = None
 
 
@@ -106,7 +107,8 @@ class Relay:
             sub.sender,
             copies,
             render,
-            mail_options=sub.mail_options,
+            smtputf8=sub.smtputf8,
+            eight_bit=sub.eight_bit,
             credentials=sub.credentials,
         )
         if recorded is not None:

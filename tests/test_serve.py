@@ -103,3 +103,19 @@ def test_stops_cleanly_on_sigterm(served) -> None:
     proc, _, _ = served
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
+
+
+def test_a_second_instance_names_the_busy_address(served, tmp_path: Path) -> None:
+    other = tmp_path / "second"
+    other.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "relay.cli", "--log-level", "WARNING", "serve"],
+        cwd=other,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "mailping: cannot listen on 127.0.0.1:8025 (pixelserver.listen): address already in use"
+    )

@@ -1,0 +1,94 @@
+"""Who may relay: checking a client's login, for auth = "upstream" and auth = "local".
+
+"upstream": the login is the user's own account at their provider; it is checked by logging in
+there and then used to forward their mail. Nothing is stored but, for a few minutes after a
+successful check, a salted hash of it, so a client that reconnects for every message does not
+cost an upstream login each time.
+"local": users made with `mailping user add`, stored as argon2id hashes; mail is forwarded
+with the relay account from the configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from pixelserver import storage
+from relay.forward import Credentials
+
+CHECK_TTL = 600.0
+
+
+class Authenticator:
+    """Checks a login; `forwards_credentials` says whether mail goes upstream with it."""
+
+    forwards_credentials: bool
+
+    async def check(self, creds: Credentials) -> bool:
+        raise NotImplementedError
+
+
+@dataclass
+class UpstreamLogin(Authenticator):
+    login: Callable[[Credentials], Awaitable[bool]]
+    ttl: float = CHECK_TTL
+    forwards_credentials: bool = True
+    _recent: dict[str, tuple[bytes, bytes, float]] = field(default_factory=dict)
+
+    async def check(self, creds: Credentials) -> bool:
+        now = time.monotonic()
+        entry = self._recent.get(creds.username)
+        if entry is not None:
+            salt, digest, expires = entry
+            if now < expires and hmac.compare_digest(digest, _digest(salt, creds.password)):
+                return True
+            self._recent.pop(creds.username, None)
+        ok = await self.login(creds)
+        if ok:
+            salt = secrets.token_bytes(16)
+            self._recent[creds.username] = (salt, _digest(salt, creds.password), now + self.ttl)
+        return ok
+
+
+def _digest(salt: bytes, password: str) -> bytes:
+    return hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 10_000)
+
+
+HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
+
+
+def hash_password(password: str) -> str:
+    return HASHER.hash(password)
+
+
+@dataclass
+class LocalLogin(Authenticator):
+    sessions: async_sessionmaker[AsyncSession]
+    forwards_credentials: bool = False
+
+    async def check(self, creds: Credentials) -> bool:
+        async with self.sessions() as session:
+            stored = await storage.local_user_hash(session, creds.username)
+        # Verify even for an unknown user, so timing does not tell which names exist.
+        target = stored or _DUMMY_HASH
+        ok = await asyncio.to_thread(_verify, target, creds.password)
+        return ok and stored is not None
+
+
+def _verify(stored_hash: str, password: str) -> bool:
+    try:
+        return HASHER.verify(stored_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+_DUMMY_HASH = HASHER.hash(secrets.token_urlsafe(16))
