@@ -109,6 +109,8 @@ class SmtpUpstream:
         creds = credentials or self.credentials
         if creds is not None:
             await smtp.login(creds.username, creds.password)
+        if smtp.last_ehlo_response is None:
+            await smtp.ehlo()  # so its extensions (SMTPUTF8, 8BITMIME) are known before sending
         return smtp
 
     async def check_login(self, credentials: Credentials) -> bool:
@@ -260,6 +262,8 @@ def _words(exc: BaseException) -> str:
         return "it did not answer in time"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS failed: its certificate is not trusted ({exc.verify_message})"
     if isinstance(exc, ssl.SSLError):
         return f"TLS failed ({exc.reason or exc})"
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected):

@@ -21,7 +21,12 @@ from relay.submit import Relay, Submission
 log = logging.getLogger("mailping.handler")
 
 FAILURE_WINDOW = 600.0  # seconds over which failed logins from one address are counted
-FAILURES_BEFORE_LOCKOUT = 8
+FAILURES_BEFORE_LOCKOUT = 5
+
+
+def _refused(reply: str) -> AuthResult:
+    # handled=False: aiosmtpd is to send `reply` (handled=True means we already answered).
+    return AuthResult(success=False, handled=False, message=reply)
 
 
 def _ascii(*values: str | None) -> bool:
@@ -42,7 +47,8 @@ class RelayHandler:
         self._failures: dict[str, list[float]] = {}
 
     @property
-    def auth_required(self) -> bool:
+    def needs_login(self) -> bool:
+        # (Not named auth_*: aiosmtpd takes every auth_* attribute of a handler for a mechanism.)
         return self.authenticator is not None
 
     async def handle_EHLO(
@@ -55,12 +61,14 @@ class RelayHandler:
     ) -> list[str]:
         # aiosmtpd reads commands from a stream, so pipelined commands simply wait their turn.
         session.host_name = hostname
+        if not self.needs_login:  # aiosmtpd would still offer an empty "AUTH" line
+            responses = [r for r in responses if not r.startswith("250-AUTH")]
         return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list
     ) -> str:
-        if self.auth_required and not session.authenticated:
+        if self.needs_login and not session.authenticated:
             return replies.AUTH_REQUIRED
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -128,23 +136,23 @@ class RelayHandler:
 
     async def _check(self, server: SMTP, login: bytes, password: bytes) -> AuthResult:
         if self.authenticator is None:
-            return AuthResult(success=False, message=replies.AUTH_INVALID)
+            return _refused(replies.AUTH_INVALID)
         peer = str(server.session.peer[0]) if server.session and server.session.peer else "?"
         now = time.monotonic()
         recent = [t for t in self._failures.get(peer, []) if now - t < FAILURE_WINDOW]
         self._failures[peer] = recent
         if len(recent) >= FAILURES_BEFORE_LOCKOUT:
-            return AuthResult(success=False, message=replies.AUTH_TOO_MANY)
+            return _refused(replies.AUTH_TOO_MANY)
         creds = Credentials(login.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
         try:
             ok = await self.authenticator.check(creds)
         except Exception:  # any transport failure: the login could not be checked
             log.warning("could not check a login against the upstream server", exc_info=True)
-            return AuthResult(success=False, message=replies.AUTH_UNAVAILABLE)
+            return _refused(replies.AUTH_UNAVAILABLE)
         if not ok:
             recent.append(now)
             # Slow down guessing: each failure from this address costs it more time.
-            await asyncio.sleep(min(0.5 * len(recent), 5.0))
-            return AuthResult(success=False, message=replies.AUTH_INVALID)
+            await asyncio.sleep(min(0.2 * len(recent), 2.0))
+            return _refused(replies.AUTH_INVALID)
         self._failures.pop(peer, None)
         return AuthResult(success=True, auth_data=creds, message=replies.AUTH_OK)

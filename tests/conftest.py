@@ -4,16 +4,18 @@ relay and pixel server started on the test's event loop, all over real sockets."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable
+import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 import pytest
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from sqlalchemy.engine import make_url
 
 from pixelserver import migrate, storage
@@ -23,7 +25,6 @@ from relay.config import Config, RelayConfig, UpstreamConfig
 
 PG_ENV = "MAILPING_TEST_PG_URL"
 HERE = Path(__file__).parent
-CORPUS = HERE.parent.parent / "shared" / "corpus" / "mail-gem"
 
 
 def free_port() -> int:
@@ -32,12 +33,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In CI, PostgreSQL tests must run: a missing server is a failure, not a skip."""
-    del config, items
-
-
 def require_postgres() -> str:
+    """In CI, PostgreSQL tests must run: a missing server is a failure, not a skip."""
     url = os.environ.get(PG_ENV)
     if not url:
         if os.environ.get("CI"):
@@ -82,18 +79,24 @@ class Captured:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    mail_options: list[str]
+    login: str | None
 
 
 @dataclass
 class CaptureUpstream:
     """A real SMTP server standing in for the user's provider; records what it receives.
 
-    `refuse` maps a recipient to the reply it gets at RCPT (e.g. "550 5.1.1 No such user").
+    `refuse` maps a recipient to the reply it gets at RCPT (e.g. "550 5.1.1 No such user");
+    `logins` (user -> password), when set, makes AUTH required; `hang_up` closes the connection
+    after each accepted message, as some providers do after a limit.
     """
 
     port: int
     messages: list[Captured] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)
+    logins: dict[str, str] | None = None
+    hang_up: bool = False
     sessions: int = 0
 
     async def handle_EHLO(
@@ -116,53 +119,102 @@ class CaptureUpstream:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        if self.logins is not None and not session.authenticated:
+            return "530 5.7.0 Authentication required"
         if address in self.refuse:
             return self.refuse[address]
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        login = session.login_data.decode() if session.login_data else None
         self.messages.append(
-            Captured(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+            Captured(
+                envelope.mail_from,
+                list(envelope.rcpt_tos),
+                envelope.original_content,
+                list(envelope.mail_options),
+                login,
+            )
         )
+        if self.hang_up:
+            asyncio.get_running_loop().call_soon(server.transport.close)
         return "250 2.0.0 queued"
+
+    def authenticate(self, server, session, envelope, mechanism, data) -> AuthResult:
+        ok = (
+            self.logins is not None
+            and self.logins.get(data.login.decode()) == data.password.decode()
+        )
+        return AuthResult(success=ok, handled=False, auth_data=data)
 
     def for_recipient(self, rcpt: str) -> list[Captured]:
         return [m for m in self.messages if m.rcpt_tos == [rcpt]]
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[CaptureUpstream]:
-    cap = CaptureUpstream(port=free_port())
+@contextlib.asynccontextmanager
+async def capture_upstream(
+    *,
+    smtputf8: bool = True,
+    tls: ssl.SSLContext | None = None,
+    implicit: bool = False,
+    **kw: object,
+) -> AsyncIterator[CaptureUpstream]:
+    cap = CaptureUpstream(port=free_port(), **kw)  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: SMTP(
             cap,
             decode_data=False,
-            enable_SMTPUTF8=True,
+            enable_SMTPUTF8=smtputf8,
             data_size_limit=None,
             hostname="upstream.test",
+            authenticator=cap.authenticate,
+            auth_require_tls=False,
+            tls_context=None if implicit else tls,
         ),
         "127.0.0.1",
         cap.port,
+        ssl=tls if implicit else None,
     )
-    yield cap
-    server.close()
-    await server.wait_closed()
+    try:
+        yield cap
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
-def make_config(tmp_path: Path, db_url: str, upstream_port: int | None, **relay: object) -> Config:
+@pytest.fixture
+async def upstream() -> AsyncIterator[CaptureUpstream]:
+    async with capture_upstream() as cap:
+        yield cap
+
+
+def make_config(
+    tmp_path: Path,
+    db_url: str,
+    upstream_port: int | None,
+    *,
+    relay: dict | None = None,
+    upstream: dict | None = None,
+    upstream_password: str = "",
+) -> Config:
+    """A Config as load_config would build it, on free loopback ports."""
     pixel_port = free_port()
+    relay_kw = {"listen": f"127.0.0.1:{free_port()}", "hostname": "relay.test", **(relay or {})}
+    upstream_kw = {
+        "host": "127.0.0.1" if upstream_port else "",
+        "port": upstream_port or 587,
+        "tls": "none",
+        "timeout": 5,
+        **(upstream or {}),
+    }
     return Config(
         source="(test)",
         data_dir=tmp_path / "data",
-        relay=RelayConfig(listen=f"127.0.0.1:{free_port()}", hostname="relay.test", **relay),
-        upstream=UpstreamConfig(
-            host="127.0.0.1" if upstream_port else "",
-            port=upstream_port or 587,
-            tls="none",
-            timeout=5,
-        ),
+        relay=RelayConfig(**relay_kw),
+        upstream=UpstreamConfig(**upstream_kw),
+        upstream_password=upstream_password,
         pixelserver=PixelServerConfig(
             listen=f"127.0.0.1:{pixel_port}",
             public_url=f"http://127.0.0.1:{pixel_port}",
@@ -180,7 +232,6 @@ class Stack:
     store: object
     relay_port: int
     pixel_base: str
-    close: Callable
 
 
 @pytest.fixture
@@ -191,7 +242,7 @@ async def stack(
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     relay = await service.start_relay(cfg, store)
     pixel = await service.start_pixelserver(cfg, store)
-    s = Stack(cfg, store, int(cfg.relay.listen.rsplit(":", 1)[1]), cfg.pixelserver.public_url, None)
+    s = Stack(cfg, store, int(cfg.relay.listen.rsplit(":", 1)[1]), cfg.pixelserver.public_url)
     yield s
     await relay.close()
     await pixel.close()

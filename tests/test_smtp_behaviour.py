@@ -1,0 +1,337 @@
+"""The relay's SMTP dialogue with real clients and real upstream servers: extensions, enhanced
+codes, size limits, pipelining, SMTPUTF8, 8BITMIME, and every way an upstream can fail."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import smtplib
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from pixelserver import storage
+from relay import replies, service
+from relay.certs import make_self_signed
+from relay.handler import RelayHandler
+from tests.conftest import CaptureUpstream, Stack, capture_upstream, free_port, make_config
+from tests.helpers import CORPUS_DIR, MAILGEM_DIR
+
+HTML = (CORPUS_DIR / "gmail_web_no_body_tag.eml").read_bytes()
+ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3} ")
+
+
+def converse(port: int, lines: list[bytes], *, pipelined: bool = False) -> list[bytes]:
+    """Raw SMTP: returns the final line of each reply (after the greeting)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        f = sock.makefile("rb")
+
+        def reply() -> list[bytes]:
+            out = []
+            while True:
+                line = f.readline().rstrip(b"\r\n")
+                out.append(line)
+                if line[3:4] != b"-":
+                    return out
+
+        reply()  # greeting
+        results = []
+        if pipelined:
+            sock.sendall(b"".join(line + b"\r\n" for line in lines))
+            results = [reply()[-1] for _ in lines]
+        else:
+            for line in lines:
+                sock.sendall(line + b"\r\n")
+                results.append(reply()[-1])
+        return results
+
+
+async def relay_on(tmp_path: Path, db_url: str, store, port: int | None, **kw):
+    cfg = make_config(tmp_path, db_url, port, **kw)
+    return cfg, await service.start_relay(cfg, store)
+
+
+def smtp_port(cfg) -> int:
+    return int(cfg.relay.listen.rsplit(":", 1)[1])
+
+
+def send(port: int, rcpts: list[str], data: bytes = HTML, **kw) -> str:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+        try:
+            c.sendmail("me@example.com", rcpts, data, **kw)
+        except smtplib.SMTPResponseException as exc:
+            return f"{exc.smtp_code} {exc.smtp_error.decode()}"
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, text = next(iter(exc.recipients.values()))
+            return f"{code} {text.decode()}"
+    return "250"
+
+
+async def outcomes(store) -> list[str]:
+    async with store() as s:
+        return list((await s.execute(select(storage.Delivery.outcome).order_by("id"))).scalars())
+
+
+async def test_ehlo_advertises_what_the_relay_does(stack: Stack) -> None:
+    def ehlo() -> dict:
+        with smtplib.SMTP("127.0.0.1", stack.relay_port, timeout=30) as c:
+            c.ehlo("client.test")
+            return c.esmtp_features
+
+    features = await asyncio.to_thread(ehlo)
+    assert features["size"] == "36700160"  # 35 MiB, the configured default
+    for ext in ("8bitmime", "smtputf8", "pipelining", "enhancedstatuscodes"):
+        assert ext in features
+    assert "auth" not in features  # auth = "none": nothing to log in to
+    assert "starttls" not in features
+
+
+async def test_every_reply_carries_an_enhanced_status_code(stack: Stack) -> None:
+    lines = [
+        b"EHLO client.test",
+        b"NOOP",
+        b"RCPT TO:<a@example.org>",
+        b"MAIL FROM:<me@example.com>",
+        b"MAIL FROM:<me@example.com>",
+        b"RCPT TO:<a@example.org>",
+        b"RSET",
+        b"VRFY x",
+        b"BOGUS",
+        b"HELP",
+        b"DATA",
+        b"QUIT",
+    ]
+    got = await asyncio.to_thread(converse, stack.relay_port, lines)
+    checked = [r for line, r in zip(lines, got, strict=True) if not line.startswith(b"EHLO")]
+    assert all(ENHANCED.match(r) for r in checked), checked
+    assert got[2].startswith(b"503 5.5.1 need MAIL command")
+
+
+async def test_pipelined_transaction(stack: Stack, upstream: CaptureUpstream) -> None:
+    got = await asyncio.to_thread(
+        converse,
+        stack.relay_port,
+        [
+            b"EHLO client.test",
+            b"MAIL FROM:<me@example.com>",
+            b"RCPT TO:<a@example.org>",
+            b"RCPT TO:<b@example.org>",
+            b"DATA",
+        ],
+        pipelined=True,
+    )
+    assert [r[:3] for r in got] == [b"250", b"250", b"250", b"250", b"354"]
+
+    def finish() -> None:
+        with socket.create_connection(("127.0.0.1", stack.relay_port), timeout=30) as sock:
+            f = sock.makefile("rb")
+            f.readline()
+            sock.sendall(
+                b"EHLO c\r\nMAIL FROM:<me@example.com>\r\nRCPT TO:<a@example.org>\r\n"
+                b"RCPT TO:<b@example.org>\r\nDATA\r\n"
+            )
+            for _ in range(4):
+                while f.readline()[3:4] == b"-":
+                    pass
+            assert f.readline().startswith(b"354")
+            sock.sendall(HTML + b".\r\nQUIT\r\n")
+            assert f.readline().startswith(b"250 2.0.0 Sent to 2 recipients")
+
+    await asyncio.to_thread(finish)
+    assert len(upstream.messages) == 2
+
+
+async def test_size_limit_is_refused_clearly(tmp_path: Path, db_url: str, store, upstream) -> None:
+    cfg, relay = await relay_on(
+        tmp_path, db_url, store, upstream.port, relay={"max_message_size": 20_000}
+    )
+    try:
+        big = HTML + b"x" * 30_000 + b"\r\n"
+        declared = await asyncio.to_thread(
+            converse, smtp_port(cfg), [b"EHLO c", b"MAIL FROM:<me@example.com> SIZE=30000"]
+        )
+        assert (
+            declared[1]
+            == b"552 5.3.4 Message too big: this relay accepts messages up to 20000 bytes"
+        )
+        reply = await asyncio.to_thread(send, smtp_port(cfg), ["a@example.org"], big)
+        assert reply.startswith("552 5.3.4 Message too big")
+    finally:
+        await relay.close()
+    assert upstream.messages == []
+
+
+async def test_smtputf8_addresses_end_to_end(stack: Stack, upstream: CaptureUpstream) -> None:
+    raw = (MAILGEM_DIR / "rfc6532" / "utf8_headers.eml").read_bytes().replace(b"\n", b"\r\n")
+
+    def go() -> dict:
+        with smtplib.SMTP("127.0.0.1", stack.relay_port, timeout=30) as c:
+            return c.sendmail(
+                "zoë@example.com",
+                ["josé@example.org"],
+                raw,
+                mail_options=["SMTPUTF8", "BODY=8BITMIME"],
+            )
+
+    assert await asyncio.to_thread(go) == {}
+    (m,) = upstream.messages
+    assert m.mail_from == "zoë@example.com" and m.rcpt_tos == ["josé@example.org"]
+    assert "SMTPUTF8" in m.mail_options and "BODY=8BITMIME" in m.mail_options
+
+
+async def test_smtputf8_needed_but_missing_upstream_sends_nothing(
+    tmp_path: Path, db_url: str, store
+) -> None:
+    async with capture_upstream(smtputf8=False) as cap:
+        cfg, relay = await relay_on(tmp_path, db_url, store, cap.port)
+        try:
+
+            def go() -> str:
+                with smtplib.SMTP("127.0.0.1", smtp_port(cfg), timeout=30) as c:
+                    try:
+                        c.sendmail(
+                            "me@example.com",
+                            ["josé@example.org", "ana@example.org"],
+                            HTML,
+                            mail_options=["SMTPUTF8"],
+                        )
+                    except smtplib.SMTPDataError as exc:
+                        return f"{exc.smtp_code} {exc.smtp_error.decode()}"
+                return "250"
+
+            reply = await asyncio.to_thread(go)
+        finally:
+            await relay.close()
+        assert reply.startswith("550 5.6.7 This message needs SMTPUTF8")
+        assert cap.messages == []
+    assert await outcomes(store) == ["rejected", "rejected"]
+
+
+async def test_8bit_body_is_declared_upstream(stack: Stack, upstream: CaptureUpstream) -> None:
+    raw = (CORPUS_DIR / "outlook_upper_body_8bit.eml").read_bytes()
+    assert (
+        await asyncio.to_thread(
+            send, stack.relay_port, ["a@example.org"], raw, mail_options=["BODY=8BITMIME"]
+        )
+        == "250"
+    )
+    assert upstream.messages[0].mail_options == ["BODY=8BITMIME"]
+
+
+async def test_upstream_hanging_up_after_each_message_gets_each_copy_once(
+    tmp_path: Path, db_url: str, store
+) -> None:
+    async with capture_upstream(hang_up=True) as cap:
+        cfg, relay = await relay_on(tmp_path, db_url, store, cap.port)
+        try:
+            rcpts = ["a@example.org", "b@example.org", "c@example.org"]
+            assert await asyncio.to_thread(send, smtp_port(cfg), rcpts) == "250"
+        finally:
+            await relay.close()
+        assert sorted(m.rcpt_tos[0] for m in cap.messages) == rcpts
+        assert cap.sessions == 3  # re-opened after each hang-up, never re-sent
+    assert await outcomes(store) == ["accepted"] * 3
+
+
+async def test_upstream_without_starttls_is_a_clear_temporary_failure(
+    tmp_path: Path, db_url: str, store, upstream
+) -> None:
+    cfg, relay = await relay_on(
+        tmp_path, db_url, store, upstream.port, upstream={"tls": "starttls"}
+    )
+    try:
+        reply = await asyncio.to_thread(send, smtp_port(cfg), ["a@example.org"])
+    finally:
+        await relay.close()
+    assert reply.startswith("451 4.4.1") and "STARTTLS" in reply
+    assert upstream.messages == []
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    make_self_signed("127.0.0.1", cert, key)
+    return cert, key
+
+
+def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_untrusted_upstream_certificate_is_refused_unless_told_otherwise(
+    tmp_path: Path, db_url: str, store, self_signed
+) -> None:
+    async with capture_upstream(tls=server_context(*self_signed), implicit=True) as cap:
+        cfg, relay = await relay_on(
+            tmp_path / "a", db_url, store, cap.port, upstream={"tls": "implicit"}
+        )
+        try:
+            reply = await asyncio.to_thread(send, smtp_port(cfg), ["a@example.org"])
+        finally:
+            await relay.close()
+        assert reply.startswith("451 4.4.1") and "TLS failed" in reply and "certificate" in reply
+        assert cap.messages == []
+        cfg, relay = await relay_on(
+            tmp_path / "b",
+            db_url,
+            store,
+            cap.port,
+            upstream={"tls": "implicit", "verify_certificate": False},
+        )
+        try:
+            assert await asyncio.to_thread(send, smtp_port(cfg), ["a@example.org"]) == "250"
+        finally:
+            await relay.close()
+        assert len(cap.messages) == 1
+
+
+async def test_upstream_refusing_the_relay_account_login(
+    tmp_path: Path, db_url: str, store
+) -> None:
+    async with capture_upstream(logins={"relay@example.com": "right"}) as cap:
+        cfg, relay = await relay_on(
+            tmp_path,
+            db_url,
+            store,
+            cap.port,
+            relay={"auth": "none"},
+            upstream={"username": "relay@example.com"},
+            upstream_password="wrong",
+        )
+        try:
+            reply = await asyncio.to_thread(
+                send, smtp_port(cfg), ["a@example.org", "b@example.org"]
+            )
+        finally:
+            await relay.close()
+        assert reply.startswith("451 4.4.1") and "refused the login" in reply
+        assert cap.messages == []
+        assert cap.sessions == 1  # not retried for the second copy
+    assert await outcomes(store) == ["deferred", "deferred"]
+
+
+async def test_silent_upstream_times_out_with_words(tmp_path: Path, db_url: str, store) -> None:
+    port = free_port()
+    server = await asyncio.start_server(lambda r, w: asyncio.sleep(30), "127.0.0.1", port)
+    try:
+        cfg, relay = await relay_on(tmp_path, db_url, store, port, upstream={"timeout": 1})
+        try:
+            reply = await asyncio.to_thread(send, smtp_port(cfg), ["a@example.org"])
+        finally:
+            await relay.close()
+    finally:
+        server.close()
+    assert reply.startswith("451 4.4.1") and "did not answer in time" in reply
+
+
+async def test_unexpected_errors_are_a_451_that_tells_nothing_inside() -> None:
+    handler = RelayHandler(relay=None, authenticator=None, in_flight=1)  # type: ignore[arg-type]
+    reply = await handler.handle_exception(RuntimeError("password=hunter2 at /srv/secret"))
+    assert reply == replies.INTERNAL_ERROR
+    assert "hunter2" not in reply and "secret" not in reply
