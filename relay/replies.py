@@ -16,7 +16,7 @@ AUTH_REQUIRED = "530 5.7.0 Authentication required: log in with your mail accoun
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_INVALID = "535 5.7.8 Username or password not accepted"
 AUTH_UNAVAILABLE = "454 4.7.0 Cannot check your login right now: the upstream server is unreachable"
-AUTH_TOO_MANY = "421 4.7.0 Too many failed logins from your address; try again later"
+AUTH_TOO_MANY = "454 4.7.0 Too many failed logins from your address; try again in a few minutes"
 NO_RECIPIENTS = "554 5.5.1 No valid recipients"
 INTERNAL_ERROR = "451 4.3.0 MailPing hit an internal error; nothing was sent, please retry"
 

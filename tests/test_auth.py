@@ -1,0 +1,349 @@
+"""Who may relay: real swaks over STARTTLS and implicit TLS with AUTH PLAIN and LOGIN, both
+login modes, refusal without login, throttling, the user command, and nmap's open-relay check."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import smtplib
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay import service
+from relay.certs import make_self_signed
+from tests.conftest import CaptureUpstream, capture_upstream, make_config
+from tests.helpers import CORPUS_DIR
+
+HTML_FILE = CORPUS_DIR / "thunderbird_html_only_lf_trailing.eml"
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        if "CI" in __import__("os").environ:
+            pytest.fail(f"CI is set but {tool} is not installed")
+        pytest.skip(f"{tool} is not installed")
+    return path
+
+
+@pytest.fixture
+def cert(tmp_path: Path) -> dict[str, str]:
+    c, k = tmp_path / "cert.pem", tmp_path / "key.pem"
+    make_self_signed("127.0.0.1", c, k)
+    return {"cert_file": str(c), "key_file": str(k)}
+
+
+def port_of(cfg) -> int:
+    return int(cfg.relay.listen.rsplit(":", 1)[1])
+
+
+def swaks(port: int, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            require("swaks"),
+            "--server",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--from",
+            "me@example.com",
+            "--to",
+            "ana@example.org",
+            "--data",
+            str(HTML_FILE),
+            "--timeout",
+            "20",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def mailping(cfg_file: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "relay.cli",
+            "--config",
+            str(cfg_file),
+            "--log-level",
+            "WARNING",
+            *args,
+        ],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def config_file(tmp_path: Path, db_url: str) -> Path:
+    path = tmp_path / "mailping.toml"
+    path.write_text(
+        f'data_dir = "{tmp_path}/data"\n[database]\nurl = "{db_url}"\n[relay]\nauth = "local"\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+async def test_local_users_log_in_over_starttls_with_swaks(
+    tmp_path: Path, db_url: str, store, cert, mechanism: str
+) -> None:
+    added = mailping(
+        config_file(tmp_path, db_url),
+        "user",
+        "add",
+        "Ana@Example.org",
+        "--password-stdin",
+        stdin="correct horse battery\n",
+    )
+    assert added.returncode == 0, added.stderr
+    async with capture_upstream(logins={"relay@example.com": "relay-secret"}) as cap:
+        cfg = make_config(
+            tmp_path,
+            db_url,
+            cap.port,
+            relay={"auth": "local", "tls": "starttls", **cert},
+            upstream={"username": "relay@example.com"},
+            upstream_password="relay-secret",
+        )
+        relay = await service.start_relay(cfg, store)
+        try:
+            ok = await asyncio.to_thread(
+                swaks,
+                port_of(cfg),
+                "--tls",
+                "--auth",
+                mechanism,
+                "--auth-user",
+                "ana@example.org",
+                "--auth-password",
+                "correct horse battery",
+            )
+            bad = await asyncio.to_thread(
+                swaks,
+                port_of(cfg),
+                "--tls",
+                "--auth",
+                mechanism,
+                "--auth-user",
+                "ana@example.org",
+                "--auth-password",
+                "wrong horse battery",
+            )
+        finally:
+            await relay.close()
+        assert ok.returncode == 0, ok.stdout
+        assert "<~  250 2.0.0 Sent to 1 recipient" in ok.stdout
+        assert "535 5.7.8" in bad.stdout and bad.returncode != 0
+        (m,) = cap.messages
+        assert m.login == "relay@example.com"  # forwarded with the relay account
+
+
+async def test_upstream_logins_are_checked_there_and_used_to_forward(
+    tmp_path: Path, db_url: str, store, cert
+) -> None:
+    async with capture_upstream(logins={"ana@example.org": "ana-password-1"}) as cap:
+        cfg = make_config(
+            tmp_path, db_url, cap.port, relay={"auth": "upstream", "tls": "implicit", **cert}
+        )
+        relay = await service.start_relay(cfg, store)
+        try:
+            ok = await asyncio.to_thread(
+                swaks,
+                port_of(cfg),
+                "--tlsc",
+                "--auth",
+                "LOGIN",
+                "--auth-user",
+                "ana@example.org",
+                "--auth-password",
+                "ana-password-1",
+            )
+            again = await asyncio.to_thread(
+                swaks,
+                port_of(cfg),
+                "--tlsc",
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "ana@example.org",
+                "--auth-password",
+                "ana-password-1",
+            )
+            bad = await asyncio.to_thread(
+                swaks,
+                port_of(cfg),
+                "--tlsc",
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "ana@example.org",
+                "--auth-password",
+                "guess",
+            )
+        finally:
+            await relay.close()
+    assert ok.returncode == 0 and again.returncode == 0, ok.stdout + again.stdout
+    assert "535 5.7.8" in bad.stdout
+    assert [m.login for m in cap.messages] == ["ana@example.org", "ana@example.org"]
+    # Login checks: the first, and the wrong password; the second success came from the cache.
+    assert cap.sessions == 2 + 2
+
+
+async def test_without_login_every_recipient_is_refused(
+    tmp_path: Path, db_url: str, store, upstream: CaptureUpstream
+) -> None:
+    cfg = make_config(tmp_path, db_url, upstream.port, relay={"auth": "local"})
+    relay = await service.start_relay(cfg, store)
+    try:
+
+        def go() -> tuple[int, bytes]:
+            with smtplib.SMTP("127.0.0.1", port_of(cfg), timeout=30) as c:
+                c.ehlo("client.test")
+                c.mail("me@example.com")
+                return c.rcpt("ana@example.org")
+
+        code, text = await asyncio.to_thread(go)
+    finally:
+        await relay.close()
+    assert code == 530 and text.startswith(b"5.7.0 Authentication required")
+    assert upstream.messages == []
+
+
+async def test_beyond_loopback_logins_wait_for_starttls(
+    tmp_path: Path, db_url: str, store, upstream, cert
+) -> None:
+    cfg = make_config(
+        tmp_path, db_url, upstream.port, relay={"auth": "local", "tls": "starttls", **cert}
+    )
+    cfg = cfg.__class__(
+        **{
+            **cfg.__dict__,
+            "relay": cfg.relay.__class__(
+                **{**cfg.relay.__dict__, "listen": "0.0.0.0:" + cfg.relay.listen.rsplit(":", 1)[1]}
+            ),
+        }
+    )
+    relay = await service.start_relay(cfg, store)
+    try:
+
+        def go() -> tuple[dict, tuple[int, bytes], dict]:
+            with smtplib.SMTP("127.0.0.1", port_of(cfg), timeout=30) as c:
+                c.ehlo("client.test")
+                before = dict(c.esmtp_features)
+                mail = c.mail("me@example.com")
+                ctx = ssl.create_default_context()
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                c.starttls(context=ctx)
+                c.ehlo("client.test")
+                return before, mail, dict(c.esmtp_features)
+
+        before, mail, after = await asyncio.to_thread(go)
+    finally:
+        await relay.close()
+    assert "auth" not in before and "starttls" in before
+    assert mail[0] == 530
+    assert after["auth"].split() == ["LOGIN", "PLAIN"]
+
+
+async def test_repeated_failures_are_slowed_then_refused(
+    tmp_path: Path, db_url: str, store, upstream
+) -> None:
+    cfg = make_config(tmp_path, db_url, upstream.port, relay={"auth": "local"})
+    relay = await service.start_relay(cfg, store)
+    try:
+
+        def go() -> list[int]:
+            codes = []
+            with smtplib.SMTP("127.0.0.1", port_of(cfg), timeout=60) as c:
+                c.ehlo("client.test")
+                c.user, c.password = "nobody@example.org", "not-the-password"
+                for _ in range(6):
+                    try:
+                        c.auth("PLAIN", c.auth_plain)
+                    except smtplib.SMTPAuthenticationError as exc:
+                        codes.append(exc.smtp_code)
+            return codes
+
+        codes = await asyncio.to_thread(go)
+    finally:
+        await relay.close()
+    assert codes == [535] * 5 + [454]
+
+
+def test_user_command(tmp_path: Path, db_url: str, store) -> None:
+    cfg = config_file(tmp_path, db_url)
+    assert (
+        mailping(
+            cfg,
+            "user",
+            "add",
+            "bob@example.org",
+            "--password-stdin",
+            stdin="long enough password\n",
+        ).returncode
+        == 0
+    )
+    changed = mailping(
+        cfg, "user", "add", "bob@example.org", "--password-stdin", stdin="another long password\n"
+    )
+    assert changed.stdout.startswith("changed the password of bob@example.org")
+    short = mailping(cfg, "user", "add", "eve@example.org", "--password-stdin", stdin="short\n")
+    assert short.returncode == 2 and "at least 10 characters" in short.stderr
+    assert mailping(cfg, "user", "list").stdout.split() == ["bob@example.org"]
+    assert mailping(cfg, "user", "remove", "bob@example.org").returncode == 0
+    missing = mailping(cfg, "user", "remove", "bob@example.org")
+    assert missing.returncode == 2 and "no user 'bob@example.org'" in missing.stderr
+    assert mailping(cfg, "user", "add").returncode == 2
+
+
+def nmap_open_relay(port: int) -> str:
+    out = subprocess.run(
+        [
+            require("nmap"),
+            "-Pn",
+            "-n",
+            "-p",
+            str(port),
+            "--script",
+            "+smtp-open-relay",
+            "--script-args",
+            "smtp-open-relay.domain=example.com",
+            "127.0.0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    assert "smtp-open-relay" in out, out
+    return out
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_nmap_finds_no_open_relay(tmp_path: Path, db_url: str, store, upstream) -> None:
+    require("nmap")
+    closed = make_config(tmp_path / "closed", db_url, upstream.port, relay={"auth": "local"})
+    relay = await service.start_relay(closed, store)
+    try:
+        verdict = await asyncio.to_thread(nmap_open_relay, port_of(closed))
+    finally:
+        await relay.close()
+    assert "Server isn't an open relay, authentication needed" in verdict
+    # The check can fail: the loopback-only demo mode (auth = "none") relays for anyone here.
+    demo = make_config(tmp_path / "demo", db_url, upstream.port, relay={"auth": "none"})
+    relay = await service.start_relay(demo, store)
+    try:
+        verdict = await asyncio.to_thread(nmap_open_relay, port_of(demo))
+    finally:
+        await relay.close()
+    assert "Server is an open relay" in verdict
+    assert upstream.messages == []  # nmap stops at RCPT; nothing was ever forwarded
