@@ -25,7 +25,7 @@ from relay.config import Config, resolve_file
 from relay.forward import Credentials, OutboxUpstream, SmtpUpstream, Upstream
 from relay.handler import RelayHandler
 from relay.smtp import RelaySMTP
-from relay.submit import Relay
+from relay.submit import Relay, is_google_host
 
 log = logging.getLogger("mailping")
 
@@ -92,6 +92,13 @@ def server_tls_context(cfg: Config) -> ssl.SSLContext | None:
     return ctx
 
 
+def guard_sent_copy(cfg: Config) -> bool:
+    """upstream.sent_copy: "guard", "off", or "auto" (guard for Google's servers)."""
+    if cfg.outbox_dir is not None or cfg.upstream.sent_copy == "off":
+        return False
+    return cfg.upstream.sent_copy == "guard" or is_google_host(cfg.upstream.host)
+
+
 @dataclass
 class RunningRelay:
     server: asyncio.base_events.Server
@@ -113,6 +120,7 @@ async def start_relay(
         public_url=cfg.pixelserver.public_url,
         pixel_path=cfg.pixelserver.pixel_path,
         hostname=hostname,
+        guard_sent_copy=guard_sent_copy(cfg),
     )
     authenticator: Authenticator | None = None
     if cfg.relay.auth == "upstream":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -50,6 +50,18 @@ def unique_recipients(recipients: Sequence[str]) -> list[str]:
     return out
 
 
+GUARD_KEY = 0  # the Sent-folder guard copy: sent, but not a delivery
+
+
+def is_google_host(host: str) -> bool:
+    """Google's submission servers file the first copy of a Message-ID in Sent Mail."""
+    host = host.lower().rstrip(".")
+    return host.endswith((".gmail.com", ".googlemail.com", ".google.com")) or host in (
+        "gmail.com",
+        "googlemail.com",
+    )
+
+
 class Relay:
     def __init__(
         self,
@@ -59,51 +71,22 @@ class Relay:
         public_url: str,
         pixel_path: str,
         hostname: str,
+        guard_sent_copy: bool = False,
     ) -> None:
         self.sessions = sessions
         self.upstream = upstream
         self.public_url = public_url
         self.pixel_path = pixel_path
         self.hostname = hostname
+        self.guard_sent_copy = guard_sent_copy
 
     async def submit(self, sub: Submission) -> Result:
         arrival = dt.datetime.now(dt.UTC)
         prepared = rewrite.prepare(sub.data)
         recipients = unique_recipients(sub.recipients)
-        try:
-            recorded = await tracking.record_message(
-                self.sessions,
-                user=sub.user,
-                envelope_from=sub.sender,
-                recipients=recipients,
-                subject=prepared.subject,
-                message_id_header=prepared.message_id,
-                size=len(sub.data),
-                untracked_reason=prepared.untracked_reason,
-            )
-        except SQLAlchemyError:
-            # The store is down: the mail still goes out, untracked, rather than waiting on us.
-            log.exception("could not record the message; forwarding it untracked")
-            recorded = None
-
-        if recorded is None or not prepared.tracked:
-            same = rewrite.untouched_copy(sub.data)
-            if recorded is None:
-                copies = [Copy(-i - 1, r) for i, r in enumerate(recipients)]
-            else:
-                copies = [Copy(d.id, d.recipient) for d in recorded.deliveries]
-
-            def render(copy: Copy) -> bytes:
-                return same
-        else:
-            tokens = {d.id: d.token for d in recorded.deliveries}
-            copies = [Copy(d.id, d.recipient) for d in recorded.deliveries]
-
-            def render(copy: Copy) -> bytes:
-                url = tracking.pixel_url(self.public_url, self.pixel_path, tokens[copy.key])
-                return rewrite.render(prepared, url)
-
-        outcomes = await self.upstream.send(
+        recorded = await self._record(sub, prepared, recipients)
+        copies, render = self._plan(sub, prepared, recorded, recipients)
+        sent = await self.upstream.send(
             sub.sender,
             copies,
             render,
@@ -111,6 +94,10 @@ class Relay:
             eight_bit=sub.eight_bit,
             credentials=sub.credentials,
         )
+        outcomes = [o for o in sent if o.key != GUARD_KEY]
+        for o in sent:
+            if o.key == GUARD_KEY and o.status != ACCEPTED:
+                log.warning("the Sent-folder guard copy was not accepted: %s", o.reply)
         if recorded is not None:
             try:
                 await tracking.record_outcomes(
@@ -133,6 +120,54 @@ class Relay:
         if 0 < accepted < len(outcomes):
             await self._report_failures(sub, outcomes, arrival)
         return Result(recorded.id if recorded else None, outcomes, prepared.untracked_reason)
+
+    async def _record(
+        self, sub: Submission, prepared: rewrite.Prepared, recipients: list[str]
+    ) -> tracking.RecordedMessage | None:
+        try:
+            return await tracking.record_message(
+                self.sessions,
+                user=sub.user,
+                envelope_from=sub.sender,
+                recipients=recipients,
+                subject=prepared.subject,
+                message_id_header=prepared.message_id,
+                size=len(sub.data),
+                untracked_reason=prepared.untracked_reason,
+            )
+        except SQLAlchemyError:
+            # The store is down: the mail still goes out, untracked, rather than waiting on us.
+            log.exception("could not record the message; forwarding it untracked")
+            return None
+
+    def _plan(
+        self,
+        sub: Submission,
+        prepared: rewrite.Prepared,
+        recorded: tracking.RecordedMessage | None,
+        recipients: list[str],
+    ) -> tuple[list[Copy], Callable[[Copy], bytes]]:
+        """The copies to send, in order, and how to render each."""
+        untouched = rewrite.untouched_copy(sub.data)
+        if recorded is None:
+            return [Copy(-i - 1, r) for i, r in enumerate(recipients)], lambda _c: untouched
+        copies = [Copy(d.id, d.recipient) for d in recorded.deliveries]
+        if not prepared.tracked:
+            return copies, lambda _c: untouched
+        tokens = {d.id: d.token for d in recorded.deliveries}
+
+        def render(copy: Copy) -> bytes:
+            if copy.key == GUARD_KEY:
+                return untouched
+            url = tracking.pixel_url(self.public_url, self.pixel_path, tokens[copy.key])
+            return rewrite.render(prepared, url)
+
+        if self.guard_sent_copy and sub.sender:
+            # Gmail files the first copy of a Message-ID in the sender's Sent Mail and ignores
+            # later ones: make that first copy one without a pixel, addressed to the sender, so
+            # re-reading Sent never looks like a recipient opening the mail.
+            copies.insert(0, Copy(GUARD_KEY, sub.sender))
+        return copies, render
 
     async def _report_failures(
         self, sub: Submission, outcomes: list[Outcome], arrival: dt.datetime

@@ -229,3 +229,39 @@ async def test_relay_never_crashes_on_garbage(stack: Stack, upstream: CaptureUps
     assert upstream.messages[0].data == garbage
     rows = await deliveries(stack.store)
     assert rows[0].tracking == "untracked"
+
+
+@pytest.mark.parametrize(("mode", "guarded"), [("guard", True), ("off", False), ("auto", False)])
+async def test_sent_folder_copy_carries_no_pixel(
+    tmp_path: Path, db_url: str, store, upstream: CaptureUpstream, mode: str, guarded: bool
+) -> None:
+    """With the guard, the first copy the upstream sees is the sender's own, without a pixel
+    (Gmail files that one in Sent Mail); "auto" guards only Google's servers."""
+    cfg = make_config(tmp_path, db_url, upstream.port, upstream={"sent_copy": mode})
+    relay = await service.start_relay(cfg, store)
+    raw = (CORPUS_DIR / "outlook_qp_alternative.eml").read_bytes()
+    try:
+        _, reply = await asyncio.to_thread(
+            send_smtplib, int(cfg.relay.listen.rsplit(":", 1)[1]), "me@example.com", RCPTS[:2], raw
+        )
+    finally:
+        await relay.close()
+    assert reply == "250"
+    first, *rest = upstream.messages
+    if guarded:
+        assert first.rcpt_tos == ["me@example.com"] and first.data == raw
+        assert [m.rcpt_tos[0] for m in rest] == RCPTS[:2]
+    else:
+        assert [m.rcpt_tos[0] for m in upstream.messages] == RCPTS[:2]
+    for m in upstream.messages[int(guarded) :]:
+        assert_unharmed(raw, m.data, pixels=1)
+    assert [r.recipient for r in await deliveries(store)] == RCPTS[:2]
+
+
+def test_google_upstreams_are_recognised() -> None:
+    from relay.submit import is_google_host
+
+    for host in ("smtp.gmail.com", "smtp-relay.gmail.com", "aspmx.l.google.com", "SMTP.GMAIL.COM."):
+        assert is_google_host(host)
+    for host in ("smtp.example.com", "gmail.com.evil.example", "notgmail.com", "127.0.0.1"):
+        assert not is_google_host(host)
