@@ -45,6 +45,11 @@ _TOO_BIG = ("552 Error: Too much mail data", "552 Error: message size exceeds fi
 class RelaySMTP(SMTP):
     """One instance per client connection (aiosmtpd's model)."""
 
+    # RFC 5321 caps lines at 1000 octets, but real mail breaks that and the user's provider may
+    # well accept it; refusing here would lose mail only because MailPing is in the path. The
+    # relay never makes a line longer than it was, and the upstream has the last word.
+    line_length_limit = 1024 * 1024
+
     _greeted = False
     _in_ehlo = False
 

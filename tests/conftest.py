@@ -152,18 +152,26 @@ class CaptureUpstream:
         return [m for m in self.messages if m.rcpt_tos == [rcpt]]
 
 
+class LenientSMTP(SMTP):
+    """Like most providers, accepts lines over RFC 5321's 1000 octets."""
+
+    line_length_limit = 1024 * 1024
+
+
 @contextlib.asynccontextmanager
 async def capture_upstream(
     *,
     smtputf8: bool = True,
     tls: ssl.SSLContext | None = None,
     implicit: bool = False,
+    strict_lines: bool = False,
     **kw: object,
 ) -> AsyncIterator[CaptureUpstream]:
     cap = CaptureUpstream(port=free_port(), **kw)  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
+    server_class = SMTP if strict_lines else LenientSMTP
     server = await loop.create_server(
-        lambda: SMTP(
+        lambda: server_class(
             cap,
             decode_data=False,
             enable_SMTPUTF8=smtputf8,

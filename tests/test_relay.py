@@ -265,3 +265,31 @@ def test_google_upstreams_are_recognised() -> None:
         assert is_google_host(host)
     for host in ("smtp.example.com", "gmail.com.evil.example", "notgmail.com", "127.0.0.1"):
         assert not is_google_host(host)
+
+
+def twenty_megabytes() -> bytes:
+    """A 20 MB message as a mail client builds it: HTML body and a large base64 attachment."""
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["From"] = "me@example.com"
+    msg["To"] = "ana@example.org, bob@example.net"
+    msg["Subject"] = "Site survey photos (20 MB)"
+    msg.set_content("Photos attached.")
+    msg.add_alternative("<html><body><p>Photos attached.</p></body></html>", subtype="html")
+    blob = bytes(range(256)) * (15 * 1024 * 1024 // 256)  # 15 MiB -> ~20 MiB in base64
+    msg.add_attachment(blob, maintype="application", subtype="zip", filename="survey.zip")
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_twenty_megabyte_message(stack: Stack, upstream: CaptureUpstream) -> None:
+    raw = twenty_megabytes()
+    assert len(raw) > 20_000_000
+    refused, reply = await asyncio.to_thread(
+        send_smtplib, stack.relay_port, "me@example.com", RCPTS[:2], raw
+    )
+    assert reply == "250" and refused == {}
+    assert len(upstream.messages) == 2
+    tokens = {assert_unharmed(raw, m.data, pixels=1)[0] for m in upstream.messages}
+    assert len(tokens) == 2

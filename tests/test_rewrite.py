@@ -57,6 +57,11 @@ def html_message(body: bytes, *, cte: str = "8bit", charset: str = "utf-8") -> b
             f"<body><!--[if mso]></body><![endif]-->a{TAG}</body>",
         ),
         ("<body><!-->a</body>", f"<body><!-->a{TAG}</body>"),
+        ("<title></body></title><body>a</body>", f"<title></body></title><body>a{TAG}</body>"),
+        (
+            "<body><textarea></BODY></textarea></body>",
+            f"<body><textarea></BODY></textarea>{TAG}</body>",
+        ),
         ("<body>a<!-- unterminated </body>", f"<body>a<!-- unterminated </body>{TAG}"),
     ],
 )

@@ -335,3 +335,17 @@ async def test_unexpected_errors_are_a_451_that_tells_nothing_inside() -> None:
     reply = await handler.handle_exception(RuntimeError("password=hunter2 at /srv/secret"))
     assert reply == replies.INTERNAL_ERROR
     assert "hunter2" not in reply and "secret" not in reply
+
+
+async def test_upstream_refusing_long_lines_is_reported_in_its_words(
+    tmp_path: Path, db_url: str, store
+) -> None:
+    raw = (CORPUS_DIR / "very_long_line_over_998.eml").read_bytes()
+    async with capture_upstream(strict_lines=True) as cap:
+        cfg, relay = await relay_on(tmp_path, db_url, store, cap.port)
+        try:
+            reply = await asyncio.to_thread(send, smtp_port(cfg), ["a@example.org"], raw)
+        finally:
+            await relay.close()
+    assert reply.startswith("550 5.0.0 Line too long")  # accepted by MailPing, refused upstream
+    assert await outcomes(store) == ["rejected"]

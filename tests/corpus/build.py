@@ -912,5 +912,474 @@ Content-Transfer-Encoding: quoted-printable
     pixels=1,
 )
 
+
+# More encoded bodies (see above for why they live outside the f-strings).
+_PART101 = b64("Hej Erik,\n\nHär är ritningarna för plan 2.\n\nMvh Sofia\n")
+_PART102 = qp("Bom dia,\n\nEm anexo os documentos pedidos.\n\nRui\n")
+_PART103 = b64(b"PK\x03\x04 docx " + bytes(range(255, -1, -1)) * 3)
+_PART104 = qp("Guten Tag, anbei ein Foto vom Schaden.\n\nNoah")
+_PART105 = b64(b"\xff\xd8\xff\xe0 JFIF " + bytes(range(256)) * 2)
+_PART106 = qp(
+    "Bonjour Hélène,\n\nLa réunion aura lieu jeudi à 18h, salle des fêtes.\n\nAndré\n", "iso-8859-1"
+)
+_PART107 = qp(
+    '<!DOCTYPE html>\n<html>\n  <head>\n    <meta http-equiv="content-type" content="text/html; charset=ISO-8859-1">\n  </head>\n  <body>\n    <p>Bonjour Hélène,</p>\n    <p>La réunion aura lieu jeudi à 18h, salle des fêtes.</p>\n    <p>André</p>\n  </body>\n</html>\n',
+    "iso-8859-1",
+)
+_PART108 = b64(
+    "BEGIN:VCARD\nVERSION:4.0\nFN:André Lefèvre\nEMAIL:andre@tournesol.example.fr\nEND:VCARD\n"
+)
+_PART109 = qp("Neu im November: Lesungen, Workshops und die lange Nacht der Bücher.\n")
+
+write(
+    "outlook_mac_related_base64.eml",
+    f"""From: Sofia Andersson <sofia@andersson-arkitekter.se>
+To: Erik Lund <erik.lund@bygg-lund.se>
+Subject: Ritningar plan 2
+Thread-Topic: Ritningar plan 2
+Thread-Index: AQHb4f5k2m3n4o5p6q7r8s9t0u1v2w==
+Date: Mon, 3 Nov 2025 10:22:41 +0000
+Message-ID: <8A7B6C5D-4E3F-2A1B-0C9D-8E7F6A5B4C3D@andersson-arkitekter.se>
+Content-Language: sv-SE
+X-MS-Has-Attach: yes
+user-agent: Microsoft-MacOutlook/16.90.24101712
+Content-Type: multipart/related;
+	boundary="_004_8A7B6C5D4E3F2A1B0C9D8E7F6A5B4C3Dandersson_";
+	type="multipart/alternative"
+MIME-Version: 1.0
+
+--_004_8A7B6C5D4E3F2A1B0C9D8E7F6A5B4C3Dandersson_
+Content-Type: multipart/alternative;
+	boundary="_000_8A7B6C5D4E3F2A1B0C9D8E7F6A5B4C3Dandersson_"
+
+--_000_8A7B6C5D4E3F2A1B0C9D8E7F6A5B4C3Dandersson_
+Content-Type: text/plain; charset="utf-8"
+Content-Transfer-Encoding: base64
+
+{_PART101}
+
+--_000_8A7B6C5D4E3F2A1B0C9D8E7F6A5B4C3Dandersson_
+Content-Type: text/html; charset="utf-8"
+Content-ID: <A1B2C3D4E5F6@SWEP280.PROD.OUTLOOK.COM>
+Content-Transfer-Encoding: base64
+
+{b64('<html><head><meta http-equiv="Content-Type" content="text/html; charset=utf-8"></head><body><div style="font-family:Aptos,sans-serif">Hej Erik,<br><br>Här är ritningarna för plan 2.<br><img width="320" height="200" id="Picture_x0020_1" src="cid:image001.png@01DC4C8A.1F2E3D40"><br><br>Mvh Sofia</div></body></html>', width=76)}
+
+--_000_8A7B6C5D4E3F2A1B0C9D8E7F6A5B4C3Dandersson_--
+
+--_004_8A7B6C5D4E3F2A1B0C9D8E7F6A5B4C3Dandersson_
+Content-Type: image/png; name="image001.png"
+Content-Description: image001.png
+Content-Disposition: inline; filename="image001.png"; size=68
+Content-ID: <image001.png@01DC4C8A.1F2E3D40>
+Content-Transfer-Encoding: base64
+
+{b64(PNG)}
+
+--_004_8A7B6C5D4E3F2A1B0C9D8E7F6A5B4C3Dandersson_--
+""",
+    pixels=1,
+)
+
+write(
+    "outlook_vml_background_in_body.eml",
+    """From: Events Team <events@konferenz-nord.example>
+To: gast@example.de
+Subject: Einladung zur Jahreskonferenz
+Date: Tue, 4 Nov 2025 08:00:00 +0100
+Message-ID: <einladung-2026@konferenz-nord.example>
+MIME-Version: 1.0
+Content-Type: text/html; charset="utf-8"
+Content-Transfer-Encoding: 8bit
+
+<!DOCTYPE html>
+<html xmlns:v="urn:schemas-microsoft-com:vml" xmlns:o="urn:schemas-microsoft-com:office:office">
+<head><!--[if gte mso 9]><xml><o:OfficeDocumentSettings><o:PixelsPerInch>96</o:PixelsPerInch></o:OfficeDocumentSettings></xml><![endif]--></head>
+<body style="margin:0">
+<table role="presentation" width="100%"><tr><td background="https://konferenz-nord.example/bg.jpg" bgcolor="#1d3557" valign="top">
+<!--[if gte mso 9]>
+<v:rect xmlns:v="urn:schemas-microsoft-com:vml" fill="true" stroke="false" style="width:600px;height:300px;">
+<v:fill type="tile" src="https://konferenz-nord.example/bg.jpg" color="#1d3557" />
+<v:textbox inset="0,0,0,0">
+<![endif]-->
+<div><h1 style="color:#fff">Jahreskonferenz 2026</h1><p style="color:#fff">12.–13. März, Hamburg</p></div>
+<!--[if gte mso 9]>
+</v:textbox>
+</v:rect>
+</body>
+<![endif]-->
+</td></tr></table>
+<![if !mso]><p>Nicht-Outlook-Hinweis</p><![endif]>
+</body>
+</html>
+""",
+    pixels=1,
+)
+
+write(
+    "gmail_related_inline_image.eml",
+    f"""MIME-Version: 1.0
+Date: Wed, 5 Nov 2025 16:12:09 +0000
+Message-ID: <CAK7Lx3=Yq9r+inline=Zp0@mail.gmail.com>
+Subject: The new logo
+From: Femi Adeyemi <femi.adeyemi@gmail.com>
+To: design@adeyemi-studio.ng
+Content-Type: multipart/related; boundary="000000000000aa11bb22063f9a0001"
+
+--000000000000aa11bb22063f9a0001
+Content-Type: multipart/alternative; boundary="000000000000aa11bb22063f9a0000"
+
+--000000000000aa11bb22063f9a0000
+Content-Type: text/plain; charset="UTF-8"
+
+Here it is:
+[image: logo.png]
+
+--000000000000aa11bb22063f9a0000
+Content-Type: text/html; charset="UTF-8"
+
+<div dir="ltr">Here it is:<div><img src="cid:ii_mh3k2j1a0" alt="logo.png" width="240" height="80"><br></div></div>
+
+--000000000000aa11bb22063f9a0000--
+--000000000000aa11bb22063f9a0001
+Content-Type: image/png; name="logo.png"
+Content-Disposition: inline; filename="logo.png"
+Content-Transfer-Encoding: base64
+X-Attachment-Id: ii_mh3k2j1a0
+Content-ID: <ii_mh3k2j1a0>
+
+{b64(PNG)}
+--000000000000aa11bb22063f9a0001--
+""",
+    pixels=1,
+)
+
+write(
+    "gmail_several_attachments.eml",
+    f"""MIME-Version: 1.0
+Date: Wed, 5 Nov 2025 17:40:00 +0000
+Message-ID: <CAB9pQ=attachments+4x@mail.gmail.com>
+Subject: Documents for the notary
+From: Rui Costa <rui.costa@gmail.com>
+To: notario@cartorio.example.pt
+Content-Type: multipart/mixed; boundary="000000000000mix00001"
+
+--000000000000mix00001
+Content-Type: multipart/alternative; boundary="000000000000alt00001"
+
+--000000000000alt00001
+Content-Type: text/plain; charset="UTF-8"
+Content-Transfer-Encoding: quoted-printable
+
+{_PART102}
+--000000000000alt00001
+Content-Type: text/html; charset="UTF-8"
+Content-Transfer-Encoding: quoted-printable
+
+{qp('<div dir="ltr">Bom dia,<div><br></div><div>Em anexo os documentos pedidos.</div><div><br></div><div>Rui</div></div>')}
+--000000000000alt00001--
+--000000000000mix00001
+Content-Type: application/pdf; name="certidao.pdf"
+Content-Disposition: attachment; filename="certidao.pdf"
+Content-Transfer-Encoding: base64
+X-Attachment-Id: f_a1
+
+{b64(b"%PDF-1.7 certidao " + bytes(range(256)) * 4)}
+--000000000000mix00001
+Content-Type: application/vnd.openxmlformats-officedocument.wordprocessingml.document; 
+	name="procuracao.docx"
+Content-Disposition: attachment; filename="procuracao.docx"
+Content-Transfer-Encoding: base64
+X-Attachment-Id: f_a2
+
+{_PART103}
+--000000000000mix00001--
+""",
+    pixels=1,
+)
+
+write(
+    "ios_mail_photo_fragments.eml",
+    f"""Content-Type: multipart/alternative; boundary=Apple-Mail-55AA55AA-1111-2222-3333-444455556666
+Content-Transfer-Encoding: 7bit
+From: Noah Fischer <noah.fischer@icloud.com>
+Mime-Version: 1.0 (1.0)
+Date: Thu, 6 Nov 2025 12:01:44 +0100
+Subject: Schaden am Auto
+Message-Id: <0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0@icloud.com>
+To: schaden@versicherung.example
+X-Mailer: iPhone Mail (22H31)
+
+
+--Apple-Mail-55AA55AA-1111-2222-3333-444455556666
+Content-Type: text/plain;
+	charset=utf-8
+Content-Transfer-Encoding: quoted-printable
+
+{_PART104}
+--Apple-Mail-55AA55AA-1111-2222-3333-444455556666
+Content-Type: multipart/mixed;
+	boundary=Apple-Mail-66BB66BB-1111-2222-3333-444455556666
+Content-Transfer-Encoding: 7bit
+
+
+--Apple-Mail-66BB66BB-1111-2222-3333-444455556666
+Content-Type: text/html;
+	charset=utf-8
+Content-Transfer-Encoding: 7bit
+
+<html><head><meta http-equiv="content-type" content="text/html; charset=utf-8"></head><body dir="auto">Guten Tag, anbei ein Foto vom Schaden.<div><br></div></body></html>
+--Apple-Mail-66BB66BB-1111-2222-3333-444455556666
+Content-Type: image/jpeg;
+	name=IMG_0042.jpeg;
+	x-apple-part-url=5C2E1B7A-9D8E-4F3A-B2C1-D0E9F8A7B6C5-L0-001
+Content-Disposition: inline;
+	filename=IMG_0042.jpeg
+Content-Transfer-Encoding: base64
+
+{_PART105}
+--Apple-Mail-66BB66BB-1111-2222-3333-444455556666
+Content-Type: text/html;
+	charset=utf-8
+Content-Transfer-Encoding: quoted-printable
+
+{qp('<html><head><meta http-equiv="content-type" content="text/html; charset=utf-8"></head><body dir="auto"><div></div><div>Noah</div></body></html>')}
+--Apple-Mail-66BB66BB-1111-2222-3333-444455556666--
+
+--Apple-Mail-55AA55AA-1111-2222-3333-444455556666--
+""",
+    pixels=2,
+)
+
+write(
+    "thunderbird_latin1_qp_vcard.eml",
+    f"""Content-Type: multipart/mixed; boundary="------------B7k3Vq8Lm2Np4Rs6Tu9Wx0Yz"
+Message-ID: <7d6c5b4a-3928-4716-a5f4-e3d2c1b0a998@tournesol.example.fr>
+Date: Fri, 7 Nov 2025 09:09:09 +0100
+MIME-Version: 1.0
+User-Agent: Mozilla Thunderbird
+Content-Language: fr
+To: =?ISO-8859-1?Q?H=E9l=E8ne_Dupr=E9?= <helene.dupre@example.fr>
+From: =?ISO-8859-1?Q?Andr=E9_Lef=E8vre?= <andre@tournesol.example.fr>
+Subject: =?ISO-8859-1?Q?R=E9union_de_l=27association?=
+
+This is a multi-part message in MIME format.
+--------------B7k3Vq8Lm2Np4Rs6Tu9Wx0Yz
+Content-Type: multipart/alternative; boundary="------------Alt9Lm2Np4Rs6Tu9Wx0YzB7k3"
+
+--------------Alt9Lm2Np4Rs6Tu9Wx0YzB7k3
+Content-Type: text/plain; charset=ISO-8859-1; format=flowed
+Content-Transfer-Encoding: quoted-printable
+
+{_PART106}
+--------------Alt9Lm2Np4Rs6Tu9Wx0YzB7k3
+Content-Type: text/html; charset=ISO-8859-1
+Content-Transfer-Encoding: quoted-printable
+
+{_PART107}
+--------------Alt9Lm2Np4Rs6Tu9Wx0YzB7k3--
+--------------B7k3Vq8Lm2Np4Rs6Tu9Wx0Yz
+Content-Type: text/vcard; charset=UTF-8; name="andre.vcf"
+Content-Disposition: attachment; filename="andre.vcf"
+Content-Transfer-Encoding: base64
+
+{_PART108}
+--------------B7k3Vq8Lm2Np4Rs6Tu9Wx0Yz--
+""",
+    pixels=1,
+)
+
+write(
+    "esp_transactional_koi8r.eml",
+    """Return-Path: <bounces+1234567-abcd-client=example.ru@em1234.magazin.example>
+From: =?koi8-r?B?7cHHwdrJzg==?= <noreply@magazin.example>
+To: client@example.ru
+Subject: =?koi8-r?B?98HbIMbBy9TV0sEg?=
+Date: Sat, 8 Nov 2025 06:30:00 +0000
+Message-ID: <sg-7f6e5d4c3b2a@magazin.example>
+List-Unsubscribe: <mailto:unsubscribe@magazin.example?subject=client>
+X-SG-EID: u001.AbCdEfGhIjKlMnOpQrStUvWxYz
+MIME-Version: 1.0
+Content-Type: text/html; charset=koi8-r
+Content-Transfer-Encoding: 8bit
+
+<html><head><meta http-equiv="Content-Type" content="text/html; charset=koi8-r"></head><body><p>Здравствуйте!</p><p>Ваш заказ N 4821 оплачен. Спасибо за покупку.</p><img src="https://u1234.ct.magazin.example/wf/open?upn=abc" width="1" height="1" border="0" alt=""></body></html>
+""",
+    pixels=1,
+    encoding="koi8-r",
+)
+
+write(
+    "raw_text_elements.eml",
+    """From: Forms <forms@example.com>
+To: reviewer@example.org
+Subject: Submitted form (HTML copy)
+Date: Sat, 8 Nov 2025 10:00:00 +0000
+Message-ID: <form-99@example.com>
+MIME-Version: 1.0
+Content-Type: text/html; charset=utf-8
+
+<html><head><title>Form </body> copy</title></head><body>
+<p>Answer:</p><textarea readonly>The user typed </body> and </BODY> here.</textarea>
+<xmp>literal </body></xmp>
+</body></html>
+""",
+    pixels=1,
+)
+
+write(
+    "very_long_line_over_998.eml",
+    """From: Generator <reports@legacy-erp.example>
+To: controller@example.com
+Subject: Daily ledger export
+Date: Sun, 9 Nov 2025 02:00:00 +0000
+Message-ID: <ledger-20251109@legacy-erp.example>
+MIME-Version: 1.0
+Content-Type: text/html; charset=utf-8
+Content-Transfer-Encoding: 8bit
+
+<html><body><table>"""
+    + "".join(
+        f"<tr><td>{i}</td><td>Buchung {i} – Kostenstelle {i % 17}</td></tr>" for i in range(40)
+    )
+    + """</table></body></html>
+""",
+    pixels=1,
+)
+
+write(
+    "pgp_mime_encrypted.eml",
+    """From: Mira Kovac <mira@kovac.example>
+To: editor@newsroom.example
+Subject: ...
+Date: Sun, 9 Nov 2025 21:00:00 +0100
+Message-ID: <pgp-enc-1@kovac.example>
+MIME-Version: 1.0
+User-Agent: Mozilla Thunderbird
+Content-Type: multipart/encrypted;
+ protocol="application/pgp-encrypted";
+ boundary="------------enc0123456789"
+
+This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)
+--------------enc0123456789
+Content-Type: application/pgp-encrypted
+Content-Description: PGP/MIME version identification
+
+Version: 1
+
+--------------enc0123456789
+Content-Type: application/octet-stream; name="encrypted.asc"
+Content-Description: OpenPGP encrypted message
+Content-Disposition: inline; filename="encrypted.asc"
+
+-----BEGIN PGP MESSAGE-----
+
+hF4DAAAAAAAAAAASAQdAexampleexampleexampleexampleexampleexampleexa
+=abcd
+-----END PGP MESSAGE-----
+
+--------------enc0123456789--
+""",
+    untracked="signed",
+)
+
+write(
+    "smime_opaque_pkcs7.eml",
+    f"""From: Legal <legal@kanzlei.example>
+To: client@example.com
+Subject: Encrypted contract
+Date: Mon, 10 Nov 2025 09:00:00 +0100
+Message-ID: <smime-enc-2@kanzlei.example>
+MIME-Version: 1.0
+Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name="smime.p7m"
+Content-Transfer-Encoding: base64
+Content-Disposition: attachment; filename="smime.p7m"
+
+{b64(bytes(range(200)))}
+""",
+    untracked="signed",
+)
+
+write(
+    "arc_sealed_forward.eml",
+    """ARC-Seal: i=1; a=rsa-sha256; t=1762765200; cv=none; d=lists.example.org; s=arc-2025;
+	b=Zm9yIHRlc3RpbmcgdGhlIHJlbGF5IG9ubHk7IG5vdCBhIHJlYWwgc2lnbmF0dXJl
+ARC-Message-Signature: i=1; a=rsa-sha256; c=relaxed/relaxed; d=lists.example.org; s=arc-2025;
+	h=from:to:subject:date; bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=;
+	b=c2VlIGFib3ZlOyB0aGlzIGlzIGEgZml4dHVyZQ==
+ARC-Authentication-Results: i=1; lists.example.org; dkim=pass header.d=example.com
+From: List Member <member@example.com>
+To: discuss@lists.example.org
+Subject: [discuss] Meeting notes
+Date: Mon, 10 Nov 2025 10:00:00 +0000
+Message-ID: <arc-1@example.com>
+MIME-Version: 1.0
+Content-Type: text/html; charset=utf-8
+
+<html><body><p>Notes from today.</p></body></html>
+""",
+    untracked="dkim_signed",
+)
+
+write(
+    "outlook_calendar_reply_only.eml",
+    """From: "Wong, Mei" <mei.wong@example.hk>
+To: "Organizer" <organizer@example.com>
+Subject: Accepted: Project kickoff
+Date: Mon, 10 Nov 2025 11:00:00 +0800
+Message-ID: <HK0PR01MB5555@HK0PR01MB5555.apcprd01.prod.outlook.com>
+MIME-Version: 1.0
+Content-Type: text/calendar; charset="utf-8"; method=REPLY
+Content-Transfer-Encoding: 7bit
+
+BEGIN:VCALENDAR
+METHOD:REPLY
+PRODID:Microsoft Exchange Server 2010
+VERSION:2.0
+BEGIN:VEVENT
+ATTENDEE;PARTSTAT=ACCEPTED:mailto:mei.wong@example.hk
+UID:kickoff-2025@example.com
+SUMMARY:Accepted: Project kickoff
+END:VEVENT
+END:VCALENDAR
+""",
+    untracked="text_only",
+)
+
+write(
+    "utf16_html_part.eml",
+    b"From: Legacy <legacy@example.com>\nTo: someone@example.org\nSubject: UTF-16 export\nDate: Tue, 11 Nov 2025 08:00:00 +0000\nMessage-ID: <utf16-1@example.com>\nMIME-Version: 1.0\nContent-Type: text/html; charset=utf-16\nContent-Transfer-Encoding: base64\n\n"
+    + b64(
+        "<html><body><p>Exportiert aus dem Altsystem – Grüße</p></body></html>", "utf-16"
+    ).encode()
+    + b"\n",
+    pixels=1,
+)
+
+write(
+    "newsletter_table_layout_no_html_tag.eml",
+    f"""From: "Stadtbibliothek" <newsletter@bibliothek.example>
+To: leser@example.at
+Subject: Neu im November
+Date: Tue, 11 Nov 2025 07:00:00 +0100
+Message-ID: <nl-2025-11@bibliothek.example>
+MIME-Version: 1.0
+Content-Type: multipart/alternative; boundary="nl-boundary-2025-11"
+
+--nl-boundary-2025-11
+Content-Type: text/plain; charset=utf-8
+Content-Transfer-Encoding: quoted-printable
+
+{_PART109}
+--nl-boundary-2025-11
+Content-Type: text/html; charset=utf-8
+Content-Transfer-Encoding: quoted-printable
+
+{qp('<table width="100%" cellpadding="0" cellspacing="0"><tr><td align="center"><table width="600"><tr><td><h2>Neu im November</h2><p>Lesungen, Workshops und die lange Nacht der Bücher.</p></td></tr></table></td></tr></table>')}
+--nl-boundary-2025-11--
+""",
+    pixels=1,
+)
+
 (HERE / "expectations.json").write_text(json.dumps(EXPECT, indent=1, sort_keys=True) + "\n")
 print(f"wrote {len(EXPECT)} messages")
