@@ -83,7 +83,7 @@ def main() -> None:
             cfg = Path(tmp) / "mailping.toml"
             cfg.write_text(
                 f'data_dir = "{tmp}/data"\n[relay]\nlisten = "127.0.0.1:{relay_port}"\n'
-                f"max_in_flight = 64\n"
+                f'max_in_flight = 64\nauth = "none"\n'
                 f'[upstream]\nhost = "127.0.0.1"\nport = {sink_port}\ntls = "none"\n'
             )
             mailping = spawn(

@@ -137,15 +137,29 @@ def prepare(raw: bytes) -> Prepared:
     return Prepared(_splice(raw, drop + walker.slots), None, subject, message_id)
 
 
+Chunks = list[bytes | memoryview]
+
+
+def render_chunks(prepared: Prepared, pixel_url: str) -> Chunks:
+    """The copy for one recipient as chunks: views of the original bytes, and each HTML body
+    re-encoded with `pixel_url` in it. Nothing large is copied, so a 20 MB message to many
+    recipients costs one HTML part per copy, not 20 MB."""
+    return [p.encode(pixel_url) if isinstance(p, HtmlSlot) else p for p in prepared.pieces]
+
+
 def render(prepared: Prepared, pixel_url: str) -> bytes:
     """The copy for one recipient: original bytes, each HTML body carrying `pixel_url` once."""
-    return b"".join(p.encode(pixel_url) if isinstance(p, HtmlSlot) else p for p in prepared.pieces)
+    return b"".join(render_chunks(prepared, pixel_url))
+
+
+def untouched_chunks(raw: bytes) -> Chunks:
+    """The message as submitted, less the header fields no recipient may see."""
+    head_end, _ = _split_head(raw, 0, len(raw))
+    return list(_splice(raw, _header_spans(raw, head_end, {b"bcc", b"x-mailping"})))  # type: ignore[arg-type]
 
 
 def untouched_copy(raw: bytes) -> bytes:
-    """The message as submitted, less the header fields no recipient may see."""
-    head_end, _ = _split_head(raw, 0, len(raw))
-    return b"".join(_splice(raw, _header_spans(raw, head_end, {b"bcc", b"x-mailping"})))
+    return b"".join(untouched_chunks(raw))
 
 
 def rewrite(raw: bytes, pixel_url: str) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relay import rewrite, tracking
 from relay.dsn import build_dsn
-from relay.forward import ACCEPTED, Copy, Credentials, Outcome, Upstream
+from relay.forward import ACCEPTED, Copy, Credentials, Outcome, Render, Upstream
 
 log = logging.getLogger("mailping.relay")
 
@@ -146,21 +146,22 @@ class Relay:
         prepared: rewrite.Prepared,
         recorded: tracking.RecordedMessage | None,
         recipients: list[str],
-    ) -> tuple[list[Copy], Callable[[Copy], bytes]]:
-        """The copies to send, in order, and how to render each."""
-        untouched = rewrite.untouched_copy(sub.data)
+    ) -> tuple[list[Copy], Render]:
+        """The copies to send, in order, and how to render each (one copy at a time, so a
+        large message to many recipients never holds more than one rendered copy)."""
         if recorded is None:
-            return [Copy(-i - 1, r) for i, r in enumerate(recipients)], lambda _c: untouched
-        copies = [Copy(d.id, d.recipient) for d in recorded.deliveries]
-        if not prepared.tracked:
-            return copies, lambda _c: untouched
+            copies = [Copy(-i - 1, r) for i, r in enumerate(recipients)]
+        else:
+            copies = [Copy(d.id, d.recipient) for d in recorded.deliveries]
+        if recorded is None or not prepared.tracked:
+            return copies, lambda _c: rewrite.untouched_chunks(sub.data)
         tokens = {d.id: d.token for d in recorded.deliveries}
 
-        def render(copy: Copy) -> bytes:
+        def render(copy: Copy) -> rewrite.Chunks:
             if copy.key == GUARD_KEY:
-                return untouched
+                return rewrite.untouched_chunks(sub.data)
             url = tracking.pixel_url(self.public_url, self.pixel_path, tokens[copy.key])
-            return rewrite.render(prepared, url)
+            return rewrite.render_chunks(prepared, url)
 
         if self.guard_sent_copy and sub.sender:
             # Gmail files the first copy of a Message-ID in the sender's Sent Mail and ignores
@@ -181,7 +182,7 @@ class Relay:
         )
         to = sub.sender or sub.user
         sent = await self.upstream.send(
-            to, [Copy(0, to)], lambda _c: report, credentials=sub.credentials
+            to, [Copy(0, to)], lambda _c: [report], credentials=sub.credentials
         )
         if sent[0].status != ACCEPTED:
             log.error("could not send the delivery report to %s: %s", to, sent[0].reply)
