@@ -98,6 +98,9 @@ class CaptureUpstream:
     logins: dict[str, str] | None = None
     hang_up: bool = False
     sessions: int = 0
+    data_delay: float = 0.0  # seconds each DATA takes, to see how many run at once
+    in_data: int = 0
+    most_in_data: int = 0
 
     async def handle_EHLO(
         self,
@@ -127,6 +130,12 @@ class CaptureUpstream:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.in_data += 1
+        self.most_in_data = max(self.most_in_data, self.in_data)
+        try:
+            await asyncio.sleep(self.data_delay)
+        finally:
+            self.in_data -= 1
         login = session.login_data.decode() if session.login_data else None
         self.messages.append(
             Captured(

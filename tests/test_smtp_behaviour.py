@@ -349,3 +349,53 @@ async def test_upstream_refusing_long_lines_is_reported_in_its_words(
             await relay.close()
     assert reply.startswith("550 5.0.0 Line too long")  # accepted by MailPing, refused upstream
     assert await outcomes(store) == ["rejected"]
+
+
+@pytest.mark.parametrize(("limit", "expect_parallel"), [(1, False), (4, True)])
+async def test_messages_in_flight_are_limited(
+    tmp_path: Path, db_url: str, store, limit: int, expect_parallel: bool
+) -> None:
+    async with capture_upstream(data_delay=0.3) as cap:
+        cfg, relay = await relay_on(
+            tmp_path, db_url, store, cap.port, relay={"max_in_flight": limit}
+        )
+        try:
+            replies_ = await asyncio.gather(
+                *(asyncio.to_thread(send, smtp_port(cfg), [f"r{i}@example.org"]) for i in range(4))
+            )
+        finally:
+            await relay.close()
+    assert replies_ == ["250"] * 4
+    assert len(cap.messages) == 4
+    assert (cap.most_in_data > 1) is expect_parallel
+
+
+def test_cert_command_writes_a_usable_pair(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "relay.cli",
+            "cert",
+            "--host",
+            "relay.example.com",
+            "--out",
+            str(tmp_path / "certs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    cert, key = tmp_path / "certs" / "cert.pem", tmp_path / "certs" / "key.pem"
+    assert (key.stat().st_mode & 0o777) == 0o600
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)  # raises if the pair does not match
+    from cryptography import x509
+
+    parsed = x509.load_pem_x509_certificate(cert.read_bytes())
+    names = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["relay.example.com"]
