@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +63,44 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@contextlib.contextmanager
+def running(
+    args: list[str], port: int, *, cpu: int | None = None, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """A server process listening on `port` for the duration of the block."""
+    proc = spawn(args, cpu=cpu, cwd=ROOT, env=env)
+    try:
+        wait_port(port)
+        yield proc
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def mailping(
+    command: str, port: int, toml: str, *, cpu: int | None = None
+) -> Iterator[subprocess.Popen]:
+    """`mailping COMMAND` on a throwaway data directory and the given config tables."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "mailping.toml"
+        cfg.write_text(f'data_dir = "{tmp}/data"\n{toml}')
+        with running(
+            [PYTHON, "-m", "relay.cli", "--config", str(cfg), "--log-level", "WARNING", command],
+            port,
+            cpu=cpu,
+        ) as proc:
+            yield proc
+
+
+def relay_toml(port: int, sink_port: int, extra: str = "") -> str:
+    """A relay with no login (loopback) forwarding to the local sink."""
+    return (
+        f'[relay]\nlisten = "127.0.0.1:{port}"\nauth = "none"\n{extra}'
+        f'[upstream]\nhost = "127.0.0.1"\nport = {sink_port}\ntls = "none"\n'
+        'sent_copy = "off"\n'
+    )
 
 
 def machine() -> str:

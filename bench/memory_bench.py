@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import tempfile
 from email.message import EmailMessage
 from pathlib import Path
 
 import aiosmtplib
-from _common import PYTHON, ROOT, free_port, machine, spawn, stop, wait_port
+from _common import PYTHON, ROOT, free_port, machine, mailping, relay_toml, running
 
 RECIPIENTS = [f"person{i}@example.org" for i in range(5)]
 MB = 1024 * 1024
@@ -54,7 +53,6 @@ async def send(port: int, data: bytes) -> None:
 
 def measure(proc, port: int, data: bytes) -> tuple[float, float]:
     """(RSS before, peak growth) in MB for one 20 MB message."""
-    wait_port(port)
     asyncio.run(send(port, b"Subject: warm-up\r\nContent-Type: text/html\r\n\r\n<b>hi</b>\r\n"))
     before = status_kb(proc.pid, "VmRSS")
     reset_peak(proc.pid)
@@ -66,46 +64,16 @@ def measure(proc, port: int, data: bytes) -> tuple[float, float]:
 def main() -> None:
     data = twenty_mb_message()
     size = len(data) / MB
-    sink_port = free_port()
-    sink = spawn([PYTHON, str(ROOT / "bench" / "sink.py"), str(sink_port)])
     results = {}
-    try:
-        wait_port(sink_port)
-        with tempfile.TemporaryDirectory() as tmp:
-            port = free_port()
-            cfg = Path(tmp) / "mailping.toml"
-            cfg.write_text(
-                f'data_dir = "{tmp}/data"\n[relay]\nlisten = "127.0.0.1:{port}"\nauth = "none"\n'
-                f'[upstream]\nhost = "127.0.0.1"\nport = {sink_port}\ntls = "none"\n'
-                'sent_copy = "off"\n'
-            )
-            proc = spawn(
-                [
-                    PYTHON,
-                    "-m",
-                    "relay.cli",
-                    "--config",
-                    str(cfg),
-                    "--log-level",
-                    "WARNING",
-                    "relay",
-                ],
-                cwd=ROOT,
-            )
-            try:
-                results["MailPing relay"] = measure(proc, port, data)
-            finally:
-                stop(proc)
+    sink_port = free_port()
+    with running([PYTHON, str(ROOT / "bench" / "sink.py"), str(sink_port)], sink_port):
         port = free_port()
-        proc = spawn(
-            [PYTHON, str(ROOT / "bench" / "passthrough_relay.py"), str(port), str(sink_port)]
-        )
-        try:
+        with mailping("relay", port, relay_toml(port, sink_port)) as proc:
+            results["MailPing relay"] = measure(proc, port, data)
+        port = free_port()
+        baseline = [PYTHON, str(ROOT / "bench" / "passthrough_relay.py"), str(port), str(sink_port)]
+        with running(baseline, port) as proc:
             results["pass-through baseline"] = measure(proc, port, data)
-        finally:
-            stop(proc)
-    finally:
-        stop(sink)
     print(
         f"memory: one {size:.1f} MB message to {len(RECIPIENTS)} recipients; "
         f"target: peak growth under 6 x size = {6 * size:.0f} MB"

@@ -20,9 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from _common import PYTHON, ROOT, free_port, machine, spawn, stop, wait_port
+from _common import PYTHON, ROOT, free_port, machine, mailping, running
 
 sys.path.insert(0, str(ROOT))
 
@@ -100,50 +99,25 @@ def main() -> None:
         sys.exit("pixel_bench needs wrk: apt-get install wrk")
 
     rows = []
+    answered = 0
     with tempfile.TemporaryDirectory() as tmp:
-        db_url = f"sqlite+aiosqlite:///{tmp}/data/mailping.sqlite3"
-        Path(tmp, "data").mkdir()
+        db_url = f"sqlite+aiosqlite:///{tmp}/mailping.sqlite3"
         token = seed(db_url)
         port = free_port()
-        cfg = Path(tmp) / "mailping.toml"
-        cfg.write_text(f'data_dir = "{tmp}/data"\n[pixelserver]\nlisten = "127.0.0.1:{port}"\n')
-        server = spawn(
-            [
-                PYTHON,
-                "-m",
-                "relay.cli",
-                "--config",
-                str(cfg),
-                "--log-level",
-                "WARNING",
-                "pixelserver",
-            ],
-            cpu=0,
-            cwd=ROOT,
-        )
-        answered = 0
-        try:
-            wait_port(port)
+        toml = f'[pixelserver]\nlisten = "127.0.0.1:{port}"\n[database]\nurl = "{db_url}"\n'
+        with mailping("pixelserver", port, toml, cpu=0):
             for close in (False, True):
                 r = wrk(
                     f"http://127.0.0.1:{port}/p/{token}.gif", args.seconds, args.connections, close
                 )
                 answered += r["total"] - r["errors"]
                 rows.append(("MailPing pixel", close, r))
-        finally:
             time.sleep(1.0)  # let the last batch reach the store
-            stop(server)
         stored = stored_hits(db_url)
 
     port = free_port()
-    bare = spawn(
-        [PYTHON, str(ROOT / "bench" / "bare_pixel.py"), str(port)],
-        cpu=0,
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT)},
-    )
-    try:
-        wait_port(port)
+    bare = [PYTHON, str(ROOT / "bench" / "bare_pixel.py"), str(port)]
+    with running(bare, port, cpu=0, env={"PYTHONPATH": str(ROOT)}):
         for close in (False, True):
             r = wrk(
                 f"http://127.0.0.1:{port}/p/AAAAAAAAAAAAAAAAAAAAAA.gif",
@@ -152,8 +126,6 @@ def main() -> None:
                 close,
             )
             rows.append(("bare Tornado baseline", close, r))
-    finally:
-        stop(bare)
 
     print(f"pixel: wrk -t1 -c{args.connections} -d{args.seconds}s, server on core 0, wrk on core 1")
     print(f"machine: {machine()}")

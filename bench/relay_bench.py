@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
 from email.message import EmailMessage
-from pathlib import Path
 
 import aiosmtplib
-from _common import PYTHON, ROOT, free_port, machine, spawn, stop, wait_port
+from _common import PYTHON, ROOT, free_port, machine, mailping, relay_toml, running
 
 RECIPIENTS = [f"person{i}@example.org" for i in range(5)]
 
@@ -73,55 +71,19 @@ def main() -> None:
     args = ap.parse_args()
     data = fifty_kb_message()
 
-    sink_port = free_port()
-    sink = spawn([PYTHON, str(ROOT / "bench" / "sink.py"), str(sink_port)], cpu=1)
-    results = {}
-    try:
-        wait_port(sink_port)
-        with tempfile.TemporaryDirectory() as tmp:
-            relay_port = free_port()
-            cfg = Path(tmp) / "mailping.toml"
-            cfg.write_text(
-                f'data_dir = "{tmp}/data"\n[relay]\nlisten = "127.0.0.1:{relay_port}"\n'
-                f'max_in_flight = 64\nauth = "none"\n'
-                f'[upstream]\nhost = "127.0.0.1"\nport = {sink_port}\ntls = "none"\n'
-            )
-            mailping = spawn(
-                [
-                    PYTHON,
-                    "-m",
-                    "relay.cli",
-                    "--config",
-                    str(cfg),
-                    "--log-level",
-                    "WARNING",
-                    "relay",
-                ],
-                cpu=0,
-                cwd=ROOT,
-            )
-            try:
-                wait_port(relay_port)
-                results["MailPing relay"] = measure(
-                    relay_port, data, args.messages, args.concurrency, args.runs
-                )
-            finally:
-                stop(mailping)
+    def run(port: int) -> float:
+        return measure(port, data, args.messages, args.concurrency, args.runs)
 
-        plain_port = free_port()
-        plain = spawn(
-            [PYTHON, str(ROOT / "bench" / "passthrough_relay.py"), str(plain_port), str(sink_port)],
-            cpu=0,
-        )
-        try:
-            wait_port(plain_port)
-            results["pass-through baseline"] = measure(
-                plain_port, data, args.messages, args.concurrency, args.runs
-            )
-        finally:
-            stop(plain)
-    finally:
-        stop(sink)
+    results = {}
+    sink_port = free_port()
+    with running([PYTHON, str(ROOT / "bench" / "sink.py"), str(sink_port)], sink_port, cpu=1):
+        port = free_port()
+        with mailping("relay", port, relay_toml(port, sink_port, "max_in_flight = 64\n"), cpu=0):
+            results["MailPing relay"] = run(port)
+        port = free_port()
+        baseline = [PYTHON, str(ROOT / "bench" / "passthrough_relay.py"), str(port), str(sink_port)]
+        with running(baseline, port, cpu=0):
+            results["pass-through baseline"] = run(port)
 
     print(
         f"relay: {len(data) // 1024} KB HTML message, {len(RECIPIENTS)} recipients, "

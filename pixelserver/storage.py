@@ -7,7 +7,6 @@ written once for both, and anything dialect-specific (idempotent inserts) is cho
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -450,7 +449,3 @@ async def hits_for_delivery(session: AsyncSession, delivery_id: int) -> list[Hit
 
 async def delivery_by_id(session: AsyncSession, delivery_id: int) -> Delivery | None:
     return await session.get(Delivery, delivery_id)
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)

@@ -182,6 +182,14 @@ class SmtpUpstream:
                     return failed(550, f"5.6.7 {NO_SMTPUTF8.format(host=self.host)}"), False
                 await _transmit(smtp, envelope, copy.recipient, render(copy), self.timeout)
                 return Outcome(copy.key, copy.recipient, ACCEPTED, 250, "accepted"), True
+            except UncertainDelivery:
+                link.drop()
+                reply = (
+                    f"{self.host} closed the connection after the whole message was sent, "
+                    "before confirming it; it may have been delivered, so it was not sent "
+                    "again"
+                )
+                return failed(451, reply), True
             except aiosmtplib.SMTPAuthenticationError as exc:
                 return failed(451, f"{self.host} refused the login: {exc.message}"), False
             except aiosmtplib.SMTPConnectResponseError as exc:
@@ -196,6 +204,12 @@ class SmtpUpstream:
                 reply = f"could not reach the upstream server {self.describe()}: {_words(exc)}"
                 return failed(451, reply), False
         raise AssertionError("unreachable")
+
+
+class UncertainDelivery(Exception):
+    """The whole message was sent but its reply never came: the upstream may have it.
+
+    Sending it again could deliver it twice (RFC 5321 6.1), so it is reported, not retried."""
 
 
 NO_SMTPUTF8 = (
@@ -242,7 +256,10 @@ async def _transmit(
                 protocol.write(chunk[i : i + WRITE_SLICE])
                 await _drained(protocol.transport)
         protocol.write(END)
-        done = await protocol.read_response(timeout=timeout)
+        try:
+            done = await protocol.read_response(timeout=timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
+            raise UncertainDelivery(str(exc)) from exc
         if done.code != 250:
             raise aiosmtplib.SMTPDataError(done.code, done.message)
     except aiosmtplib.SMTPResponseException:

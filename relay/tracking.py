@@ -25,11 +25,6 @@ def pixel_url(public_url: str, path: str, token: str) -> str:
     return f"{public_url.rstrip('/')}/{path}/{token}.gif"
 
 
-def short(token: str) -> str:
-    """What logs may show of a token."""
-    return token[:6] + "…"
-
-
 @dataclass(frozen=True)
 class RecordedDelivery:
     id: int

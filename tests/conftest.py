@@ -97,6 +97,7 @@ class CaptureUpstream:
     refuse: dict[str, str] = field(default_factory=dict)
     logins: dict[str, str] | None = None
     hang_up: bool = False
+    vanish_after_data: bool = False  # take the message, then drop the line without a reply
     sessions: int = 0
     data_delay: float = 0.0  # seconds each DATA takes, to see how many run at once
     in_data: int = 0
@@ -136,6 +137,15 @@ class CaptureUpstream:
             await asyncio.sleep(self.data_delay)
         finally:
             self.in_data -= 1
+        if self.vanish_after_data:
+            server.transport.abort()
+            self.vanish_after_data = False
+            self.messages.append(
+                Captured(
+                    envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, [], None
+                )
+            )
+            await asyncio.sleep(3600)
         login = session.login_data.decode() if session.login_data else None
         self.messages.append(
             Captured(

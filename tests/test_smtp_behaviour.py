@@ -399,3 +399,25 @@ def test_cert_command_writes_a_usable_pair(tmp_path: Path) -> None:
     parsed = x509.load_pem_x509_certificate(cert.read_bytes())
     names = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["relay.example.com"]
+
+
+async def test_no_reply_after_the_whole_message_is_not_resent(
+    tmp_path: Path, db_url: str, store
+) -> None:
+    """The upstream took the first copy and dropped the line before confirming: that copy is
+    reported as uncertain and never sent twice; the next copies go out on a new connection."""
+    async with capture_upstream(vanish_after_data=True) as cap:
+        cfg, relay = await relay_on(tmp_path, db_url, store, cap.port)
+        try:
+            reply = await asyncio.to_thread(
+                send, smtp_port(cfg), ["a@example.org", "b@example.org"]
+            )
+        finally:
+            await relay.close()
+        assert reply == "250"  # b went out; a is in the delivery report
+        assert [m.rcpt_tos for m in cap.messages].count(["a@example.org"]) == 1
+        assert cap.for_recipient("me@example.com"), "a delivery report went to the sender"
+    async with store() as s:
+        rows = (await s.execute(select(storage.Delivery).order_by("id"))).scalars().all()
+    assert [r.outcome for r in rows] == ["deferred", "accepted"]
+    assert "may have been delivered" in rows[0].upstream_reply
