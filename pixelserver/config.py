@@ -131,6 +131,18 @@ class DatabaseConfig:
     url: str = ""
 
 
+@dataclass(frozen=True)
+class GeoipConfig:
+    city_db: str = ""
+    asn_db: str = ""
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    geo_precision: str = choices("city", "region", "country", "off")
+    retention_days: int = 395
+
+
 def validate_pixelserver(cfg: PixelServerConfig, file: str) -> None:
     parse_listen(cfg.listen, file, "pixelserver.listen")
     parse_networks(cfg.trusted_proxies, file, "pixelserver.trusted_proxies")

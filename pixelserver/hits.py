@@ -17,12 +17,13 @@ import logging
 import os
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import storage
-from pixelserver.networks import mask
+from pixelserver import classify, storage
+from pixelserver.networks import NetworkFacts, Networks
 
 log = logging.getLogger("mailping.hits")
 
@@ -103,16 +104,74 @@ class Journal:
         os.close(self._fd)
 
 
-def to_hit(record: dict) -> storage.NewHit:
-    return storage.NewHit(
-        uid=record["u"],
-        token=record["t"],
-        at=dt.datetime.fromtimestamp(record["at"], dt.UTC),
-        method=record.get("m", "GET"),
-        ip_prefix=mask(record.get("ip", "")),
-        user_agent=record.get("ua", ""),
-        headers=record.get("h", {}),
-    )
+@dataclass(frozen=True)
+class Judge:
+    """Turns a journaled fetch into a stored hit with its verdict (off the request path)."""
+
+    networks: Networks
+    upstream_google: bool = False
+    geo_precision: str = "city"  # city | region | country | off
+
+    def hit(self, record: dict, ctx: storage.HitContext) -> storage.NewHit:
+        at = dt.datetime.fromtimestamp(record["at"], dt.UTC)
+        ua = record.get("ua", "")
+        net = self.networks.facts(record.get("ip", ""))
+        seconds = max(0.0, (at - ctx.accepted_at).total_seconds())
+        facts = classify.HitFacts(
+            network=net,
+            ua=ua,
+            method=record.get("m", "GET"),
+            headers=record.get("h", {}),
+            seconds_after_send=seconds,
+            prior=[classify.PriorHit(p, u, s) for p, u, s in ctx.prior],
+            recipient=ctx.recipient,
+            sender_prefixes=ctx.sender_prefixes,
+            upstream_google=self.upstream_google,
+        )
+        verdict = classify.classify(facts)
+        ctx.prior.append((net.prefix, ua, seconds))  # later hits of this batch see this one
+        # A place is kept only where it is the reader's own (a direct open), never a proxy's.
+        country, region, city = (
+            self._precise(net) if verdict.kind == classify.HUMAN else ("", "", "")
+        )
+        return storage.NewHit(
+            uid=record["u"],
+            token=record["t"],
+            at=at,
+            method=facts.method,
+            ip_prefix=net.prefix,
+            user_agent=ua,
+            headers=dict(facts.headers),
+            verdict=verdict.kind,
+            reasons=tuple(verdict.as_json()["reasons"]),
+            confidence=verdict.confidence,
+            rule=verdict.rule,
+            seconds_after_send=seconds,
+            asn=net.asn,
+            org=net.org,
+            net_lists=tuple(net.lists),
+            hosting=net.hosting,
+            country=country,
+            region=region,
+            city=city,
+            client=verdict.client,
+        )
+
+    def _precise(self, net: NetworkFacts) -> tuple[str, str, str]:
+        level = self.geo_precision
+        if level == "off":
+            return "", "", ""
+        if level == "country":
+            return net.country, "", ""
+        if level == "region":
+            return net.country, net.region, ""
+        return net.country, net.region, net.city
+
+    def batch(
+        self, records: list[dict], contexts: dict[str, storage.HitContext]
+    ) -> list[storage.NewHit]:
+        ordered = sorted(records, key=lambda r: r["at"])
+        return [self.hit(r, contexts[r["t"]]) for r in ordered if r["t"] in contexts]
 
 
 class HitPipeline:
@@ -122,11 +181,13 @@ class HitPipeline:
         self,
         journal: Journal,
         sessions: async_sessionmaker[AsyncSession],
+        judge: Judge,
         *,
         interval: float = 0.1,
     ) -> None:
         self.journal = journal
         self.sessions = sessions
+        self.judge = judge
         self.interval = interval
         self.stored = 0
         self.unknown = 0
@@ -158,11 +219,15 @@ class HitPipeline:
                     self.journal.committed(end)
                 return total
             for i in range(0, len(records), MAX_BATCH):
-                batch = [to_hit(r) for r in records[i : i + MAX_BATCH] if _well_formed(r)]
+                batch = [r for r in records[i : i + MAX_BATCH] if _well_formed(r)]
                 async with self.sessions.begin() as session:
-                    stored, unknown = await storage.add_hits(session, batch)
+                    contexts = await storage.hit_contexts(session, (r["t"] for r in batch))
+                    # Network lookups can take milliseconds when cold: keep them off the loop
+                    # that answers pixels.
+                    hits = await asyncio.to_thread(self.judge.batch, batch, contexts)
+                    stored, _ = await storage.add_hits(session, hits)
                 self.stored += stored
-                self.unknown += unknown
+                self.unknown += len(batch) - len(hits)
             self.journal.committed(end)
             total += len(records)
 
@@ -188,4 +253,8 @@ class HitPipeline:
 
 
 def _well_formed(record: dict) -> bool:
-    return isinstance(record.get("u"), str) and isinstance(record.get("t"), str) and "at" in record
+    return (
+        isinstance(record.get("u"), str)
+        and isinstance(record.get("t"), str)
+        and isinstance(record.get("at"), int | float)
+    )

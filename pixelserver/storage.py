@@ -14,7 +14,9 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -22,8 +24,9 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     bindparam,
+    delete,
     event,
-    func,
+    false,
     select,
     update,
 )
@@ -36,6 +39,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from pixelserver.state import DeliveryState, HitView, chip, delivery_state
 
 # BigInteger primary keys that still autoincrement on SQLite (which only does so for INTEGER).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -102,6 +107,8 @@ class Message(Base):
     message_id_header: Mapped[str] = mapped_column(Text, default="")
     size: Mapped[int] = mapped_column(Integer, default=0)
     accepted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The /24 or /48 the sender submitted from: their own later views are not a recipient's.
+    sender_prefix: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
     deliveries: Mapped[list[Delivery]] = relationship(
         back_populates="message", order_by="Delivery.id", lazy="raise"
@@ -142,8 +149,23 @@ class Hit(Base):
     headers: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     verdict: Mapped[str] = mapped_column(String(24), default="unknown")
     reasons: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # What the verdict was judged from, kept so it can be judged again (mailping reclassify).
+    confidence: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    rule: Mapped[str] = mapped_column(String(40), default="", server_default="")
+    seconds_after_send: Mapped[float | None] = mapped_column(Float, nullable=True)
+    asn: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    org: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    net_lists: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    hosting: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    country: Mapped[str] = mapped_column(String(2), default="", server_default="")
+    region: Mapped[str] = mapped_column(String(100), default="", server_default="")
+    city: Mapped[str] = mapped_column(String(100), default="", server_default="")
+    client: Mapped[str] = mapped_column(String(60), default="", server_default="")
 
-    __table_args__ = (Index("ix_hit_delivery_at", "delivery_id", "at"),)
+    __table_args__ = (
+        Index("ix_hit_delivery_at", "delivery_id", "at"),
+        Index("ix_hit_at", "at"),
+    )
 
 
 # --- engine and sessions -----------------------------------------------------------------
@@ -196,6 +218,7 @@ async def add_message(
     session: AsyncSession,
     *,
     user_address: str,
+    sender_prefix: str = "",
     envelope_from: str,
     subject: str,
     message_id_header: str,
@@ -210,6 +233,7 @@ async def add_message(
         message_id_header=message_id_header,
         size=size,
         accepted_at=utcnow(),
+        sender_prefix=sender_prefix,
     )
     session.add(message)
     await session.flush()
@@ -299,6 +323,17 @@ class NewHit:
     headers: dict[str, str]
     verdict: str = "unknown"
     reasons: tuple[Any, ...] = ()
+    confidence: float = 0.0
+    rule: str = ""
+    seconds_after_send: float | None = None
+    asn: int | None = None
+    org: str = ""
+    net_lists: tuple[str, ...] = ()
+    hosting: bool = False
+    country: str = ""
+    region: str = ""
+    city: str = ""
+    client: str = ""
 
 
 def _insert_ignore(session: AsyncSession, table: Any) -> Any:
@@ -320,6 +355,68 @@ async def delivery_ids_for_tokens(session: AsyncSession, tokens: Iterable[str]) 
     return found
 
 
+@dataclass
+class HitContext:
+    """What the classifier needs to know about the copy a token belongs to."""
+
+    delivery_id: int
+    recipient: str
+    accepted_at: dt.datetime
+    sender_prefixes: frozenset[str]
+    prior: list[tuple[str, str, float]]  # (prefix, ua, seconds after send) of earlier hits
+
+
+SENDER_NETWORK_DAYS = 30
+
+
+async def hit_contexts(session: AsyncSession, tokens: Iterable[str]) -> dict[str, HitContext]:
+    """Per known token: its delivery, when its message was accepted, the networks its sender
+    used recently, and its earlier hits (three queries for a whole batch)."""
+    tokens = list(set(tokens))
+    rows = []
+    for i in range(0, len(tokens), 500):
+        rows += (
+            await session.execute(
+                select(
+                    Delivery.token,
+                    Delivery.id,
+                    Delivery.recipient,
+                    Message.accepted_at,
+                    Message.user_id,
+                )
+                .join(Message, Message.id == Delivery.message_id)
+                .where(Delivery.token.in_(tokens[i : i + 500]))
+            )
+        ).all()
+    if not rows:
+        return {}
+    user_ids = {r.user_id for r in rows}
+    since = utcnow() - dt.timedelta(days=SENDER_NETWORK_DAYS)
+    nets: dict[int, set[str]] = {u: set() for u in user_ids}
+    for user_id, prefix in await session.execute(
+        select(Message.user_id, Message.sender_prefix)
+        .where(
+            Message.user_id.in_(user_ids), Message.accepted_at >= since, Message.sender_prefix != ""
+        )
+        .distinct()
+    ):
+        nets[user_id].add(prefix)
+    prior: dict[int, list[tuple[str, str, float]]] = {r.id: [] for r in rows}
+    for delivery_id, prefix, ua, seconds in await session.execute(
+        select(Hit.delivery_id, Hit.ip_prefix, Hit.user_agent, Hit.seconds_after_send)
+        .where(Hit.delivery_id.in_(prior.keys()))
+        .order_by(Hit.at)
+    ):
+        if seconds is not None:
+            prior[delivery_id].append((prefix, ua, seconds))
+    return {
+        r.token: HitContext(
+            r.id, r.recipient, r.accepted_at, frozenset(nets[r.user_id]), prior[r.id]
+        )
+        for r in rows
+    }
+
+
 async def add_hits(session: AsyncSession, hits: Sequence[NewHit]) -> tuple[int, int]:
     """Store hits whose token is known; returns (stored or already stored, unknown tokens).
 
@@ -338,6 +435,17 @@ async def add_hits(session: AsyncSession, hits: Sequence[NewHit]) -> tuple[int, 
             "headers": h.headers,
             "verdict": h.verdict,
             "reasons": list(h.reasons),
+            "confidence": h.confidence,
+            "rule": h.rule,
+            "seconds_after_send": h.seconds_after_send,
+            "asn": h.asn,
+            "org": h.org[:200],
+            "net_lists": sorted(h.net_lists),
+            "hosting": h.hosting,
+            "country": h.country[:2],
+            "region": h.region[:100],
+            "city": h.city[:100],
+            "client": h.client[:60],
         }
         for h in hits
         if h.token in ids
@@ -345,6 +453,23 @@ async def add_hits(session: AsyncSession, hits: Sequence[NewHit]) -> tuple[int, 
     if rows:
         await session.execute(_insert_ignore(session, Hit.__table__), rows)
     return len(rows), len(hits) - len(rows)
+
+
+async def purge_before(session: AsyncSession, cutoff: dt.datetime) -> tuple[int, int]:
+    """Delete messages accepted before `cutoff` (with their deliveries and hits) and any hit
+    older than it; returns (messages, hits) deleted."""
+    hits = (await session.execute(delete(Hit).where(Hit.at < cutoff))).rowcount or 0
+    old = select(Message.id).where(Message.accepted_at < cutoff)
+    await session.execute(
+        delete(Hit).where(
+            Hit.delivery_id.in_(select(Delivery.id).where(Delivery.message_id.in_(old)))
+        )
+    )
+    await session.execute(delete(Delivery).where(Delivery.message_id.in_(old)))
+    messages = (
+        await session.execute(delete(Message).where(Message.accepted_at < cutoff))
+    ).rowcount or 0
+    return messages, hits
 
 
 # --- reads for the report ------------------------------------------------------------------
@@ -358,9 +483,19 @@ class DeliveryRow:
     untracked_reason: str | None
     outcome: str
     upstream_reply: str
-    hit_count: int
-    first_hit: dt.datetime | None
-    last_hit: dt.datetime | None
+    hits: tuple[HitView, ...]
+
+    @property
+    def state(self) -> DeliveryState:
+        return delivery_state(self.outcome, self.tracking, self.hits)
+
+    @property
+    def chip(self) -> str:
+        return chip(self.state, self.untracked_reason)
+
+    @property
+    def hit_count(self) -> int:
+        return len(self.hits)
 
 
 @dataclass(frozen=True)
@@ -372,10 +507,35 @@ class MessageRow:
     deliveries: tuple[DeliveryRow, ...]
 
 
+async def hit_views(session: AsyncSession, delivery_ids: Sequence[int]) -> dict[int, list[HitView]]:
+    views: dict[int, list[HitView]] = {d: [] for d in delivery_ids}
+    for i in range(0, len(delivery_ids), 500):
+        rows = await session.execute(
+            select(
+                Hit.delivery_id,
+                Hit.at,
+                Hit.verdict,
+                Hit.rule,
+                Hit.ip_prefix,
+                Hit.client,
+                Hit.country,
+                Hit.region,
+                Hit.city,
+            )
+            .where(Hit.delivery_id.in_(delivery_ids[i : i + 500]))
+            .order_by(Hit.at)
+        )
+        for r in rows:
+            views[r.delivery_id].append(
+                HitView(r.at, r.verdict, r.rule, r.ip_prefix, r.client, r.country, r.region, r.city)
+            )
+    return views
+
+
 async def recent_messages(
     session: AsyncSession, *, limit: int = 50, before_id: int | None = None
 ) -> list[MessageRow]:
-    """Newest messages first, each with per-recipient hit counts, in two queries."""
+    """Newest messages first, each with its deliveries and their hits (three queries)."""
     q = (
         select(Message.id, User.address, Message.subject, Message.accepted_at)
         .join(User, User.id == Message.user_id)
@@ -388,58 +548,33 @@ async def recent_messages(
     if not messages:
         return []
     ids = [m.id for m in messages]
-    stats = (
-        select(
-            Hit.delivery_id,
-            func.count(Hit.id).label("n"),
-            func.min(Hit.at).label("first"),
-            func.max(Hit.at).label("last"),
+    deliveries = (
+        (
+            await session.execute(
+                select(Delivery).where(Delivery.message_id.in_(ids)).order_by(Delivery.id)
+            )
         )
-        .group_by(Hit.delivery_id)
-        .subquery()
+        .scalars()
+        .all()
     )
-    drows = (
-        await session.execute(
-            select(Delivery, stats.c.n, stats.c.first, stats.c.last)
-            .outerjoin(stats, stats.c.delivery_id == Delivery.id)
-            .where(Delivery.message_id.in_(ids))
-            .order_by(Delivery.id)
-        )
-    ).all()
+    views = await hit_views(session, [d.id for d in deliveries])
     by_message: dict[int, list[DeliveryRow]] = {i: [] for i in ids}
-    for d, n, first, last in drows:
+    for d in deliveries:
         by_message[d.message_id].append(
             DeliveryRow(
-                id=d.id,
-                recipient=d.recipient,
-                tracking=d.tracking,
-                untracked_reason=d.untracked_reason,
-                outcome=d.outcome,
-                upstream_reply=d.upstream_reply,
-                hit_count=n or 0,
-                first_hit=_aware(first),
-                last_hit=_aware(last),
+                d.id,
+                d.recipient,
+                d.tracking,
+                d.untracked_reason,
+                d.outcome,
+                d.upstream_reply,
+                tuple(views[d.id]),
             )
         )
     return [
-        MessageRow(
-            id=m.id,
-            user_address=m.address,
-            subject=m.subject,
-            accepted_at=m.accepted_at,
-            deliveries=tuple(by_message[m.id]),
-        )
+        MessageRow(m.id, m.address, m.subject, m.accepted_at, tuple(by_message[m.id]))
         for m in messages
     ]
-
-
-def _aware(value: Any) -> dt.datetime | None:
-    """Aggregates bypass the column type on SQLite and come back naive or as text."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 async def hits_for_delivery(session: AsyncSession, delivery_id: int) -> list[Hit]:

@@ -15,7 +15,9 @@ from pathlib import Path
 from pixelserver.config import (
     ConfigError,
     DatabaseConfig,
+    GeoipConfig,
     PixelServerConfig,
+    PrivacyConfig,
     build_section,
     choices,
     is_loopback_host,
@@ -61,6 +63,8 @@ class Config:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     pixelserver: PixelServerConfig = field(default_factory=PixelServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    geoip: GeoipConfig = field(default_factory=GeoipConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     upstream_password: str = field(default="", repr=False)
 
     @property
@@ -103,7 +107,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
             raise ConfigError(file, "-", f"not valid TOML: {exc}") from None
         base = path.resolve().parent
 
-    sections = {"relay", "upstream", "pixelserver", "database"}
+    sections = {"relay", "upstream", "pixelserver", "database", "geoip", "privacy"}
     for key in raw:
         if key not in sections | {"data_dir"}:
             raise ConfigError(file, key, "unknown key or table")
@@ -118,6 +122,14 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         relay = dataclasses.replace(relay, auth="upstream")
     pixel = build_section(PixelServerConfig, raw.get("pixelserver"), file, "pixelserver")
     database = build_section(DatabaseConfig, raw.get("database"), file, "database")
+    geoip = build_section(GeoipConfig, raw.get("geoip"), file, "geoip")
+    privacy = build_section(PrivacyConfig, raw.get("privacy"), file, "privacy")
+    for key in ("city_db", "asn_db"):
+        value = getattr(geoip, key)
+        if value and not (base / value).is_file():
+            raise ConfigError(file, f"geoip.{key}", f"no such file: {base / value}")
+    if privacy.retention_days < 1:
+        raise ConfigError(file, "privacy.retention_days", "must be at least 1 day")
 
     host, _ = parse_listen(relay.listen, file, "relay.listen")
     if relay.auth == "none" and not is_loopback_host(host):
@@ -178,6 +190,8 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         upstream=upstream,
         pixelserver=pixel,
         database=database,
+        geoip=geoip,
+        privacy=privacy,
         upstream_password=password,
     )
 

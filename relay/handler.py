@@ -87,6 +87,7 @@ class RelayHandler:
             smtputf8=bool(envelope.smtp_utf8) or not _ascii(envelope.mail_from, *envelope.rcpt_tos),
             eight_bit="BODY=8BITMIME" in (o.upper() for o in envelope.mail_options),
             credentials=forward_with,
+            client_ip=str(session.peer[0]) if session.peer else "",
         )
         async with self.in_flight:
             result = await self.relay.submit(sub)

@@ -7,6 +7,7 @@ each against the same store, which is how MailPing scales out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -16,10 +17,18 @@ from dataclasses import dataclass
 import tornado.httpserver
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from pixelserver import migrate, storage
+from pixelserver import migrate, retention, storage
 from pixelserver.app import make_app
 from pixelserver.config import ConfigError, is_loopback_host, parse_listen
-from pixelserver.hits import HitPipeline, Journal
+from pixelserver.hits import HitPipeline, Journal, Judge
+from pixelserver.networks import (
+    AsnSource,
+    MaxMindAsn,
+    MaxMindLocation,
+    Networks,
+    PlevinAsn,
+    bundled_city_db,
+)
 from relay.auth import Authenticator, LocalLogin, UpstreamLogin
 from relay.config import Config, resolve_file
 from relay.forward import Credentials, OutboxUpstream, SmtpUpstream, Upstream
@@ -165,20 +174,53 @@ async def start_relay(
 class RunningPixelServer:
     http: tornado.httpserver.HTTPServer
     pipeline: HitPipeline
+    purge: asyncio.Task
 
     async def close(self) -> None:
+        # Awaited, not just cancelled: a purge stopped mid-query must hand its connection
+        # back, or aiosqlite's connection thread outlives the loop and the process never exits.
+        self.purge.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.purge
         self.http.stop()
         await self.http.close_all_connections()
         await self.pipeline.close()
 
 
+def make_networks(cfg: Config) -> Networks:
+    """The offline network data: bundled lists, plus location and ASN from the configured
+    .mmdb files or, where none is configured, the data installed with MailPing."""
+    location = None
+    city_db = resolve_file(cfg, cfg.geoip.city_db) if cfg.geoip.city_db else bundled_city_db()
+    if city_db is not None:
+        location = MaxMindLocation(city_db)
+    asn: AsnSource | None
+    if cfg.geoip.asn_db:
+        asn = MaxMindAsn(resolve_file(cfg, cfg.geoip.asn_db))
+    else:
+        try:
+            asn = PlevinAsn()
+        except ImportError:
+            log.warning("no ASN data installed (plevin-db-network): network names will be missing")
+            asn = None
+    return Networks(asn=asn, location=location)
+
+
 async def start_pixelserver(
-    cfg: Config, sessions: async_sessionmaker[AsyncSession]
+    cfg: Config, sessions: async_sessionmaker[AsyncSession], networks: Networks | None = None
 ) -> RunningPixelServer:
     journal = Journal(cfg.journal_path)
-    pipeline = HitPipeline(journal, sessions)
+    judge = Judge(
+        networks or await asyncio.to_thread(make_networks, cfg),
+        upstream_google=is_google_host(cfg.upstream.host),
+        geo_precision=cfg.privacy.geo_precision,
+    )
+    pipeline = HitPipeline(journal, sessions, judge)
     await pipeline.flush()  # replay what an earlier run answered but had not stored
     pipeline.start()
+    purge = asyncio.get_running_loop().create_task(
+        retention.purge_forever(sessions, cfg.privacy.retention_days), name="retention-purge"
+    )
     password = (
         os.environ.get(cfg.pixelserver.report_password_env)
         if cfg.pixelserver.report_password_env
@@ -192,6 +234,7 @@ async def start_pixelserver(
     try:
         http.listen(port, address=host, reuse_port=False)
     except OSError as exc:
+        purge.cancel()
         await pipeline.close()
         raise ListenError("pixelserver.listen", cfg.pixelserver.listen, exc) from None
-    return RunningPixelServer(http, pipeline)
+    return RunningPixelServer(http, pipeline, purge)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from pixelserver.networks import mask
 from relay import rewrite, tracking
 from relay.dsn import build_dsn
 from relay.forward import ACCEPTED, Copy, Credentials, Outcome, Render, Upstream
@@ -29,6 +30,7 @@ class Submission:
     data: bytes
     smtputf8: bool = False
     eight_bit: bool = False
+    client_ip: str = ""
     credentials: Credentials | None = None
 
 
@@ -134,6 +136,7 @@ class Relay:
                 message_id_header=prepared.message_id,
                 size=len(sub.data),
                 untracked_reason=prepared.untracked_reason,
+                sender_prefix=mask(sub.client_ip),
             )
         except SQLAlchemyError:
             # The store is down: the mail still goes out, untracked, rather than waiting on us.

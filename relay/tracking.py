@@ -48,6 +48,7 @@ async def record_message(
     message_id_header: str,
     size: int,
     untracked_reason: str | None,
+    sender_prefix: str = "",
 ) -> RecordedMessage:
     new = [
         storage.NewDelivery(
@@ -67,6 +68,7 @@ async def record_message(
             message_id_header=message_id_header[:1000],
             size=size,
             deliveries=new,
+            sender_prefix=sender_prefix,
         )
         return RecordedMessage(
             id=message.id,

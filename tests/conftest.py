@@ -251,6 +251,20 @@ def make_config(
     )
 
 
+_NETWORKS: list = []
+
+
+def shared_networks():
+    """One Networks for the whole run: loading the bundled data takes about a second."""
+    if not _NETWORKS:
+        _NETWORKS.append(service.make_networks(make_config(Path("/nonexistent"), "", None)))
+    return _NETWORKS[0]
+
+
+async def start_pixelserver(cfg: Config, store) -> service.RunningPixelServer:
+    return await service.start_pixelserver(cfg, store, shared_networks())
+
+
 @dataclass
 class Stack:
     """Relay + pixel server running on this test's loop against one store."""
@@ -268,7 +282,7 @@ async def stack(
     cfg = make_config(tmp_path, db_url, upstream.port)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     relay = await service.start_relay(cfg, store)
-    pixel = await service.start_pixelserver(cfg, store)
+    pixel = await start_pixelserver(cfg, store)
     s = Stack(cfg, store, int(cfg.relay.listen.rsplit(":", 1)[1]), cfg.pixelserver.public_url)
     yield s
     await relay.close()

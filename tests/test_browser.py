@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from relay import service
-from tests.conftest import make_config
+from tests.conftest import make_config, start_pixelserver
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
@@ -54,7 +54,7 @@ async def test_open_the_copy_from_the_report_page(
 ) -> None:
     cfg = make_config(tmp_path, db_url, None)  # no upstream: the local outbox
     relay = await service.start_relay(cfg, store)
-    pixel = await service.start_pixelserver(cfg, store)
+    pixel = await start_pixelserver(cfg, store)
     try:
         msg = EmailMessage()
         msg["From"] = "me@example.com"
@@ -77,7 +77,8 @@ async def test_open_the_copy_from_the_report_page(
         heading = page.locator("section.message h2")
         assert await heading.inner_text() == "<img src=x onerror=alert(1)> Offer"
         row = page.locator("tr.delivery", has_text="ana@example.org")
-        assert await row.locator("td.hits").inner_text() == "0"
+        chip = row.locator(".chip")
+        assert await chip.inner_text() == "Not opened yet"
 
         async with page.expect_popup() as popup_info:
             await row.get_by_role("link", name="view copy").click()
@@ -88,10 +89,11 @@ async def test_open_the_copy_from_the_report_page(
 
         for _ in range(40):
             await page.reload()
-            if await row.locator("td.hits").inner_text() == "1":
+            if "you viewed it" in await chip.inner_text():
                 break
             await asyncio.sleep(0.1)
-        assert await row.locator("td.hits").inner_text() == "1"
+        # Sent from this machine and opened here: the sender viewing the copy, said so.
+        assert await chip.inner_text() == "Not opened yet · you viewed it"
         assert dialogs == []  # the subject never ran as markup
         SHOTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(SHOTS / "report-first-run.png"), full_page=True)

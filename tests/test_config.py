@@ -25,7 +25,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_example_file_is_valid_and_equals_the_defaults(tmp_path: Path) -> None:
     example = load_config(EXAMPLE)
     embedded = load_config(None)
-    for section in ("relay", "upstream", "pixelserver", "database"):
+    for section in ("relay", "upstream", "pixelserver", "database", "geoip", "privacy"):
         assert getattr(example, section) == getattr(embedded, section), section
 
 
@@ -39,7 +39,7 @@ def test_every_key_is_documented_in_the_example() -> None:
     text = re.sub(r"^# (\w+ = )", r"\1", EXAMPLE.read_text(), flags=re.M)
     documented = tomllib.loads(text)
     for f in dataclasses.fields(Config):
-        if f.name in ("relay", "upstream", "pixelserver", "database"):
+        if f.name in ("relay", "upstream", "pixelserver", "database", "geoip", "privacy"):
             keys = {k.name for k in dataclasses.fields(f.default_factory())}  # type: ignore[misc]
             assert keys == set(documented[f.name]), f.name
 

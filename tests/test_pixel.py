@@ -13,8 +13,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HT
 
 from pixelserver import storage
 from pixelserver.pixel import GIF
-from relay import service, tracking
-from tests.conftest import Stack, free_port, make_config
+from relay import tracking
+from tests.conftest import Stack, free_port, make_config, start_pixelserver
 
 NO_CACHE = "no-store, no-cache, must-revalidate, max-age=0, private"
 
@@ -140,7 +140,7 @@ async def test_hits_survive_a_database_outage_through_the_journal(
         tmp_path, f"postgresql+asyncpg://nobody:x@127.0.0.1:{free_port()}/none", None
     )
     dead_engine = storage.make_engine(dead.database_url)
-    pixel = await service.start_pixelserver(dead, storage.make_sessionmaker(dead_engine))
+    pixel = await start_pixelserver(dead, storage.make_sessionmaker(dead_engine))
     try:
         for _ in range(5):
             assert_pixel(await fetch(f"{dead.pixelserver.public_url}/p/{d.token}.gif"))
@@ -153,7 +153,7 @@ async def test_hits_survive_a_database_outage_through_the_journal(
 
     # Same data_dir (same journal), store reachable again: everything answered is stored once.
     healthy = make_config(tmp_path, db_url, None)
-    pixel = await service.start_pixelserver(healthy, store)
+    pixel = await start_pixelserver(healthy, store)
     try:
         assert len(await hits_of(store, d.id)) == 5
         assert pixel.pipeline.journal.size() == 0
@@ -189,7 +189,8 @@ async def test_report_page_lists_messages_with_hits(stack: Stack) -> None:
     page = resp.body.decode()
     assert "Quarterly numbers" in page
     assert "&lt;b&gt;ana&lt;/b&gt;@example.org" in page  # escaped, never markup
-    assert '<td class="hits">1</td>' in page
+    assert '<td class="humans">1</td>' in page  # a fetch from an ordinary network: a person
+    assert '<span class="chip opened"' in page
 
 
 async def test_report_page_is_for_this_machine_only(stack: Stack) -> None:
@@ -217,7 +218,7 @@ async def test_report_password_opens_the_page_from_elsewhere(
     cfg = replace(
         base, pixelserver=replace(base.pixelserver, report_password_env="TEST_REPORT_PASSWORD")
     )
-    pixel = await service.start_pixelserver(cfg, store)
+    pixel = await start_pixelserver(cfg, store)
     try:
         url = f"{cfg.pixelserver.public_url}/"
         hdr = {"X-Forwarded-For": "203.0.113.9"}

@@ -40,7 +40,7 @@ async def add(store, recipients: list[str], subject: str = "s", user: str = "me@
         )
 
 
-def hit(uid: str, token: str, minutes: int = 0) -> storage.NewHit:
+def hit(uid: str, token: str, minutes: int = 0, verdict: str = "human") -> storage.NewHit:
     return storage.NewHit(
         uid=uid,
         token=token,
@@ -49,6 +49,7 @@ def hit(uid: str, token: str, minutes: int = 0) -> storage.NewHit:
         ip_prefix="192.0.2.0/24",
         user_agent="ua",
         headers={"Accept": "image/*"},
+        verdict=verdict,
     )
 
 
@@ -86,7 +87,14 @@ async def test_recent_messages_newest_first_with_counts_and_pages(store) -> None
     _, (a,) = await add(store, ["a@x"], "first")
     _, (b, c) = await add(store, ["b@x", "c@x"], "second")
     async with store.begin() as session:
-        await storage.add_hits(session, [hit("h1", b.token, 3), hit("h2", b.token, 9)])
+        await storage.add_hits(
+            session,
+            [
+                hit("h0", b.token, 1, "privacy_prefetch"),
+                hit("h1", b.token, 3),
+                hit("h2", b.token, 9),
+            ],
+        )
         await storage.set_outcomes(
             session, [(b.id, "accepted", "ok"), (c.id, "rejected", "550 no")]
         )
@@ -96,13 +104,15 @@ async def test_recent_messages_newest_first_with_counts_and_pages(store) -> None
     assert [m.subject for m in page] == ["second"]
     assert [m.subject for m in older] == ["first"]
     rb, rc = page[0].deliveries
-    assert (rb.recipient, rb.outcome, rb.hit_count) == ("b@x", "accepted", 2)
-    assert rb.first_hit == dt.datetime(2026, 1, 1, 12, 3, tzinfo=dt.UTC)
-    assert rb.last_hit == dt.datetime(2026, 1, 1, 12, 9, tzinfo=dt.UTC)
-    assert (rc.outcome, rc.hit_count, rc.first_hit, rc.upstream_reply) == (
+    assert (rb.recipient, rb.outcome, rb.hit_count) == ("b@x", "accepted", 3)
+    state = rb.state
+    assert (state.state, state.human_hits, state.machine_hits) == ("opened", 2, 1)
+    assert state.first_open == dt.datetime(2026, 1, 1, 12, 3, tzinfo=dt.UTC)
+    assert state.last_open == dt.datetime(2026, 1, 1, 12, 9, tzinfo=dt.UTC)
+    assert (rc.outcome, rc.hit_count, rc.state.state, rc.upstream_reply) == (
         "rejected",
         0,
-        None,
+        "failed",
         "550 no",
     )
 

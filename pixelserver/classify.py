@@ -1,0 +1,545 @@
+"""Pure: the facts of one pixel fetch -> a verdict with the reasons that justify it.
+
+The rules are one table (RULES), tried in order; the first that matches decides. Each rule's
+evidence and sources are in docs/classification.md and ../shared/reference/proxy-detection.md.
+Nothing here does I/O: network facts arrive already looked up, so every case can be tested and
+`mailping classify` can explain any hit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pixelserver.networks import NetworkFacts
+
+HUMAN = "human"
+HUMAN_VIA_PROXY = "human_via_proxy"
+PRIVACY_PREFETCH = "privacy_prefetch"
+SCANNER = "scanner"
+BOT = "bot"
+SENDER = "sender"
+UNKNOWN = "unknown"
+VERDICTS = (HUMAN, HUMAN_VIA_PROXY, PRIVACY_PREFETCH, SCANNER, BOT, SENDER, UNKNOWN)
+PERSON = frozenset({HUMAN, HUMAN_VIA_PROXY})
+
+NEAR_DELIVERY = 120.0  # seconds: Defender sandboxes within ~60 s, gophish reports 20-30 s
+BURST_WINDOW = 2.0  # seconds between fetches from one network that no person produces
+
+GOOGLE_ASNS = frozenset({15169})
+YAHOO_ASNS = frozenset({14777, 26101, 36646, 36647, 34010, 56173, 10310})
+APPLE_ASNS = frozenset({714})
+RELAY_OPERATOR_ASNS = frozenset({13335, 36183, 20940, 54113})  # Cloudflare, Akamai, Fastly
+MICROSOFT_ASNS = frozenset({8075})
+SECURITY_VENDOR_ASNS = {
+    26211: "Proofpoint",
+    22843: "Proofpoint",
+    13916: "Proofpoint",
+    30031: "Mimecast",
+    42427: "Mimecast",
+    15324: "Barracuda",
+    16417: "Cisco Secure Email",
+}
+SECURITY_VENDOR_LISTS = {
+    "proofpoint": "Proofpoint",
+    "mimecast": "Mimecast",
+    "barracuda": "Barracuda",
+    "cisco_secure_email": "Cisco Secure Email",
+}
+BOT_UA = re.compile(
+    r"bot\b|crawler|spider|googlebot|bingbot|facebookexternalhit|telegrambot|slackbot|discordbot"
+    r"|skypeuripreview|microsoft office existence discovery|curl/|python-requests|python-urllib"
+    r"|aiohttp|go-http-client|wget|okhttp|axios|node-fetch|java/|headlesschrome|zgrab|censys"
+    r"|expanse|masscan|nmap|libwww-perl|httpclient|scrapy",
+    re.I,
+)
+PROVIDER_DOMAINS = {
+    "google": ("gmail.com", "googlemail.com"),
+    "yahoo": (
+        "yahoo.com",
+        "ymail.com",
+        "rocketmail.com",
+        "aol.com",
+        "yahoo.co.uk",
+        "yahoo.fr",
+        "yahoo.de",
+        "yahoo.co.jp",
+        "aim.com",
+    ),
+    "icloud": ("icloud.com", "me.com", "mac.com"),
+    "microsoft": (
+        "outlook.com",
+        "hotmail.com",
+        "live.com",
+        "msn.com",
+        "hotmail.co.uk",
+        "hotmail.fr",
+        "outlook.de",
+        "live.co.uk",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class PriorHit:
+    """An earlier fetch of the same pixel, as stored (network prefix, never the address)."""
+
+    prefix: str
+    ua: str
+    seconds_after_send: float
+
+
+@dataclass(frozen=True)
+class HitFacts:
+    network: NetworkFacts
+    ua: str = ""
+    method: str = "GET"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    seconds_after_send: float | None = None
+    prior: Sequence[PriorHit] = ()
+    recipient: str = ""
+    sender_prefixes: frozenset[str] = frozenset()  # where the sender submitted or logged in from
+    upstream_google: bool = False  # the sender's outgoing server is Google's
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} ({self.text})"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str
+    confidence: float
+    rule: str
+    reasons: tuple[Reason, ...]
+    client: str = ""
+
+    def as_json(self) -> dict:
+        return {
+            "verdict": self.kind,
+            "confidence": self.confidence,
+            "rule": self.rule,
+            "client": self.client,
+            "reasons": [{"code": r.code, "text": r.text} for r in self.reasons],
+        }
+
+
+def provider_of(recipient: str) -> str:
+    """The recipient's mailbox provider, as far as the domain alone tells (custom domains on
+    Google Workspace or Microsoft 365 cannot be told apart offline: "")."""
+    domain = recipient.rpartition("@")[2].lower().rstrip(">").strip()
+    for provider, domains in PROVIDER_DOMAINS.items():
+        if domain in domains:
+            return provider
+    return ""
+
+
+def client_of(ua: str) -> str:
+    """The mail program a User-Agent names, in words for the report."""
+    if not ua:
+        return ""
+    if m := re.search(r"Thunderbird/(\d+)", ua):
+        return f"Thunderbird {m.group(1)}"
+    if "Microsoft Outlook" in ua or "ms-office" in ua or "MSOffice" in ua:
+        return "Outlook"
+    if "GoogleImageProxy" in ua:
+        return "Gmail"
+    if "YahooMailProxy" in ua:
+        return "Yahoo Mail"
+    webkit_mail = "AppleWebKit/605.1.15 (KHTML, like Gecko)" in ua and "Safari/" not in ua
+    if webkit_mail and re.search(r"iPhone|iPad|iPod", ua):
+        return "iOS Mail"
+    if webkit_mail and "Macintosh" in ua:
+        return "Apple Mail (or Outlook for Mac)"
+    if "; wv)" in ua and "Android" in ua:
+        return "Android mail app"
+    for token, name in (
+        ("Edg/", "Edge"),
+        ("Firefox/", "Firefox"),
+        ("Chrome/", "Chrome"),
+        ("Safari/", "Safari"),
+    ):
+        if token in ua:
+            return f"{name} (webmail)"
+    return ""
+
+
+# --- the context the rules read --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    f: HitFacts
+
+    @property
+    def n(self) -> NetworkFacts:
+        return self.f.network
+
+    @property
+    def t(self) -> float | None:
+        return self.f.seconds_after_send
+
+    @property
+    def near_delivery(self) -> bool:
+        return self.t is not None and self.t <= NEAR_DELIVERY
+
+    @property
+    def asn_in(self) -> Callable[[frozenset[int]], bool]:
+        return lambda asns: self.n.asn is not None and self.n.asn in asns
+
+    @property
+    def burst(self) -> bool:
+        """Another fetch from the same network within BURST_WINDOW seconds."""
+        if self.t is None:
+            return False
+        return any(
+            p.prefix == self.n.prefix and abs(p.seconds_after_send - self.t) <= BURST_WINDOW
+            for p in self.f.prior
+        )
+
+    @property
+    def prefetch(self) -> bool:
+        h = {k.lower(): v.lower() for k, v in self.f.headers.items()}
+        return self.f.method.upper() == "HEAD" or "prefetch" in (
+            h.get("sec-purpose", "") + h.get("purpose", "") + h.get("x-purpose", "")
+        )
+
+    @property
+    def vendor(self) -> str:
+        for name in self.n.lists:
+            if name in SECURITY_VENDOR_LISTS:
+                return SECURITY_VENDOR_LISTS[name]
+        return SECURITY_VENDOR_ASNS.get(self.n.asn or 0, "")
+
+
+def _net(c: _Ctx) -> Reason:
+    return Reason(f"net:AS{c.n.asn}" if c.n.asn else "net:unknown", c.n.describe())
+
+
+def _timing(c: _Ctx) -> Reason:
+    if c.t is None:
+        return Reason("timing:unknown", "time since sending not known")
+    return Reason(f"timing:{_duration(c.t)}-after-send", f"fetched {_words(c.t)} after sending")
+
+
+def _ua(c: _Ctx, label: str) -> Reason:
+    return Reason(f"ua:{label}", f"User-Agent: {c.f.ua[:120] or '(none)'}")
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    if s < 172800:
+        return f"{s // 3600}h"
+    return f"{s // 86400}d"
+
+
+def _words(seconds: float) -> str:
+    d = _duration(seconds)
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[d[-1]]
+    return f"{d[:-1]} {unit}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    kind: str
+    confidence: float
+    when: Callable[[_Ctx], bool]
+    why: Callable[[_Ctx], list[Reason]]
+    summary: str
+
+
+def _gmail_ua(c: _Ctx) -> bool:
+    return "GoogleImageProxy" in c.f.ua
+
+
+def _from_google(c: _Ctx) -> bool:
+    return c.asn_in(GOOGLE_ASNS) or "google_fetcher" in c.n.lists
+
+
+def _yahoo_ua(c: _Ctx) -> bool:
+    return "YahooMailProxy" in c.f.ua
+
+
+def _from_microsoft(c: _Ctx) -> bool:
+    return c.asn_in(MICROSOFT_ASNS) or bool({"microsoft_eop", "microsoft_exo"} & c.n.lists)
+
+
+def _sent_folder(c: _Ctx) -> bool:
+    provider = provider_of(c.f.recipient)
+    return c.f.upstream_google and provider not in ("", "google")
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "sender-network",
+        SENDER,
+        0.8,
+        lambda c: c.n.prefix != "" and c.n.prefix in c.f.sender_prefixes,
+        lambda c: [
+            Reason("net:sender", f"the sender submitted mail or logged in from {c.n.prefix}"),
+            _net(c),
+        ],
+        "The network the sender submitted this mail from, or logged in to MailPing from.",
+    ),
+    Rule(
+        "gmail-sent-folder",
+        SENDER,
+        0.75,
+        lambda c: _gmail_ua(c) and _from_google(c) and _sent_folder(c),
+        lambda c: [
+            _ua(c, "GoogleImageProxy"),
+            _net(c),
+            Reason(
+                "recipient:not-gmail",
+                f"{c.f.recipient.rpartition('@')[2]} is not a Gmail mailbox, and the "
+                "sender sends through Google: this is the sender's Sent folder",
+            ),
+        ],
+        "Gmail's proxy fetching a copy whose recipient is not on Gmail, while the sender's "
+        "outgoing server is Google's: the sender reading their Sent Mail.",
+    ),
+    Rule(
+        "gmail-proxy",
+        HUMAN_VIA_PROXY,
+        0.85,
+        lambda c: _gmail_ua(c) and _from_google(c) and not c.near_delivery,
+        lambda c: [_ua(c, "GoogleImageProxy"), _net(c), _timing(c)],
+        "Gmail's image proxy fetches when the message is opened.",
+    ),
+    Rule(
+        "gmail-proxy-at-delivery",
+        HUMAN_VIA_PROXY,
+        0.5,
+        lambda c: _gmail_ua(c) and _from_google(c),
+        lambda c: [
+            _ua(c, "GoogleImageProxy"),
+            _net(c),
+            _timing(c),
+            Reason(
+                "timing:near-delivery",
+                "Gmail sometimes fetches at delivery; a fast reader looks the same",
+            ),
+        ],
+        "Gmail's proxy within two minutes of sending: an open, or Gmail's delivery-time fetch.",
+    ),
+    Rule(
+        "gmail-proxy-spoofed",
+        BOT,
+        0.9,
+        lambda c: _gmail_ua(c),
+        lambda c: [
+            _ua(c, "GoogleImageProxy"),
+            _net(c),
+            Reason("net:not-google", "claims to be Gmail's proxy from outside Google"),
+        ],
+        "A GoogleImageProxy User-Agent from outside Google's network is a forgery.",
+    ),
+    Rule(
+        "google-delivery-fetcher",
+        SCANNER,
+        0.7,
+        lambda c: _from_google(c) and c.near_delivery and not BOT_UA.search(c.f.ua),
+        lambda c: [_net(c), _timing(c), _ua(c, "other")],
+        "Google's network without the image-proxy User-Agent near delivery: Gmail's or "
+        "Workspace's delivery-time fetch or security scan.",
+    ),
+    Rule(
+        "yahoo-proxy",
+        HUMAN_VIA_PROXY,
+        0.85,
+        lambda c: _yahoo_ua(c) and c.asn_in(YAHOO_ASNS),
+        lambda c: [_ua(c, "YahooMailProxy"), _net(c), _timing(c)],
+        "Yahoo/AOL Mail's image proxy fetches when the message is displayed.",
+    ),
+    Rule(
+        "yahoo-proxy-spoofed",
+        BOT,
+        0.85,
+        lambda c: _yahoo_ua(c) and c.n.asn is not None,
+        lambda c: [
+            _ua(c, "YahooMailProxy"),
+            _net(c),
+            Reason("net:not-yahoo", "claims to be Yahoo's proxy from outside Yahoo"),
+        ],
+        "A YahooMailProxy User-Agent from a network not Yahoo's.",
+    ),
+    Rule(
+        "prefetch-request",
+        SCANNER,
+        0.8,
+        lambda c: c.prefetch and c.near_delivery,
+        lambda c: [
+            Reason("http:prefetch", f"{c.f.method} request or prefetch header"),
+            _timing(c),
+            _net(c),
+        ],
+        "HEAD or Sec-Purpose/Purpose: prefetch near delivery: a gateway checking the link.",
+    ),
+    Rule(
+        "prefetch-request-late",
+        BOT,
+        0.7,
+        lambda c: c.prefetch,
+        lambda c: [Reason("http:prefetch", f"{c.f.method} request or prefetch header"), _timing(c)],
+        "HEAD or a prefetch header: a machine, whatever the User-Agent.",
+    ),
+    Rule(
+        "apple-relay",
+        PRIVACY_PREFETCH,
+        0.9,
+        lambda c: "apple_relay" in c.n.lists,
+        lambda c: [
+            Reason(
+                "net:apple-private-relay",
+                "Apple iCloud Private Relay egress, which Mail Privacy Protection fetches through",
+            ),
+            _net(c),
+            _timing(c),
+        ],
+        "Apple Mail Privacy Protection loads all images through Apple's relay, read or not.",
+    ),
+    Rule(
+        "apple-network",
+        PRIVACY_PREFETCH,
+        0.6,
+        lambda c: "apple_network" in c.n.lists or c.asn_in(APPLE_ASNS),
+        lambda c: [Reason("net:AS714", "Apple's own network"), _timing(c)],
+        "Apple's own network (17.0.0.0/8): an Apple machine, not a person's connection.",
+    ),
+    Rule(
+        "apple-relay-operator",
+        PRIVACY_PREFETCH,
+        0.7,
+        lambda c: c.f.ua.strip() == "Mozilla/5.0" and c.asn_in(RELAY_OPERATOR_ASNS),
+        lambda c: [
+            _ua(c, "Mozilla/5.0"),
+            _net(c),
+            Reason("net:relay-operator", "runs Apple's relay; prefix not in our snapshot"),
+        ],
+        "The bare Mozilla/5.0 of Mail Privacy Protection from a relay operator's network.",
+    ),
+    Rule(
+        "bot-user-agent",
+        BOT,
+        0.95,
+        lambda c: bool(BOT_UA.search(c.f.ua)),
+        lambda c: [_ua(c, "bot"), _net(c)],
+        "A crawler, link previewer, HTTP tool or internet scanner naming itself.",
+    ),
+    Rule(
+        "security-gateway",
+        SCANNER,
+        0.9,
+        lambda c: bool(c.vendor),
+        lambda c: [
+            Reason(
+                f"net:{c.vendor.lower().replace(' ', '-')}", f"{c.vendor} mail-security network"
+            ),
+            _timing(c),
+        ],
+        "A mail-security gateway's network (Proofpoint, Mimecast, Barracuda, Cisco).",
+    ),
+    Rule(
+        "microsoft-scan",
+        SCANNER,
+        0.8,
+        lambda c: _from_microsoft(c) and (c.near_delivery or c.burst),
+        lambda c: (
+            [_net(c), _timing(c)]
+            + (
+                [Reason("repeat:same-network-within-2s", "several fetches within two seconds")]
+                if c.burst
+                else []
+            )
+        ),
+        "Microsoft's network near delivery or in a burst: Defender/EOP scanning.",
+    ),
+    Rule(
+        "outlook-proxy",
+        HUMAN_VIA_PROXY,
+        0.6,
+        lambda c: _from_microsoft(c) and bool(c.f.ua),
+        lambda c: [_net(c), _timing(c), _ua(c, "browser")],
+        "Microsoft's network later, one fetch: Outlook.com / Outlook on the web's image proxy.",
+    ),
+    Rule(
+        "empty-ua-near-delivery",
+        SCANNER,
+        0.75,
+        lambda c: not c.f.ua.strip() and (c.n.hosting or c.near_delivery),
+        lambda c: [
+            Reason("ua:empty", "no User-Agent: no mail program sends none"),
+            _net(c),
+            _timing(c),
+        ],
+        "No User-Agent from a hosting network or near delivery: a scanner.",
+    ),
+    Rule(
+        "empty-ua",
+        BOT,
+        0.8,
+        lambda c: not c.f.ua.strip(),
+        lambda c: [Reason("ua:empty", "no User-Agent: no mail program sends none"), _net(c)],
+        "No User-Agent: no mail program sends none.",
+    ),
+    Rule(
+        "datacenter-near-delivery",
+        SCANNER,
+        0.75,
+        lambda c: c.n.hosting and c.near_delivery,
+        lambda c: [Reason("net:hosting", f"{c.n.describe()} is a hosting network"), _timing(c)],
+        "A hosting network within two minutes of sending: a security scan of the new mail.",
+    ),
+    Rule(
+        "datacenter-later",
+        BOT,
+        0.6,
+        lambda c: c.n.hosting,
+        lambda c: [
+            Reason("net:hosting", f"{c.n.describe()} is a hosting network"),
+            _timing(c),
+            Reason("caveat:vpn", "a person behind a VPN or company proxy looks the same"),
+        ],
+        "A hosting network later on: a bot (or a person behind a VPN; see ambiguities).",
+    ),
+    Rule(
+        "burst",
+        SCANNER,
+        0.7,
+        lambda c: c.burst,
+        lambda c: [
+            Reason("repeat:same-network-within-2s", "several fetches within two seconds"),
+            _net(c),
+        ],
+        "Several fetches from one network within two seconds: no person opens mail like that.",
+    ),
+    Rule(
+        "consumer-network",
+        HUMAN,
+        0.8,
+        lambda c: True,
+        lambda c: [_net(c), _timing(c), _ua(c, client_of(c.f.ua).split(" (")[0] or "other")],
+        "Anything else: a person's own mail program on an ordinary network.",
+    ),
+)
+
+
+def classify(facts: HitFacts) -> Verdict:
+    ctx = _Ctx(facts)
+    for rule in RULES:
+        if rule.when(ctx):
+            return Verdict(
+                rule.kind, rule.confidence, rule.id, tuple(rule.why(ctx)), client_of(facts.ua)
+            )
+    raise AssertionError("the last rule always matches")

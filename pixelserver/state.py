@@ -1,0 +1,111 @@
+"""Pure: a delivery's outcome and hits -> what the report says about that recipient.
+
+Computed from the stored hits whenever it is shown, so it follows every new hit and every
+re-judged verdict without a second copy of the truth to keep in step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pixelserver.classify import BOT, HUMAN, HUMAN_VIA_PROXY, PRIVACY_PREFETCH, SCANNER, SENDER
+
+OPENED = "opened"
+PREFETCHED_ONLY = "prefetched_only"
+SCANNED_ONLY = "scanned_only"
+NOT_OPENED = "not_opened"
+UNTRACKED = "untracked"
+FAILED = "failed"
+
+PROXY_NAMES = {
+    "gmail-proxy": "Gmail",
+    "gmail-proxy-at-delivery": "Gmail",
+    "yahoo-proxy": "Yahoo",
+    "outlook-proxy": "Outlook.com",
+}
+
+
+@dataclass(frozen=True)
+class HitView:
+    at: dt.datetime
+    verdict: str
+    rule: str
+    prefix: str
+    client: str
+    country: str
+    region: str
+    city: str
+
+
+@dataclass(frozen=True)
+class DeliveryState:
+    state: str
+    human_hits: int
+    machine_hits: int
+    sender_hits: int
+    first_open: dt.datetime | None
+    last_open: dt.datetime | None
+    client: str
+    place: str
+    possibly_forwarded: bool
+
+
+def place_of(hit: HitView) -> str:
+    if hit.verdict == HUMAN_VIA_PROXY:
+        return f"location hidden by {PROXY_NAMES.get(hit.rule, 'the mail provider')}"
+    return ", ".join(p for p in (hit.city, hit.region, hit.country) if p)
+
+
+def delivery_state(outcome: str, tracking: str, hits: Sequence[HitView]) -> DeliveryState:
+    people = [h for h in hits if h.verdict in (HUMAN, HUMAN_VIA_PROXY)]
+    machines = [h for h in hits if h.verdict in (PRIVACY_PREFETCH, SCANNER, BOT)]
+    if outcome in ("rejected", "deferred"):
+        state = FAILED
+    elif tracking == "untracked":
+        state = UNTRACKED
+    elif people:
+        state = OPENED
+    elif any(h.verdict == PRIVACY_PREFETCH for h in machines):
+        state = PREFETCHED_ONLY
+    elif machines:
+        state = SCANNED_ONLY
+    else:
+        state = NOT_OPENED
+    people.sort(key=lambda h: h.at)
+    last = people[-1] if people else None
+    direct = [h for h in people if h.verdict == HUMAN]
+    # Read from several networks or programs of its own: likely passed on to someone else.
+    forwarded = (
+        len({h.prefix for h in direct}) > 1 or len({h.client for h in direct if h.client}) > 1
+    )
+    return DeliveryState(
+        state=state,
+        human_hits=len(people),
+        machine_hits=len(machines),
+        sender_hits=sum(h.verdict == SENDER for h in hits),
+        first_open=people[0].at if people else None,
+        last_open=last.at if last else None,
+        client=last.client if last else "",
+        place=place_of(last) if last else "",
+        possibly_forwarded=forwarded,
+    )
+
+
+def chip(s: DeliveryState, untracked_reason: str | None = None) -> str:
+    """The state in plain words, as the report shows it."""
+    if s.state == OPENED:
+        bits = [f"Read {s.human_hits}×" if s.human_hits > 1 else "Read"]
+        bits += [b for b in (s.client, s.place) if b]
+        return " · ".join(bits)
+    words = {
+        PREFETCHED_ONLY: "Apple privacy prefetch — reading can't be seen",
+        SCANNED_ONLY: "Scanner only",
+        NOT_OPENED: "Not opened yet",
+        UNTRACKED: f"Not tracked: {(untracked_reason or 'excluded').replace('_', ' ')}",
+        FAILED: "Not delivered",
+    }[s.state]
+    if s.sender_hits and s.state in (NOT_OPENED, PREFETCHED_ONLY, SCANNED_ONLY):
+        words += f" · you viewed it{f' {s.sender_hits}×' if s.sender_hits > 1 else ''}"
+    return words
