@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import getpass
+import json
 import logging
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -14,10 +17,13 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from pixelserver import migrate, storage
+from pixelserver import classify, migrate, storage
 from pixelserver.config import ConfigError
+from pixelserver.networks import mask
+from pixelserver.reclassify import reclassify
 from relay import auth, certs, service
 from relay.config import Config, config_path, load_config
+from relay.submit import is_google_host
 
 log = logging.getLogger("mailping")
 
@@ -49,6 +55,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="read the password from standard input instead of asking",
     )
+    cls = sub.add_parser(
+        "classify",
+        help="judge pixel fetches: JSON lines on stdin, or one fetch explained in words",
+    )
+    cls.add_argument("--ip", help="the fetching address")
+    cls.add_argument("--ua", default="", help="its User-Agent")
+    cls.add_argument("--after", help="time since sending: 40m, 2h, 3s, 1d")
+    cls.add_argument("--method", default="GET")
+    cls.add_argument("--recipient", default="", help="the copy's recipient address")
+    recls = sub.add_parser("reclassify", help="judge stored hits again after a rule or data change")
+    recls.add_argument("--since", help="only hits from this date on (YYYY-MM-DD)")
+    recls.add_argument(
+        "--refresh-networks",
+        action="store_true",
+        help="look networks up again in the current data (from the stored /24, /48)",
+    )
     cert = sub.add_parser("cert", help="make a self-signed TLS certificate and key for testing")
     cert.add_argument("--host", default="localhost", help="name or address the certificate is for")
     cert.add_argument("--out", default=".", help="folder for cert.pem and key.pem")
@@ -69,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(user_command(cfg, args.action, args.name, args.password_stdin))
         if args.command == "cert":
             return cert_command(args.host, Path(args.out))
+        if args.command == "classify":
+            return classify_command(cfg, args)
+        if args.command == "reclassify":
+            return asyncio.run(reclassify_command(cfg, args.since, args.refresh_networks))
         return asyncio.run(run(cfg, args.command))
     except ConfigError as exc:
         print(f"mailping: configuration error: {exc}", file=sys.stderr)
@@ -193,6 +219,99 @@ def read_password(from_stdin: bool) -> str:
     if len(password) < MIN_PASSWORD:
         raise UsageError(f"the password must have at least {MIN_PASSWORD} characters")
     return password
+
+
+def parse_duration(text: str) -> float:
+    """ "40m" -> 2400.0; units s, m, h, d; a bare number is seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text or "")
+    if not m:
+        raise UsageError(f"--after: {text!r} is not a duration like 40m, 2h or 30s")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def classify_command(cfg: Config, args: argparse.Namespace) -> int:
+    networks = service.make_networks(cfg)
+    upstream_google = is_google_host(cfg.upstream.host)
+    if args.ip:
+        after = parse_duration(args.after) if args.after else None
+        verdict = classify.classify(
+            classify.HitFacts(
+                network=networks.facts(args.ip),
+                ua=args.ua,
+                method=args.method,
+                seconds_after_send=after,
+                recipient=args.recipient,
+                upstream_google=upstream_google,
+            )
+        )
+        print(f"{verdict.kind} (confidence {verdict.confidence:.2f}, rule {verdict.rule})")
+        if verdict.client:
+            print(f"client: {verdict.client}")
+        for reason in verdict.reasons:
+            print(f"  {reason.code}: {reason.text}")
+        return 0
+    bad = 0
+    for number, line in enumerate(sys.stdin, 1):
+        if not line.strip():
+            continue
+        try:
+            facts = hit_facts_from_json(json.loads(line), networks, upstream_google)
+        except (ValueError, TypeError, KeyError) as exc:
+            bad += 1
+            print(json.dumps({"error": f"line {number}: {exc}"}), flush=True)
+            continue
+        print(json.dumps(classify.classify(facts).as_json()), flush=True)
+    return 1 if bad else 0
+
+
+def hit_facts_from_json(obj: object, networks, upstream_google: bool) -> classify.HitFacts:
+    """One input line of `mailping classify`; raises ValueError naming what is wrong."""
+    if not isinstance(obj, dict):
+        raise ValueError("expected a JSON object")
+    if not isinstance(obj.get("ip"), str):
+        raise ValueError('"ip" (a string) is required')
+    seconds = obj.get("seconds_after_send")
+    if seconds is not None and not isinstance(seconds, int | float):
+        raise ValueError('"seconds_after_send" must be a number')
+    prior = []
+    for p in obj.get("prior_hits") or []:
+        if not isinstance(p, dict) or not isinstance(p.get("ip"), str):
+            raise ValueError('each of "prior_hits" needs an "ip"')
+        prior.append(
+            classify.PriorHit(
+                mask(p["ip"]), str(p.get("ua", "")), float(p.get("seconds_after_send") or 0)
+            )
+        )
+    return classify.HitFacts(
+        network=networks.facts(obj["ip"]),
+        ua=str(obj.get("ua") or ""),
+        method=str(obj.get("method") or "GET"),
+        headers=obj.get("headers") or {},
+        seconds_after_send=seconds,
+        prior=prior,
+        recipient=str(obj.get("recipient") or ""),
+        upstream_google=upstream_google,
+    )
+
+
+async def reclassify_command(cfg: Config, since: str | None, refresh: bool) -> int:
+    try:
+        since_dt = dt.datetime.fromisoformat(since).replace(tzinfo=dt.UTC) if since else None
+    except ValueError:
+        raise UsageError(f"--since: {since!r} is not a date like 2026-11-01") from None
+    engine, sessions = await service.open_store(cfg)
+    try:
+        networks = await asyncio.to_thread(service.make_networks, cfg) if refresh else None
+        report = await reclassify(
+            sessions,
+            since=since_dt,
+            networks=networks,
+            upstream_google=is_google_host(cfg.upstream.host),
+        )
+    finally:
+        await engine.dispose()
+    print("\n".join(report.lines()))
+    return 0
 
 
 def cert_command(host: str, out: Path) -> int:

@@ -1,0 +1,143 @@
+"""Judge stored hits again after a rule or data change, in small batches.
+
+Each batch is its own short transaction, so a running server keeps writing hits meanwhile
+(SQLite in WAL mode, PostgreSQL row locks). Stored hits keep the facts they were judged on
+(network prefix, ASN, organisation, lists, hosting flag, seconds after sending); with
+`refresh_networks` the prefix is looked up again in the current data instead — coarser than at
+ingest, since only the /24 or /48 was kept.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from pixelserver import classify, storage
+from pixelserver.networks import NetworkFacts, Networks
+
+
+@dataclass
+class Report:
+    checked: int = 0
+    changed: int = 0
+    transitions: Counter = field(default_factory=Counter)
+
+    def lines(self) -> list[str]:
+        out = [f"{self.checked} hits checked, {self.changed} verdicts changed"]
+        out += [f"  {old} -> {new}: {n}" for (old, new), n in self.transitions.most_common()]
+        return out
+
+
+def stored_facts(hit: storage.Hit) -> NetworkFacts:
+    return NetworkFacts(
+        prefix=hit.ip_prefix,
+        asn=hit.asn,
+        org=hit.org,
+        hosting=hit.hosting,
+        lists=frozenset(hit.net_lists or ()),
+        country=hit.country,
+        region=hit.region,
+        city=hit.city,
+    )
+
+
+async def reclassify(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    since: dt.datetime | None = None,
+    upstream_google: bool = False,
+    networks: Networks | None = None,
+    batch: int = 200,
+) -> Report:
+    report = Report()
+    last_delivery = 0
+    while True:
+        async with sessions.begin() as session:
+            q = (
+                select(storage.Hit.delivery_id)
+                .where(storage.Hit.delivery_id > last_delivery)
+                .distinct()
+                .order_by(storage.Hit.delivery_id)
+                .limit(batch)
+            )
+            if since is not None:
+                q = q.where(storage.Hit.at >= since)
+            delivery_ids = list((await session.execute(q)).scalars())
+            if not delivery_ids:
+                return report
+            last_delivery = delivery_ids[-1]
+            await _judge_deliveries(session, delivery_ids, since, upstream_google, networks, report)
+
+
+async def _judge_deliveries(
+    session: AsyncSession,
+    delivery_ids: list[int],
+    since: dt.datetime | None,
+    upstream_google: bool,
+    networks: Networks | None,
+    report: Report,
+) -> None:
+    tokens = dict(
+        (
+            await session.execute(
+                select(storage.Delivery.id, storage.Delivery.token).where(
+                    storage.Delivery.id.in_(delivery_ids)
+                )
+            )
+        ).all()
+    )
+    contexts = await storage.hit_contexts(session, tokens.values())
+    hits = (
+        (
+            await session.execute(
+                select(storage.Hit)
+                .where(storage.Hit.delivery_id.in_(delivery_ids))
+                .order_by(storage.Hit.delivery_id, storage.Hit.at)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    prior: dict[int, list[classify.PriorHit]] = {d: [] for d in delivery_ids}
+    for hit in hits:
+        ctx = contexts[tokens[hit.delivery_id]]
+        seconds = hit.seconds_after_send
+        if seconds is None:
+            seconds = max(0.0, (hit.at - ctx.accepted_at).total_seconds())
+        net = networks.facts(hit.ip_prefix.split("/")[0]) if networks else stored_facts(hit)
+        verdict = classify.classify(
+            classify.HitFacts(
+                network=net,
+                ua=hit.user_agent,
+                method=hit.method,
+                headers=hit.headers or {},
+                seconds_after_send=seconds,
+                prior=list(prior[hit.delivery_id]),
+                recipient=ctx.recipient,
+                sender_prefixes=ctx.sender_prefixes,
+                upstream_google=upstream_google,
+            )
+        )
+        prior[hit.delivery_id].append(classify.PriorHit(hit.ip_prefix, hit.user_agent, seconds))
+        if since is not None and hit.at < since:
+            continue  # judged only as an earlier hit of a later one
+        report.checked += 1
+        if (verdict.kind, verdict.rule) != (hit.verdict, hit.rule):
+            report.changed += 1
+            report.transitions[(hit.verdict, verdict.kind)] += 1
+            await session.execute(
+                update(storage.Hit)
+                .where(storage.Hit.id == hit.id)
+                .values(
+                    verdict=verdict.kind,
+                    rule=verdict.rule,
+                    confidence=verdict.confidence,
+                    reasons=verdict.as_json()["reasons"],
+                    client=verdict.client,
+                    seconds_after_send=seconds,
+                )
+            )
