@@ -295,3 +295,35 @@ def test_geoip_status_command() -> None:
     assert lines[0].startswith("location: DB-IP City Lite")
     assert "IP Geolocation by DB-IP <https://db-ip.com>" in lines[0]
     assert lines[1].startswith("ASN, operator and network category: plevin-db-network")
+
+
+def test_geo_precision_and_no_place_for_proxies() -> None:
+    from pixelserver.hits import Judge
+    from tests.conftest import shared_networks
+
+    def judged(precision: str, ip: str, ua: str) -> storage.NewHit:
+        ctx = storage.HitContext(
+            1, "bob@example.org", dt.datetime(2026, 1, 1, tzinfo=dt.UTC), frozenset(), []
+        )
+        record = {
+            "u": "x",
+            "t": "tok",
+            "at": dt.datetime(2026, 1, 1, 2, tzinfo=dt.UTC).timestamp(),
+            "ip": ip,
+            "ua": ua,
+        }
+        return Judge(shared_networks(), geo_precision=precision).hit(record, ctx)
+
+    home = "73.15.20.9"
+    assert [
+        (h.country, h.region, h.city)
+        for h in (
+            judged("city", home, THUNDERBIRD),
+            judged("region", home, THUNDERBIRD),
+            judged("country", home, THUNDERBIRD),
+            judged("off", home, THUNDERBIRD),
+        )
+    ] == [("US", "California", "Pinole"), ("US", "California", ""), ("US", "", ""), ("", "", "")]
+    proxy = judged("city", "66.249.93.84", GMAIL)
+    assert proxy.verdict == "human_via_proxy" and (proxy.country, proxy.city) == ("", "")
+    assert home not in repr(judged("city", home, THUNDERBIRD))  # only the /24 is kept
