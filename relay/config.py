@@ -124,10 +124,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
     database = build_section(DatabaseConfig, raw.get("database"), file, "database")
     geoip = build_section(GeoipConfig, raw.get("geoip"), file, "geoip")
     privacy = build_section(PrivacyConfig, raw.get("privacy"), file, "privacy")
-    for key in ("city_db", "asn_db"):
-        value = getattr(geoip, key)
-        if value and not (base / value).is_file():
-            raise ConfigError(file, f"geoip.{key}", f"no such file: {base / value}")
+    _require_files(geoip, "geoip", ("city_db", "asn_db"), base, file)
     if privacy.retention_days < 1:
         raise ConfigError(file, "privacy.retention_days", "must be at least 1 day")
 
@@ -151,10 +148,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         raise ConfigError(
             file, "relay.cert_file", f'relay.tls = "{relay.tls}" needs cert_file and key_file'
         )
-    for key in ("cert_file", "key_file"):
-        value = getattr(relay, key)
-        if value and not (base / value).is_file():
-            raise ConfigError(file, f"relay.{key}", f"no such file: {base / value}")
+    _require_files(relay, "relay", ("cert_file", "key_file"), base, file)
     if relay.max_message_size < 1024:
         raise ConfigError(file, "relay.max_message_size", "must be at least 1024 bytes")
     if relay.max_in_flight < 1:
@@ -194,6 +188,16 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         privacy=privacy,
         upstream_password=password,
     )
+
+
+def _require_files(
+    section: object, prefix: str, keys: tuple[str, ...], base: Path, file: str
+) -> None:
+    """Paths given in the file must exist (relative ones are relative to the file)."""
+    for key in keys:
+        value = getattr(section, key)
+        if value and not (base / value).is_file():
+            raise ConfigError(file, f"{prefix}.{key}", f"no such file: {base / value}")
 
 
 def resolve_file(cfg: Config, value: str) -> Path:

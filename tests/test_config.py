@@ -66,6 +66,9 @@ def test_every_key_is_documented_in_the_example() -> None:
         ("[smtp]\nport = 1\n", "smtp", "unknown"),
         ("data_dir = 5\n", "data_dir", "non-empty string"),
         ("[relay\n", "-", "not valid TOML"),
+        ("[geoip]\ncity_db = 'GeoLite2-City.mmdb'\n", "geoip.city_db", "no such file"),
+        ("[privacy]\ngeo_precision = 'street'\n", "privacy.geo_precision", "must be one of"),
+        ("[privacy]\nretention_days = 0\n", "privacy.retention_days", "at least 1 day"),
     ],
 )
 def test_mistakes_name_the_file_and_the_key(
