@@ -98,7 +98,7 @@ class HitFacts:
     method: str = "GET"
     headers: Mapping[str, str] = field(default_factory=dict)
     seconds_after_send: float | None = None
-    prior: Sequence[PriorHit] = ()
+    prior: Sequence[PriorHit] = ()  # earlier fetches of this pixel, oldest first
     recipient: str = ""
     sender_prefixes: frozenset[str] = frozenset()  # where the sender submitted or logged in from
     upstream_google: bool = False  # the sender's outgoing server is Google's
@@ -189,13 +189,18 @@ class _Ctx:
 
     @cached_property
     def burst(self) -> bool:
-        """Another fetch from the same network within BURST_WINDOW seconds."""
+        """Another fetch from the same network within BURST_WINDOW seconds before this one.
+
+        `prior` is in time order, so the scan runs backwards and stops at the window's edge:
+        a pixel fetched thousands of times costs no more than one fetched twice."""
         if self.t is None:
             return False
-        return any(
-            p.prefix == self.n.prefix and abs(p.seconds_after_send - self.t) <= BURST_WINDOW
-            for p in self.f.prior
-        )
+        for p in reversed(self.f.prior):
+            if p.seconds_after_send < self.t - BURST_WINDOW:
+                return False
+            if p.prefix == self.n.prefix and p.seconds_after_send <= self.t + BURST_WINDOW:
+                return True
+        return False
 
     @cached_property
     def prefetch(self) -> bool:

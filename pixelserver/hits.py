@@ -112,7 +112,12 @@ class Judge:
     upstream_google: bool = False
     geo_precision: str = "city"  # city | region | country | off
 
-    def hit(self, record: dict, ctx: storage.HitContext) -> storage.NewHit:
+    def hit(
+        self, record: dict, ctx: storage.HitContext, prior: list[classify.PriorHit] | None = None
+    ) -> storage.NewHit:
+        """One journaled fetch judged; `prior` (oldest first) grows by this hit."""
+        if prior is None:
+            prior = [classify.PriorHit(p, u, s) for p, u, s in ctx.prior]
         at = dt.datetime.fromtimestamp(record["at"], dt.UTC)
         ua = record.get("ua", "")
         net = self.networks.facts(record.get("ip", ""))
@@ -123,13 +128,13 @@ class Judge:
             method=record.get("m", "GET"),
             headers=record.get("h", {}),
             seconds_after_send=seconds,
-            prior=[classify.PriorHit(p, u, s) for p, u, s in ctx.prior],
+            prior=prior,
             recipient=ctx.recipient,
             sender_prefixes=ctx.sender_prefixes,
             upstream_google=self.upstream_google,
         )
         verdict = classify.classify(facts)
-        ctx.prior.append((net.prefix, ua, seconds))  # later hits of this batch see this one
+        prior.append(classify.PriorHit(net.prefix, ua, seconds))  # later hits see this one
         # A place is kept only where it is the reader's own (a direct open), never a proxy's.
         country, region, city = (
             self._precise(net) if verdict.kind == classify.HUMAN else ("", "", "")
@@ -171,7 +176,13 @@ class Judge:
         self, records: list[dict], contexts: dict[str, storage.HitContext]
     ) -> list[storage.NewHit]:
         ordered = sorted(records, key=lambda r: r["at"])
-        return [self.hit(r, contexts[r["t"]]) for r in ordered if r["t"] in contexts]
+        priors = {
+            token: [classify.PriorHit(p, u, s) for p, u, s in ctx.prior]
+            for token, ctx in contexts.items()
+        }
+        return [
+            self.hit(r, contexts[r["t"]], priors[r["t"]]) for r in ordered if r["t"] in contexts
+        ]
 
 
 class HitPipeline:
@@ -220,8 +231,12 @@ class HitPipeline:
                 return total
             for i in range(0, len(records), MAX_BATCH):
                 batch = [r for r in records[i : i + MAX_BATCH] if _well_formed(r)]
+                # Earlier hits matter only within the burst window of this batch's first one.
+                start = min((r["at"] for r in batch), default=0) - classify.BURST_WINDOW
                 async with self.sessions.begin() as session:
-                    contexts = await storage.hit_contexts(session, (r["t"] for r in batch))
+                    contexts = await storage.hit_contexts(
+                        session, (r["t"] for r in batch), dt.datetime.fromtimestamp(start, dt.UTC)
+                    )
                     # Network lookups can take milliseconds when cold: keep them off the loop
                     # that answers pixels.
                     hits = await asyncio.to_thread(self.judge.batch, batch, contexts)

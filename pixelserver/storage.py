@@ -369,9 +369,11 @@ class HitContext:
 SENDER_NETWORK_DAYS = 30
 
 
-async def hit_contexts(session: AsyncSession, tokens: Iterable[str]) -> dict[str, HitContext]:
+async def hit_contexts(
+    session: AsyncSession, tokens: Iterable[str], prior_since: dt.datetime | None = None
+) -> dict[str, HitContext]:
     """Per known token: its delivery, when its message was accepted, the networks its sender
-    used recently, and its earlier hits (three queries for a whole batch)."""
+    used recently, and its earlier hits from `prior_since` on (three queries for a batch)."""
     tokens = list(set(tokens))
     rows = []
     for i in range(0, len(tokens), 500):
@@ -402,11 +404,12 @@ async def hit_contexts(session: AsyncSession, tokens: Iterable[str]) -> dict[str
     ):
         nets[user_id].add(prefix)
     prior: dict[int, list[tuple[str, str, float]]] = {r.id: [] for r in rows}
-    for delivery_id, prefix, ua, seconds in await session.execute(
-        select(Hit.delivery_id, Hit.ip_prefix, Hit.user_agent, Hit.seconds_after_send)
-        .where(Hit.delivery_id.in_(prior.keys()))
-        .order_by(Hit.at)
-    ):
+    earlier = select(Hit.delivery_id, Hit.ip_prefix, Hit.user_agent, Hit.seconds_after_send).where(
+        Hit.delivery_id.in_(prior.keys())
+    )
+    if prior_since is not None:
+        earlier = earlier.where(Hit.at >= prior_since)
+    for delivery_id, prefix, ua, seconds in await session.execute(earlier.order_by(Hit.at)):
         if seconds is not None:
             prior[delivery_id].append((prefix, ua, seconds))
     return {
