@@ -327,3 +327,44 @@ def test_geo_precision_and_no_place_for_proxies() -> None:
     proxy = judged("city", "66.249.93.84", GMAIL)
     assert proxy.verdict == "human_via_proxy" and (proxy.country, proxy.city) == ("", "")
     assert home not in repr(judged("city", home, THUNDERBIRD))  # only the /24 is kept
+
+
+def test_own_mmdb_files_for_asn_and_location(tmp_path: Path) -> None:
+    """[geoip] asn_db / city_db take the user's own MaxMind-format files (GeoLite2 schema)."""
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    from relay import service
+    from relay.config import load_config
+
+    asn = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-ASN")
+    asn.insert_network(
+        IPSet(["203.0.113.0/24"]),
+        {"autonomous_system_number": 64500, "autonomous_system_organization": "Example Fibre"},
+    )
+    asn.to_db_file(str(tmp_path / "asn.mmdb"))
+    city = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-City")
+    city.insert_network(
+        IPSet(["203.0.113.0/24"]),
+        {
+            "country": {"iso_code": "NZ"},
+            "subdivisions": [{"names": {"en": "Otago"}}],
+            "city": {"names": {"en": "Dunedin"}},
+        },
+    )
+    city.to_db_file(str(tmp_path / "city.mmdb"))
+    cfg_file = tmp_path / "mailping.toml"
+    cfg_file.write_text('[geoip]\nasn_db = "asn.mmdb"\ncity_db = "city.mmdb"\n')
+
+    networks = service.make_networks(load_config(cfg_file))
+    facts = networks.facts("203.0.113.7")
+    assert (facts.asn, facts.org, facts.country, facts.region, facts.city) == (
+        64500,
+        "Example Fibre",
+        "NZ",
+        "Otago",
+        "Dunedin",
+    )
+    sources = {s.what: s for s in networks.sources()}
+    assert sources["location"].name.startswith("GeoLite2-City")
+    assert sources["ASN and organisation"].name.startswith("GeoLite2-ASN")
