@@ -241,6 +241,9 @@ class HitPipeline:
                     # that answers pixels.
                     hits = await asyncio.to_thread(self.judge.batch, batch, contexts)
                     stored, _ = await storage.add_hits(session, hits)
+                    await storage.refresh_states(
+                        session, {c.delivery_id for c in contexts.values()}
+                    )
                 self.stored += stored
                 self.unknown += len(batch) - len(hits)
             self.journal.committed(end)

@@ -103,6 +103,7 @@ async def _judge_deliveries(
         .all()
     )
     prior: dict[int, list[classify.PriorHit]] = {d: [] for d in delivery_ids}
+    changed: set[int] = set()
     for hit in hits:
         ctx = contexts[tokens[hit.delivery_id]]
         seconds = hit.seconds_after_send
@@ -128,6 +129,7 @@ async def _judge_deliveries(
         report.checked += 1
         if (verdict.kind, verdict.rule) != (hit.verdict, hit.rule):
             report.changed += 1
+            changed.add(hit.delivery_id)
             report.transitions[(hit.verdict, verdict.kind)] += 1
             await session.execute(
                 update(storage.Hit)
@@ -141,3 +143,5 @@ async def _judge_deliveries(
                     seconds_after_send=seconds,
                 )
             )
+    if changed:
+        await storage.refresh_states(session, changed)

@@ -52,45 +52,71 @@ class DeliveryState:
     possibly_forwarded: bool
 
 
+@dataclass(frozen=True)
+class HitSummary:
+    """Aggregates of a delivery's hits: all the state needs, whatever the number of hits."""
+
+    people: int = 0
+    machines: int = 0
+    prefetches: int = 0
+    senders: int = 0
+    first_open: dt.datetime | None = None
+    last_open: HitView | None = None
+    direct_networks: int = 0
+    direct_clients: int = 0
+
+
+def summarize(hits: Sequence[HitView]) -> HitSummary:
+    people = sorted((h for h in hits if h.verdict in (HUMAN, HUMAN_VIA_PROXY)), key=lambda h: h.at)
+    direct = [h for h in people if h.verdict == HUMAN]
+    return HitSummary(
+        people=len(people),
+        machines=sum(h.verdict in (PRIVACY_PREFETCH, SCANNER, BOT) for h in hits),
+        prefetches=sum(h.verdict == PRIVACY_PREFETCH for h in hits),
+        senders=sum(h.verdict == SENDER for h in hits),
+        first_open=people[0].at if people else None,
+        last_open=people[-1] if people else None,
+        direct_networks=len({h.prefix for h in direct}),
+        direct_clients=len({h.client for h in direct if h.client}),
+    )
+
+
 def place_of(hit: HitView) -> str:
     if hit.verdict == HUMAN_VIA_PROXY:
         return f"location hidden by {PROXY_NAMES.get(hit.rule, 'the mail provider')}"
     return ", ".join(p for p in (hit.city, hit.region, hit.country) if p)
 
 
-def delivery_state(outcome: str, tracking: str, hits: Sequence[HitView]) -> DeliveryState:
-    people = [h for h in hits if h.verdict in (HUMAN, HUMAN_VIA_PROXY)]
-    machines = [h for h in hits if h.verdict in (PRIVACY_PREFETCH, SCANNER, BOT)]
+def state_of(outcome: str, tracking: str, s: HitSummary) -> DeliveryState:
     if outcome in ("rejected", "deferred"):
         state = FAILED
     elif tracking == "untracked":
         state = UNTRACKED
-    elif people:
+    elif s.people:
         state = OPENED
-    elif any(h.verdict == PRIVACY_PREFETCH for h in machines):
+    elif s.prefetches:
         state = PREFETCHED_ONLY
-    elif machines:
+    elif s.machines:
         state = SCANNED_ONLY
     else:
         state = NOT_OPENED
-    people.sort(key=lambda h: h.at)
-    last = people[-1] if people else None
-    direct = [h for h in people if h.verdict == HUMAN]
-    # Read from several networks or programs of its own: likely passed on to someone else.
-    forwarded = (
-        len({h.prefix for h in direct}) > 1 or len({h.client for h in direct if h.client}) > 1
-    )
+    last = s.last_open
     return DeliveryState(
         state=state,
-        human_hits=len(people),
-        machine_hits=len(machines),
-        sender_hits=sum(h.verdict == SENDER for h in hits),
-        first_open=people[0].at if people else None,
+        human_hits=s.people,
+        machine_hits=s.machines,
+        sender_hits=s.senders,
+        first_open=s.first_open,
         last_open=last.at if last else None,
         client=last.client if last else "",
         place=place_of(last) if last else "",
-        possibly_forwarded=forwarded,
+        # Read from several networks or programs of its own: likely passed on to someone else.
+        possibly_forwarded=s.direct_networks > 1 or s.direct_clients > 1,
     )
+
+
+def delivery_state(outcome: str, tracking: str, hits: Sequence[HitView]) -> DeliveryState:
+    return state_of(outcome, tracking, summarize(hits))
 
 
 def chip(s: DeliveryState, untracked_reason: str | None = None) -> str:

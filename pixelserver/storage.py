@@ -7,6 +7,7 @@ written once for both, and anything dialect-specific (idempotent inserts) is cho
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +24,12 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     bindparam,
     delete,
     event,
     false,
+    func,
     select,
     update,
 )
@@ -40,7 +43,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from pixelserver.state import DeliveryState, HitView, chip, delivery_state
+from pixelserver.state import DeliveryState, HitSummary, HitView, chip, delivery_state, state_of
 
 # BigInteger primary keys that still autoincrement on SQLite (which only does so for INTEGER).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -97,6 +100,28 @@ class LocalUser(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class UserNetwork(Base):
+    """A /24 or /48 a user logged in to MailPing from: their own views there are not opens."""
+
+    __tablename__ = "user_network"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"))
+    prefix: Mapped[str] = mapped_column(String(64))
+    seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("user_id", "prefix", name="uq_user_network"),)
+
+
+class AppSecret(Base):
+    """Secrets every MailPing process must share (the session-cookie key), kept in the store."""
+
+    __tablename__ = "app_secret"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+
+
 class Message(Base):
     __tablename__ = "message"
 
@@ -131,8 +156,26 @@ class Delivery(Base):
     outcome: Mapped[str] = mapped_column(String(16), default="pending")
     upstream_reply: Mapped[str] = mapped_column(Text, default="")
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Derived from outcome and hits (pixelserver/state.py), stored so lists can filter by it;
+    # rewritten whenever a hit arrives or a verdict changes (refresh_states).
+    state: Mapped[str] = mapped_column(
+        String(20), default="not_opened", server_default="not_opened"
+    )
+    human_hits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    machine_hits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    sender_hits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    first_open: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_open: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    client: Mapped[str] = mapped_column(String(60), default="", server_default="")
+    place: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    forwarded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     message: Mapped[Message] = relationship(back_populates="deliveries", lazy="raise")
+
+    __table_args__ = (
+        Index("ix_delivery_recipient", "recipient"),
+        Index("ix_delivery_state", "state"),
+    )
 
 
 class Hit(Base):
@@ -245,6 +288,7 @@ async def add_message(
             tracking=d.tracking,
             untracked_reason=d.untracked_reason,
             outcome="pending",
+            state="untracked" if d.tracking == "untracked" else "not_opened",
         )
         for d in deliveries
     ]
@@ -273,6 +317,9 @@ async def set_outcomes(session: AsyncSession, outcomes: Iterable[tuple[int, str,
             update(Delivery.__table__).where(Delivery.__table__.c.id == bindparam("b_id")),
             rows,
         )
+        failed = [r["b_id"] for r in rows if r["outcome"] in ("rejected", "deferred")]
+        if failed:
+            await refresh_states(session, failed)
 
 
 async def local_user_hash(session: AsyncSession, username: str) -> str | None:
@@ -307,6 +354,124 @@ async def remove_local_user(session: AsyncSession, username: str) -> bool:
 
 async def local_usernames(session: AsyncSession) -> list[str]:
     return list((await session.execute(select(LocalUser.username).order_by("username"))).scalars())
+
+
+async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> None:
+    """Recompute and store the state of these deliveries from their outcome and hits, with
+    aggregates (a delivery fetched ten thousand times costs no more than one fetched once)."""
+    ids = sorted(set(delivery_ids))
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        counts: dict[int, dict[str, int]] = {d: {} for d in chunk}
+        firsts: dict[int, dt.datetime] = {}
+        for delivery_id, verdict, n, first in await session.execute(
+            select(Hit.delivery_id, Hit.verdict, func.count(Hit.id), func.min(Hit.at))
+            .where(Hit.delivery_id.in_(chunk))
+            .group_by(Hit.delivery_id, Hit.verdict)
+        ):
+            counts[delivery_id][verdict] = n
+            if verdict in PERSON_VERDICTS:
+                first = _aware(first)
+                firsts[delivery_id] = min(first, firsts.get(delivery_id, first))
+        spread = {
+            d: (nets, clients)
+            for d, nets, clients in await session.execute(
+                select(
+                    Hit.delivery_id,
+                    func.count(func.distinct(Hit.ip_prefix)),
+                    func.count(func.distinct(func.nullif(Hit.client, ""))),
+                )
+                .where(Hit.delivery_id.in_(chunk), Hit.verdict == "human")
+                .group_by(Hit.delivery_id)
+            )
+        }
+        last_seen = (
+            select(Hit.delivery_id, func.max(Hit.id).label("hit_id"))
+            .where(Hit.delivery_id.in_(chunk), Hit.verdict.in_(PERSON_VERDICTS))
+            .group_by(Hit.delivery_id)
+            .subquery()
+        )
+        lasts = {
+            h.delivery_id: HitView(
+                h.at, h.verdict, h.rule, h.ip_prefix, h.client, h.country, h.region, h.city
+            )
+            for h in (
+                await session.execute(select(Hit).join(last_seen, Hit.id == last_seen.c.hit_id))
+            ).scalars()
+        }
+        rows = (
+            await session.execute(
+                select(Delivery.id, Delivery.outcome, Delivery.tracking).where(
+                    Delivery.id.in_(chunk)
+                )
+            )
+        ).all()
+        for delivery_id, outcome, tracking in rows:
+            c = counts[delivery_id]
+            nets, clients = spread.get(delivery_id, (0, 0))
+            st = state_of(
+                outcome,
+                tracking,
+                HitSummary(
+                    people=c.get("human", 0) + c.get("human_via_proxy", 0),
+                    machines=c.get("privacy_prefetch", 0) + c.get("scanner", 0) + c.get("bot", 0),
+                    prefetches=c.get("privacy_prefetch", 0),
+                    senders=c.get("sender", 0),
+                    first_open=firsts.get(delivery_id),
+                    last_open=lasts.get(delivery_id),
+                    direct_networks=nets,
+                    direct_clients=clients,
+                ),
+            )
+            await session.execute(
+                update(Delivery)
+                .where(Delivery.id == delivery_id)
+                .values(
+                    state=st.state,
+                    human_hits=st.human_hits,
+                    machine_hits=st.machine_hits,
+                    sender_hits=st.sender_hits,
+                    first_open=st.first_open,
+                    last_open=st.last_open,
+                    client=st.client[:60],
+                    place=st.place[:200],
+                    forwarded=st.possibly_forwarded,
+                )
+            )
+
+
+PERSON_VERDICTS = ("human", "human_via_proxy")
+
+
+def _aware(value: Any) -> dt.datetime:
+    """Aggregates bypass the column type on SQLite and come back naive or as text."""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+async def add_user_network(session: AsyncSession, user_address: str, prefix: str) -> None:
+    """Remember a network the user logged in from (idempotent)."""
+    if not prefix:
+        return
+    user = await get_or_create_user(session, user_address)
+    await session.execute(
+        _insert_ignore(session, UserNetwork.__table__).values(
+            user_id=user.id, prefix=prefix, seen_at=utcnow()
+        )
+    )
+
+
+async def app_secret(session: AsyncSession, name: str) -> str:
+    """A shared secret, made once by whichever process asks first."""
+    await session.execute(
+        _insert_ignore(session, AppSecret.__table__).values(
+            name=name, value=secrets.token_urlsafe(48)
+        )
+    )
+    return (
+        await session.execute(select(AppSecret.value).where(AppSecret.name == name))
+    ).scalar_one()
 
 
 # --- writes from the hit pipeline ----------------------------------------------------------
@@ -401,6 +566,12 @@ async def hit_contexts(
             Message.user_id.in_(user_ids), Message.accepted_at >= since, Message.sender_prefix != ""
         )
         .distinct()
+    ):
+        nets[user_id].add(prefix)
+    for user_id, prefix in await session.execute(
+        select(UserNetwork.user_id, UserNetwork.prefix).where(
+            UserNetwork.user_id.in_(user_ids), UserNetwork.seen_at >= since
+        )
     ):
         nets[user_id].add(prefix)
     prior: dict[int, list[tuple[str, str, float]]] = {r.id: [] for r in rows}

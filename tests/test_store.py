@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from pixelserver import migrate, storage
@@ -122,3 +123,43 @@ async def test_unknown_outcome_is_refused(store) -> None:
     async with store.begin() as session:
         with pytest.raises(ValueError):
             await storage.set_outcomes(session, [(d.id, "lost", "")])
+
+
+async def test_stored_state_agrees_with_the_hits(store) -> None:
+    _, (b, c, d) = await add(store, ["b@x", "c@x", "d@x"], "states")
+    views = [
+        hit("s1", b.token, 1, "privacy_prefetch"),
+        hit("s2", b.token, 3),
+        hit("s3", b.token, 9, "human_via_proxy"),
+        hit("s4", c.token, 2, "scanner"),
+        hit("s5", c.token, 4, "sender"),
+    ]
+    async with store.begin() as session:
+        await storage.add_hits(session, views)
+        await storage.set_outcomes(session, [(d.id, "rejected", "550 no")])
+        await storage.refresh_states(session, [b.id, c.id, d.id])
+    async with store() as session:
+        page = await storage.recent_messages(session)
+        stored = {
+            x.recipient: x
+            for x in (
+                await session.execute(
+                    select(storage.Delivery).where(storage.Delivery.message_id == page[0].id)
+                )
+            ).scalars()
+        }
+    for row in page[0].deliveries:
+        computed, kept = row.state, stored[row.recipient]
+        assert (kept.state, kept.human_hits, kept.machine_hits, kept.sender_hits) == (
+            computed.state,
+            computed.human_hits,
+            computed.machine_hits,
+            computed.sender_hits,
+        )
+        assert (kept.first_open, kept.last_open, kept.client, kept.place) == (
+            computed.first_open,
+            computed.last_open,
+            computed.client,
+            computed.place,
+        )
+    assert [stored[r].state for r in ("b@x", "c@x", "d@x")] == ["opened", "scanned_only", "failed"]
