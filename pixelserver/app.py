@@ -12,7 +12,8 @@ from pixelserver.config import PixelServerConfig, parse_networks
 from pixelserver.hits import HitPipeline
 from pixelserver.networks import DataSource
 from pixelserver.pixel import PixelHandler
-from pixelserver.reports import AboutPage, MessagesPage, OutboxPage
+from pixelserver.reports import AboutPage, MessagePage, MessagesPage, OutboxPage, RecipientPage
+from pixelserver.web import LoginPage, LogoutPage, WebAuth
 
 HERE = Path(__file__).parent
 
@@ -22,7 +23,8 @@ def make_app(
     sessions: async_sessionmaker[AsyncSession],
     pipeline: HitPipeline,
     *,
-    report_password: str | None = None,
+    auth: WebAuth,
+    cookie_secret: str,
     outbox_dir: Path | None = None,
     data_sources: Sequence[DataSource] = (),
 ) -> tornado.web.Application:
@@ -30,7 +32,7 @@ def make_app(
     pages = {
         "sessions": sessions,
         "trusted_proxies": trusted,
-        "password": report_password or None,
+        "auth": auth,
         "outbox_dir": outbox_dir,
     }
     return tornado.web.Application(
@@ -41,12 +43,19 @@ def make_app(
                 {"pipeline": pipeline, "trusted_proxies": trusted},
             ),
             (r"/", MessagesPage, pages),
+            (r"/messages/([0-9]{1,18})", MessagePage, pages),
+            (r"/recipients/([^/]{1,400})", RecipientPage, pages),
             (r"/outbox/([0-9]{1,18})", OutboxPage, pages),
+            (r"/login", LoginPage, pages),
+            (r"/logout", LogoutPage, pages),
             (r"/about", AboutPage, {**pages, "data_sources": list(data_sources)}),
         ],
         template_path=str(HERE / "templates"),
         static_path=str(HERE / "static"),
         autoescape="xhtml_escape",
         compress_response=False,
-        xsrf_cookies=False,
+        cookie_secret=cookie_secret,
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict", "secure": auth.secure_cookies},
+        login_url="/login",
     )

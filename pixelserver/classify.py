@@ -255,8 +255,8 @@ def _duration(seconds: float) -> str:
 
 def _words(seconds: float) -> str:
     d = _duration(seconds)
-    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[d[-1]]
-    return f"{d[:-1]} {unit}"
+    unit = {"s": "second", "m": "minute", "h": "hour", "d": "day"}[d[-1]]
+    return f"{d[:-1]} {unit}{'' if d[:-1] == '1' else 's'}"
 
 
 @dataclass(frozen=True)

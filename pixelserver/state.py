@@ -18,6 +18,24 @@ SCANNED_ONLY = "scanned_only"
 NOT_OPENED = "not_opened"
 UNTRACKED = "untracked"
 FAILED = "failed"
+STATES = (OPENED, PREFETCHED_ONLY, SCANNED_ONLY, NOT_OPENED, UNTRACKED, FAILED)
+STATE_WORDS = {
+    OPENED: "Opened",
+    PREFETCHED_ONLY: "Apple prefetch only",
+    SCANNED_ONLY: "Scanner only",
+    NOT_OPENED: "Not opened yet",
+    UNTRACKED: "Not tracked",
+    FAILED: "Not delivered",
+}
+VERDICT_WORDS = {
+    "human": "Opened",
+    "human_via_proxy": "Opened through the provider's proxy",
+    "privacy_prefetch": "Apple privacy prefetch",
+    "scanner": "Security scanner",
+    "bot": "Bot",
+    "sender": "You (the sender)",
+    "unknown": "Not judged yet",
+}
 
 PROXY_NAMES = {
     "gmail-proxy": "Gmail",

@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from pixelserver.state import DeliveryState, HitSummary, HitView, chip, delivery_state, state_of
+from pixelserver.state import HitSummary, HitView, state_of
 
 # BigInteger primary keys that still autoincrement on SQLite (which only does so for INTEGER).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -647,108 +647,6 @@ async def purge_before(session: AsyncSession, cutoff: dt.datetime) -> tuple[int,
 
 
 # --- reads for the report ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeliveryRow:
-    id: int
-    recipient: str
-    tracking: str
-    untracked_reason: str | None
-    outcome: str
-    upstream_reply: str
-    hits: tuple[HitView, ...]
-
-    @property
-    def state(self) -> DeliveryState:
-        return delivery_state(self.outcome, self.tracking, self.hits)
-
-    @property
-    def chip(self) -> str:
-        return chip(self.state, self.untracked_reason)
-
-    @property
-    def hit_count(self) -> int:
-        return len(self.hits)
-
-
-@dataclass(frozen=True)
-class MessageRow:
-    id: int
-    user_address: str
-    subject: str
-    accepted_at: dt.datetime
-    deliveries: tuple[DeliveryRow, ...]
-
-
-async def hit_views(session: AsyncSession, delivery_ids: Sequence[int]) -> dict[int, list[HitView]]:
-    views: dict[int, list[HitView]] = {d: [] for d in delivery_ids}
-    for i in range(0, len(delivery_ids), 500):
-        rows = await session.execute(
-            select(
-                Hit.delivery_id,
-                Hit.at,
-                Hit.verdict,
-                Hit.rule,
-                Hit.ip_prefix,
-                Hit.client,
-                Hit.country,
-                Hit.region,
-                Hit.city,
-            )
-            .where(Hit.delivery_id.in_(delivery_ids[i : i + 500]))
-            .order_by(Hit.at)
-        )
-        for r in rows:
-            views[r.delivery_id].append(
-                HitView(r.at, r.verdict, r.rule, r.ip_prefix, r.client, r.country, r.region, r.city)
-            )
-    return views
-
-
-async def recent_messages(
-    session: AsyncSession, *, limit: int = 50, before_id: int | None = None
-) -> list[MessageRow]:
-    """Newest messages first, each with its deliveries and their hits (three queries)."""
-    q = (
-        select(Message.id, User.address, Message.subject, Message.accepted_at)
-        .join(User, User.id == Message.user_id)
-        .order_by(Message.id.desc())
-        .limit(limit)
-    )
-    if before_id is not None:
-        q = q.where(Message.id < before_id)
-    messages = (await session.execute(q)).all()
-    if not messages:
-        return []
-    ids = [m.id for m in messages]
-    deliveries = (
-        (
-            await session.execute(
-                select(Delivery).where(Delivery.message_id.in_(ids)).order_by(Delivery.id)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    views = await hit_views(session, [d.id for d in deliveries])
-    by_message: dict[int, list[DeliveryRow]] = {i: [] for i in ids}
-    for d in deliveries:
-        by_message[d.message_id].append(
-            DeliveryRow(
-                d.id,
-                d.recipient,
-                d.tracking,
-                d.untracked_reason,
-                d.outcome,
-                d.upstream_reply,
-                tuple(views[d.id]),
-            )
-        )
-    return [
-        MessageRow(m.id, m.address, m.subject, m.accepted_at, tuple(by_message[m.id]))
-        for m in messages
-    ]
 
 
 async def hits_for_delivery(session: AsyncSession, delivery_id: int) -> list[Hit]:

@@ -10,11 +10,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import ssl
 from dataclasses import dataclass
 
 import tornado.httpserver
+import tornado.web
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from pixelserver import migrate, retention, storage
@@ -29,6 +32,7 @@ from pixelserver.networks import (
     PlevinAsn,
     bundled_city_db,
 )
+from pixelserver.web import WebAuth
 from relay.auth import Authenticator, LocalLogin, UpstreamLogin
 from relay.config import Config, resolve_file
 from relay.forward import Credentials, OutboxUpstream, SmtpUpstream, Upstream
@@ -207,6 +211,54 @@ def make_networks(cfg: Config) -> Networks:
     return Networks(asn=asn, location=location)
 
 
+async def _shared_secret(sessions: async_sessionmaker[AsyncSession]) -> str | None:
+    """The session-cookie key all processes share (kept in the store), or None if it is down."""
+    try:
+        async with sessions.begin() as session:
+            return await storage.app_secret(session, "cookie_secret")
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning("store unreachable at start (%s); serving pixels, logins wait for it", exc)
+        return None
+
+
+async def _adopt_shared_secret(
+    app: tornado.web.Application, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    delay = 1.0
+    while (secret := await _shared_secret(sessions)) is None:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 60.0)
+    app.settings["cookie_secret"] = secret
+
+
+def web_auth(cfg: Config, sessions: async_sessionmaker[AsyncSession]) -> WebAuth:
+    """The pages log people in with the relay's identities (passed in: pixelserver never
+    imports the relay)."""
+    password = (
+        os.environ.get(cfg.pixelserver.report_password_env)
+        if cfg.pixelserver.report_password_env
+        else None
+    )
+    authenticator: Authenticator | None = None
+    if cfg.relay.auth == "upstream":
+        upstream = make_upstream(cfg)
+        assert isinstance(upstream, SmtpUpstream)
+        authenticator = UpstreamLogin(upstream.check_login)
+    elif cfg.relay.auth == "local":
+        authenticator = LocalLogin(sessions)
+
+    async def check(username: str, password_: str) -> bool:
+        assert authenticator is not None
+        return await authenticator.check(Credentials(username, password_))
+
+    return WebAuth(
+        mode=cfg.relay.auth,
+        check=check if authenticator else None,
+        report_password=password or None,
+        secure_cookies=cfg.pixelserver.public_url.startswith("https://"),
+    )
+
+
 async def start_pixelserver(
     cfg: Config, sessions: async_sessionmaker[AsyncSession], networks: Networks | None = None
 ) -> RunningPixelServer:
@@ -222,19 +274,21 @@ async def start_pixelserver(
     purge = asyncio.get_running_loop().create_task(
         retention.purge_forever(sessions, cfg.privacy.retention_days), name="retention-purge"
     )
-    password = (
-        os.environ.get(cfg.pixelserver.report_password_env)
-        if cfg.pixelserver.report_password_env
-        else None
-    )
+    cookie_secret = await _shared_secret(sessions)
     app = make_app(
         cfg.pixelserver,
         sessions,
         pipeline,
-        report_password=password,
+        auth=web_auth(cfg, sessions),
+        cookie_secret=cookie_secret,
         outbox_dir=cfg.outbox_dir,
         data_sources=judge.networks.sources(),
     )
+    if cookie_secret is None:
+        # The store is down: pixels must still be served. Sessions use a temporary key until
+        # the shared one can be read (logins made meanwhile end when it is swapped in).
+        app.settings["cookie_secret"] = secrets.token_urlsafe(48)
+        asyncio.get_running_loop().create_task(_adopt_shared_secret(app, sessions))
     host, port = parse_listen(cfg.pixelserver.listen, cfg.source, "pixelserver.listen")
     http = tornado.httpserver.HTTPServer(app, xheaders=False)
     try:

@@ -7,10 +7,9 @@ import datetime as dt
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from pixelserver import migrate, storage
+from pixelserver import migrate, queries, storage
 
 
 async def test_migrations_match_the_models(db_url: str, store) -> None:
@@ -84,7 +83,7 @@ async def test_hits_are_stored_once_and_unknown_tokens_dropped(store) -> None:
     assert hits[0].headers == {"Accept": "image/*"}
 
 
-async def test_recent_messages_newest_first_with_counts_and_pages(store) -> None:
+async def test_message_list_newest_first_with_states_and_pages(store) -> None:
     _, (a,) = await add(store, ["a@x"], "first")
     _, (b, c) = await add(store, ["b@x", "c@x"], "second")
     async with store.begin() as session:
@@ -99,23 +98,25 @@ async def test_recent_messages_newest_first_with_counts_and_pages(store) -> None
         await storage.set_outcomes(
             session, [(b.id, "accepted", "ok"), (c.id, "rejected", "550 no")]
         )
+        await storage.refresh_states(session, [a.id, b.id, c.id])
     async with store() as session:
-        page = await storage.recent_messages(session, limit=1)
-        older = await storage.recent_messages(session, limit=1, before_id=page[0].id)
+        page = await queries.list_messages(session, None, limit=1)
+        older = await queries.list_messages(session, None, before_id=page[0].id, limit=1)
+        opened = await queries.list_messages(session, None, queries.Filters(state="opened"))
+        by_recipient = await queries.list_messages(session, None, queries.Filters(q="C@X"))
+        mine = await queries.list_messages(session, "me@example.com")
+        theirs = await queries.list_messages(session, "someone@else.example")
     assert [m.subject for m in page] == ["second"]
     assert [m.subject for m in older] == ["first"]
+    assert [m.subject for m in opened] == ["second"]
+    assert [m.subject for m in by_recipient] == ["second"]
+    assert len(mine) == 2 and theirs == []
     rb, rc = page[0].deliveries
-    assert (rb.recipient, rb.outcome, rb.hit_count) == ("b@x", "accepted", 3)
-    state = rb.state
-    assert (state.state, state.human_hits, state.machine_hits) == ("opened", 2, 1)
-    assert state.first_open == dt.datetime(2026, 1, 1, 12, 3, tzinfo=dt.UTC)
-    assert state.last_open == dt.datetime(2026, 1, 1, 12, 9, tzinfo=dt.UTC)
-    assert (rc.outcome, rc.hit_count, rc.state.state, rc.upstream_reply) == (
-        "rejected",
-        0,
-        "failed",
-        "550 no",
-    )
+    st = rb.state
+    assert (rb.recipient, st.state, st.human_hits, st.machine_hits) == ("b@x", "opened", 2, 1)
+    assert st.first_open == dt.datetime(2026, 1, 1, 12, 3, tzinfo=dt.UTC)
+    assert st.last_open == dt.datetime(2026, 1, 1, 12, 9, tzinfo=dt.UTC)
+    assert (rc.outcome, rc.state.state, rc.upstream_reply) == ("rejected", "failed", "550 no")
 
 
 async def test_unknown_outcome_is_refused(store) -> None:
@@ -126,6 +127,9 @@ async def test_unknown_outcome_is_refused(store) -> None:
 
 
 async def test_stored_state_agrees_with_the_hits(store) -> None:
+    """refresh_states (SQL aggregates) and delivery_state (from the hit list) agree."""
+    from pixelserver.state import HitView, delivery_state
+
     _, (b, c, d) = await add(store, ["b@x", "c@x", "d@x"], "states")
     views = [
         hit("s1", b.token, 1, "privacy_prefetch"),
@@ -139,27 +143,18 @@ async def test_stored_state_agrees_with_the_hits(store) -> None:
         await storage.set_outcomes(session, [(d.id, "rejected", "550 no")])
         await storage.refresh_states(session, [b.id, c.id, d.id])
     async with store() as session:
-        page = await storage.recent_messages(session)
-        stored = {
-            x.recipient: x
-            for x in (
-                await session.execute(
-                    select(storage.Delivery).where(storage.Delivery.message_id == page[0].id)
-                )
-            ).scalars()
-        }
-    for row in page[0].deliveries:
-        computed, kept = row.state, stored[row.recipient]
-        assert (kept.state, kept.human_hits, kept.machine_hits, kept.sender_hits) == (
-            computed.state,
-            computed.human_hits,
-            computed.machine_hits,
-            computed.sender_hits,
-        )
-        assert (kept.first_open, kept.last_open, kept.client, kept.place) == (
-            computed.first_open,
-            computed.last_open,
-            computed.client,
-            computed.place,
-        )
-    assert [stored[r].state for r in ("b@x", "c@x", "d@x")] == ["opened", "scanned_only", "failed"]
+        (message,) = await queries.list_messages(session, None)
+        for row in message.deliveries:
+            hits = await storage.hits_for_delivery(session, row.id)
+            computed = delivery_state(
+                row.outcome,
+                row.tracking,
+                [
+                    HitView(
+                        h.at, h.verdict, h.rule, h.ip_prefix, h.client, h.country, h.region, h.city
+                    )
+                    for h in hits
+                ],
+            )
+            assert row.state == computed
+    assert [r.state.state for r in message.deliveries] == ["opened", "scanned_only", "failed"]

@@ -1,0 +1,202 @@
+"""Report queries, each for one user (None: everyone, the loopback demo), session first.
+
+Lists read the state stored on each delivery (refreshed as hits arrive), so a page costs a
+few indexed queries however many hits there are; only a single message's page reads its hits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Select, exists, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from pixelserver.state import STATES, DeliveryState, chip
+from pixelserver.storage import Delivery, Hit, Message, User
+
+PAGE_SIZE = 50
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    id: int
+    message_id: int
+    recipient: str
+    tracking: str
+    untracked_reason: str | None
+    outcome: str
+    upstream_reply: str
+    state: DeliveryState
+
+    @property
+    def chip(self) -> str:
+        return chip(self.state, self.untracked_reason)
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    id: int
+    user_address: str
+    subject: str
+    accepted_at: dt.datetime
+    deliveries: tuple[DeliveryRow, ...]
+
+
+@dataclass(frozen=True)
+class Filters:
+    q: str = ""
+    state: str = ""
+    since: dt.date | None = None
+    until: dt.date | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.q or self.state or self.since or self.until)
+
+
+def _row(d: Delivery) -> DeliveryRow:
+    return DeliveryRow(
+        d.id,
+        d.message_id,
+        d.recipient,
+        d.tracking,
+        d.untracked_reason,
+        d.outcome,
+        d.upstream_reply,
+        DeliveryState(
+            d.state,
+            d.human_hits,
+            d.machine_hits,
+            d.sender_hits,
+            d.first_open,
+            d.last_open,
+            d.client,
+            d.place,
+            d.forwarded,
+        ),
+    )
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _owned(q: Select, user: str | None) -> Select:
+    if user is None:
+        return q
+    return q.where(
+        Message.user_id == select(User.id).where(User.address == user.lower()).scalar_subquery()
+    )
+
+
+async def list_messages(
+    session: AsyncSession,
+    user: str | None,
+    filters: Filters = Filters(),
+    *,
+    before_id: int | None = None,
+    limit: int = PAGE_SIZE,
+) -> list[MessageRow]:
+    """Newest first; keyset pages (before_id), so page 1,000 costs what page 1 does."""
+    q = _owned(
+        select(Message.id, User.address, Message.subject, Message.accepted_at).join(
+            User, User.id == Message.user_id
+        ),
+        user,
+    )
+    if filters.q:
+        pattern = _like(filters.q)
+        q = q.where(
+            Message.subject.ilike(pattern, escape="\\")
+            | exists().where(
+                Delivery.message_id == Message.id, Delivery.recipient.ilike(pattern, escape="\\")
+            )
+        )
+    if filters.state in STATES:
+        q = q.where(
+            exists().where(Delivery.message_id == Message.id, Delivery.state == filters.state)
+        )
+    if filters.since:
+        q = q.where(Message.accepted_at >= _start_of(filters.since))
+    if filters.until:
+        q = q.where(Message.accepted_at < _start_of(filters.until + dt.timedelta(days=1)))
+    if before_id is not None:
+        q = q.where(Message.id < before_id)
+    messages = (await session.execute(q.order_by(Message.id.desc()).limit(limit))).all()
+    if not messages:
+        return []
+    ids = [m.id for m in messages]
+    by_message: dict[int, list[DeliveryRow]] = {i: [] for i in ids}
+    for d in (
+        await session.execute(
+            select(Delivery).where(Delivery.message_id.in_(ids)).order_by(Delivery.id)
+        )
+    ).scalars():
+        by_message[d.message_id].append(_row(d))
+    return [
+        MessageRow(m.id, m.address, m.subject, m.accepted_at, tuple(by_message[m.id]))
+        for m in messages
+    ]
+
+
+def _start_of(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), dt.UTC)
+
+
+@dataclass(frozen=True)
+class MessageDetail:
+    message: MessageRow
+    hits: dict[int, list[Hit]]  # per delivery id, oldest first
+
+
+async def message_detail(
+    session: AsyncSession, user: str | None, message_id: int
+) -> MessageDetail | None:
+    """One message with every hit; None when it is not this user's (the page answers 404, so
+    nobody learns that someone else's message exists)."""
+    rows = await list_messages(session, user, before_id=message_id + 1, limit=1)
+    if not rows or rows[0].id != message_id:
+        return None
+    ids = [d.id for d in rows[0].deliveries]
+    hits: dict[int, list[Hit]] = {i: [] for i in ids}
+    for h in (
+        await session.execute(select(Hit).where(Hit.delivery_id.in_(ids)).order_by(Hit.at))
+    ).scalars():
+        hits[h.delivery_id].append(h)
+    return MessageDetail(rows[0], hits)
+
+
+@dataclass(frozen=True)
+class RecipientDelivery:
+    message_id: int
+    subject: str
+    accepted_at: dt.datetime
+    delivery: DeliveryRow
+
+
+async def recipient_history(
+    session: AsyncSession, user: str | None, address: str
+) -> list[RecipientDelivery]:
+    q = (
+        _owned(
+            select(Delivery, Message.subject, Message.accepted_at)
+            .join(Message, Message.id == Delivery.message_id)
+            .where(
+                Delivery.recipient.ilike(address.replace("%", "").replace("_", "\\_"), escape="\\")
+            ),
+            user,
+        )
+        .order_by(Message.id.desc())
+        .limit(500)
+    )
+    return [
+        RecipientDelivery(d.message_id, subject, at, _row(d))
+        for d, subject, at in (await session.execute(q)).all()
+    ]
+
+
+def seconds_after(hits: Sequence[Hit], sent: dt.datetime) -> list[float]:
+    return [max(0.0, (h.at - sent).total_seconds()) for h in hits]

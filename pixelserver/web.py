@@ -1,0 +1,236 @@
+"""Who is reading the pages: logins, sessions, and the headers every page carries.
+
+Logins use the relay's identities: with relay.auth "upstream" the password is checked against
+the user's mail provider, with "local" against MailPing's own users (the check arrives from the
+relay as a callable; the pixel server never imports the relay). With "none" (a loopback-only
+demo) there is no login and the pages answer only this machine, or the report password.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import tornado.web
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from pixelserver import storage
+from pixelserver.networks import Network, client_ip, is_loopback, mask
+
+log = logging.getLogger("mailping.web")
+
+SESSION_COOKIE = "mailping_session"
+SESSION_DAYS = 14
+PROXY_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "object-src 'none'"
+)
+FAILURE_WINDOW = 600.0
+FAILURES_BEFORE_LOCKOUT = 5
+
+CheckLogin = Callable[[str, str], Awaitable[bool]]
+
+
+@dataclass
+class WebAuth:
+    """How people log in to the pages (one per process, shared by its handlers)."""
+
+    mode: str  # "none" | "upstream" | "local"
+    check: CheckLogin | None = None
+    report_password: str | None = None
+    secure_cookies: bool = False
+    _failures: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def logins(self) -> bool:
+        return self.mode != "none"
+
+    def locked_out(self, ip: str) -> int:
+        """Failures from this address in the window (the caller refuses past the limit)."""
+        now = time.monotonic()
+        recent = [t for t in self._failures.get(ip, []) if now - t < FAILURE_WINDOW]
+        self._failures[ip] = recent
+        return len(recent)
+
+    def failed(self, ip: str) -> int:
+        self._failures.setdefault(ip, []).append(time.monotonic())
+        return len(self._failures[ip])
+
+    def succeeded(self, ip: str) -> None:
+        self._failures.pop(ip, None)
+
+
+class BasePage(tornado.web.RequestHandler):
+    """A page for people: security headers, the current user, and HTML errors."""
+
+    def initialize(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        trusted_proxies: Sequence[Network],
+        auth: WebAuth,
+        outbox_dir: Path | None = None,
+        **extra: object,
+    ) -> None:
+        self.sessions = sessions
+        self.trusted_proxies = trusted_proxies
+        self.auth = auth
+        self.outbox_dir = outbox_dir
+        self.extra = extra
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Security-Policy", CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Cache-Control", "no-store")
+
+    @property
+    def client(self) -> str:
+        return client_ip(self.request.remote_ip or "", self.request.headers, self.trusted_proxies)
+
+    def get_current_user(self) -> str | None:
+        if not self.auth.logins:
+            return None
+        value = self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_DAYS)
+        return value.decode() if value else None
+
+    @property
+    def user(self) -> str | None:
+        """Whose messages to show: the logged-in user, or None (everyone) in the demo mode."""
+        return self.current_user
+
+    def prepare(self) -> None:
+        if self.auth.logins:
+            if self.current_user is None and self.needs_login:
+                self.redirect(f"/login?next={tornado.escape.url_escape(self.request.uri or '/')}")
+            return
+        self._demo_access()
+
+    needs_login = True
+
+    def _demo_access(self) -> None:
+        """auth = "none": this machine only, or the report password (HTTP Basic)."""
+        if self.auth.report_password:
+            if not self._password_ok(self.auth.report_password):
+                self.set_header("WWW-Authenticate", 'Basic realm="MailPing", charset="UTF-8"')
+                raise tornado.web.HTTPError(401)
+            return
+        peer = self.request.remote_ip or ""
+        ip = self.client
+        # Proxy headers from a peer that is not a configured proxy: an unknown proxy forwards
+        # someone from elsewhere, so the request is not from this machine whatever its socket.
+        relayed = any(h in self.request.headers for h in PROXY_HEADERS) and ip == peer
+        if not is_loopback(ip) or relayed:
+            raise tornado.web.HTTPError(403, reason="Reports are only shown on this machine")
+
+    def _password_ok(self, password: str) -> bool:
+        header = self.request.headers.get("Authorization", "")
+        if not header.startswith("Basic "):
+            return False
+        try:
+            _user, _, given = base64.b64decode(header[6:]).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return hmac.compare_digest(given.encode(), password.encode())
+
+    def write_error(self, status_code: int, **kwargs: object) -> None:
+        messages = {
+            401: "This page needs the report password.",
+            403: "Reports are only shown on this machine. Set pixelserver.report_password_env "
+            "in the configuration to read them from elsewhere.",
+            404: "There is nothing here.",
+            429: "Too many failed logins from your address. Wait ten minutes and try again.",
+            503: "The database cannot be reached right now; the report will be back when it is.",
+        }
+        if status_code == 403 and "_xsrf" in str(kwargs.get("exc_info", "")):
+            text = "This form had expired or came from another site. Reload the page and retry."
+        else:
+            text = messages.get(status_code, "Something went wrong on our side.")
+        self.render("error.html", status=status_code, text=text)
+
+
+def safe_next(target: str | None) -> str:
+    """Only paths on this site: an open redirect would make the login page a phishing tool."""
+    if not target:
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    return target
+
+
+class LoginPage(BasePage):
+    needs_login = False
+
+    def get(self) -> None:
+        if not self.auth.logins:
+            self.redirect("/")
+            return
+        self.render(
+            "login.html",
+            error="",
+            next=safe_next(self.get_query_argument("next", "/")),
+            mode=self.auth.mode,
+        )
+
+    async def post(self) -> None:
+        if not self.auth.logins or self.auth.check is None:
+            raise tornado.web.HTTPError(404)
+        ip = self.client
+        target = safe_next(self.get_body_argument("next", "/"))
+        if self.auth.locked_out(ip) >= FAILURES_BEFORE_LOCKOUT:
+            raise tornado.web.HTTPError(429)
+        username = self.get_body_argument("username", "").strip()
+        password = self.get_body_argument("password", "")
+        try:
+            ok = bool(username and password) and await self.auth.check(username, password)
+        except Exception:  # the provider could not be asked; say so rather than "wrong password"
+            log.warning("could not check a web login", exc_info=True)
+            self.set_status(503)
+            self.render(
+                "login.html",
+                next=target,
+                mode=self.auth.mode,
+                error="Your mail provider could not be reached to check the login. "
+                "Try again in a moment.",
+            )
+            return
+        if not ok:
+            n = self.auth.failed(ip)
+            await tornado.gen.sleep(min(0.3 * n, 3.0))  # each failure costs a little more
+            self.set_status(401)
+            self.render(
+                "login.html",
+                next=target,
+                mode=self.auth.mode,
+                error="That username and password were not accepted.",
+            )
+            return
+        self.auth.succeeded(ip)
+        async with self.sessions.begin() as session:
+            await storage.add_user_network(session, username, mask(ip))
+        self.set_signed_cookie(
+            SESSION_COOKIE,
+            username.lower(),
+            expires_days=SESSION_DAYS,
+            httponly=True,
+            samesite="Lax",
+            secure=self.auth.secure_cookies,
+        )
+        self.redirect(target)
+
+
+class LogoutPage(BasePage):
+    needs_login = False
+
+    def post(self) -> None:
+        self.clear_cookie(SESSION_COOKIE)
+        self.redirect("/login" if self.auth.logins else "/")

@@ -1,0 +1,215 @@
+"""The report pages with logins, in Debian's headless Chromium and over plain HTTP: log in and
+out with relay identities, see only your own mail, hostile subjects stay text, forms need their
+XSRF token, the message page explains every fetch, and everything fits a phone."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import smtplib
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from tornado.httpclient import HTTPRequest
+
+from pixelserver import storage
+from relay import auth, service
+from tests.conftest import CaptureUpstream, capture_upstream, make_config, start_pixelserver
+from tests.test_browser import ARGS, require_chromium
+from tests.test_classify import GMAIL, THUNDERBIRD
+from tests.test_pixel import fetch
+
+USERS = {"ana@example.org": "ana-password-1", "bob@example.org": "bob-password-2"}
+XSS = "<img src=x onerror=alert(1)> Offer"
+BOB = "Bob's private plans"
+
+
+def send_as(port: int, user: str, subject: str, to: list[str]) -> None:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = user, ", ".join(to), subject
+    msg.set_content("plain")
+    msg.add_alternative("<html><body><p>Hello</p></body></html>", subtype="html")
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+        c.login(user, USERS[user])
+        c.send_message(msg)
+
+
+@pytest.fixture
+async def site(tmp_path: Path, db_url: str, store):
+    """Relay and pages with auth = "local"; Ana and Bob have each sent a message."""
+    async with capture_upstream(logins={"relay@example.com": "x"}) as upstream:
+        async for value in _site(tmp_path, db_url, store, upstream):
+            yield value
+
+
+async def _site(tmp_path: Path, db_url: str, store, upstream: CaptureUpstream):
+    async with store.begin() as s:
+        for user, password in USERS.items():
+            await storage.set_local_user(s, user, auth.hash_password(password))
+    cfg = make_config(
+        tmp_path,
+        db_url,
+        upstream.port,
+        relay={"auth": "local"},
+        upstream={"username": "relay@example.com"},
+        upstream_password="x",
+    )
+    relay = await service.start_relay(cfg, store)
+    pixel = await start_pixelserver(cfg, store)
+    port = int(cfg.relay.listen.rsplit(":", 1)[1])
+    await asyncio.to_thread(
+        send_as, port, "ana@example.org", XSS, ["carol@gmail.com", "dan@example.net"]
+    )
+    await asyncio.to_thread(
+        send_as, port, "bob@example.org", "Bob's private plans", ["eve@example.com"]
+    )
+    async with store() as s:
+        ids = {m.subject: m.id for m in (await s.execute(select(storage.Message))).scalars()}
+    yield cfg, ids, upstream
+    await relay.close()
+    await pixel.close()
+
+
+@pytest.fixture
+async def browser():
+    from playwright.async_api import async_playwright
+
+    executable = require_chromium()
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=executable, args=ARGS)
+        yield b
+        await b.close()
+
+
+async def login(page, base: str, user: str, password: str) -> None:
+    await page.goto(base + "/")
+    assert page.url.startswith(base + "/login")
+    await page.get_by_label("Username").fill(user)
+    await page.get_by_label("Password").fill(password)
+    await page.get_by_role("button", name="Log in").click()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_login_isolation_and_logout_in_chromium(site, browser) -> None:
+    cfg, ids, upstream = site
+    base = cfg.pixelserver.public_url
+    page = await browser.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: dialogs.append(d.message))
+
+    await login(page, base, "ana@example.org", "wrong password")
+    assert (
+        await page.get_by_role("alert").inner_text()
+        == "That username and password were not accepted."
+    )
+
+    await page.get_by_label("Username").fill("ana@example.org")
+    await page.get_by_label("Password").fill("ana-password-1")
+    await page.get_by_role("button", name="Log in").click()
+    await page.wait_for_url(base + "/")
+    subjects = await page.locator("section.message h2").all_inner_texts()
+    assert subjects == [XSS]  # Ana's only, and the markup shown as text
+    assert "Bob" not in await page.content()
+    assert dialogs == []
+
+    # Bob's message by URL is simply not there for Ana.
+    resp = await page.goto(f"{base}/messages/{ids[BOB]}")
+    assert resp.status == 404
+    resp = await page.goto(f"{base}/recipients/eve%40example.com")
+    assert resp.status == 404
+
+    await page.goto(base + "/")
+    await page.get_by_role("button", name="Log out").click()
+    await page.wait_for_url(re.compile(r".*/login.*"))
+    resp = await page.goto(f"{base}/messages/{ids[XSS]}")
+    assert page.url.startswith(base + "/login?next=")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_message_page_explains_each_fetch_and_fits_a_phone(site, browser) -> None:
+    cfg, ids, upstream = site
+    base = cfg.pixelserver.public_url
+    urls = {
+        m.rcpt_tos[0]: re.search(rb'src="(http://[^"]+\.gif)"', m.data).group(1).decode()
+        for m in upstream.messages
+        if m.rcpt_tos[0] in ("carol@gmail.com", "dan@example.net")
+    }
+    for url, ip, ua in (
+        (urls["carol@gmail.com"], "66.249.93.84", GMAIL),
+        (urls["dan@example.net"], "172.225.5.1", "Mozilla/5.0"),
+        (urls["dan@example.net"], "73.15.20.9", THUNDERBIRD),
+    ):
+        await fetch(
+            url, headers={"X-Forwarded-For": ip, "User-Agent": ua}, network_interface="127.0.0.2"
+        )
+    page = await browser.new_page(viewport={"width": 390, "height": 844})
+    await login(page, base, "ana@example.org", "ana-password-1")
+    await page.wait_for_url(base + "/")
+    for _ in range(50):
+        await page.goto(f"{base}/messages/{ids[XSS]}")
+        if await page.locator("tr.hit").count() == 3:
+            break
+        await asyncio.sleep(0.1)
+    dan = page.locator('section.recipient[data-recipient="dan@example.net"]')
+    assert await dan.get_attribute("data-state") == "opened"
+    assert (
+        await dan.locator(".chip").first.inner_text()
+        == "Read · Thunderbird 128 · Pinole, California, US"
+    )
+    verdicts = await dan.locator("tr.hit").evaluate_all("rows => rows.map(r => r.dataset.verdict)")
+    assert verdicts == ["privacy_prefetch", "human"]
+    assert "Apple iCloud Private Relay egress" in await dan.locator("tr.hit").first.inner_text()
+    assert await dan.locator("svg.chart rect").count() == 2
+    carol = page.locator('section.recipient[data-recipient="carol@gmail.com"]')
+    assert "location hidden by Gmail" in await carol.inner_text()
+    for path in (f"/messages/{ids[XSS]}", "/"):
+        await page.goto(base + path)
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 390, path
+    shots = Path(__file__).parent.parent / "docs" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    await page.goto(f"{base}/messages/{ids[XSS]}")
+    await page.screenshot(path=str(shots / "message-phone.png"), full_page=True)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_forms_need_their_xsrf_token_and_pages_carry_security_headers(site) -> None:
+    cfg, _, _ = site
+    base = cfg.pixelserver.public_url
+    forged = await fetch(
+        f"{base}/login", method="POST", body="username=ana%40example.org&password=ana-password-1"
+    )
+    assert forged.code == 403
+    login_page = await fetch(f"{base}/login")
+    csp = login_page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp
+    assert login_page.headers["X-Content-Type-Options"] == "nosniff"
+    assert login_page.headers["Referrer-Policy"] == "no-referrer"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_login_failures_are_slowed_then_refused(site) -> None:
+    from tornado.httpclient import AsyncHTTPClient
+
+    cfg, _, _ = site
+    base = cfg.pixelserver.public_url
+    first = await fetch(f"{base}/login")
+    token = re.search(r'name="_xsrf" value="([^"]+)"', first.body.decode()).group(1)
+    cookie = first.headers["Set-Cookie"].split(";", 1)[0]
+    codes = []
+    for _ in range(6):
+        r = await AsyncHTTPClient().fetch(
+            HTTPRequest(
+                f"{base}/login",
+                method="POST",
+                headers={"Cookie": cookie},
+                body=f"_xsrf={token}&username=ana%40example.org&password=guess",
+                follow_redirects=False,
+                request_timeout=30,
+            ),
+            raise_error=False,
+        )
+        codes.append(r.code)
+    assert codes == [401] * 5 + [429]
