@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver.config import PixelServerConfig, parse_networks
 from pixelserver.hits import HitPipeline
+from pixelserver.live import EventsHandler
 from pixelserver.networks import DataSource
 from pixelserver.pixel import PixelHandler
 from pixelserver.reports import AboutPage, MessagePage, MessagesPage, OutboxPage, RecipientPage
@@ -46,6 +47,7 @@ def make_app(
             (r"/messages/([0-9]{1,18})", MessagePage, pages),
             (r"/recipients/([^/]{1,400})", RecipientPage, pages),
             (r"/outbox/([0-9]{1,18})", OutboxPage, pages),
+            (r"/events", EventsHandler, pages),
             (r"/login", LoginPage, pages),
             (r"/logout", LogoutPage, pages),
             (r"/about", AboutPage, {**pages, "data_sources": list(data_sources)}),

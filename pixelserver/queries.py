@@ -200,3 +200,30 @@ async def recipient_history(
 
 def seconds_after(hits: Sequence[Hit], sent: dt.datetime) -> list[float]:
     return [max(0.0, (h.at - sent).total_seconds()) for h in hits]
+
+
+@dataclass(frozen=True)
+class Change:
+    delivery: DeliveryRow
+    subject: str
+    changed_at: dt.datetime
+
+
+async def changes_since(
+    session: AsyncSession, user: str | None, since: dt.datetime, limit: int = 200
+) -> list[Change]:
+    """This user's deliveries whose state changed after `since`, oldest change first."""
+    q = (
+        _owned(
+            select(Delivery, Message.subject)
+            .join(Message, Message.id == Delivery.message_id)
+            .where(Delivery.state_changed_at > since),
+            user,
+        )
+        .order_by(Delivery.state_changed_at)
+        .limit(limit)
+    )
+    return [
+        Change(_row(d), subject, d.state_changed_at)
+        for d, subject in (await session.execute(q)).all()
+    ]

@@ -169,12 +169,14 @@ class Delivery(Base):
     client: Mapped[str] = mapped_column(String(60), default="", server_default="")
     place: Mapped[str] = mapped_column(String(200), default="", server_default="")
     forwarded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    state_changed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     message: Mapped[Message] = relationship(back_populates="deliveries", lazy="raise")
 
     __table_args__ = (
         Index("ix_delivery_recipient", "recipient"),
         Index("ix_delivery_state", "state"),
+        Index("ix_delivery_state_changed_at", "state_changed_at"),
     )
 
 
@@ -436,6 +438,7 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
                     client=st.client[:60],
                     place=st.place[:200],
                     forwarded=st.possibly_forwarded,
+                    state_changed_at=utcnow(),
                 )
             )
 

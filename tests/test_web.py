@@ -11,6 +11,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from playwright.async_api import expect
 from sqlalchemy import select
 from tornado.httpclient import HTTPRequest
 
@@ -213,3 +214,42 @@ async def test_login_failures_are_slowed_then_refused(site) -> None:
         )
         codes.append(r.code)
     assert codes == [401] * 5 + [429]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_open_page_updates_live_with_the_right_chips(site, browser) -> None:
+    cfg, ids, upstream = site
+    base = cfg.pixelserver.public_url
+    urls = {
+        m.rcpt_tos[0]: re.search(rb'src="(http://[^"]+\.gif)"', m.data).group(1).decode()
+        for m in upstream.messages
+    }
+    page = await browser.new_page()
+    await login(page, base, "ana@example.org", "ana-password-1")
+    await page.wait_for_url(base + "/")
+    carol = page.locator('tr[data-recipient="carol@gmail.com"] .chip')
+    dan = page.locator('tr[data-recipient="dan@example.net"] .chip')
+    assert await carol.inner_text() == "Not opened yet"
+    await page.wait_for_timeout(300)  # the event stream is open
+
+    await fetch(
+        urls["carol@gmail.com"],
+        network_interface="127.0.0.2",
+        headers={"X-Forwarded-For": "66.249.93.84", "User-Agent": GMAIL},
+    )
+    # Within 2 s, without a reload (Playwright's expect polls; our CSP forbids eval).
+    await expect(page.locator('tr[data-recipient="carol@gmail.com"]')).to_have_attribute(
+        "data-state", "opened", timeout=2000
+    )
+    assert await carol.inner_text() == "Read · Gmail · location hidden by Gmail"
+
+    await fetch(
+        urls["dan@example.net"],
+        network_interface="127.0.0.2",
+        headers={"X-Forwarded-For": "73.15.20.9", "User-Agent": THUNDERBIRD},
+    )
+    await expect(page.locator('tr[data-recipient="dan@example.net"]')).to_have_attribute(
+        "data-state", "opened", timeout=2000
+    )
+    assert await dan.inner_text() == "Read · Thunderbird 128 · Pinole, California, US"
+    assert await page.locator('tr[data-recipient="dan@example.net"] .humans').inner_text() == "1"

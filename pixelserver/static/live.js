@@ -1,0 +1,32 @@
+// Live updates for the report pages: chips and counts follow new fetches without a reload,
+// and (if the user allows it) the first real open of a copy raises a browser notification.
+(function () {
+  "use strict";
+  if (!window.EventSource) return;
+  var button = document.getElementById("notify");
+  if (button && window.Notification && Notification.permission === "default") {
+    button.hidden = false;
+    button.addEventListener("click", function () {
+      Notification.requestPermission().then(function () { button.hidden = true; });
+    });
+  }
+  var source = new EventSource("/events");
+  source.addEventListener("state", function (event) {
+    var change = JSON.parse(event.data);
+    var rows = document.querySelectorAll('[data-delivery="' + change.delivery + '"]');
+    rows.forEach(function (row) {
+      var before = row.getAttribute("data-state");
+      row.setAttribute("data-state", change.state);
+      var chip = row.querySelector(".chip");
+      if (chip) { chip.textContent = change.chip; chip.className = "chip " + change.state; }
+      var humans = row.querySelector(".humans");
+      if (humans) humans.textContent = change.humans;
+      var machines = row.querySelector(".machines");
+      if (machines) machines.textContent = change.machines;
+      if (before !== "opened" && change.state === "opened" && window.Notification &&
+          Notification.permission === "granted") {
+        new Notification("Opened: " + change.subject, { body: change.recipient + " — " + change.chip });
+      }
+    });
+  });
+})();
