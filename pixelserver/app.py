@@ -8,12 +8,27 @@ from pathlib import Path
 import tornado.web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from pixelserver.api import (
+    ExportApi,
+    HitsApi,
+    MessageApi,
+    MessagesApi,
+    NotFoundApi,
+    OpenApiDocument,
+)
 from pixelserver.config import PixelServerConfig, parse_networks
 from pixelserver.hits import HitPipeline
 from pixelserver.live import EventsHandler
 from pixelserver.networks import DataSource
 from pixelserver.pixel import PixelHandler
-from pixelserver.reports import AboutPage, MessagePage, MessagesPage, OutboxPage, RecipientPage
+from pixelserver.reports import (
+    AboutPage,
+    MessagePage,
+    MessagesPage,
+    OutboxPage,
+    RecipientPage,
+    SettingsPage,
+)
 from pixelserver.web import LoginPage, LogoutPage, WebAuth
 
 HERE = Path(__file__).parent
@@ -48,6 +63,13 @@ def make_app(
             (r"/recipients/([^/]{1,400})", RecipientPage, pages),
             (r"/outbox/([0-9]{1,18})", OutboxPage, pages),
             (r"/events", EventsHandler, pages),
+            (r"/api/v1/messages", MessagesApi, pages),
+            (r"/api/v1/messages/([0-9]{1,18})", MessageApi, pages),
+            (r"/api/v1/deliveries/([0-9]{1,18})/hits", HitsApi, pages),
+            (r"/api/v1/export", ExportApi, pages),
+            (r"/api/v1/openapi.json", OpenApiDocument, pages),
+            (r"/api/.*", NotFoundApi, pages),
+            (r"/settings", SettingsPage, pages),
             (r"/login", LoginPage, pages),
             (r"/logout", LogoutPage, pages),
             (r"/about", AboutPage, {**pages, "data_sources": list(data_sources)}),

@@ -121,7 +121,7 @@ async def list_messages(
         )
     if filters.since:
         q = q.where(Message.accepted_at >= _start_of(filters.since))
-    if filters.until:
+    if filters.until and filters.until < dt.date.max:
         q = q.where(Message.accepted_at < _start_of(filters.until + dt.timedelta(days=1)))
     if before_id is not None:
         q = q.where(Message.id < before_id)

@@ -158,3 +158,31 @@ class AboutPage(BasePage):
         except importlib.metadata.PackageNotFoundError:
             version = "development"
         self.render("about.html", version=version, sources=self.extra.get("data_sources", []))
+
+
+class SettingsPage(BasePage):
+    """Personal API tokens: made here (shown once), revoked here."""
+
+    async def get(self, new_token: str | None = None) -> None:
+        if self.user is None:
+            raise tornado.web.HTTPError(404)  # the demo mode has no users to give tokens to
+        async with self.sessions() as session:
+            tokens = await storage.api_tokens(session, self.user)
+        self.render("settings.html", tokens=tokens, new_token=new_token)
+
+    async def post(self) -> None:
+        if self.user is None:
+            raise tornado.web.HTTPError(404)
+        action = self.get_body_argument("action", "")
+        async with self.sessions.begin() as session:
+            if action == "create":
+                name = self.get_body_argument("name", "").strip() or "API token"
+                token = await storage.create_api_token(session, self.user, name)
+            elif action == "revoke":
+                token = None
+                await storage.revoke_api_token(
+                    session, self.user, int(self.get_body_argument("token_id", "0") or 0)
+                )
+            else:
+                raise tornado.web.HTTPError(400)
+        await self.get(new_token=token)

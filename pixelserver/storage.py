@@ -7,6 +7,7 @@ written once for both, and anything dialect-specific (idempotent inserts) is cho
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -111,6 +112,70 @@ class UserNetwork(Base):
     seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (UniqueConstraint("user_id", "prefix", name="uq_user_network"),)
+
+
+class ApiToken(Base):
+    """A personal API token: only its SHA-256 is kept (the token is 256 random bits, so a
+    plain hash cannot be reversed or guessed)."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def create_api_token(session: AsyncSession, user_address: str, name: str) -> str:
+    """Returns the token itself, which is shown once and never stored."""
+    user = await get_or_create_user(session, user_address)
+    token = "mp_" + secrets.token_urlsafe(32)
+    session.add(ApiToken(user_id=user.id, name=name[:100] or "token", token_hash=token_hash(token)))
+    await session.flush()
+    return token
+
+
+async def api_token_user(session: AsyncSession, token: str) -> str | None:
+    row = (
+        await session.execute(
+            select(ApiToken.id, User.address)
+            .join(User, User.id == ApiToken.user_id)
+            .where(ApiToken.token_hash == token_hash(token))
+        )
+    ).first()
+    if row is None:
+        return None
+    await session.execute(
+        update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=utcnow())
+    )
+    return row.address
+
+
+async def api_tokens(session: AsyncSession, user_address: str) -> list[ApiToken]:
+    return list(
+        (
+            await session.execute(
+                select(ApiToken)
+                .join(User, User.id == ApiToken.user_id)
+                .where(User.address == user_address.lower())
+                .order_by(ApiToken.id)
+            )
+        ).scalars()
+    )
+
+
+async def revoke_api_token(session: AsyncSession, user_address: str, token_id: int) -> bool:
+    owner = select(User.id).where(User.address == user_address.lower()).scalar_subquery()
+    result = await session.execute(
+        delete(ApiToken).where(ApiToken.id == token_id, ApiToken.user_id == owner)
+    )
+    return bool(result.rowcount)
 
 
 class AppSecret(Base):

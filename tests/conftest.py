@@ -7,20 +7,23 @@ import asyncio
 import contextlib
 import os
 import secrets
+import smtplib
 import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from pathlib import Path
 
 import asyncpg
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from pixelserver import migrate, storage
 from pixelserver.config import DatabaseConfig, PixelServerConfig
-from relay import service
+from relay import auth, service
 from relay.config import Config, RelayConfig, UpstreamConfig
 
 PG_ENV = "MAILPING_TEST_PG_URL"
@@ -285,5 +288,58 @@ async def stack(
     pixel = await start_pixelserver(cfg, store)
     s = Stack(cfg, store, int(cfg.relay.listen.rsplit(":", 1)[1]), cfg.pixelserver.public_url)
     yield s
+    await relay.close()
+    await pixel.close()
+
+
+# --- a site with logins: relay and pages with auth = "local", two users who each sent mail ---
+
+USERS = {"ana@example.org": "ana-password-1", "bob@example.org": "bob-password-2"}
+XSS = "<img src=x onerror=alert(1)> Offer"
+BOB = "Bob's private plans"
+
+
+def send_as(port: int, user: str, subject: str, to: list[str]) -> None:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = user, ", ".join(to), subject
+    msg.set_content("plain")
+    msg.add_alternative("<html><body><p>Hello</p></body></html>", subtype="html")
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+        c.login(user, USERS[user])
+        c.send_message(msg)
+
+
+@pytest.fixture
+async def site(tmp_path: Path, db_url: str, store):
+    """Relay and pages with auth = "local"; Ana and Bob have each sent a message."""
+    async with capture_upstream(logins={"relay@example.com": "x"}) as upstream:
+        async for value in _site(tmp_path, db_url, store, upstream):
+            yield value
+
+
+async def _site(tmp_path: Path, db_url: str, store, upstream: CaptureUpstream):
+    async with store.begin() as s:
+        for user, password in USERS.items():
+            await storage.set_local_user(s, user, auth.hash_password(password))
+    cfg = make_config(
+        tmp_path,
+        db_url,
+        upstream.port,
+        relay={"auth": "local"},
+        upstream={"username": "relay@example.com"},
+        upstream_password="x",
+    )
+    relay = await service.start_relay(cfg, store)
+    pixel = await start_pixelserver(cfg, store)
+    port = int(cfg.relay.listen.rsplit(":", 1)[1])
+    await asyncio.to_thread(
+        send_as, port, "ana@example.org", XSS, ["carol@gmail.com", "dan@example.net"]
+    )
+    await asyncio.to_thread(
+        send_as, port, "bob@example.org", "Bob's private plans", ["eve@example.com"]
+    )
+    async with store() as s:
+        ids = {m.subject: m.id for m in (await s.execute(select(storage.Message))).scalars()}
+    yield cfg, ids, upstream
     await relay.close()
     await pixel.close()

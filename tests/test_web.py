@@ -6,71 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-import smtplib
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 from playwright.async_api import expect
-from sqlalchemy import select
 from tornado.httpclient import HTTPRequest
 
-from pixelserver import storage
-from relay import auth, service
-from tests.conftest import CaptureUpstream, capture_upstream, make_config, start_pixelserver
+from tests.conftest import BOB, XSS
 from tests.test_browser import ARGS, require_chromium
 from tests.test_classify import GMAIL, THUNDERBIRD
 from tests.test_pixel import fetch
-
-USERS = {"ana@example.org": "ana-password-1", "bob@example.org": "bob-password-2"}
-XSS = "<img src=x onerror=alert(1)> Offer"
-BOB = "Bob's private plans"
-
-
-def send_as(port: int, user: str, subject: str, to: list[str]) -> None:
-    msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = user, ", ".join(to), subject
-    msg.set_content("plain")
-    msg.add_alternative("<html><body><p>Hello</p></body></html>", subtype="html")
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
-        c.login(user, USERS[user])
-        c.send_message(msg)
-
-
-@pytest.fixture
-async def site(tmp_path: Path, db_url: str, store):
-    """Relay and pages with auth = "local"; Ana and Bob have each sent a message."""
-    async with capture_upstream(logins={"relay@example.com": "x"}) as upstream:
-        async for value in _site(tmp_path, db_url, store, upstream):
-            yield value
-
-
-async def _site(tmp_path: Path, db_url: str, store, upstream: CaptureUpstream):
-    async with store.begin() as s:
-        for user, password in USERS.items():
-            await storage.set_local_user(s, user, auth.hash_password(password))
-    cfg = make_config(
-        tmp_path,
-        db_url,
-        upstream.port,
-        relay={"auth": "local"},
-        upstream={"username": "relay@example.com"},
-        upstream_password="x",
-    )
-    relay = await service.start_relay(cfg, store)
-    pixel = await start_pixelserver(cfg, store)
-    port = int(cfg.relay.listen.rsplit(":", 1)[1])
-    await asyncio.to_thread(
-        send_as, port, "ana@example.org", XSS, ["carol@gmail.com", "dan@example.net"]
-    )
-    await asyncio.to_thread(
-        send_as, port, "bob@example.org", "Bob's private plans", ["eve@example.com"]
-    )
-    async with store() as s:
-        ids = {m.subject: m.id for m in (await s.execute(select(storage.Message))).scalars()}
-    yield cfg, ids, upstream
-    await relay.close()
-    await pixel.close()
 
 
 @pytest.fixture

@@ -1,0 +1,292 @@
+"""The JSON API (/api/v1): the same per-user reads as the pages, for programs.
+
+Objects, never bare lists; errors are JSON with a code and a message; lists page with an
+opaque cursor. Programs authenticate with a personal token (`Authorization: Bearer …`) made
+on the Settings page; in the loopback demo mode (auth = "none") the API, like the pages,
+answers this machine only. The contract is pixelserver/openapi.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import tornado.web
+from sqlalchemy import select
+
+from pixelserver import queries, storage
+from pixelserver.state import STATES
+from pixelserver.web import BasePage
+
+OPENAPI = Path(__file__).parent / "openapi.json"
+MAX_LIMIT = 200
+EXPORT_ROWS = 100_000
+
+
+class ApiError(tornado.web.HTTPError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(status, reason=message)
+        self.code = code
+        self.message = message
+
+
+class ApiHandler(BasePage):
+    needs_login = False
+
+    def check_xsrf_cookie(self) -> None:
+        return None  # bearer tokens, not cookies: nothing for another site to ride on
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+
+    async def prepare(self) -> None:
+        if not self.auth.logins:
+            self._demo_access()
+            self.api_user: str | None = None
+            return
+        header = self.request.headers.get("Authorization", "")
+        if not header.startswith("Bearer ") or not header[7:].strip():
+            raise ApiError(
+                401, "unauthorized", "send a personal API token: Authorization: Bearer …"
+            )
+        async with self.sessions.begin() as session:
+            user = await storage.api_token_user(session, header[7:].strip())
+        if user is None:
+            raise ApiError(401, "unauthorized", "this API token is not valid (revoked?)")
+        self.api_user = user
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(exc, ApiError):
+            code, message = exc.code, exc.message
+        else:
+            code = {
+                401: "unauthorized",
+                403: "forbidden",
+                404: "not_found",
+                405: "method_not_allowed",
+            }.get(status_code, "error")
+            message = self._reason
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="MailPing"')
+        if status_code == 405:
+            self.set_header("Allow", "GET")  # RFC 9110 15.5.6: a 405 says what is allowed
+        self.finish({"error": {"code": code, "message": message}})
+
+    # -- parameters --
+
+    def limit(self, default: int = 50) -> int:
+        value = self.get_query_argument("limit", str(default))
+        if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+            raise ApiError(400, "bad_limit", f"limit must be a whole number from 1 to {MAX_LIMIT}")
+        return int(value)
+
+    def cursor(self) -> int | None:
+        """The id of the last item of the previous page (what next_cursor gave)."""
+        value = self.get_query_argument("cursor", None)
+        if value is None:
+            return None
+        if not value.isascii() or not value.isdigit() or len(value) > 18:
+            raise ApiError(400, "bad_cursor", "cursor is the next_cursor of a previous page")
+        return int(value)
+
+    def date(self, name: str) -> dt.date | None:
+        value = self.get_query_argument(name, None)
+        if value is None:
+            return None
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            raise ApiError(400, "bad_date", f"{name} must be a date like 2026-11-01") from None
+
+    def filters(self) -> queries.Filters:
+        state = self.get_query_argument("state", None)
+        if state is not None and state not in STATES:
+            raise ApiError(400, "bad_state", f"state must be one of {', '.join(STATES)}")
+        q = self.get_query_argument("q", "")
+        if len(q) > 200:
+            raise ApiError(400, "bad_query", "q is at most 200 characters")
+        return queries.Filters(
+            q=q, state=state or "", since=self.date("since"), until=self.date("until")
+        )
+
+
+def make_cursor(last_id: int) -> str:
+    return str(last_id)
+
+
+def _when(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def delivery_json(d: queries.DeliveryRow) -> dict:
+    st = d.state
+    return {
+        "id": d.id,
+        "recipient": d.recipient,
+        "outcome": d.outcome,
+        "state": st.state,
+        "summary": d.chip,
+        "tracked": d.tracking == "tracked",
+        "untracked_reason": d.untracked_reason,
+        "opens": st.human_hits,
+        "machine_fetches": st.machine_hits,
+        "first_open": _when(st.first_open),
+        "last_open": _when(st.last_open),
+        "client": st.client or None,
+        "place": st.place or None,
+        "possibly_forwarded": st.possibly_forwarded,
+    }
+
+
+def message_json(m: queries.MessageRow) -> dict:
+    return {
+        "id": m.id,
+        "subject": m.subject,
+        "sent_at": _when(m.accepted_at),
+        "deliveries": [delivery_json(d) for d in m.deliveries],
+    }
+
+
+class MessagesApi(ApiHandler):
+    async def get(self) -> None:
+        limit = self.limit()
+        async with self.sessions() as session:
+            rows = await queries.list_messages(
+                session, self.api_user, self.filters(), before_id=self.cursor(), limit=limit
+            )
+        nxt = make_cursor(rows[-1].id) if len(rows) == limit else None
+        self.write({"messages": [message_json(m) for m in rows], "next_cursor": nxt})
+
+
+class MessageApi(ApiHandler):
+    async def get(self, message_id: str) -> None:
+        async with self.sessions() as session:
+            detail = await queries.message_detail(session, self.api_user, int(message_id))
+        if detail is None:
+            raise ApiError(404, "not_found", "no such message")
+        self.write({"message": message_json(detail.message)})
+
+
+class HitsApi(ApiHandler):
+    async def get(self, delivery_id: str) -> None:
+        limit, after = self.limit(100), self.cursor()
+        async with self.sessions() as session:
+            message_id = (
+                await session.execute(
+                    select(storage.Delivery.message_id).where(
+                        storage.Delivery.id == int(delivery_id)
+                    )
+                )
+            ).scalar_one_or_none()
+            owned = message_id is not None and await queries.message_detail(
+                session, self.api_user, message_id
+            )
+            if not owned:
+                raise ApiError(404, "not_found", "no such delivery")
+            q = select(storage.Hit).where(storage.Hit.delivery_id == int(delivery_id))
+            if after is not None:
+                q = q.where(storage.Hit.id > after)
+            hits = list((await session.execute(q.order_by(storage.Hit.id).limit(limit))).scalars())
+        self.write(
+            {
+                "hits": [
+                    {
+                        "id": h.id,
+                        "at": _when(h.at),
+                        "verdict": h.verdict,
+                        "confidence": h.confidence,
+                        "rule": h.rule,
+                        "reasons": h.reasons,
+                        "seconds_after_send": h.seconds_after_send,
+                        "network": h.ip_prefix,
+                        "asn": h.asn,
+                        "organisation": h.org or None,
+                        "client": h.client or None,
+                        "country": h.country or None,
+                        "region": h.region or None,
+                        "city": h.city or None,
+                        "method": h.method,
+                    }
+                    for h in hits
+                ],
+                "next_cursor": make_cursor(hits[-1].id) if len(hits) == limit else None,
+            }
+        )
+
+
+EXPORT_FIELDS = (
+    "message_id",
+    "sent_at",
+    "subject",
+    "recipient",
+    "outcome",
+    "state",
+    "summary",
+    "opens",
+    "machine_fetches",
+    "first_open",
+    "last_open",
+    "client",
+    "place",
+)
+
+
+class ExportApi(ApiHandler):
+    """Every delivery of the messages sent in a date range, as CSV or JSON."""
+
+    async def get(self) -> None:
+        fmt = self.get_query_argument("format", "json")
+        if fmt not in ("json", "csv"):
+            raise ApiError(400, "bad_format", "format must be json or csv")
+        filters = queries.Filters(since=self.date("since"), until=self.date("until"))
+        rows: list[dict] = []
+        before = None
+        async with self.sessions() as session:
+            while len(rows) < EXPORT_ROWS:
+                page = await queries.list_messages(
+                    session, self.api_user, filters, before_id=before, limit=500
+                )
+                for m in page:
+                    for d in m.deliveries:
+                        j = delivery_json(d)
+                        rows.append(
+                            {
+                                "message_id": m.id,
+                                "sent_at": _when(m.accepted_at),
+                                "subject": m.subject,
+                                **{k: j[k] for k in EXPORT_FIELDS[3:]},
+                            }
+                        )
+                if len(page) < 500:
+                    break
+                before = page[-1].id
+        if fmt == "json":
+            self.write({"deliveries": rows})
+            return
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+        self.set_header("Content-Type", "text/csv; charset=utf-8")
+        self.set_header("Content-Disposition", 'attachment; filename="mailping-export.csv"')
+        self.write(out.getvalue())
+
+
+class OpenApiDocument(ApiHandler):
+    async def prepare(self) -> None:
+        return None  # the contract itself is public
+
+    def get(self) -> None:
+        self.write(json.loads(OPENAPI.read_text()))
+
+
+class NotFoundApi(ApiHandler):
+    def get(self) -> None:
+        raise ApiError(404, "not_found", "no such API path (see /api/v1/openapi.json)")
