@@ -61,3 +61,7 @@ class EventsHandler(BasePage):
                 await asyncio.sleep(POLL)
         except tornado.iostream.StreamClosedError:
             return
+
+
+def _minute(value: dt.datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "–"

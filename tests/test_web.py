@@ -17,6 +17,9 @@ from tests.test_browser import ARGS, require_chromium
 from tests.test_classify import GMAIL, THUNDERBIRD
 from tests.test_pixel import fetch
 
+SHOTS = Path(__file__).parent.parent / "docs" / "screenshots"
+SHOTS.mkdir(parents=True, exist_ok=True)
+
 
 @pytest.fixture
 async def browser():
@@ -113,10 +116,8 @@ async def test_message_page_explains_each_fetch_and_fits_a_phone(site, browser) 
     for path in (f"/messages/{ids[XSS]}", "/"):
         await page.goto(base + path)
         assert await page.evaluate("document.documentElement.scrollWidth") <= 390, path
-    shots = Path(__file__).parent.parent / "docs" / "screenshots"
-    shots.mkdir(parents=True, exist_ok=True)
     await page.goto(f"{base}/messages/{ids[XSS]}")
-    await page.screenshot(path=str(shots / "message-phone.png"), full_page=True)
+    await page.screenshot(path=str(SHOTS / "message-phone.png"), full_page=True)
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -198,3 +199,7 @@ async def test_open_page_updates_live_with_the_right_chips(site, browser) -> Non
     )
     assert await dan.inner_text() == "Read · Thunderbird 128 · Pinole, California, US"
     assert await page.locator('tr[data-recipient="dan@example.net"] .humans').inner_text() == "1"
+    await page.set_viewport_size({"width": 1000, "height": 600})
+    await page.screenshot(path=str(SHOTS / "messages.png"), full_page=True)
+    await page.goto(f"{base}/messages/{ids[XSS]}")
+    await page.screenshot(path=str(SHOTS / "message.png"), full_page=True)

@@ -23,6 +23,10 @@
       if (humans) humans.textContent = change.humans;
       var machines = row.querySelector(".machines");
       if (machines) machines.textContent = change.machines;
+      var first = row.querySelector(".first-open");
+      if (first) first.textContent = change.first_open;
+      var last = row.querySelector(".last-open");
+      if (last) last.textContent = change.last_open;
       if (before !== "opened" && change.state === "opened" && window.Notification &&
           Notification.permission === "granted") {
         new Notification("Opened: " + change.subject, { body: change.recipient + " — " + change.chip });
