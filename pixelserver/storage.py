@@ -204,7 +204,10 @@ class Message(Base):
         back_populates="message", order_by="Delivery.id", lazy="raise"
     )
 
-    __table_args__ = (Index("ix_message_user_accepted", "user_id", "accepted_at"),)
+    __table_args__ = (
+        Index("ix_message_user_accepted", "user_id", "accepted_at"),
+        Index("ix_message_user_id", "user_id", "id"),
+    )
 
 
 class Delivery(Base):
