@@ -178,17 +178,7 @@ class HitsApi(ApiHandler):
     async def get(self, delivery_id: str) -> None:
         limit, after = self.limit(100), self.cursor()
         async with self.sessions() as session:
-            message_id = (
-                await session.execute(
-                    select(storage.Delivery.message_id).where(
-                        storage.Delivery.id == int(delivery_id)
-                    )
-                )
-            ).scalar_one_or_none()
-            owned = message_id is not None and await queries.message_detail(
-                session, self.api_user, message_id
-            )
-            if not owned:
+            if not await queries.delivery_owned(session, self.api_user, int(delivery_id)):
                 raise ApiError(404, "not_found", "no such delivery")
             q = select(storage.Hit).where(storage.Hit.delivery_id == int(delivery_id))
             if after is not None:

@@ -146,6 +146,17 @@ def _start_of(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(), dt.UTC)
 
 
+async def delivery_owned(session: AsyncSession, user: str | None, delivery_id: int) -> bool:
+    """Whether this delivery belongs to one of the user's messages (one indexed query)."""
+    q = _owned(
+        select(Delivery.id)
+        .join(Message, Message.id == Delivery.message_id)
+        .where(Delivery.id == delivery_id),
+        user,
+    )
+    return (await session.execute(q)).first() is not None
+
+
 @dataclass(frozen=True)
 class MessageDetail:
     message: MessageRow

@@ -13,7 +13,6 @@ import importlib.metadata
 import logging
 
 import tornado.web
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from pixelserver import queries, storage
@@ -119,14 +118,7 @@ class OutboxPage(BasePage):
         if self.outbox_dir is None:
             raise tornado.web.HTTPError(404)
         async with self.sessions() as session:
-            row = (
-                await session.execute(
-                    select(storage.Delivery.message_id).where(
-                        storage.Delivery.id == int(delivery_id)
-                    )
-                )
-            ).scalar_one_or_none()
-            owned = row is not None and await queries.message_detail(session, self.user, row)
+            owned = await queries.delivery_owned(session, self.user, int(delivery_id))
         if not owned:
             raise tornado.web.HTTPError(404)
         try:
