@@ -28,12 +28,6 @@ def choices(default: str, *allowed: str) -> Any:
     return field(default=default, metadata={"choices": (default, *allowed)})
 
 
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is tuple:
-        return "list of strings"
-    return {str: "string", int: "integer", bool: "boolean"}.get(tp, str(tp))
-
-
 def _coerce(tp: Any, value: Any) -> Any:
     """Check `value` against a field type; raises ValueError with a user-facing reason."""
     if typing.get_origin(tp) is tuple:

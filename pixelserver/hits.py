@@ -160,6 +160,7 @@ class Judge:
             region=region,
             city=city,
             client=verdict.client,
+            delivery_id=ctx.delivery_id,
         )
 
     def _precise(self, net: NetworkFacts) -> tuple[str, str, str]:

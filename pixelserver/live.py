@@ -49,6 +49,8 @@ class EventsHandler(BasePage):
                         "chip": d.chip,
                         "humans": d.state.human_hits,
                         "machines": d.state.machine_hits,
+                        "first_open": _minute(d.state.first_open),
+                        "last_open": _minute(d.state.last_open),
                     }
                     self.write(f"event: state\ndata: {json.dumps(payload)}\n\n")
                 if changes:

@@ -7,7 +7,6 @@ few indexed queries however many hits there are; only a single message's page re
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Select, exists, select
@@ -207,10 +206,6 @@ async def recipient_history(
         RecipientDelivery(d.message_id, subject, at, _row(d))
         for d, subject, at in (await session.execute(q)).all()
     ]
-
-
-def seconds_after(hits: Sequence[Hit], sent: dt.datetime) -> list[float]:
-    return [max(0.0, (h.at - sent).total_seconds()) for h in hits]
 
 
 @dataclass(frozen=True)

@@ -570,6 +570,7 @@ class NewHit:
     region: str = ""
     city: str = ""
     client: str = ""
+    delivery_id: int | None = None  # known already when judged; else looked up by token
 
 
 def _insert_ignore(session: AsyncSession, table: Any) -> Any:
@@ -668,7 +669,10 @@ async def add_hits(session: AsyncSession, hits: Sequence[NewHit]) -> tuple[int, 
     Hits are inserted with ON CONFLICT DO NOTHING on their uid so that replaying a journal
     after a crash never stores one fetch twice.
     """
-    ids = await delivery_ids_for_tokens(session, (h.token for h in hits))
+    ids = {h.token: h.delivery_id for h in hits if h.delivery_id is not None}
+    missing = [h.token for h in hits if h.delivery_id is None]
+    if missing:
+        ids.update(await delivery_ids_for_tokens(session, missing))
     rows = [
         {
             "uid": h.uid,
