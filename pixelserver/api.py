@@ -150,6 +150,7 @@ def message_json(m: queries.MessageRow) -> dict:
         "id": m.id,
         "subject": m.subject,
         "sent_at": _when(m.accepted_at),
+        "source": m.source,
         "deliveries": [delivery_json(d) for d in m.deliveries],
     }
 
@@ -215,6 +216,7 @@ EXPORT_FIELDS = (
     "message_id",
     "sent_at",
     "subject",
+    "source",
     "recipient",
     "outcome",
     "state",
@@ -251,7 +253,8 @@ class ExportApi(ApiHandler):
                                 "message_id": m.id,
                                 "sent_at": _when(m.accepted_at),
                                 "subject": m.subject,
-                                **{k: j[k] for k in EXPORT_FIELDS[3:]},
+                                "source": m.source,
+                                **{k: j[k] for k in EXPORT_FIELDS[4:]},
                             }
                         )
                 if len(page) < 500:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from pixelserver.api import (
     NotFoundApi,
     OpenApiDocument,
 )
-from pixelserver.config import PixelServerConfig, parse_networks
+from pixelserver.config import DigestConfig, PixelServerConfig, parse_networks
 from pixelserver.hits import HitPipeline
 from pixelserver.live import EventsHandler
 from pixelserver.networks import DataSource
@@ -25,10 +26,12 @@ from pixelserver.reports import (
     AboutPage,
     MessagePage,
     MessagesPage,
+    NewLinkPage,
     OutboxPage,
     RecipientPage,
     SettingsPage,
 )
+from pixelserver.tokens import pixel_url
 from pixelserver.web import LoginPage, LogoutPage, WebAuth
 
 HERE = Path(__file__).parent
@@ -43,6 +46,7 @@ def make_app(
     cookie_secret: str,
     outbox_dir: Path | None = None,
     data_sources: Sequence[DataSource] = (),
+    digest: DigestConfig | None = None,
 ) -> tornado.web.Application:
     trusted = parse_networks(config.trusted_proxies, "-", "pixelserver.trusted_proxies")
     pages = {
@@ -50,6 +54,8 @@ def make_app(
         "trusted_proxies": trusted,
         "auth": auth,
         "outbox_dir": outbox_dir,
+        "pixel_url": functools.partial(pixel_url, config.public_url, config.pixel_path),
+        "digest_defaults": digest or DigestConfig(),
     }
     return tornado.web.Application(
         [
@@ -70,6 +76,7 @@ def make_app(
             (r"/api/v1/openapi.json", OpenApiDocument, pages),
             (r"/api/.*", NotFoundApi, pages),
             (r"/settings", SettingsPage, pages),
+            (r"/links/new", NewLinkPage, pages),
             (r"/login", LoginPage, pages),
             (r"/logout", LogoutPage, pages),
             (r"/about", AboutPage, {**pages, "data_sources": list(data_sources)}),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import typing
+import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,6 +136,41 @@ class GeoipConfig:
 class PrivacyConfig:
     geo_precision: str = choices("city", "region", "country", "off")
     retention_days: int = 395
+
+
+@dataclass(frozen=True)
+class DigestConfig:
+    """Defaults for every user's daily digest; each user may change theirs in Settings."""
+
+    enabled: bool = True
+    hour: int = 8
+    timezone: str = "UTC"
+    send_empty: bool = False
+    from_address: str = ""  # empty: mailping@ the relay's host name
+    report_url: str = ""  # empty: pixelserver.public_url
+    username: str = ""  # empty: upstream.username
+    password_env: str = ""
+
+
+def validate_digest(cfg: DigestConfig, file: str) -> None:
+    if not 0 <= cfg.hour <= 23:
+        raise ConfigError(file, "digest.hour", f"an hour from 0 to 23, got {cfg.hour}")
+    if not is_timezone(cfg.timezone):
+        raise ConfigError(
+            file, "digest.timezone", f"{cfg.timezone!r} is not an IANA time zone (Europe/Paris)"
+        )
+    if cfg.from_address and "@" not in cfg.from_address.strip("@"):
+        raise ConfigError(file, "digest.from_address", f"{cfg.from_address!r} is not an address")
+    if cfg.report_url and not cfg.report_url.startswith(("http://", "https://")):
+        raise ConfigError(file, "digest.report_url", "must start with http:// or https://")
+
+
+def is_timezone(name: str) -> bool:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def validate_pixelserver(cfg: PixelServerConfig, file: str) -> None:

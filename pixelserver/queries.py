@@ -7,11 +7,13 @@ few indexed queries however many hits there are; only a single message's page re
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Select, exists, select
+from sqlalchemy import ColumnElement, Row, Select, column, exists, false, select, table
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from pixelserver.links import MANUAL
 from pixelserver.state import STATES, DeliveryState, chip
 from pixelserver.storage import Delivery, Hit, Message, User
 
@@ -41,6 +43,7 @@ class MessageRow:
     subject: str
     accepted_at: dt.datetime
     deliveries: tuple[DeliveryRow, ...]
+    source: str = "relay"
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class Filters:
         return bool(self.q or self.state or self.since or self.until)
 
 
-def _row(d: Delivery) -> DeliveryRow:
+def delivery_row(d: Delivery) -> DeliveryRow:
     return DeliveryRow(
         d.id,
         d.message_id,
@@ -83,7 +86,35 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-def _owned(q: Select, user: str | None) -> Select:
+SEARCH = table("message_search", column("rowid"), column("message_search"))
+
+
+def _search(session: AsyncSession, q: Select, text: str) -> tuple[Select, ColumnElement[int]]:
+    """Subject or any recipient containing `text`, case-insensitively, through the trigram
+    index of migration 0008; returns the query and the id column to page on.
+
+    pg_trgm serves ILIKE itself and the planner picks index or newest-first scan. SQLite's FTS5
+    trigram table is asked with MATCH (a quoted phrase, so every character is literal) and must
+    drive the query, ordered by its own rowid: then it yields matches newest first and stops
+    after one page, whether the text is rare or everywhere (ordered by message id instead,
+    SQLite probed the index once per message: 90 s for a rare address). Under three
+    characters there is no trigram, and messages are read newest first until the page fills.
+    """
+    if "\n" in text:  # no subject or address holds a line break; search_text's separator
+        return q.where(false()), Message.id
+    if session.bind.dialect.name == "sqlite" and len(text) >= 3:
+        phrase = '"' + text.replace('"', '""') + '"'
+        q = q.join(SEARCH, SEARCH.c.rowid == Message.id).where(
+            SEARCH.c.message_search.op("MATCH")(phrase)
+        )
+        return q, SEARCH.c.rowid
+    return q.where(Message.search_text.ilike(_like(text), escape="\\")), Message.id
+
+
+MESSAGE_COLUMNS = (Message.id, User.address, Message.subject, Message.accepted_at, Message.source)
+
+
+def owned(q: Select, user: str | None) -> Select:
     if user is None:
         return q
     return q.where(
@@ -100,20 +131,13 @@ async def list_messages(
     limit: int = PAGE_SIZE,
 ) -> list[MessageRow]:
     """Newest first; keyset pages (before_id), so page 1,000 costs what page 1 does."""
-    q = _owned(
-        select(Message.id, User.address, Message.subject, Message.accepted_at).join(
-            User, User.id == Message.user_id
-        ),
+    q = owned(
+        select(*MESSAGE_COLUMNS).join(User, User.id == Message.user_id),
         user,
     )
+    key: ColumnElement[int] = Message.id
     if filters.q:
-        pattern = _like(filters.q)
-        q = q.where(
-            Message.subject.ilike(pattern, escape="\\")
-            | exists().where(
-                Delivery.message_id == Message.id, Delivery.recipient.ilike(pattern, escape="\\")
-            )
-        )
+        q, key = _search(session, q, filters.q)
     if filters.state in STATES:
         q = q.where(
             exists().where(Delivery.message_id == Message.id, Delivery.state == filters.state)
@@ -123,8 +147,14 @@ async def list_messages(
     if filters.until and filters.until < dt.date.max:
         q = q.where(Message.accepted_at < _start_of(filters.until + dt.timedelta(days=1)))
     if before_id is not None:
-        q = q.where(Message.id < before_id)
-    messages = (await session.execute(q.order_by(Message.id.desc()).limit(limit))).all()
+        q = q.where(key < before_id)
+    messages = (await session.execute(q.order_by(key.desc()).limit(limit))).all()
+    return await with_deliveries(session, messages)
+
+
+async def with_deliveries(session: AsyncSession, messages: Sequence[Row]) -> list[MessageRow]:
+    """Message rows (id, address, subject, accepted_at, source) with their deliveries, in
+    one more query."""
     if not messages:
         return []
     ids = [m.id for m in messages]
@@ -134,9 +164,9 @@ async def list_messages(
             select(Delivery).where(Delivery.message_id.in_(ids)).order_by(Delivery.id)
         )
     ).scalars():
-        by_message[d.message_id].append(_row(d))
+        by_message[d.message_id].append(delivery_row(d))
     return [
-        MessageRow(m.id, m.address, m.subject, m.accepted_at, tuple(by_message[m.id]))
+        MessageRow(m.id, m.address, m.subject, m.accepted_at, tuple(by_message[m.id]), m.source)
         for m in messages
     ]
 
@@ -147,7 +177,7 @@ def _start_of(day: dt.date) -> dt.datetime:
 
 async def delivery_owned(session: AsyncSession, user: str | None, delivery_id: int) -> bool:
     """Whether this delivery belongs to one of the user's messages (one indexed query)."""
-    q = _owned(
+    q = owned(
         select(Delivery.id)
         .join(Message, Message.id == Delivery.message_id)
         .where(Delivery.id == delivery_id),
@@ -160,6 +190,7 @@ async def delivery_owned(session: AsyncSession, user: str | None, delivery_id: i
 class MessageDetail:
     message: MessageRow
     hits: dict[int, list[Hit]]  # per delivery id, oldest first
+    link_tokens: dict[int, str]  # a manual link's token, shown to its owner to copy again
 
 
 async def message_detail(
@@ -176,7 +207,13 @@ async def message_detail(
         await session.execute(select(Hit).where(Hit.delivery_id.in_(ids)).order_by(Hit.at))
     ).scalars():
         hits[h.delivery_id].append(h)
-    return MessageDetail(rows[0], hits)
+    tokens: dict[int, str] = {}
+    if rows[0].source == MANUAL:
+        found = await session.execute(
+            select(Delivery.id, Delivery.token).where(Delivery.message_id == message_id)
+        )
+        tokens = {i: t for i, t in found.all()}
+    return MessageDetail(rows[0], hits, tokens)
 
 
 @dataclass(frozen=True)
@@ -191,7 +228,7 @@ async def recipient_history(
     session: AsyncSession, user: str | None, address: str
 ) -> list[RecipientDelivery]:
     q = (
-        _owned(
+        owned(
             select(Delivery, Message.subject, Message.accepted_at)
             .join(Message, Message.id == Delivery.message_id)
             .where(
@@ -203,7 +240,7 @@ async def recipient_history(
         .limit(500)
     )
     return [
-        RecipientDelivery(d.message_id, subject, at, _row(d))
+        RecipientDelivery(d.message_id, subject, at, delivery_row(d))
         for d, subject, at in (await session.execute(q)).all()
     ]
 
@@ -220,7 +257,7 @@ async def changes_since(
 ) -> list[Change]:
     """This user's deliveries whose state changed after `since`, oldest change first."""
     q = (
-        _owned(
+        owned(
             select(Delivery, Message.subject)
             .join(Message, Message.id == Delivery.message_id)
             .where(Delivery.state_changed_at > since),
@@ -230,6 +267,6 @@ async def changes_since(
         .limit(limit)
     )
     return [
-        Change(_row(d), subject, d.state_changed_at)
+        Change(delivery_row(d), subject, d.state_changed_at)
         for d, subject in (await session.execute(q)).all()
     ]

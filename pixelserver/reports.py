@@ -11,12 +11,15 @@ import email
 import email.policy
 import importlib.metadata
 import logging
+import zoneinfo
 
 import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 
-from pixelserver import queries, storage
+from pixelserver import digest_runs, links, preferences, queries, storage
 from pixelserver.chart import hits_svg
+from pixelserver.config import DigestConfig
+from pixelserver.networks import mask
 from pixelserver.state import STATE_WORDS, STATES, VERDICT_WORDS
 from pixelserver.web import BasePage
 
@@ -79,9 +82,12 @@ class MessagePage(BasePage):
             )
             for d in detail.message.deliveries
         }
+        urls = {d: self.extra["pixel_url"](t) for d, t in detail.link_tokens.items()}
         self.render(
             "message.html",
             m=detail.message,
+            link_urls=urls,
+            snippet=links.snippet,
             hits=detail.hits,
             charts=charts,
             verdict_words=VERDICT_WORDS,
@@ -152,29 +158,95 @@ class AboutPage(BasePage):
         self.render("about.html", version=version, sources=self.extra.get("data_sources", []))
 
 
-class SettingsPage(BasePage):
-    """Personal API tokens: made here (shown once), revoked here."""
+class NewLinkPage(BasePage):
+    """A tracking link for mail written where the relay is not in the path."""
 
-    async def get(self, new_token: str | None = None) -> None:
+    def get(self, error: str = "", label: str = "", recipient: str = "", sender: str = "") -> None:
+        self.render(
+            "newlink.html",
+            error=error,
+            label=label,
+            recipient=recipient,
+            sender=sender,
+            ask_sender=self.user is None,
+        )
+
+    async def post(self) -> None:
+        label = self.get_body_argument("label", "")
+        recipient = self.get_body_argument("recipient", "")
+        # The demo mode has no login: the link belongs to the address typed, as relayed mail
+        # belongs to its envelope sender there.
+        sender = self.user or self.get_body_argument("sender", "").strip()
+        try:
+            if "@" not in sender:
+                raise links.LinkError("Give your own address: the link is listed under it.")
+            async with self.sessions.begin() as session:
+                link = await links.create_link(
+                    session, sender, label, recipient, sender_prefix=mask(self.client)
+                )
+        except links.LinkError as exc:
+            self.set_status(400)
+            self.get(str(exc), label, recipient, sender)
+            return
+        self.redirect(f"/messages/{link.message_id}#link")
+
+
+class SettingsPage(BasePage):
+    """The user's digest, whom never to track, and personal API tokens (shown once)."""
+
+    async def get(self, new_token: str | None = None, error: str = "", saved: bool = False) -> None:
         if self.user is None:
-            raise tornado.web.HTTPError(404)  # the demo mode has no users to give tokens to
+            raise tornado.web.HTTPError(404)  # the demo mode has no users to keep settings for
         async with self.sessions() as session:
             tokens = await storage.api_tokens(session, self.user)
-        self.render("settings.html", tokens=tokens, new_token=new_token)
+            prefs = await preferences.load(session, self.user, self.digest_defaults)
+            last_digest = await digest_runs.latest(session, self.user)
+        self.render(
+            "settings.html",
+            tokens=tokens,
+            new_token=new_token,
+            prefs=prefs,
+            last_digest=last_digest,
+            zones=ZONES,
+            error=error,
+            saved=saved,
+        )
+
+    @property
+    def digest_defaults(self) -> DigestConfig:
+        return self.extra.get("digest_defaults") or DigestConfig()  # type: ignore[return-value]
 
     async def post(self) -> None:
         if self.user is None:
             raise tornado.web.HTTPError(404)
         action = self.get_body_argument("action", "")
-        async with self.sessions.begin() as session:
-            if action == "create":
-                name = self.get_body_argument("name", "").strip() or "API token"
-                token = await storage.create_api_token(session, self.user, name)
-            elif action == "revoke":
-                token = None
-                await storage.revoke_api_token(
-                    session, self.user, int(self.get_body_argument("token_id", "0") or 0)
-                )
-            else:
-                raise tornado.web.HTTPError(400)
-        await self.get(new_token=token)
+        token = None
+        try:
+            async with self.sessions.begin() as session:
+                if action == "create":
+                    name = self.get_body_argument("name", "").strip() or "API token"
+                    token = await storage.create_api_token(session, self.user, name)
+                elif action == "revoke":
+                    await storage.revoke_api_token(
+                        session, self.user, int(self.get_body_argument("token_id", "0") or 0)
+                    )
+                elif action == "preferences":
+                    digest = preferences.check_digest(
+                        enabled=self.get_body_argument("digest_enabled", "") == "on",
+                        hour=self.get_body_argument("digest_hour", ""),
+                        timezone=self.get_body_argument("digest_timezone", ""),
+                        send_empty=self.get_body_argument("digest_empty", "") == "on",
+                    )
+                    await preferences.save(
+                        session, self.user, digest, self.get_body_argument("exclusions", "")
+                    )
+                else:
+                    raise tornado.web.HTTPError(400)
+        except preferences.PreferenceError as exc:
+            self.set_status(400)
+            await self.get(error=str(exc))
+            return
+        await self.get(new_token=token, saved=action == "preferences")
+
+
+ZONES = sorted(zoneinfo.available_timezones())

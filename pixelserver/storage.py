@@ -17,6 +17,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -88,6 +89,13 @@ class User(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     address: Mapped[str] = mapped_column(String(320), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Digest settings made in Settings; None: the [digest] default from the config file.
+    digest_enabled: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    digest_hour: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    digest_timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    digest_empty: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # Recipients never tracked: addresses and domains (pixelserver/exclusions.py).
+    exclusions: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
 
 
 class LocalUser(Base):
@@ -199,6 +207,11 @@ class Message(Base):
     accepted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # The /24 or /48 the sender submitted from: their own later views are not a recipient's.
     sender_prefix: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # Subject and recipients, one per line: what the messages page searches, through a trigram
+    # index that is not a model object (SEARCH_INDEXES; migration 0008).
+    search_text: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # "relay": sent through MailPing; "manual": a tracking link made on the web page.
+    source: Mapped[str] = mapped_column(String(16), default="relay", server_default="relay")
 
     deliveries: Mapped[list[Delivery]] = relationship(
         back_populates="message", order_by="Delivery.id", lazy="raise"
@@ -208,6 +221,14 @@ class Message(Base):
         Index("ix_message_user_accepted", "user_id", "accepted_at"),
         Index("ix_message_user_id", "user_id", "id"),
     )
+
+
+# Built by migration 0008 in each dialect's own way, so they are not in the models.
+SEARCH_INDEXES = ("message_search", "ix_message_search_trgm")
+
+
+def search_text(subject: str, recipients: Iterable[str]) -> str:
+    return "\n".join([subject, *recipients])
 
 
 class Delivery(Base):
@@ -246,6 +267,28 @@ class Delivery(Base):
         Index("ix_delivery_state", "state"),
         Index("ix_delivery_state_changed_at", "state_changed_at"),
     )
+
+
+class DigestRun(Base):
+    """One user's digest for one local day. The unique (user, day) row is claimed before
+    sending, so however many MailPing processes share the store, one of them sends it."""
+
+    __tablename__ = "digest_run"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"))
+    day: Mapped[dt.date] = mapped_column(Date)
+    period_start: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    period_end: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(16))  # sending | sent | failed | skipped
+    claimed_by: Mapped[str] = mapped_column(String(100), default="", server_default="")
+    claimed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_try_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+    __table_args__ = (UniqueConstraint("user_id", "day", name="uq_digest_run_user_day"),)
 
 
 class Hit(Base):
@@ -321,10 +364,17 @@ async def get_or_create_user(session: AsyncSession, address: str) -> User:
     address = address.strip().lower()
     user = (await session.execute(select(User).where(User.address == address))).scalar_one_or_none()
     if user is None:
-        ins = _insert_ignore(session, User.__table__).values(address=address, created_at=utcnow())
+        ins = insert_ignore(session, User.__table__).values(address=address, created_at=utcnow())
         await session.execute(ins)
         user = (await session.execute(select(User).where(User.address == address))).scalar_one()
     return user
+
+
+async def user_exclusions(session: AsyncSession, address: str) -> list[str]:
+    found = await session.execute(
+        select(User.exclusions).where(User.address == address.strip().lower())
+    )
+    return list(found.scalar_one_or_none() or [])
 
 
 async def add_message(
@@ -337,6 +387,7 @@ async def add_message(
     message_id_header: str,
     size: int,
     deliveries: Sequence[NewDelivery],
+    source: str = "relay",
 ) -> tuple[Message, list[Delivery]]:
     user = await get_or_create_user(session, user_address)
     message = Message(
@@ -347,6 +398,8 @@ async def add_message(
         size=size,
         accepted_at=utcnow(),
         sender_prefix=sender_prefix,
+        search_text=search_text(subject, (d.recipient for d in deliveries)),
+        source=source,
     )
     session.add(message)
     await session.flush()
@@ -527,7 +580,7 @@ async def add_user_network(session: AsyncSession, user_address: str, prefix: str
         return
     user = await get_or_create_user(session, user_address)
     await session.execute(
-        _insert_ignore(session, UserNetwork.__table__).values(
+        insert_ignore(session, UserNetwork.__table__).values(
             user_id=user.id, prefix=prefix, seen_at=utcnow()
         )
     )
@@ -536,7 +589,7 @@ async def add_user_network(session: AsyncSession, user_address: str, prefix: str
 async def app_secret(session: AsyncSession, name: str) -> str:
     """A shared secret, made once by whichever process asks first."""
     await session.execute(
-        _insert_ignore(session, AppSecret.__table__).values(
+        insert_ignore(session, AppSecret.__table__).values(
             name=name, value=secrets.token_urlsafe(48)
         )
     )
@@ -573,7 +626,7 @@ class NewHit:
     delivery_id: int | None = None  # known already when judged; else looked up by token
 
 
-def _insert_ignore(session: AsyncSession, table: Any) -> Any:
+def insert_ignore(session: AsyncSession, table: Any) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING for either backend."""
     dialect = session.bind.dialect.name
     ins = pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)
@@ -700,7 +753,7 @@ async def add_hits(session: AsyncSession, hits: Sequence[NewHit]) -> tuple[int, 
         if h.token in ids
     ]
     if rows:
-        await session.execute(_insert_ignore(session, Hit.__table__), rows)
+        await session.execute(insert_ignore(session, Hit.__table__), rows)
     return len(rows), len(hits) - len(rows)
 
 

@@ -23,6 +23,7 @@ from pixelserver.networks import mask
 from pixelserver.reclassify import reclassify
 from relay import auth, certs, service
 from relay.config import Config, config_path, load_config
+from relay.digest_runner import UnknownUser
 from relay.submit import is_google_host
 
 log = logging.getLogger("mailping")
@@ -73,6 +74,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     geoip = sub.add_parser("geoip", help="the network and location data in use")
     geoip.add_argument("action", choices=["status"])
+    dig = sub.add_parser("digest", help="show or send a user's daily digest now")
+    dig.add_argument("--user", required=True, help="the user's address")
+    what = dig.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--preview", action="store_true", help="print the text version, write the HTML to a file"
+    )
+    what.add_argument(
+        "--send-now",
+        action="store_true",
+        help="send it now (the scheduled digest still comes at its hour)",
+    )
+    dig.add_argument(
+        "--html", default="digest-preview.html", help="where --preview writes the HTML version"
+    )
     cert = sub.add_parser("cert", help="make a self-signed TLS certificate and key for testing")
     cert.add_argument("--host", default="localhost", help="name or address the certificate is for")
     cert.add_argument("--out", default=".", help="folder for cert.pem and key.pem")
@@ -103,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     + (f" <{src.link}>" if src.link else "")
                 )
             return 0
+        if args.command == "digest":
+            return asyncio.run(digest_command(cfg, args))
         if args.command == "classify":
             return classify_command(cfg, args)
         if args.command == "reclassify":
@@ -153,6 +170,7 @@ def describe(cfg: Config) -> str:
             f"upstream: {upstream}",
             f"pixel server: {cfg.pixelserver.listen}, pixel URLs "
             f"{cfg.pixelserver.public_url.rstrip('/')}/{cfg.pixelserver.pixel_path}/<token>.gif",
+            f"digest: {_digest_words(cfg)}",
             "report page: "
             + (
                 "password protected"
@@ -161,6 +179,24 @@ def describe(cfg: Config) -> str:
             ),
         ]
     )
+
+
+def _digest_words(cfg: Config) -> str:
+    d = cfg.digest
+    if not d.enabled:
+        return "off unless a user turns it on in Settings"
+    login = cfg.digest_credentials
+    sender = d.from_address or f"mailping@{cfg.relay.hostname or '<this host>'}"
+    how = (
+        "into the local outbox"
+        if cfg.outbox_dir
+        else (
+            f"through the upstream as {login[0]}"
+            if login
+            else "through the upstream without a login"
+        )
+    )
+    return f"daily at {d.hour:02d}:00 {d.timezone} by default, from {sender}, {how}"
 
 
 def _safe_url(url: str) -> str:
@@ -184,6 +220,30 @@ async def db_command(cfg: Config, action: str) -> int:
             f"database {_safe_url(cfg.database_url)}: schema {current}, "
             f"this MailPing needs {migrate.head_revision()}"
         )
+        return 0
+    finally:
+        await engine.dispose()
+
+
+async def digest_command(cfg: Config, args: argparse.Namespace) -> int:
+    engine, sessions = await service.open_store(cfg)
+    try:
+        runner = service.make_digest_runner(cfg, sessions)
+        try:
+            if args.preview:
+                data, mail = await runner.preview(args.user)
+                print(f"Subject: {mail.subject}\n")
+                print(mail.text, end="")
+                Path(args.html).write_text(mail.html, encoding="utf-8")
+                print(f"\n(HTML version written to {args.html})", file=sys.stderr)
+                return 0
+            sent = await runner.send_now(args.user)
+        except UnknownUser:
+            raise UsageError(f"no user {args.user!r}: nobody with that address sent mail") from None
+        if sent.status != "sent":
+            print(f"mailping: digest for {sent.user} not sent: {sent.error}", file=sys.stderr)
+            return EXIT_RUNTIME
+        print(f"digest for {sent.user} sent through {runner.upstream_name}")
         return 0
     finally:
         await engine.dispose()

@@ -15,6 +15,7 @@ from pathlib import Path
 from pixelserver.config import (
     ConfigError,
     DatabaseConfig,
+    DigestConfig,
     GeoipConfig,
     PixelServerConfig,
     PrivacyConfig,
@@ -23,6 +24,7 @@ from pixelserver.config import (
     is_loopback_host,
     parse_listen,
     validate_database,
+    validate_digest,
     validate_pixelserver,
 )
 
@@ -65,7 +67,9 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     geoip: GeoipConfig = field(default_factory=GeoipConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    digest: DigestConfig = field(default_factory=DigestConfig)
     upstream_password: str = field(default="", repr=False)
+    digest_password: str = field(default="", repr=False)
 
     @property
     def database_url(self) -> str:
@@ -76,6 +80,15 @@ class Config:
     def outbox_dir(self) -> Path | None:
         """Where copies go when no upstream is configured (the first-run demo)."""
         return None if self.upstream.host else self.data_dir / "outbox"
+
+    @property
+    def digest_credentials(self) -> tuple[str, str] | None:
+        """The login the digest is sent with: [digest]'s own, else the relay's upstream one."""
+        if self.digest.username:
+            return self.digest.username, self.digest_password
+        if self.upstream.username:
+            return self.upstream.username, self.upstream_password
+        return None
 
     @property
     def journal_path(self) -> Path:
@@ -107,7 +120,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
             raise ConfigError(file, "-", f"not valid TOML: {exc}") from None
         base = path.resolve().parent
 
-    sections = {"relay", "upstream", "pixelserver", "database", "geoip", "privacy"}
+    sections = {"relay", "upstream", "pixelserver", "database", "geoip", "privacy", "digest"}
     for key in raw:
         if key not in sections | {"data_dir"}:
             raise ConfigError(file, key, "unknown key or table")
@@ -124,6 +137,8 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
     database = build_section(DatabaseConfig, raw.get("database"), file, "database")
     geoip = build_section(GeoipConfig, raw.get("geoip"), file, "geoip")
     privacy = build_section(PrivacyConfig, raw.get("privacy"), file, "privacy")
+    digest = build_section(DigestConfig, raw.get("digest"), file, "digest")
+    validate_digest(digest, file)
     _require_files(geoip, "geoip", ("city_db", "asn_db"), base, file)
     if privacy.retention_days < 1:
         raise ConfigError(file, "privacy.retention_days", "must be at least 1 day")
@@ -168,6 +183,17 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         password = env[upstream.password_env]
     if upstream.username and not upstream.password_env:
         raise ConfigError(file, "upstream.password_env", "upstream.username is set but no password")
+    digest_password = ""
+    if digest.password_env:
+        if digest.password_env not in env:
+            raise ConfigError(
+                file,
+                "digest.password_env",
+                f"environment variable {digest.password_env} is not set",
+            )
+        digest_password = env[digest.password_env]
+    if digest.username and not digest.password_env:
+        raise ConfigError(file, "digest.password_env", "digest.username is set but no password")
     if pixel.report_password_env and pixel.report_password_env not in env:
         raise ConfigError(
             file,
@@ -186,7 +212,9 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         database=database,
         geoip=geoip,
         privacy=privacy,
+        digest=digest,
         upstream_password=password,
+        digest_password=digest_password,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import ssl
@@ -40,6 +41,8 @@ class Outcome:
     status: str
     code: int
     reply: str
+    # The whole message went out but its reply was lost: it may have arrived; never resend.
+    uncertain: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,7 +192,7 @@ class SmtpUpstream:
                     "before confirming it; it may have been delivered, so it was not sent "
                     "again"
                 )
-                return failed(451, reply), True
+                return dataclasses.replace(failed(451, reply), uncertain=True), True
             except aiosmtplib.SMTPAuthenticationError as exc:
                 return failed(451, f"{self.host} refused the login: {exc.message}"), False
             except aiosmtplib.SMTPConnectResponseError as exc:

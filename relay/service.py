@@ -35,6 +35,7 @@ from pixelserver.networks import (
 from pixelserver.web import WebAuth
 from relay.auth import Authenticator, LocalLogin, UpstreamLogin
 from relay.config import Config, resolve_file
+from relay.digest_runner import Clock, DigestRunner, system_clock
 from relay.forward import Credentials, OutboxUpstream, SmtpUpstream, Upstream
 from relay.handler import RelayHandler
 from relay.smtp import RelaySMTP
@@ -116,14 +117,46 @@ def guard_sent_copy(cfg: Config) -> bool:
 class RunningRelay:
     server: asyncio.base_events.Server
     handler: RelayHandler
+    digests: asyncio.Task | None = None
 
     async def close(self) -> None:
+        if self.digests is not None:
+            self.digests.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.digests
         self.server.close()
         await self.server.wait_closed()
 
 
+def make_digest_runner(
+    cfg: Config,
+    sessions: async_sessionmaker[AsyncSession],
+    upstream: Upstream | None = None,
+    clock: Clock = system_clock,
+) -> DigestRunner:
+    """Digests leave through the same upstream as relayed mail (a folder of their own in the
+    demo outbox), with the digest login."""
+    if upstream is None:
+        outbox = cfg.outbox_dir
+        upstream = OutboxUpstream(outbox / "digests") if outbox else make_upstream(cfg)
+    login = cfg.digest_credentials
+    return DigestRunner(
+        sessions,
+        upstream,
+        cfg.digest,
+        report_url=cfg.pixelserver.public_url,
+        hostname=cfg.relay.hostname or socket.getfqdn(),
+        credentials=Credentials(*login) if login else None,
+        clock=clock,
+    )
+
+
 async def start_relay(
-    cfg: Config, sessions: async_sessionmaker[AsyncSession], upstream: Upstream | None = None
+    cfg: Config,
+    sessions: async_sessionmaker[AsyncSession],
+    upstream: Upstream | None = None,
+    *,
+    with_digests: bool = True,
 ) -> RunningRelay:
     upstream = upstream or make_upstream(cfg)
     hostname = cfg.relay.hostname or socket.getfqdn()
@@ -171,7 +204,11 @@ async def start_relay(
         )
     except OSError as exc:
         raise ListenError("relay.listen", cfg.relay.listen, exc) from None
-    return RunningRelay(server, handler)
+    digests = None
+    if with_digests:
+        runner = make_digest_runner(cfg, sessions)
+        digests = asyncio.get_running_loop().create_task(runner.run_forever())
+    return RunningRelay(server, handler, digests)
 
 
 @dataclass
@@ -283,6 +320,7 @@ async def start_pixelserver(
         cookie_secret=cookie_secret,
         outbox_dir=cfg.outbox_dir,
         data_sources=judge.networks.sources(),
+        digest=cfg.digest,
     )
     if cookie_secret is None:
         # The store is down: pixels must still be served. Sessions use a temporary key until

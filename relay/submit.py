@@ -158,10 +158,10 @@ class Relay:
             copies = [Copy(d.id, d.recipient) for d in recorded.deliveries]
         if recorded is None or not prepared.tracked:
             return copies, lambda _c: rewrite.untouched_chunks(sub.data)
-        tokens = {d.id: d.token for d in recorded.deliveries}
+        tokens = {d.id: d.token for d in recorded.deliveries if d.tracked}
 
         def render(copy: Copy) -> rewrite.Chunks:
-            if copy.key == GUARD_KEY:
+            if copy.key not in tokens:  # the Sent-folder guard, an excluded recipient
                 return rewrite.untouched_chunks(sub.data)
             url = tracking.pixel_url(self.public_url, self.pixel_path, tokens[copy.key])
             return rewrite.render_chunks(prepared, url)

@@ -6,23 +6,18 @@ copy the store does not know.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver import storage
+from pixelserver.exclusions import excluded
+from pixelserver.tokens import mint_token, pixel_url
 
-TOKEN_BYTES = 16  # 128 bits: unguessable, so a token alone proves which copy was opened
+__all__ = ["mint_token", "pixel_url", "record_message", "record_outcomes"]
 
-
-def mint_token() -> str:
-    return secrets.token_urlsafe(TOKEN_BYTES)
-
-
-def pixel_url(public_url: str, path: str, token: str) -> str:
-    return f"{public_url.rstrip('/')}/{path}/{token}.gif"
+EXCLUDED = "excluded"  # the untracked reason of a recipient on the user's exclusion list
 
 
 @dataclass(frozen=True)
@@ -30,6 +25,7 @@ class RecordedDelivery:
     id: int
     recipient: str
     token: str
+    tracked: bool
 
 
 @dataclass(frozen=True)
@@ -50,16 +46,19 @@ async def record_message(
     untracked_reason: str | None,
     sender_prefix: str = "",
 ) -> RecordedMessage:
-    new = [
-        storage.NewDelivery(
-            recipient=r,
-            token=mint_token(),
-            tracking="untracked" if untracked_reason else "tracked",
-            untracked_reason=untracked_reason,
-        )
-        for r in recipients
-    ]
     async with sessions.begin() as session:
+        exclusions = await storage.user_exclusions(session, user)
+        new = []
+        for r in recipients:
+            reason = untracked_reason or (EXCLUDED if excluded(r, exclusions) else None)
+            new.append(
+                storage.NewDelivery(
+                    recipient=r,
+                    token=mint_token(),
+                    tracking="untracked" if reason else "tracked",
+                    untracked_reason=reason,
+                )
+            )
         message, rows = await storage.add_message(
             session,
             user_address=user,
@@ -72,7 +71,9 @@ async def record_message(
         )
         return RecordedMessage(
             id=message.id,
-            deliveries=tuple(RecordedDelivery(d.id, d.recipient, d.token) for d in rows),
+            deliveries=tuple(
+                RecordedDelivery(d.id, d.recipient, d.token, d.tracking == "tracked") for d in rows
+            ),
         )
 
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import smtplib
 import socket
 import ssl
@@ -28,6 +29,42 @@ from relay.config import Config, RelayConfig, UpstreamConfig
 
 PG_ENV = "MAILPING_TEST_PG_URL"
 HERE = Path(__file__).parent
+
+# --- Debian's Chromium, driven by Playwright (never a downloaded browser) ---
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# As root Chromium needs --no-sandbox; the rest stop its calls to a network it cannot reach.
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
+SHOTS = HERE.parent / "docs" / "screenshots"
+
+
+def require_chromium() -> str:
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but Debian's chromium is not installed")
+        pytest.skip("Debian's chromium is not installed")
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser():
+    from playwright.async_api import async_playwright
+
+    executable = require_chromium()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=executable, args=ARGS)
+        yield b
+        await b.close()
 
 
 def free_port() -> int:

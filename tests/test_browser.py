@@ -4,8 +4,6 @@ opens the stored copy from the report page, the browser fetches the pixel, the o
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import smtplib
 from email.message import EmailMessage
 from pathlib import Path
@@ -13,39 +11,7 @@ from pathlib import Path
 import pytest
 
 from relay import service
-from tests.conftest import make_config, start_pixelserver
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-quic",
-]
-SHOTS = Path(__file__).parent.parent / "docs" / "screenshots"
-
-
-def require_chromium() -> str:
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but Debian's chromium is not installed")
-        pytest.skip("Debian's chromium is not installed")
-    return CHROMIUM
-
-
-@pytest.fixture
-async def browser():
-    from playwright.async_api import async_playwright
-
-    executable = require_chromium()
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=executable, args=ARGS)
-        yield b
-        await b.close()
+from tests.conftest import SHOTS, make_config, start_pixelserver
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -69,6 +69,12 @@ def test_every_key_is_documented_in_the_example() -> None:
         ("[geoip]\ncity_db = 'GeoLite2-City.mmdb'\n", "geoip.city_db", "no such file"),
         ("[privacy]\ngeo_precision = 'street'\n", "privacy.geo_precision", "must be one of"),
         ("[privacy]\nretention_days = 0\n", "privacy.retention_days", "at least 1 day"),
+        ("[digest]\nhour = 24\n", "digest.hour", "from 0 to 23"),
+        ("[digest]\ntimezone = 'Paris'\n", "digest.timezone", "not an IANA time zone"),
+        ("[digest]\nfrom_address = 'mailping'\n", "digest.from_address", "not an address"),
+        ("[digest]\nenabled = 'yes'\n", "digest.enabled", "true or false"),
+        ("[digest]\nusername = 'd@x'\n", "digest.password_env", "no password"),
+        ("[digest]\npassword_env = 'NOPE_NOT_SET_123'\n", "digest.password_env", "not set"),
     ],
 )
 def test_mistakes_name_the_file_and_the_key(

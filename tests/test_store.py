@@ -16,8 +16,12 @@ async def test_migrations_match_the_models(db_url: str, store) -> None:
     """The schema Alembic builds is the one the models describe, on each backend."""
     engine = store.kw["bind"]
 
+    def outside_models(_obj, name, _type, _reflected, _compare_to) -> bool:
+        return not (name or "").startswith(storage.SEARCH_INDEXES)
+
     def diff(conn):
-        return compare_metadata(MigrationContext.configure(conn), storage.Base.metadata)
+        context = MigrationContext.configure(conn, opts={"include_object": outside_models})
+        return compare_metadata(context, storage.Base.metadata)
 
     async with engine.connect() as conn:
         assert await conn.run_sync(diff) == []
@@ -158,3 +162,56 @@ async def test_stored_state_agrees_with_the_hits(store) -> None:
             )
             assert row.state == computed
     assert [r.state.state for r in message.deliveries] == ["opened", "scanned_only", "failed"]
+
+
+async def test_search_finds_any_part_of_a_subject_or_recipient(store) -> None:
+    """Through the trigram index (FTS5 on SQLite, pg_trgm on PostgreSQL): substrings, any
+    case, every character literal, short texts, pages, and only the user's own mail."""
+    subjects = {
+        "Quote for Lyon": ["ana@client.example"],
+        "100% done_now": ["bob@other.example"],
+        'He said "hi"': ["carl@client.example", "dora@third.example"],
+        "Réunion à Genève": ["eve@x.example"],
+    }
+    for subject, recipients in subjects.items():
+        await add(store, recipients, subject.replace(" ", "")[:12])
+        async with store.begin() as session:  # the subject as sent, not the token's
+            await session.execute(
+                storage.update(storage.Message)
+                .where(storage.Message.subject == subject.replace(" ", "")[:12])
+                .values(
+                    subject=subject,
+                    search_text=storage.search_text(subject, recipients),
+                )
+            )
+    await add(store, ["ana@client.example"], "theirs", user="other@example.com")
+
+    async def found(text: str, **kw) -> list[str]:
+        async with store() as session:
+            rows = await queries.list_messages(
+                session, "me@example.com", queries.Filters(q=text), **kw
+            )
+        return [r.subject for r in rows]
+
+    assert await found("lyon") == ["Quote for Lyon"]
+    assert await found("A@CLIENT") == ["Quote for Lyon"]
+    assert await found("client.example") == ['He said "hi"', "Quote for Lyon"]
+    assert await found("third") == ['He said "hi"']  # the second recipient counts too
+    assert await found("0%") == ["100% done_now"]  # % and _ are literal, not wildcards
+    assert await found("e_n") == ["100% done_now"]
+    assert await found('"hi"') == ['He said "hi"']
+    assert await found("genève") == ["Réunion à Genève"]
+    assert await found("Lyon\nana") == []  # never across the subject/recipient boundary
+    assert await found("zz") == []
+    assert await found("o") == [
+        s for s in reversed(subjects) if "o" in s.lower() or "o" in "".join(subjects[s])
+    ]
+    newest = await found("client", limit=1)
+    assert newest == ['He said "hi"']
+    ids = {}
+    async with store() as session:
+        for r in await queries.list_messages(
+            session, "me@example.com", queries.Filters(q="client")
+        ):
+            ids[r.subject] = r.id
+    assert await found("client", before_id=ids['He said "hi"']) == ["Quote for Lyon"]

@@ -6,30 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from pathlib import Path
 
 import pytest
 from playwright.async_api import expect
 from tornado.httpclient import HTTPRequest
 
-from tests.conftest import BOB, XSS
-from tests.test_browser import ARGS, require_chromium
+from tests.conftest import BOB, SHOTS, XSS
 from tests.test_classify import GMAIL, THUNDERBIRD
 from tests.test_pixel import fetch
-
-SHOTS = Path(__file__).parent.parent / "docs" / "screenshots"
-SHOTS.mkdir(parents=True, exist_ok=True)
-
-
-@pytest.fixture
-async def browser():
-    from playwright.async_api import async_playwright
-
-    executable = require_chromium()
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=executable, args=ARGS)
-        yield b
-        await b.close()
 
 
 async def login(page, base: str, user: str, password: str) -> None:

@@ -1,0 +1,249 @@
+"""Sends each user's digest once a day, from the process that runs the relay.
+
+Every minute: find users whose digest hour has passed, claim their (user, day) row in the
+database (the claim is committed before anything is sent, so several MailPing processes on one
+PostgreSQL send one digest), compose it from the stored states and hand it to the upstream
+directly — never through the relay's rewriting. A refused or failed send is retried with
+backoff by whichever process gets there first, then given up and shown on the Settings page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from pixelserver import digest_runs
+from pixelserver.config import DigestConfig
+from pixelserver.digest_query import DigestData, collect
+from pixelserver.preferences import DigestPrefs, effective
+from pixelserver.storage import User
+from relay import digest, schedule
+from relay.forward import ACCEPTED, Copy, Credentials, Upstream
+
+log = logging.getLogger("mailping.digest")
+
+RETRY_DELAYS = (60, 300, 1800, 7200)  # seconds after the 1st, 2nd, 3rd and 4th failure
+INTERRUPTED_AFTER = dt.timedelta(minutes=30)  # a claim older than this died with its process
+Clock = Callable[[], dt.datetime]
+
+
+def system_clock() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UnknownUser(LookupError):
+    """No user with this address has sent mail through MailPing."""
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What one attempt did, for logs and tests."""
+
+    user: str
+    day: dt.date
+    status: str
+    error: str = ""
+
+
+class DigestRunner:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        upstream: Upstream,
+        config: DigestConfig,
+        *,
+        report_url: str,
+        hostname: str,
+        credentials: Credentials | None = None,
+        clock: Clock = system_clock,
+        worker: str | None = None,
+        retry_delays: Sequence[int] = RETRY_DELAYS,
+    ) -> None:
+        self.sessions = sessions
+        self.upstream = upstream
+        self.config = config
+        self.report_url = config.report_url or report_url
+        self.hostname = hostname
+        self.sender = config.from_address or f"mailping@{hostname}"
+        self.credentials = credentials
+        self.clock = clock
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+        self.retry_delays = tuple(retry_delays)
+
+    @property
+    def upstream_name(self) -> str:
+        describe = getattr(self.upstream, "describe", None)
+        return describe() if describe else type(self.upstream).__name__
+
+    async def tick(self) -> list[Sent]:
+        """One pass: claim and send every digest due now, and every retry due now."""
+        now = self.clock()
+        claims: list[tuple[digest_runs.Claim, DigestPrefs]] = []
+        async with self.sessions.begin() as session:
+            await digest_runs.abandon_interrupted(session, now - INTERRUPTED_AFTER)
+            users = list((await session.execute(select(User))).scalars())
+            due = []
+            for user in users:
+                prefs = effective(user, self.config)
+                if not prefs.enabled:
+                    continue
+                tz = ZoneInfo(prefs.timezone)
+                day = schedule.due_day(now, prefs.hour, tz, not_before=user.created_at)
+                if day is not None:
+                    due.append((user, prefs, day))
+            taken = await digest_runs.claimed_days(session, [(u.id, d) for u, _, d in due])
+            prefs_of = {u.id: p for u, p, _ in due}
+            for user, prefs, day in due:
+                if (user.id, day) in taken:
+                    continue
+                await digest_runs.supersede(session, user.id, day)
+                start, end = schedule.period(
+                    now,
+                    day,
+                    prefs.hour,
+                    ZoneInfo(prefs.timezone),
+                    await digest_runs.next_period_start(session, user.id),
+                )
+                c = await digest_runs.claim(
+                    session,
+                    user_id=user.id,
+                    user=user.address,
+                    day=day,
+                    start=start,
+                    end=end,
+                    worker=self.worker,
+                    now=now,
+                )
+                if c is not None:
+                    claims.append((c, prefs))
+            for c in await digest_runs.claim_retries(session, self.worker, now):
+                user = next((u for u in users if u.id == c.user_id), None)
+                claims.append((c, prefs_of.get(c.user_id) or effective(user, self.config)))
+        # Committed: every claim above is ours alone. Now compose and send, one at a time.
+        return [await self._deliver(c, prefs, now) for c, prefs in claims]
+
+    async def _deliver(self, c: digest_runs.Claim, prefs: DigestPrefs, now: dt.datetime) -> Sent:
+        async with self.sessions() as session:
+            data = await collect(session, c.user, c.start, c.end)
+        if data.empty and not prefs.send_empty:
+            await self._finish(c, digest_runs.SKIPPED, now)
+            return Sent(c.user, c.day, digest_runs.SKIPPED)
+        raw = self.render(data, prefs, now)
+        try:
+            (outcome,) = await self.upstream.send(
+                self.sender,
+                [Copy(-c.run_id, c.user)],
+                lambda _copy: [raw],
+                credentials=self.credentials,
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure of one digest is retried, not fatal
+            log.exception("digest for %s could not be sent", c.user)
+            return await self._failed(c, now, f"{type(exc).__name__}: {exc}", retry=True)
+        if outcome.status == ACCEPTED:
+            await self._finish(c, digest_runs.SENT, now)
+            log.info("digest for %s (%s) sent", c.user, c.day)
+            return Sent(c.user, c.day, digest_runs.SENT)
+        reply = f"{outcome.code} {outcome.reply}"
+        return await self._failed(c, now, reply, retry=not outcome.uncertain)
+
+    def render(self, data: DigestData, prefs: DigestPrefs, now: dt.datetime) -> bytes:
+        mail = digest.compose(data, ZoneInfo(prefs.timezone), self.report_url, now)
+        msg = digest.to_message(
+            mail, sender=self.sender, to=data.user, hostname=self.hostname, now=now
+        )
+        return msg.as_bytes()
+
+    async def preview(self, address: str) -> tuple[DigestData, digest.DigestMail]:
+        """The digest the user would get now (since their last one, or the last 24 hours),
+        without claiming or recording anything."""
+        now = self.clock()
+        async with self.sessions() as session:
+            user = (
+                await session.execute(select(User).where(User.address == address.lower()))
+            ).scalar_one_or_none()
+            if user is None:
+                raise UnknownUser(address)
+            prefs = effective(user, self.config)
+            start = await digest_runs.next_period_start(session, user.id)
+            data = await collect(session, user.address, start or now - dt.timedelta(days=1), now)
+        return data, digest.compose(data, ZoneInfo(prefs.timezone), self.report_url, now)
+
+    async def send_now(self, address: str) -> Sent:
+        """Send the preview's digest at once. Not recorded in the ledger: the scheduled digest
+        still comes at its hour."""
+        data, _ = await self.preview(address)
+        async with self.sessions() as session:
+            user = (
+                await session.execute(select(User).where(User.address == address.lower()))
+            ).scalar_one()
+        prefs = effective(user, self.config)
+        raw = self.render(data, prefs, self.clock())
+        (outcome,) = await self.upstream.send(
+            self.sender,
+            [Copy(-user.id, user.address)],
+            lambda _c: [raw],
+            credentials=self.credentials,
+        )
+        day = self.clock().astimezone(ZoneInfo(prefs.timezone)).date()
+        if outcome.status == ACCEPTED:
+            return Sent(user.address, day, digest_runs.SENT)
+        return Sent(user.address, day, digest_runs.FAILED, f"{outcome.code} {outcome.reply}")
+
+    async def _failed(
+        self, c: digest_runs.Claim, now: dt.datetime, error: str, retry: bool
+    ) -> Sent:
+        attempt = c.attempts + 1
+        if retry and attempt <= len(self.retry_delays):
+            delay = self.retry_delays[attempt - 1]
+            log.warning(
+                "digest for %s (%s) failed (attempt %d), retrying in %d s: %s",
+                c.user,
+                c.day,
+                attempt,
+                delay,
+                error,
+            )
+            await self._finish(
+                c,
+                digest_runs.RETRY,
+                now,
+                error=error,
+                next_try_at=now + dt.timedelta(seconds=delay),
+            )
+            return Sent(c.user, c.day, digest_runs.RETRY, error)
+        log.error(
+            "digest for %s (%s) not sent after %d attempts: %s", c.user, c.day, attempt, error
+        )
+        await self._finish(c, digest_runs.FAILED, now, error=error)
+        return Sent(c.user, c.day, digest_runs.FAILED, error)
+
+    async def _finish(
+        self,
+        c: digest_runs.Claim,
+        status: str,
+        now: dt.datetime,
+        error: str = "",
+        next_try_at: dt.datetime | None = None,
+    ) -> None:
+        async with self.sessions.begin() as session:
+            await digest_runs.finish(
+                session, c.run_id, status, now=now, error=error, next_try_at=next_try_at
+            )
+
+    async def run_forever(self, interval: float = 60.0) -> None:
+        while True:
+            try:
+                await self.tick()
+            except SQLAlchemyError:
+                log.exception("digest pass failed; trying again in %d s", interval)
+            await asyncio.sleep(interval)
