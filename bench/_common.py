@@ -116,3 +116,27 @@ def machine() -> str:
 
 
 PYTHON = sys.executable
+
+
+@contextlib.asynccontextmanager
+async def fresh_pg_database(url: str, name: str):
+    """A new, empty database named `name` on the server of `url` (dropped afterwards);
+    yields its URL."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url)
+    admin = await asyncpg.connect(
+        host=base.host,
+        port=base.port or 5432,
+        user=base.username,
+        password=base.password,
+        database=base.database or "postgres",
+    )
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

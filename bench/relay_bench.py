@@ -1,25 +1,34 @@
 """Messages per second through the MailPing relay, beside a plain pass-through relay.
 
 Both relays receive the same 50 KB HTML message (multipart/alternative, quoted-printable HTML)
-for 5 recipients and send 5 per-recipient copies to the same local sink. MailPing also parses,
-adds a pixel per copy and records the message and deliveries in SQLite. Each relay runs in its
-own process pinned to core 0; the sink and the sending client share core 1.
+for 3 recipients and send 3 per-recipient copies to the same sink. MailPing also parses, adds
+a pixel per copy and records the message and deliveries in SQLite. Each relay runs in its own
+process pinned to core 0; the load and the sink share core 1. The load is Postfix's
+`smtp-source` and the sink its `smtp-sink` (Debian package postfix, daemon not started) when
+they are installed, else an aiosmtplib client and a Python sink (`--load python`).
 
-Run: .venv/bin/python bench/relay_bench.py [--messages 400] [--concurrency 4]
+Run: .venv/bin/python bench/relay_bench.py [--messages 400] [--concurrency 4] [--load postfix]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
 import statistics
+import subprocess
+import tempfile
 import time
 from email.message import EmailMessage
+from pathlib import Path
 
 import aiosmtplib
 from _common import PYTHON, ROOT, free_port, machine, mailping, relay_toml, running
 
-RECIPIENTS = [f"person{i}@example.org" for i in range(5)]
+RECIPIENTS = [f"person{i}@example.org" for i in range(3)]
+SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 
 
 def fifty_kb_message() -> bytes:
@@ -56,7 +65,24 @@ async def drive(port: int, data: bytes, messages: int, concurrency: int) -> floa
     return per_client * concurrency / (time.perf_counter() - start)
 
 
-def measure(port: int, data: bytes, messages: int, concurrency: int, runs: int) -> float:
+def smtp_source(port: int, message: Path, messages: int, concurrency: int) -> float:
+    """Postfix's load generator: `concurrency` sessions, 3 recipients per message."""
+    args = ["taskset", "-c", "1", SMTP_SOURCE, "-s", str(concurrency), "-m", str(messages)]
+    args += ["-r", str(len(RECIPIENTS)), "-F", str(message), "-f", "sender@example.com"]
+    args += ["-t", "person@example.org", f"127.0.0.1:{port}"]
+    start = time.perf_counter()
+    subprocess.run(args, check=True, capture_output=True, timeout=600)
+    return messages / (time.perf_counter() - start)
+
+
+def measure(
+    port: int, data: bytes, messages: int, concurrency: int, runs: int, load: str, file: Path
+) -> float:
+    if load == "postfix":
+        smtp_source(port, file, max(concurrency * 5, 20), concurrency)  # warm-up
+        return statistics.median(
+            smtp_source(port, file, messages, concurrency) for _ in range(runs)
+        )
     asyncio.run(drive(port, data, max(concurrency * 5, 20), concurrency))  # warm-up
     return statistics.median(
         asyncio.run(drive(port, data, messages, concurrency)) for _ in range(runs)
@@ -68,15 +94,26 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=400)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3)
+    postfix = os.path.exists(SMTP_SOURCE) and os.path.exists(SMTP_SINK)
+    ap.add_argument(
+        "--load", choices=["postfix", "python"], default="postfix" if postfix else "python"
+    )
     args = ap.parse_args()
     data = fifty_kb_message()
+    tmp = tempfile.TemporaryDirectory()
+    file = Path(tmp.name) / "message.eml"
+    file.write_bytes(data.replace(b"\r\n", b"\n"))
 
     def run(port: int) -> float:
-        return measure(port, data, args.messages, args.concurrency, args.runs)
+        return measure(port, data, args.messages, args.concurrency, args.runs, args.load, file)
 
     results = {}
     sink_port = free_port()
-    with running([PYTHON, str(ROOT / "bench" / "sink.py"), str(sink_port)], sink_port, cpu=1):
+    if args.load == "postfix":
+        sink = [SMTP_SINK, f"127.0.0.1:{sink_port}", "256"]
+    else:
+        sink = [PYTHON, str(ROOT / "bench" / "sink.py"), str(sink_port)]
+    with running(sink, sink_port, cpu=1):
         port = free_port()
         with mailping("relay", port, relay_toml(port, sink_port, "max_in_flight = 64\n"), cpu=0):
             results["MailPing relay"] = run(port)
@@ -87,7 +124,8 @@ def main() -> None:
 
     print(
         f"relay: {len(data) // 1024} KB HTML message, {len(RECIPIENTS)} recipients, "
-        f"{args.messages} messages x {args.runs} runs, {args.concurrency} connections"
+        f"{args.messages} messages x {args.runs} runs, {args.concurrency} connections, "
+        f"load {'smtp-source -> smtp-sink' if args.load == 'postfix' else 'aiosmtplib -> sink.py'}"
     )
     print(f"machine: {machine()}")
     base = results["pass-through baseline"]

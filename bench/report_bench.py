@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import tornado.template  # noqa: E402
-from _common import machine  # noqa: E402
+from _common import fresh_pg_database, machine  # noqa: E402
 from sqlalchemy import insert, text  # noqa: E402
 
 from pixelserver import migrate, queries, storage  # noqa: E402
@@ -216,27 +216,8 @@ def main() -> None:
 
 
 async def _on_fresh_pg(url: str, messages: int) -> dict[str, float]:
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    base = make_url(url)
-    name = "mailping_report_bench"
-    admin = await asyncpg.connect(
-        host=base.host,
-        port=base.port or 5432,
-        user=base.username,
-        password=base.password,
-        database=base.database or "postgres",
-    )
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        return await measure(
-            base.set(database=name).render_as_string(hide_password=False), messages
-        )
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with fresh_pg_database(url, "mailping_report_bench") as fresh:
+        return await measure(fresh, messages)
 
 
 if __name__ == "__main__":

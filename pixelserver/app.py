@@ -18,10 +18,9 @@ from pixelserver.api import (
     OpenApiDocument,
 )
 from pixelserver.config import DigestConfig, PixelServerConfig, parse_networks
-from pixelserver.hits import HitPipeline
 from pixelserver.live import EventsHandler
+from pixelserver.metrics import MetricsHandler
 from pixelserver.networks import DataSource
-from pixelserver.pixel import PixelHandler
 from pixelserver.reports import (
     AboutPage,
     MessagePage,
@@ -40,7 +39,6 @@ HERE = Path(__file__).parent
 def make_app(
     config: PixelServerConfig,
     sessions: async_sessionmaker[AsyncSession],
-    pipeline: HitPipeline,
     *,
     auth: WebAuth,
     cookie_secret: str,
@@ -59,11 +57,6 @@ def make_app(
     }
     return tornado.web.Application(
         [
-            (
-                rf"/{config.pixel_path}/([^/]*)",
-                PixelHandler,
-                {"pipeline": pipeline, "trusted_proxies": trusted},
-            ),
             (r"/", MessagesPage, pages),
             (r"/messages/([0-9]{1,18})", MessagePage, pages),
             (r"/recipients/([^/]{1,400})", RecipientPage, pages),
@@ -79,6 +72,11 @@ def make_app(
             (r"/links/new", NewLinkPage, pages),
             (r"/login", LoginPage, pages),
             (r"/logout", LogoutPage, pages),
+            (
+                r"/metrics",
+                MetricsHandler,
+                {"allow": parse_networks(config.metrics_allow, "-", "pixelserver.metrics_allow")},
+            ),
             (r"/about", AboutPage, {**pages, "data_sources": list(data_sources)}),
         ],
         template_path=str(HERE / "templates"),

@@ -119,6 +119,10 @@ class PixelServerConfig:
     pixel_path: str = "p"
     trusted_proxies: tuple[str, ...] = ()
     report_password_env: str = ""
+    workers: int = 1
+    metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    journal_fsync: str = choices("batch", "always", "off")
+    journal_max_mb: int = 1024
 
 
 @dataclass(frozen=True)
@@ -176,10 +180,15 @@ def is_timezone(name: str) -> bool:
 def validate_pixelserver(cfg: PixelServerConfig, file: str) -> None:
     parse_listen(cfg.listen, file, "pixelserver.listen")
     parse_networks(cfg.trusted_proxies, file, "pixelserver.trusted_proxies")
+    parse_networks(cfg.metrics_allow, file, "pixelserver.metrics_allow")
     if not cfg.public_url.startswith(("http://", "https://")):
         raise ConfigError(file, "pixelserver.public_url", "must start with http:// or https://")
     if not cfg.pixel_path or not all(c.isalnum() or c in "-_" for c in cfg.pixel_path):
         raise ConfigError(file, "pixelserver.pixel_path", "letters, digits, - and _ only")
+    if not 1 <= cfg.workers <= 64:
+        raise ConfigError(file, "pixelserver.workers", "from 1 to 64 processes")
+    if cfg.journal_max_mb < 1:
+        raise ConfigError(file, "pixelserver.journal_max_mb", "must be at least 1 (MiB)")
 
 
 def validate_database(cfg: DatabaseConfig, file: str) -> None:

@@ -16,13 +16,15 @@ import json
 import logging
 import os
 import secrets
+import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import classify, storage
+from pixelserver import classify, metrics, storage
 from pixelserver.networks import NetworkFacts, Networks
 
 log = logging.getLogger("mailping.hits")
@@ -33,29 +35,78 @@ MAX_BATCH = 5000
 COMPACT_AT = 4 * 1024 * 1024  # rewrite the journal once this much of it has been consumed
 
 
-class Journal:
-    """Append-only JSON lines in data_dir; the only thing the pixel handler writes to."""
+FSYNC_POLICIES = ("batch", "always", "off")
 
-    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+
+class Journal:
+    """Append-only JSON lines in data_dir; the only thing the pixel handler writes to.
+
+    Each hit is written to the file (the kernel's page cache) before its response is sent, so
+    killing the process loses nothing that was answered. What a power cut can lose is set by
+    `fsync`: "batch" (default) forces the file to disk at every pipeline pass (each 100 ms)
+    and before it is trimmed, so at most the last 100 ms; "always" after every hit (safest,
+    costs a disk flush per request); "off" leaves it to the kernel (about 30 s).
+
+    At `max_bytes` (the store has been away a long time) new hits are still answered but no
+    longer journaled: they are counted in `overflow` and logged once a minute, rather than
+    filling the disk or slowing the pixel.
+    """
+
+    def __init__(
+        self, path: Path, *, fsync: str = "batch", max_bytes: int = 1024 * 1024 * 1024
+    ) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync policy must be one of {FSYNC_POLICIES}, not {fsync!r}")
         self.path = path
         self.fsync = fsync
+        self.max_bytes = max_bytes
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._size = os.fstat(self._fd).st_size
         self.offset = 0  # bytes already committed to the store
         self.appended = 0
+        self.overflow = 0
+        self._overflow_logged = 0.0
+        self._synced = self._size
 
     def append(self, ip: str, token: str, method: str, ua: str, headers: Mapping[str, str]) -> None:
+        if self._size >= self.max_bytes:
+            self._overflowed()
+            return
         record = {
             "u": secrets.token_hex(12),
             "t": token,
-            "at": dt.datetime.now(dt.UTC).timestamp(),
+            "at": time.time(),
             "m": method,
             "ip": ip,
             "ua": ua,
             "h": {k: v for k in KEPT_HEADERS if (v := headers.get(k))},
         }
-        os.write(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        os.write(self._fd, line)
+        self._size += len(line)
         self.appended += 1
+        if self.fsync == "always":
+            os.fsync(self._fd)
+
+    def _overflowed(self) -> None:
+        self.overflow += 1
+        metrics.JOURNAL_OVERFLOW.inc()
+        now = time.monotonic()
+        if now - self._overflow_logged >= 60:
+            self._overflow_logged = now
+            log.error(
+                "hit journal %s is full (%d bytes, pixelserver.journal_max_mb): answering "
+                "pixels without recording them; %d not recorded so far",
+                self.path,
+                self._size,
+                self.overflow,
+            )
+
+    def sync(self) -> None:
+        if self.fsync != "off" and self._synced != self._size:
+            os.fsync(self._fd)
+            self._synced = self._size
 
     def read_new(self) -> tuple[list[dict], int]:
         """Complete lines after the committed offset, and the offset just past them."""
@@ -77,13 +128,13 @@ class Journal:
         Runs on the event loop thread, as does `append`, so no line can be written between the
         size check and the truncation.
         """
-        if self.fsync:
-            os.fsync(self._fd)
+        self.sync()
         self.offset = offset
         size = os.fstat(self._fd).st_size
         if size == offset:
             os.ftruncate(self._fd, 0)
             self.offset = 0
+            self._size = 0
         elif offset >= COMPACT_AT:
             with open(self.path, "rb") as f:
                 f.seek(offset)
@@ -94,9 +145,14 @@ class Journal:
             os.close(self._fd)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self.offset = 0
+            self._size = len(rest)
 
     def size(self) -> int:
-        return os.fstat(self._fd).st_size
+        return self._size
+
+    def pending_bytes(self) -> int:
+        """Journaled but not yet in the store: the pipeline's backlog."""
+        return self._size - self.offset
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -224,13 +280,17 @@ class HitPipeline:
     async def flush(self) -> int:
         """Write everything journaled so far; returns how many hits were taken from it."""
         total = 0
+        self.journal.sync()  # the "batch" fsync policy: what was answered so far is on disk
         while True:
             records, end = self.journal.read_new()
+            metrics.BACKLOG.set(self.journal.pending_bytes())
+            metrics.JOURNAL_BYTES.set(self.journal.size())
             if not records:
                 if end != self.journal.offset:
                     self.journal.committed(end)
                 return total
             for i in range(0, len(records), MAX_BATCH):
+                started = time.perf_counter()
                 batch = [r for r in records[i : i + MAX_BATCH] if _well_formed(r)]
                 # Earlier hits matter only within the burst window of this batch's first one.
                 start = min((r["at"] for r in batch), default=0) - classify.BURST_WINDOW
@@ -247,6 +307,11 @@ class HitPipeline:
                     )
                 self.stored += stored
                 self.unknown += len(batch) - len(hits)
+                metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+                metrics.BATCH_HITS.observe(len(batch))
+                metrics.UNKNOWN_TOKENS.inc(len(batch) - len(hits))
+                for verdict, n in Counter(h.verdict for h in hits).items():
+                    metrics.HITS.labels(verdict).inc(n)
             self.journal.committed(end)
             total += len(records)
 

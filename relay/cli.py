@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import getpass
 import json
@@ -25,6 +26,7 @@ from relay import auth, certs, service
 from relay.config import Config, config_path, load_config
 from relay.digest_runner import UnknownUser
 from relay.submit import is_google_host
+from relay.workers import supervise
 
 log = logging.getLogger("mailping")
 
@@ -42,9 +44,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help="TOML file (default: $MAILPING_CONFIG, else built-in)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the relay and the pixel server in one process")
-    sub.add_parser("relay", help="run the SMTP relay only")
-    sub.add_parser("pixelserver", help="run the pixel server and report pages only")
+    for name, words in (
+        ("serve", "run the relay and the pixel server in one process"),
+        ("relay", "run the SMTP relay only"),
+        ("pixelserver", "run the pixel server and report pages only"),
+    ):
+        server = sub.add_parser(name, help=words)
+        server.add_argument(
+            "--workers",
+            type=int,
+            help="processes sharing the ports (default: pixelserver.workers in the config)",
+        )
+        server.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+        server.add_argument("--worker-count", type=int, default=1, help=argparse.SUPPRESS)
     db = sub.add_parser("db", help="database maintenance")
     db.add_argument("action", choices=["upgrade", "status"])
     sub.add_parser("check-config", help="validate the configuration and say what it would do")
@@ -124,6 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return classify_command(cfg, args)
         if args.command == "reclassify":
             return asyncio.run(reclassify_command(cfg, args.since, args.refresh_networks))
+        if args.worker_index is not None:
+            cfg = dataclasses.replace(cfg, worker=args.worker_index, worker_count=args.worker_count)
+            return asyncio.run(run(cfg, args.command))
+        workers = args.workers or cfg.pixelserver.workers
+        if not 1 <= workers <= 64:
+            raise UsageError("--workers takes 1 to 64 processes")
+        if workers > 1:
+            return supervise(cfg, list(argv if argv is not None else sys.argv[1:]), workers)
         return asyncio.run(run(cfg, args.command))
     except ConfigError as exc:
         print(f"mailping: configuration error: {exc}", file=sys.stderr)

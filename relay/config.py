@@ -70,6 +70,9 @@ class Config:
     digest: DigestConfig = field(default_factory=DigestConfig)
     upstream_password: str = field(default="", repr=False)
     digest_password: str = field(default="", repr=False)
+    # Set in each process of `--workers N`: its own journal, and ports shared (SO_REUSEPORT).
+    worker: int | None = None
+    worker_count: int = 1
 
     @property
     def database_url(self) -> str:
@@ -90,9 +93,27 @@ class Config:
             return self.upstream.username, self.upstream_password
         return None
 
+    def orphan_journals(self) -> list[Path]:
+        """Journals in data_dir no running process owns (left by a run with more workers, or
+        by a single process before workers were used): worker 0, or the single process,
+        replays them."""
+        if self.worker not in (None, 0):
+            return []
+        owned = (
+            {"hits.journal"}
+            if self.worker is None
+            else {f"hits-{i}.journal" for i in range(self.worker_count)}
+        )
+        return sorted(
+            p
+            for p in self.data_dir.glob("hits*.journal")
+            if p.name not in owned and p.stat().st_size > 0
+        )
+
     @property
     def journal_path(self) -> Path:
-        return self.data_dir / "hits.journal"
+        name = "hits.journal" if self.worker is None else f"hits-{self.worker}.journal"
+        return self.data_dir / name
 
 
 def config_path(cli_value: str | None) -> Path | None:

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import digest_runs
+from pixelserver import digest_runs, metrics
 from pixelserver.config import DigestConfig
 from pixelserver.digest_query import DigestData, collect
 from pixelserver.preferences import DigestPrefs, effective
@@ -235,6 +235,7 @@ class DigestRunner:
         error: str = "",
         next_try_at: dt.datetime | None = None,
     ) -> None:
+        metrics.DIGESTS.labels(status).inc()
         async with self.sessions.begin() as session:
             await digest_runs.finish(
                 session, c.run_id, status, now=now, error=error, next_try_at=next_try_at

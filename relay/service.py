@@ -13,7 +13,8 @@ import os
 import secrets
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import tornado.httpserver
 import tornado.web
@@ -22,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from pixelserver import migrate, retention, storage
 from pixelserver.app import make_app
-from pixelserver.config import ConfigError, is_loopback_host, parse_listen
+from pixelserver.config import ConfigError, is_loopback_host, parse_listen, parse_networks
 from pixelserver.hits import HitPipeline, Journal, Judge
 from pixelserver.networks import (
     AsnSource,
@@ -32,6 +33,7 @@ from pixelserver.networks import (
     PlevinAsn,
     bundled_city_db,
 )
+from pixelserver.pixel import PixelFrontEnd
 from pixelserver.web import WebAuth
 from relay.auth import Authenticator, LocalLogin, UpstreamLogin
 from relay.config import Config, resolve_file
@@ -201,6 +203,7 @@ async def start_relay(
             port=port,
             ssl=tls if cfg.relay.tls == "implicit" else None,
             reuse_address=True,
+            reuse_port=cfg.worker is not None,
         )
     except OSError as exc:
         raise ListenError("relay.listen", cfg.relay.listen, exc) from None
@@ -216,13 +219,15 @@ class RunningPixelServer:
     http: tornado.httpserver.HTTPServer
     pipeline: HitPipeline
     purge: asyncio.Task
+    adopted: list[asyncio.Task] = field(default_factory=list)
 
     async def close(self) -> None:
         # Awaited, not just cancelled: a purge stopped mid-query must hand its connection
         # back, or aiosqlite's connection thread outlives the loop and the process never exits.
-        self.purge.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.purge
+        for task in (self.purge, *self.adopted):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self.http.stop()
         await self.http.close_all_connections()
         await self.pipeline.close()
@@ -299,23 +304,33 @@ def web_auth(cfg: Config, sessions: async_sessionmaker[AsyncSession]) -> WebAuth
 async def start_pixelserver(
     cfg: Config, sessions: async_sessionmaker[AsyncSession], networks: Networks | None = None
 ) -> RunningPixelServer:
-    journal = Journal(cfg.journal_path)
+    journal = Journal(
+        cfg.journal_path,
+        fsync=cfg.pixelserver.journal_fsync,
+        max_bytes=cfg.pixelserver.journal_max_mb * 1024 * 1024,
+    )
     judge = Judge(
         networks or await asyncio.to_thread(make_networks, cfg),
         upstream_google=is_google_host(cfg.upstream.host),
         geo_precision=cfg.privacy.geo_precision,
     )
     pipeline = HitPipeline(journal, sessions, judge)
-    await pipeline.flush()  # replay what an earlier run answered but had not stored
+    try:
+        await pipeline.flush()  # replay what an earlier run answered but had not stored
+    except Exception as exc:  # noqa: BLE001 - the pixel must come up even with the store away
+        log.error("cannot replay the hit journal yet (%s); it stays until the store is back", exc)
     pipeline.start()
     purge = asyncio.get_running_loop().create_task(
         retention.purge_forever(sessions, cfg.privacy.retention_days), name="retention-purge"
     )
+    adopted = [
+        asyncio.get_running_loop().create_task(_adopt(path, sessions, judge), name=f"adopt {path}")
+        for path in cfg.orphan_journals()
+    ]
     cookie_secret = await _shared_secret(sessions)
     app = make_app(
         cfg.pixelserver,
         sessions,
-        pipeline,
         auth=web_auth(cfg, sessions),
         cookie_secret=cookie_secret,
         outbox_dir=cfg.outbox_dir,
@@ -328,11 +343,29 @@ async def start_pixelserver(
         app.settings["cookie_secret"] = secrets.token_urlsafe(48)
         asyncio.get_running_loop().create_task(_adopt_shared_secret(app, sessions))
     host, port = parse_listen(cfg.pixelserver.listen, cfg.source, "pixelserver.listen")
-    http = tornado.httpserver.HTTPServer(app, xheaders=False)
+    trusted = parse_networks(cfg.pixelserver.trusted_proxies, cfg.source, "trusted_proxies")
+    front = PixelFrontEnd(app, cfg.pixelserver.pixel_path, pipeline, trusted)
+    http = tornado.httpserver.HTTPServer(front, xheaders=False)
     try:
-        http.listen(port, address=host, reuse_port=False)
+        http.listen(port, address=host, reuse_port=cfg.worker is not None)
     except OSError as exc:
         purge.cancel()
         await pipeline.close()
         raise ListenError("pixelserver.listen", cfg.pixelserver.listen, exc) from None
-    return RunningPixelServer(http, pipeline, purge)
+    return RunningPixelServer(http, pipeline, purge, adopted)
+
+
+async def _adopt(path: Path, sessions: async_sessionmaker[AsyncSession], judge: Judge) -> None:
+    """Store what another (no longer running) process journaled, then remove its journal."""
+    pipeline = HitPipeline(Journal(path), sessions, judge)
+    while True:
+        try:
+            taken = await pipeline.flush()
+        except Exception as exc:  # noqa: BLE001 - the store may be away; try again later
+            log.warning("cannot replay %s yet (%s)", path, exc)
+            await asyncio.sleep(5)
+            continue
+        pipeline.journal.close()
+        path.unlink(missing_ok=True)
+        log.info("replayed %d hits from %s", taken, path.name)
+        return

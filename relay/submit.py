@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from pixelserver import metrics
 from pixelserver.networks import mask
 from relay import rewrite, tracking
 from relay.dsn import build_dsn
@@ -64,6 +66,15 @@ def is_google_host(host: str) -> bool:
     )
 
 
+def _count(outcomes: list[Outcome], accepted: int) -> None:
+    result = "sent" if accepted == len(outcomes) else "partial" if accepted else "failed"
+    metrics.RELAY_MESSAGES.labels(result).inc()
+    for o in outcomes:
+        metrics.RELAY_COPIES.labels(o.status).inc()
+        if o.status != ACCEPTED:
+            metrics.UPSTREAM_ERRORS.labels("uncertain" if o.uncertain else o.status).inc()
+
+
 class Relay:
     def __init__(
         self,
@@ -88,6 +99,7 @@ class Relay:
         recipients = unique_recipients(sub.recipients)
         recorded = await self._record(sub, prepared, recipients)
         copies, render = self._plan(sub, prepared, recorded, recipients)
+        started = time.perf_counter()
         sent = await self.upstream.send(
             sub.sender,
             copies,
@@ -96,6 +108,7 @@ class Relay:
             eight_bit=sub.eight_bit,
             credentials=sub.credentials,
         )
+        metrics.UPSTREAM_SECONDS.observe(time.perf_counter() - started)
         outcomes = [o for o in sent if o.key != GUARD_KEY]
         for o in sent:
             if o.key == GUARD_KEY and o.status != ACCEPTED:
@@ -108,6 +121,7 @@ class Relay:
             except SQLAlchemyError:
                 log.exception("could not record delivery outcomes for message %s", recorded.id)
         accepted = sum(o.status == ACCEPTED for o in outcomes)
+        _count(outcomes, accepted)
         log.info(
             "message %s from %s: %d/%d copies accepted, %s",
             recorded.id if recorded else "-",

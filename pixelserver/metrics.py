@@ -1,0 +1,94 @@
+"""Prometheus metrics for the pixel, the hit pipeline and the relay, served at /metrics.
+
+With `--workers N` every process writes its samples under PROMETHEUS_MULTIPROC_DIR (set by
+the parent before the children start; prometheus-client picks its storage at import) and a
+scrape of any worker adds all of them up.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Sequence
+
+import tornado.web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+PIXEL_REQUESTS = Counter("mailping_pixel_requests_total", "Pixel requests answered")
+HITS = Counter("mailping_hits_total", "Hits stored, by verdict", ["verdict"])
+UNKNOWN_TOKENS = Counter("mailping_hits_unknown_token_total", "Fetches of tokens nobody minted")
+JOURNAL_OVERFLOW = Counter(
+    "mailping_journal_overflow_total", "Pixels answered but not recorded: the journal was full"
+)
+BACKLOG = Gauge(
+    "mailping_pipeline_backlog_bytes",
+    "Journaled hits not yet in the store (the pipeline's queue)",
+    multiprocess_mode="livesum",
+)
+JOURNAL_BYTES = Gauge(
+    "mailping_journal_bytes", "Size of the hit journal files", multiprocess_mode="livesum"
+)
+BATCH_SECONDS = Histogram(
+    "mailping_batch_write_seconds",
+    "Time to judge and write one batch of hits",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+BATCH_HITS = Histogram(
+    "mailping_batch_hits", "Hits per batch", buckets=(1, 10, 100, 500, 1000, 2000, 5000)
+)
+RELAY_MESSAGES = Counter(
+    "mailping_relay_messages_total",
+    "Messages relayed, by result: sent (every copy accepted), partial, failed",
+    ["result"],
+)
+RELAY_COPIES = Counter(
+    "mailping_relay_copies_total", "Per-recipient copies, by upstream outcome", ["outcome"]
+)
+UPSTREAM_SECONDS = Histogram(
+    "mailping_upstream_seconds",
+    "Time the upstream took for one message's copies",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+UPSTREAM_ERRORS = Counter(
+    "mailping_upstream_errors_total", "Copies the upstream refused or did not take", ["kind"]
+)
+DIGESTS = Counter("mailping_digests_total", "Digest attempts, by result", ["result"])
+
+
+def exposition() -> bytes:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class MetricsHandler(tornado.web.RequestHandler):
+    """Only for the networks in pixelserver.metrics_allow (this machine by default); others
+    get a 404, as if there were nothing here."""
+
+    def initialize(self, allow: Sequence[Network]) -> None:
+        self.allow = allow
+
+    def get(self) -> None:
+        try:
+            peer = ipaddress.ip_address(self.request.remote_ip or "")
+        except ValueError:
+            raise tornado.web.HTTPError(404) from None
+        if not any(peer in net for net in self.allow):
+            raise tornado.web.HTTPError(404)
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.set_header("Cache-Control", "no-store")
+        self.write(exposition())
