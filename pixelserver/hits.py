@@ -31,7 +31,8 @@ log = logging.getLogger("mailping.hits")
 
 # Request headers worth keeping: they tell prefetchers and proxies apart (see issue on verdicts).
 KEPT_HEADERS = ("Accept", "Accept-Language", "Sec-Purpose", "Purpose", "X-Purpose", "Via", "From")
-MAX_BATCH = 5000
+MAX_BATCH = 200  # hits per transaction: small, so no step holds up the pixel (p99)
+READ_BYTES = 64 * 1024  # journal bytes parsed per step (about 200 hits)
 COMPACT_AT = 4 * 1024 * 1024  # rewrite the journal once this much of it has been consumed
 
 
@@ -112,7 +113,9 @@ class Journal:
         """Complete lines after the committed offset, and the offset just past them."""
         with open(self.path, "rb") as f:
             f.seek(self.offset)
-            data = f.read(64 * 1024 * 1024)
+            data = f.read(READ_BYTES)
+            if b"\n" not in data and len(data) == READ_BYTES:  # one very long line
+                data += f.read(64 * 1024 * 1024)
         end = data.rfind(b"\n") + 1
         records = []
         for line in data[:end].splitlines():
@@ -261,6 +264,7 @@ class HitPipeline:
         self.unknown = 0
         self._task: asyncio.Task | None = None
         self._failing = False
+        self.sender_networks = storage.SenderNetworks()
 
     def record(self, ip: str, token: str, method: str, ua: str, headers: Mapping[str, str]) -> None:
         self.journal.append(ip, token, method, ua, headers)
@@ -282,7 +286,10 @@ class HitPipeline:
         total = 0
         self.journal.sync()  # the "batch" fsync policy: what was answered so far is on disk
         while True:
-            records, end = self.journal.read_new()
+            # Parsing, judging and encoding are pure Python over whole batches: they run on
+            # worker threads, which yield the interpreter every few milliseconds, so the loop
+            # answering pixels never waits for a whole batch (on the loop, p99 was 90 ms).
+            records, end = await asyncio.to_thread(self.journal.read_new)
             metrics.BACKLOG.set(self.journal.pending_bytes())
             metrics.JOURNAL_BYTES.set(self.journal.size())
             if not records:
@@ -296,7 +303,10 @@ class HitPipeline:
                 start = min((r["at"] for r in batch), default=0) - classify.BURST_WINDOW
                 async with self.sessions.begin() as session:
                     contexts = await storage.hit_contexts(
-                        session, (r["t"] for r in batch), dt.datetime.fromtimestamp(start, dt.UTC)
+                        session,
+                        (r["t"] for r in batch),
+                        dt.datetime.fromtimestamp(start, dt.UTC),
+                        self.sender_networks,
                     )
                     # Network lookups can take milliseconds when cold: keep them off the loop
                     # that answers pixels.

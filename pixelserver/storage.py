@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -483,8 +484,8 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
     """Recompute and store the state of these deliveries from their outcome and hits, with
     aggregates (a delivery fetched ten thousand times costs no more than one fetched once)."""
     ids = sorted(set(delivery_ids))
-    for i in range(0, len(ids), 500):
-        chunk = ids[i : i + 500]
+    for i in range(0, len(ids), 2000):
+        chunk = ids[i : i + 2000]
         counts: dict[int, dict[str, int]] = {d: {} for d in chunk}
         firsts: dict[int, dt.datetime] = {}
         for delivery_id, verdict, n, first in await session.execute(
@@ -519,8 +520,20 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
                 h.at, h.verdict, h.rule, h.ip_prefix, h.client, h.country, h.region, h.city
             )
             for h in (
-                await session.execute(select(Hit).join(last_seen, Hit.id == last_seen.c.hit_id))
-            ).scalars()
+                await session.execute(
+                    select(
+                        Hit.delivery_id,
+                        Hit.at,
+                        Hit.verdict,
+                        Hit.rule,
+                        Hit.ip_prefix,
+                        Hit.client,
+                        Hit.country,
+                        Hit.region,
+                        Hit.city,
+                    ).join(last_seen, Hit.id == last_seen.c.hit_id)
+                )
+            ).all()
         }
         rows = (
             await session.execute(
@@ -529,6 +542,8 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
                 )
             )
         ).all()
+        now = utcnow()
+        values = []
         for delivery_id, outcome, tracking in rows:
             c = counts[delivery_id]
             nets, clients = spread.get(delivery_id, (0, 0))
@@ -546,22 +561,26 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
                     direct_clients=clients,
                 ),
             )
-            await session.execute(
-                update(Delivery)
-                .where(Delivery.id == delivery_id)
-                .values(
-                    state=st.state,
-                    human_hits=st.human_hits,
-                    machine_hits=st.machine_hits,
-                    sender_hits=st.sender_hits,
-                    first_open=st.first_open,
-                    last_open=st.last_open,
-                    client=st.client[:60],
-                    place=st.place[:200],
-                    forwarded=st.possibly_forwarded,
-                    state_changed_at=utcnow(),
-                )
+            values.append(
+                {
+                    "b_id": delivery_id,
+                    "state": st.state,
+                    "human_hits": st.human_hits,
+                    "machine_hits": st.machine_hits,
+                    "sender_hits": st.sender_hits,
+                    "first_open": st.first_open,
+                    "last_open": st.last_open,
+                    "client": st.client[:60],
+                    "place": st.place[:200],
+                    "forwarded": st.possibly_forwarded,
+                    "state_changed_at": now,
+                }
             )
+        if values:
+            # One statement, many parameter sets: a batch touching 5,000 deliveries is one
+            # executemany, not 5,000 ORM updates (which made ingest 15x slower).
+            table = Delivery.__table__
+            await session.execute(update(table).where(table.c.id == bindparam("b_id")), values)
 
 
 PERSON_VERDICTS = ("human", "human_via_proxy")
@@ -659,8 +678,47 @@ class HitContext:
 SENDER_NETWORK_DAYS = 30
 
 
+class SenderNetworks:
+    """The networks each user sent from or logged in from in the last 30 days, remembered
+    for `ttl` seconds: every batch of hits needs them, and reading a month of a busy user's
+    messages for each batch of 200 hits cost more than storing the hits."""
+
+    def __init__(self, ttl: float = 60.0) -> None:
+        self.ttl = ttl
+        self._known: dict[int, tuple[float, set[str]]] = {}
+
+    async def get(self, session: AsyncSession, user_ids: set[int]) -> dict[int, set[str]]:
+        now = time.monotonic()
+        stale = {u for u in user_ids if u not in self._known or self._known[u][0] < now}
+        if stale:
+            since = utcnow() - dt.timedelta(days=SENDER_NETWORK_DAYS)
+            fresh: dict[int, set[str]] = {u: set() for u in stale}
+            for user_id, prefix in await session.execute(
+                select(Message.user_id, Message.sender_prefix)
+                .where(
+                    Message.user_id.in_(stale),
+                    Message.accepted_at >= since,
+                    Message.sender_prefix != "",
+                )
+                .distinct()
+            ):
+                fresh[user_id].add(prefix)
+            for user_id, prefix in await session.execute(
+                select(UserNetwork.user_id, UserNetwork.prefix).where(
+                    UserNetwork.user_id.in_(stale), UserNetwork.seen_at >= since
+                )
+            ):
+                fresh[user_id].add(prefix)
+            for u, found in fresh.items():
+                self._known[u] = (now + self.ttl, found)
+        return {u: self._known[u][1] for u in user_ids}
+
+
 async def hit_contexts(
-    session: AsyncSession, tokens: Iterable[str], prior_since: dt.datetime | None = None
+    session: AsyncSession,
+    tokens: Iterable[str],
+    prior_since: dt.datetime | None = None,
+    networks: SenderNetworks | None = None,
 ) -> dict[str, HitContext]:
     """Per known token: its delivery, when its message was accepted, the networks its sender
     used recently, and its earlier hits from `prior_since` on (three queries for a batch)."""
@@ -675,6 +733,7 @@ async def hit_contexts(
                     Delivery.recipient,
                     Message.accepted_at,
                     Message.user_id,
+                    Message.sender_prefix,
                 )
                 .join(Message, Message.id == Delivery.message_id)
                 .where(Delivery.token.in_(tokens[i : i + 500]))
@@ -682,23 +741,7 @@ async def hit_contexts(
         ).all()
     if not rows:
         return {}
-    user_ids = {r.user_id for r in rows}
-    since = utcnow() - dt.timedelta(days=SENDER_NETWORK_DAYS)
-    nets: dict[int, set[str]] = {u: set() for u in user_ids}
-    for user_id, prefix in await session.execute(
-        select(Message.user_id, Message.sender_prefix)
-        .where(
-            Message.user_id.in_(user_ids), Message.accepted_at >= since, Message.sender_prefix != ""
-        )
-        .distinct()
-    ):
-        nets[user_id].add(prefix)
-    for user_id, prefix in await session.execute(
-        select(UserNetwork.user_id, UserNetwork.prefix).where(
-            UserNetwork.user_id.in_(user_ids), UserNetwork.seen_at >= since
-        )
-    ):
-        nets[user_id].add(prefix)
+    nets = await (networks or SenderNetworks(ttl=0)).get(session, {r.user_id for r in rows})
     prior: dict[int, list[tuple[str, str, float]]] = {r.id: [] for r in rows}
     earlier = select(Hit.delivery_id, Hit.ip_prefix, Hit.user_agent, Hit.seconds_after_send).where(
         Hit.delivery_id.in_(prior.keys())
@@ -710,7 +753,12 @@ async def hit_contexts(
             prior[delivery_id].append((prefix, ua, seconds))
     return {
         r.token: HitContext(
-            r.id, r.recipient, r.accepted_at, frozenset(nets[r.user_id]), prior[r.id]
+            r.id,
+            r.recipient,
+            r.accepted_at,
+            # The copy's own sending network counts at once, whatever the cache says.
+            frozenset(nets[r.user_id] | ({r.sender_prefix} if r.sender_prefix else set())),
+            prior[r.id],
         )
         for r in rows
     }
@@ -752,8 +800,9 @@ async def add_hits(session: AsyncSession, hits: Sequence[NewHit]) -> tuple[int, 
         for h in hits
         if h.token in ids
     ]
-    if rows:
-        await session.execute(insert_ignore(session, Hit.__table__), rows)
+    from pixelserver.bulk import insert_hits  # it needs the Hit model defined here
+
+    await insert_hits(session, rows)
     return len(rows), len(hits) - len(rows)
 
 
