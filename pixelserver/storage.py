@@ -482,39 +482,37 @@ async def local_usernames(session: AsyncSession) -> list[str]:
 
 async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> None:
     """Recompute and store the state of these deliveries from their outcome and hits, with
-    aggregates (a delivery fetched ten thousand times costs no more than one fetched once)."""
+    aggregates (a delivery fetched ten thousand times costs no more than one fetched once).
+
+    Two reads and one write per 2,000 deliveries: the per-verdict counts, first open, latest
+    person's hit and distinct networks all come from one grouped query with FILTER clauses
+    (SQLite 3.30+, PostgreSQL), then the latest hits' facts, then one executemany."""
     ids = sorted(set(delivery_ids))
+    person = Hit.verdict.in_(PERSON_VERDICTS)
+    human = Hit.verdict == "human"
     for i in range(0, len(ids), 2000):
         chunk = ids[i : i + 2000]
-        counts: dict[int, dict[str, int]] = {d: {} for d in chunk}
-        firsts: dict[int, dt.datetime] = {}
-        for delivery_id, verdict, n, first in await session.execute(
-            select(Hit.delivery_id, Hit.verdict, func.count(Hit.id), func.min(Hit.at))
-            .where(Hit.delivery_id.in_(chunk))
-            .group_by(Hit.delivery_id, Hit.verdict)
-        ):
-            counts[delivery_id][verdict] = n
-            if verdict in PERSON_VERDICTS:
-                first = _aware(first)
-                firsts[delivery_id] = min(first, firsts.get(delivery_id, first))
-        spread = {
-            d: (nets, clients)
-            for d, nets, clients in await session.execute(
+        summary = (
+            await session.execute(
                 select(
-                    Hit.delivery_id,
-                    func.count(func.distinct(Hit.ip_prefix)),
-                    func.count(func.distinct(func.nullif(Hit.client, ""))),
+                    Delivery.id,
+                    Delivery.outcome,
+                    Delivery.tracking,
+                    func.count(Hit.id).filter(person),
+                    func.count(Hit.id).filter(Hit.verdict.in_(MACHINE_VERDICTS)),
+                    func.count(Hit.id).filter(Hit.verdict == "privacy_prefetch"),
+                    func.count(Hit.id).filter(Hit.verdict == "sender"),
+                    func.min(Hit.at).filter(person),
+                    func.max(Hit.id).filter(person),
+                    func.count(func.distinct(Hit.ip_prefix)).filter(human),
+                    func.count(func.distinct(func.nullif(Hit.client, ""))).filter(human),
                 )
-                .where(Hit.delivery_id.in_(chunk), Hit.verdict == "human")
-                .group_by(Hit.delivery_id)
+                .outerjoin(Hit, Hit.delivery_id == Delivery.id)
+                .where(Delivery.id.in_(chunk))
+                .group_by(Delivery.id, Delivery.outcome, Delivery.tracking)
             )
-        }
-        last_seen = (
-            select(Hit.delivery_id, func.max(Hit.id).label("hit_id"))
-            .where(Hit.delivery_id.in_(chunk), Hit.verdict.in_(PERSON_VERDICTS))
-            .group_by(Hit.delivery_id)
-            .subquery()
-        )
+        ).all()
+        last_ids = [r[8] for r in summary if r[8] is not None]
         lasts = {
             h.delivery_id: HitView(
                 h.at, h.verdict, h.rule, h.ip_prefix, h.client, h.country, h.region, h.city
@@ -531,31 +529,34 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
                         Hit.country,
                         Hit.region,
                         Hit.city,
-                    ).join(last_seen, Hit.id == last_seen.c.hit_id)
+                    ).where(Hit.id.in_(last_ids))
                 )
             ).all()
         }
-        rows = (
-            await session.execute(
-                select(Delivery.id, Delivery.outcome, Delivery.tracking).where(
-                    Delivery.id.in_(chunk)
-                )
-            )
-        ).all()
         now = utcnow()
         values = []
-        for delivery_id, outcome, tracking in rows:
-            c = counts[delivery_id]
-            nets, clients = spread.get(delivery_id, (0, 0))
+        for (
+            delivery_id,
+            outcome,
+            tracking,
+            people,
+            machines,
+            prefetches,
+            senders,
+            first,
+            _last_id,
+            nets,
+            clients,
+        ) in summary:
             st = state_of(
                 outcome,
                 tracking,
                 HitSummary(
-                    people=c.get("human", 0) + c.get("human_via_proxy", 0),
-                    machines=c.get("privacy_prefetch", 0) + c.get("scanner", 0) + c.get("bot", 0),
-                    prefetches=c.get("privacy_prefetch", 0),
-                    senders=c.get("sender", 0),
-                    first_open=firsts.get(delivery_id),
+                    people=people,
+                    machines=machines,
+                    prefetches=prefetches,
+                    senders=senders,
+                    first_open=_aware(first) if first is not None else None,
                     last_open=lasts.get(delivery_id),
                     direct_networks=nets,
                     direct_clients=clients,
@@ -577,12 +578,13 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
                 }
             )
         if values:
-            # One statement, many parameter sets: a batch touching 5,000 deliveries is one
-            # executemany, not 5,000 ORM updates (which made ingest 15x slower).
+            # One statement, many parameter sets: a batch touching 2,000 deliveries is one
+            # executemany, not 2,000 ORM updates (which made ingest 15x slower).
             table = Delivery.__table__
             await session.execute(update(table).where(table.c.id == bindparam("b_id")), values)
 
 
+MACHINE_VERDICTS = ("privacy_prefetch", "scanner", "bot")
 PERSON_VERDICTS = ("human", "human_via_proxy")
 
 
