@@ -100,6 +100,7 @@ def main() -> None:
 
     rows = []
     answered = 0
+    drained = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         db_url = f"sqlite+aiosqlite:///{tmp}/mailping.sqlite3"
         token = seed(db_url)
@@ -112,8 +113,13 @@ def main() -> None:
                 )
                 answered += r["total"] - r["errors"]
                 rows.append(("MailPing pixel", close, r))
-            time.sleep(1.0)  # let the last batch reach the store
-        stored = stored_hits(db_url)
+            # The journal may be behind after a burst: wait until the store has everything.
+            start = time.monotonic()
+            stored = stored_hits(db_url)
+            while stored < answered and time.monotonic() - start < 300:
+                time.sleep(2.0)
+                stored = stored_hits(db_url)
+            drained = time.monotonic() - start
 
     port = free_port()
     bare = [PYTHON, str(ROOT / "bench" / "bare_pixel.py"), str(port)]
@@ -137,7 +143,10 @@ def main() -> None:
             f"p99 {r['p99']:6.2f} ms  {r['rps'] / base[close] * 100:5.1f}% of baseline"
             + (f"  errors {r['errors']}" if r["errors"] else "")
         )
-    print(f"  stored hits {stored} of {answered} answered requests")
+    print(
+        f"  stored hits {stored} of {answered} answered requests "
+        f"({drained:.0f} s after the load stopped)"
+    )
 
 
 if __name__ == "__main__":

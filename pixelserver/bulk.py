@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pixelserver.storage import Hit
+from pixelserver.storage import Hit, NewHit, hit_row
 
 COLUMNS = [c for c in Hit.__table__.columns if c.name != "id"]
 NAMES = [c.name for c in COLUMNS]
@@ -27,25 +27,26 @@ JSON_COLUMNS = {"headers", "reasons", "net_lists"}
 _LIST = ", ".join(NAMES)
 
 
-async def insert_hits(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert hit rows (dicts keyed by column name), skipping uids already stored."""
-    if not rows:
+async def insert_hits(session: AsyncSession, hits: Sequence[NewHit], ids: dict[str, int]) -> None:
+    """Insert judged hits (`ids`: their tokens' delivery ids), skipping uids already stored."""
+    if not hits:
         return
     conn = await session.connection()
     raw = await conn.get_raw_connection()
     driver = raw.driver_connection
     if conn.dialect.name == "postgresql":
-        arrays = await asyncio.to_thread(_as_arrays, rows)
+        arrays = await asyncio.to_thread(_as_arrays, hits, ids)
         await driver.execute(_pg_insert(conn.dialect), *arrays)
         return
     processors = [c.type.bind_processor(conn.dialect) for c in COLUMNS]
-    encoded = await asyncio.to_thread(_encode, rows, processors)
+    encoded = await asyncio.to_thread(_encode, hits, ids, processors)
     marks = ", ".join("?" for _ in NAMES)
     await driver.executemany(f"INSERT OR IGNORE INTO hit ({_LIST}) VALUES ({marks})", encoded)
 
 
-def _as_arrays(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
+def _as_arrays(hits: Sequence[NewHit], ids: dict[str, int]) -> list[list[Any]]:
     """One list per column, as unnest() takes them (JSON as text, cast back in SQL)."""
+    rows = [hit_row(h, ids[h.token]) for h in hits]
     return [
         [json.dumps(r[n], separators=(",", ":")) for r in rows]
         if n in JSON_COLUMNS
@@ -67,7 +68,10 @@ def _pg_insert(dialect: Any) -> str:
     )
 
 
-def _encode(rows: Sequence[dict[str, Any]], processors: list[Any]) -> list[tuple[Any, ...]]:
+def _encode(
+    hits: Sequence[NewHit], ids: dict[str, int], processors: list[Any]
+) -> list[tuple[Any, ...]]:
+    rows = [hit_row(h, ids[h.token]) for h in hits]
     return [
         tuple(p(r[n]) if p else r[n] for n, p in zip(NAMES, processors, strict=True)) for r in rows
     ]

@@ -776,36 +776,37 @@ async def add_hits(session: AsyncSession, hits: Sequence[NewHit]) -> tuple[int, 
     missing = [h.token for h in hits if h.delivery_id is None]
     if missing:
         ids.update(await delivery_ids_for_tokens(session, missing))
-    rows = [
-        {
-            "uid": h.uid,
-            "delivery_id": ids[h.token],
-            "at": h.at,
-            "method": h.method,
-            "ip_prefix": h.ip_prefix,
-            "user_agent": h.user_agent[:1000],
-            "headers": h.headers,
-            "verdict": h.verdict,
-            "reasons": list(h.reasons),
-            "confidence": h.confidence,
-            "rule": h.rule,
-            "seconds_after_send": h.seconds_after_send,
-            "asn": h.asn,
-            "org": h.org[:200],
-            "net_lists": sorted(h.net_lists),
-            "hosting": h.hosting,
-            "country": h.country[:2],
-            "region": h.region[:100],
-            "city": h.city[:100],
-            "client": h.client[:60],
-        }
-        for h in hits
-        if h.token in ids
-    ]
+    known = [h for h in hits if h.token in ids]
     from pixelserver.bulk import insert_hits  # it needs the Hit model defined here
 
-    await insert_hits(session, rows)
-    return len(rows), len(hits) - len(rows)
+    await insert_hits(session, known, ids)
+    return len(known), len(hits) - len(known)
+
+
+def hit_row(h: NewHit, delivery_id: int) -> dict[str, Any]:
+    """A judged hit as a row of the hit table (lengths cut to the columns)."""
+    return {
+        "uid": h.uid,
+        "delivery_id": delivery_id,
+        "at": h.at,
+        "method": h.method,
+        "ip_prefix": h.ip_prefix,
+        "user_agent": h.user_agent[:1000],
+        "headers": h.headers,
+        "verdict": h.verdict,
+        "reasons": list(h.reasons),
+        "confidence": h.confidence,
+        "rule": h.rule,
+        "seconds_after_send": h.seconds_after_send,
+        "asn": h.asn,
+        "org": h.org[:200],
+        "net_lists": sorted(h.net_lists),
+        "hosting": h.hosting,
+        "country": h.country[:2],
+        "region": h.region[:100],
+        "city": h.city[:100],
+        "client": h.client[:60],
+    }
 
 
 async def purge_before(session: AsyncSession, cutoff: dt.datetime) -> tuple[int, int]:

@@ -1,0 +1,173 @@
+"""Memory under steady pixel load: MailPing's pixel server beside a bare Tornado GIF handler.
+
+Each server runs pinned to core 0 for `--minutes` (default 10) under a steady `--rate`
+(default 1,000 fetches/s, over 1,000 known tokens, new connection every 50 requests) from a
+load generator on core 1; the server's resident memory (VmRSS) is sampled every 10 s. After a
+minute of warm-up, memory must not grow: the figure is the last minute's median RSS minus the
+second minute's. Every answered fetch must end up stored.
+
+Run: .venv/bin/python bench/soak_bench.py [--minutes 10] [--rate 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from _common import PYTHON, ROOT, free_port, machine, mailping, running
+
+sys.path.insert(0, str(ROOT))
+
+from pixel_bench import stored_hits  # noqa: E402
+
+GIF_LEN = 43
+
+
+def seed_many(db_url: str, n: int) -> list[str]:
+    from pixelserver import migrate, storage
+    from relay import tracking
+
+    async def run() -> list[str]:
+        engine = storage.make_engine(db_url)
+        await migrate.upgrade(engine)
+        recorded = await tracking.record_message(
+            storage.make_sessionmaker(engine),
+            user="soak@example.com",
+            envelope_from="soak@example.com",
+            recipients=[f"r{i}@example.org" for i in range(n)],
+            subject="soak",
+            message_id_header="<soak@example.com>",
+            size=1,
+            untracked_reason=None,
+        )
+        await engine.dispose()
+        return [d.token for d in recorded.deliveries]
+
+    return asyncio.run(run())
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def steady_load(port: int, paths: list[str], rate: int, seconds: float) -> tuple[int, int]:
+    """`rate` fetches a second for `seconds`, spread over 8 clients; (answered, failed)."""
+    answered = failed = 0
+    clients = 8
+    interval = clients / rate
+    deadline = time.monotonic() + seconds
+
+    async def client(i: int) -> None:
+        nonlocal answered, failed
+        n, reader, writer = i, None, None
+        next_at = time.monotonic()
+        while time.monotonic() < deadline:
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                path = paths[n % len(paths)]
+                n += clients
+                writer.write(
+                    f"GET {path} HTTP/1.1\r\nHost: soak\r\nUser-Agent: soak\r\n\r\n".encode()
+                )
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(GIF_LEN)
+                answered += 1
+                if n % (50 * clients) < clients:  # a new connection now and then
+                    writer.close()
+                    writer = None
+            except (OSError, asyncio.IncompleteReadError):
+                failed += 1
+                writer = None
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        if writer is not None:
+            writer.close()
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return answered, failed
+
+
+def soak(pid: int, port: int, paths: list[str], rate: int, minutes: float) -> tuple[list, int, int]:
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append((time.monotonic() - start, rss_kb(pid)))
+            stop.wait(10)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    answered, failed = asyncio.run(steady_load(port, paths, rate, minutes * 60))
+    stop.set()
+    sampler.join()
+    return samples, answered, failed
+
+
+def growth(samples: list[tuple[float, int]]) -> tuple[float, float, float]:
+    """(second minute's median MB, last minute's median MB, growth MB)."""
+    end = samples[-1][0]
+    early = [kb for t, kb in samples if 60 <= t < 120] or [samples[0][1]]
+    late = [kb for t, kb in samples if t >= end - 60] or [samples[-1][1]]
+    a, b = statistics.median(early) / 1024, statistics.median(late) / 1024
+    return a, b, b - a
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--minutes", type=float, default=10)
+    ap.add_argument("--rate", type=int, default=1000)
+    args = ap.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {1})
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        db_url = f"sqlite+aiosqlite:///{tmp}/soak.sqlite3"
+        tokens = seed_many(db_url, 1000)
+        paths = [f"/p/{t}.gif" for t in tokens]
+        port = free_port()
+        toml = f'[pixelserver]\nlisten = "127.0.0.1:{port}"\n[database]\nurl = "{db_url}"\n'
+        with mailping("pixelserver", port, toml, cpu=0) as proc:
+            samples, answered, failed = soak(proc.pid, port, paths, args.rate, args.minutes)
+            deadline = time.monotonic() + 120
+            while stored_hits(db_url) < answered and time.monotonic() < deadline:
+                time.sleep(2)
+            stored = stored_hits(db_url)
+        results["MailPing pixel server"] = (samples, answered, failed)
+
+    port = free_port()
+    bare = [PYTHON, str(ROOT / "bench" / "bare_pixel.py"), str(port)]
+    with running(bare, port, cpu=0, env={"PYTHONPATH": str(ROOT)}) as proc:
+        results["bare Tornado baseline"] = soak(proc.pid, port, paths, args.rate, args.minutes)
+
+    print(
+        f"soak: {args.rate} fetches/s for {args.minutes:g} min each, server on core 0, "
+        "RSS every 10 s"
+    )
+    print(f"machine: {machine()}")
+    for name, (samples, answered, failed) in results.items():
+        a, b, d = growth(samples)
+        peak = max(kb for _, kb in samples) / 1024
+        print(
+            f"  {name:<22} RSS min 2 {a:6.1f} MB, last min {b:6.1f} MB, growth {d:+5.1f} MB, "
+            f"peak {peak:6.1f} MB; {answered:,} answered, {failed} failed"
+        )
+    print(f"  stored hits {stored:,} of {results['MailPing pixel server'][1]:,} answered")
+    trace = " ".join(f"{kb / 1024:.0f}" for _, kb in results["MailPing pixel server"][0])
+    print(f"  MailPing RSS trace (MB, every 10 s): {trace}")
+
+
+if __name__ == "__main__":
+    main()
