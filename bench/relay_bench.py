@@ -110,7 +110,9 @@ def main() -> None:
     results = {}
     sink_port = free_port()
     if args.load == "postfix":
-        sink = [SMTP_SINK, f"127.0.0.1:{sink_port}", "256"]
+        # As root, smtp-sink must be told which user to drop to (the package makes "postfix").
+        user = ["-u", "postfix"] if os.geteuid() == 0 else []
+        sink = [SMTP_SINK, *user, f"127.0.0.1:{sink_port}", "256"]
     else:
         sink = [PYTHON, str(ROOT / "bench" / "sink.py"), str(sink_port)]
     with running(sink, sink_port, cpu=1):

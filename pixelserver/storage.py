@@ -371,13 +371,6 @@ async def get_or_create_user(session: AsyncSession, address: str) -> User:
     return user
 
 
-async def user_exclusions(session: AsyncSession, address: str) -> list[str]:
-    found = await session.execute(
-        select(User.exclusions).where(User.address == address.strip().lower())
-    )
-    return list(found.scalar_one_or_none() or [])
-
-
 async def add_message(
     session: AsyncSession,
     *,
@@ -389,8 +382,10 @@ async def add_message(
     size: int,
     deliveries: Sequence[NewDelivery],
     source: str = "relay",
+    owner: User | None = None,
 ) -> tuple[Message, list[Delivery]]:
-    user = await get_or_create_user(session, user_address)
+    """`owner`: the user row when the caller has read it already (one query less)."""
+    user = owner or await get_or_create_user(session, user_address)
     message = Message(
         user_id=user.id,
         envelope_from=envelope_from,

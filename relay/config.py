@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,28 +194,8 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         raise ConfigError(file, "upstream.port", f"not a TCP port: {upstream.port}")
     if upstream.timeout < 1:
         raise ConfigError(file, "upstream.timeout", "must be at least 1 second")
-    password = ""
-    if upstream.password_env:
-        if upstream.password_env not in env:
-            raise ConfigError(
-                file,
-                "upstream.password_env",
-                f"environment variable {upstream.password_env} is not set",
-            )
-        password = env[upstream.password_env]
-    if upstream.username and not upstream.password_env:
-        raise ConfigError(file, "upstream.password_env", "upstream.username is set but no password")
-    digest_password = ""
-    if digest.password_env:
-        if digest.password_env not in env:
-            raise ConfigError(
-                file,
-                "digest.password_env",
-                f"environment variable {digest.password_env} is not set",
-            )
-        digest_password = env[digest.password_env]
-    if digest.username and not digest.password_env:
-        raise ConfigError(file, "digest.password_env", "digest.username is set but no password")
+    password = _login_password(upstream.username, upstream.password_env, env, file, "upstream")
+    digest_password = _login_password(digest.username, digest.password_env, env, file, "digest")
     if pixel.report_password_env and pixel.report_password_env not in env:
         raise ConfigError(
             file,
@@ -237,6 +218,21 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         upstream_password=password,
         digest_password=digest_password,
     )
+
+
+def _login_password(
+    username: str, password_env: str, env: Mapping[str, str], file: str, section: str
+) -> str:
+    """The password a [section]'s login uses, read from the environment variable it names."""
+    if username and not password_env:
+        raise ConfigError(
+            file, f"{section}.password_env", f"{section}.username is set but no password"
+        )
+    if password_env and password_env not in env:
+        raise ConfigError(
+            file, f"{section}.password_env", f"environment variable {password_env} is not set"
+        )
+    return env.get(password_env, "") if password_env else ""
 
 
 def _require_files(

@@ -259,6 +259,7 @@ def to_message(
     # RFC 3834: an automatic message; vacation responders must not answer it.
     msg["Auto-Submitted"] = "auto-generated"
     msg["X-Auto-Response-Suppress"] = "All"
-    msg.set_content(mail.text)
-    msg.add_alternative(mail.html, subtype="html")
+    # Quoted-printable: 7-bit clean, so no upstream needs 8BITMIME, and no line over 76.
+    msg.set_content(mail.text, cte="quoted-printable")
+    msg.add_alternative(mail.html, subtype="html", cte="quoted-printable")
     return msg

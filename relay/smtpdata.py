@@ -18,6 +18,13 @@ _FIX = re.compile(rb"\r(?!\n)\.?|(?<!\r)\n\.?|\r\n\.")
 END = b".\r\n"
 
 
+def _clean(chunk: bytes | memoryview, view: memoryview) -> bool:
+    """Every CR and LF in the chunk belongs to a CRLF, and no line inside starts with "."."""
+    data = chunk if isinstance(chunk, bytes) else view.tobytes()
+    crlf = data.count(b"\r\n")
+    return data.count(b"\r") == crlf and data.count(b"\n") == crlf and b"\r\n." not in data
+
+
 def smtp_data(chunks: Iterable[bytes | memoryview]) -> Iterator[bytes | memoryview]:
     """The DATA payload for `chunks`, ending with CRLF (the final "." line not included)."""
     prev_cr = False  # the previous chunk ended with CR: an LF now completes that line end
@@ -29,6 +36,10 @@ def smtp_data(chunks: Iterable[bytes | memoryview]) -> Iterator[bytes | memoryvi
         if n == 0:
             continue
         empty = False
+        if not prev_cr and not (at_line_start and view[0] == DOT) and _clean(chunk, view):
+            yield view  # nearly always: the regex below scans at ~30 MB/s, these counts at GB/s
+            at_line_start = view[n - 1] == LF
+            continue
         pos = scan = 0
         if prev_cr and view[0] == LF:
             if n > 1 and view[1] == DOT:

@@ -47,7 +47,8 @@ async def record_message(
     sender_prefix: str = "",
 ) -> RecordedMessage:
     async with sessions.begin() as session:
-        exclusions = await storage.user_exclusions(session, user)
+        owner = await storage.get_or_create_user(session, user)
+        exclusions = owner.exclusions or []
         new = []
         for r in recipients:
             reason = untracked_reason or (EXCLUDED if excluded(r, exclusions) else None)
@@ -68,6 +69,7 @@ async def record_message(
             size=size,
             deliveries=new,
             sender_prefix=sender_prefix,
+            owner=owner,
         )
         return RecordedMessage(
             id=message.id,

@@ -357,7 +357,9 @@ async def test_each_state_in_the_web_pages_words_and_no_pixel_or_token(
     )
     assert "* gone@example.org (" in text and ": 550 5.1.1 No such user" in text
     assert "1 message of the last 30 days has no human open yet." not in text  # it was read
-    # Escaped and encoded: the hostile subject is text in HTML, intact in both parts.
+    # Escaped and encoded: the hostile subject is text in HTML, intact in both parts, and the
+    # mail itself is 7-bit with short lines (any upstream takes it, 8BITMIME or not).
+    assert max(raw) < 128 and max(len(line) for line in raw.split(b"\r\n")) <= 78
     assert HOSTILE in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt; Réunion à Genève — Ελλάδα" in html
     assert "<script" not in html
