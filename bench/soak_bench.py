@@ -31,9 +31,9 @@ from pixel_bench import seed, stored_hits  # noqa: E402
 GIF_LEN = 43
 
 
-def rss_kb(pid: int) -> int:
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
 
@@ -77,13 +77,15 @@ async def steady_load(port: int, paths: list[str], rate: int, seconds: float) ->
 
 
 def soak(pid: int, port: int, paths: list[str], rate: int, minutes: float) -> tuple[list, int, int]:
-    samples: list[tuple[float, int]] = []
+    """RSS samples (seconds, VmRSS kB, RssAnon kB): RssAnon leaves out file pages such as
+    SQLite's memory-mapped WAL index, which come and go with the files."""
+    samples: list[tuple[float, int, int]] = []
     stop = threading.Event()
     start = time.monotonic()
 
     def sample() -> None:
         while not stop.is_set():
-            samples.append((time.monotonic() - start, rss_kb(pid)))
+            samples.append((time.monotonic() - start, rss_kb(pid), rss_kb(pid, "RssAnon")))
             stop.wait(10)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -97,11 +99,12 @@ def soak(pid: int, port: int, paths: list[str], rate: int, minutes: float) -> tu
 WARM_UP = 180  # seconds
 
 
-def growth(samples: list[tuple[float, int]]) -> tuple[float, float, float]:
-    """(the first minute after warm-up's median MB, last minute's median MB, growth MB)."""
+def growth(samples: list[tuple[float, int, int]], i: int = 1) -> tuple[float, float, float]:
+    """(the first minute after warm-up's median MB, last minute's median MB, growth MB) of
+    sample field `i` (1: VmRSS, 2: RssAnon)."""
     end = samples[-1][0]
-    early = [kb for t, kb in samples if WARM_UP <= t < WARM_UP + 60] or [samples[0][1]]
-    late = [kb for t, kb in samples if t >= end - 60] or [samples[-1][1]]
+    early = [s[i] for s in samples if WARM_UP <= s[0] < WARM_UP + 60] or [samples[0][i]]
+    late = [s[i] for s in samples if s[0] >= end - 60] or [samples[-1][i]]
     a, b = statistics.median(early) / 1024, statistics.median(late) / 1024
     return a, b, b - a
 
@@ -142,15 +145,18 @@ def main() -> None:
     print(f"machine: {machine()}")
     for name, (samples, answered, failed) in results.items():
         a, b, d = growth(samples)
-        peak = max(kb for _, kb in samples) / 1024
+        anon = growth(samples, 2)[2]
+        peak = max(s[1] for s in samples) / 1024
         print(
             f"  {name:<22} RSS after warm-up {a:6.1f} MB, last min {b:6.1f} MB, "
-            f"growth {d:+5.1f} MB, "
+            f"growth {d:+5.1f} MB (anonymous {anon:+5.1f} MB), "
             f"peak {peak:6.1f} MB; {answered:,} answered, {failed} failed"
         )
     print(f"  stored hits {stored:,} of {results['MailPing pixel server'][1]:,} answered")
-    trace = " ".join(f"{kb / 1024:.0f}" for _, kb in results["MailPing pixel server"][0])
-    print(f"  MailPing RSS trace (MB, every 10 s): {trace}")
+    mailping_samples = results["MailPing pixel server"][0]
+    for label, i in (("RSS", 1), ("RssAnon", 2)):
+        trace = " ".join(f"{s[i] / 1024:.0f}" for s in mailping_samples)
+        print(f"  MailPing {label} trace (MB, every 10 s): {trace}")
 
 
 if __name__ == "__main__":
