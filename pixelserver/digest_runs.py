@@ -20,7 +20,6 @@ SENT = "sent"
 SKIPPED = "skipped"  # nothing to report and the user did not ask for empty digests
 RETRY = "retry"  # the last attempt failed; next_try_at says when to try again
 FAILED = "failed"  # given up after the last retry, or interrupted mid-send (never resent)
-DONE = (SENT, SKIPPED, FAILED)
 
 
 @dataclass(frozen=True)

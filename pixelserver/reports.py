@@ -214,7 +214,7 @@ class SettingsPage(BasePage):
 
     @property
     def digest_defaults(self) -> DigestConfig:
-        return self.extra.get("digest_defaults") or DigestConfig()  # type: ignore[return-value]
+        return self.extra["digest_defaults"]  # type: ignore[return-value]  # set by make_app
 
     async def post(self) -> None:
         if self.user is None:

@@ -163,9 +163,9 @@ class DigestRunner:
         )
         return msg.as_bytes()
 
-    async def preview(self, address: str) -> tuple[DigestData, digest.DigestMail]:
-        """The digest the user would get now (since their last one, or the last 24 hours),
-        without claiming or recording anything."""
+    async def _current(self, address: str) -> tuple[User, DigestPrefs, DigestData, dt.datetime]:
+        """The user, their settings and what their digest would say now (since their last
+        one, or the last 24 hours), without claiming or recording anything."""
         now = self.clock()
         async with self.sessions() as session:
             user = (
@@ -173,28 +173,26 @@ class DigestRunner:
             ).scalar_one_or_none()
             if user is None:
                 raise UnknownUser(address)
-            prefs = effective(user, self.config)
             start = await digest_runs.next_period_start(session, user.id)
             data = await collect(session, user.address, start or now - dt.timedelta(days=1), now)
+        return user, effective(user, self.config), data, now
+
+    async def preview(self, address: str) -> tuple[DigestData, digest.DigestMail]:
+        _, prefs, data, now = await self._current(address)
         return data, digest.compose(data, ZoneInfo(prefs.timezone), self.report_url, now)
 
     async def send_now(self, address: str) -> Sent:
-        """Send the preview's digest at once. Not recorded in the ledger: the scheduled digest
-        still comes at its hour."""
-        data, _ = await self.preview(address)
-        async with self.sessions() as session:
-            user = (
-                await session.execute(select(User).where(User.address == address.lower()))
-            ).scalar_one()
-        prefs = effective(user, self.config)
-        raw = self.render(data, prefs, self.clock())
+        """Send the digest at once. Not recorded in the ledger: the scheduled digest still
+        comes at its hour."""
+        user, prefs, data, now = await self._current(address)
+        raw = self.render(data, prefs, now)
         (outcome,) = await self.upstream.send(
             self.sender,
             [Copy(-user.id, user.address)],
             lambda _c: [raw],
             credentials=self.credentials,
         )
-        day = self.clock().astimezone(ZoneInfo(prefs.timezone)).date()
+        day = now.astimezone(ZoneInfo(prefs.timezone)).date()
         if outcome.status == ACCEPTED:
             return Sent(user.address, day, digest_runs.SENT)
         return Sent(user.address, day, digest_runs.FAILED, f"{outcome.code} {outcome.reply}")
