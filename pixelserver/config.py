@@ -31,6 +31,14 @@ def choices(default: str, *allowed: str) -> Any:
 
 def _coerce(tp: Any, value: Any) -> Any:
     """Check `value` against a field type; raises ValueError with a user-facing reason."""
+    if typing.get_origin(tp) is tuple and typing.get_args(tp)[0] is int:
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
+            raise ValueError(f"expected a non-empty list of integers, got {value!r}")
+        return tuple(value)
     if typing.get_origin(tp) is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"expected a list of strings, got {value!r}")

@@ -33,7 +33,7 @@ class DeliveryRow:
 
     @property
     def chip(self) -> str:
-        return chip(self.state, self.untracked_reason)
+        return chip(self.state, self.untracked_reason, self.outcome)
 
 
 @dataclass(frozen=True)
@@ -184,6 +184,19 @@ async def delivery_owned(session: AsyncSession, user: str | None, delivery_id: i
         user,
     )
     return (await session.execute(q)).first() is not None
+
+
+async def owned_delivery_token(
+    session: AsyncSession, user: str | None, delivery_id: int
+) -> str | None:
+    """The token of one of the user's deliveries (local outbox copies are named by it)."""
+    q = owned(
+        select(Delivery.token)
+        .join(Message, Message.id == Delivery.message_id)
+        .where(Delivery.id == delivery_id),
+        user,
+    )
+    return (await session.execute(q)).scalar_one_or_none()
 
 
 @dataclass(frozen=True)

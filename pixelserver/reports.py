@@ -124,11 +124,11 @@ class OutboxPage(BasePage):
         if self.outbox_dir is None:
             raise tornado.web.HTTPError(404)
         async with self.sessions() as session:
-            owned = await queries.delivery_owned(session, self.user, int(delivery_id))
-        if not owned:
+            token = await queries.owned_delivery_token(session, self.user, int(delivery_id))
+        if token is None:
             raise tornado.web.HTTPError(404)
         try:
-            raw = (self.outbox_dir / f"{int(delivery_id)}.eml").read_bytes()
+            raw = (self.outbox_dir / f"{token}.eml").read_bytes()
         except OSError:
             raise tornado.web.HTTPError(404) from None
         msg = email.message_from_bytes(raw, policy=email.policy.default)

@@ -18,13 +18,18 @@ SCANNED_ONLY = "scanned_only"
 NOT_OPENED = "not_opened"
 UNTRACKED = "untracked"
 FAILED = "failed"
-STATES = (OPENED, PREFETCHED_ONLY, SCANNED_ONLY, NOT_OPENED, UNTRACKED, FAILED)
+QUEUED = "queued"  # in the relay's queue: not sent yet, or deferred and to be retried
+STATES = (OPENED, PREFETCHED_ONLY, SCANNED_ONLY, NOT_OPENED, UNTRACKED, QUEUED, FAILED)
+# Outcomes of a copy still in the relay's queue, and of one that will never arrive.
+WAITING_OUTCOMES = ("pending", "queued", "deferred")
+FAILED_OUTCOMES = ("rejected", "expired", "dropped")
 STATE_WORDS = {
     OPENED: "Opened",
     PREFETCHED_ONLY: "Apple prefetch only",
     SCANNED_ONLY: "Scanner only",
     NOT_OPENED: "Not opened yet",
     UNTRACKED: "Not tracked",
+    QUEUED: "Queued, not sent yet",
     FAILED: "Not delivered",
 }
 VERDICT_WORDS = {
@@ -106,8 +111,10 @@ def place_of(hit: HitView) -> str:
 
 
 def state_of(outcome: str, tracking: str, s: HitSummary) -> DeliveryState:
-    if outcome in ("rejected", "deferred"):
+    if outcome in FAILED_OUTCOMES:
         state = FAILED
+    elif outcome in WAITING_OUTCOMES:
+        state = QUEUED
     elif tracking == "untracked":
         state = UNTRACKED
     elif s.people:
@@ -137,8 +144,16 @@ def delivery_state(outcome: str, tracking: str, hits: Sequence[HitView]) -> Deli
     return state_of(outcome, tracking, summarize(hits))
 
 
-def chip(s: DeliveryState, untracked_reason: str | None = None) -> str:
+def chip(s: DeliveryState, untracked_reason: str | None = None, outcome: str | None = None) -> str:
     """The state in plain words, as the report shows it."""
+    if s.state == QUEUED:
+        return (
+            "Delayed: the mail server deferred it, retrying"
+            if outcome == "deferred"
+            else ("Queued: being sent")
+        )
+    if s.state == FAILED and outcome == "expired":
+        return "Not delivered: gave up after retrying"
     if s.state == OPENED:
         bits = [f"Read {s.human_hits}×" if s.human_hits > 1 else "Read"]
         bits += [b for b in (s.client, s.place) if b]

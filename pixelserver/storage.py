@@ -51,7 +51,20 @@ from pixelserver.state import HitSummary, HitView, state_of
 # BigInteger primary keys that still autoincrement on SQLite (which only does so for INTEGER).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
-OUTCOMES = ("pending", "accepted", "rejected", "deferred")
+# pending: recorded before the durable queue existed, never tried. queued: spooled, not tried
+# yet; deferred: tried, will be retried; uncertain: the upstream took the whole copy but its
+# reply was lost (never re-sent); expired: given up; dropped: removed from the queue by hand.
+OUTCOMES = (
+    "pending",
+    "queued",
+    "accepted",
+    "rejected",
+    "deferred",
+    "uncertain",
+    "expired",
+    "dropped",
+)
+FAILED_OUTCOMES = ("rejected", "expired", "dropped")
 TRACKING = ("tracked", "untracked")
 
 
@@ -383,8 +396,11 @@ async def add_message(
     deliveries: Sequence[NewDelivery],
     source: str = "relay",
     owner: User | None = None,
+    accepted_at: dt.datetime | None = None,
+    outcome: str = "pending",
 ) -> tuple[Message, list[Delivery]]:
-    """`owner`: the user row when the caller has read it already (one query less)."""
+    """`owner`: the user row when the caller has read it already (one query less);
+    `accepted_at`: when the relay took the message, if it is recorded later than that."""
     user = owner or await get_or_create_user(session, user_address)
     message = Message(
         user_id=user.id,
@@ -392,7 +408,7 @@ async def add_message(
         subject=subject,
         message_id_header=message_id_header,
         size=size,
-        accepted_at=utcnow(),
+        accepted_at=accepted_at or utcnow(),
         sender_prefix=sender_prefix,
         search_text=search_text(subject, (d.recipient for d in deliveries)),
         source=source,
@@ -406,7 +422,7 @@ async def add_message(
             token=d.token,
             tracking=d.tracking,
             untracked_reason=d.untracked_reason,
-            outcome="pending",
+            outcome=outcome,
             state="untracked" if d.tracking == "untracked" else "not_opened",
         )
         for d in deliveries
@@ -416,8 +432,13 @@ async def add_message(
     return message, rows
 
 
-async def set_outcomes(session: AsyncSession, outcomes: Iterable[tuple[int, str, str]]) -> None:
-    """(delivery id, outcome, upstream reply) for each copy that was tried, in one statement."""
+async def set_outcomes(
+    session: AsyncSession,
+    outcomes: Iterable[tuple[int, str, str]],
+    finished: Any = None,
+) -> None:
+    """(delivery id, outcome, upstream reply) for each copy that was tried, in one statement.
+    `finished(outcome)` says whether that outcome ends the copy's journey (sets finished_at)."""
     now = utcnow()
     rows = []
     for delivery_id, outcome, reply in outcomes:
@@ -428,7 +449,7 @@ async def set_outcomes(session: AsyncSession, outcomes: Iterable[tuple[int, str,
                 "b_id": delivery_id,
                 "outcome": outcome,
                 "upstream_reply": reply[:2000],
-                "finished_at": now,
+                "finished_at": now if finished is None or finished(outcome) else None,
             }
         )
     if rows:
@@ -436,9 +457,43 @@ async def set_outcomes(session: AsyncSession, outcomes: Iterable[tuple[int, str,
             update(Delivery.__table__).where(Delivery.__table__.c.id == bindparam("b_id")),
             rows,
         )
-        failed = [r["b_id"] for r in rows if r["outcome"] in ("rejected", "deferred")]
-        if failed:
-            await refresh_states(session, failed)
+        await refresh_states(session, [r["b_id"] for r in rows])
+
+
+async def set_outcomes_by_token(
+    session: AsyncSession, outcomes: Iterable[tuple[str, str, str]]
+) -> int:
+    """(token, outcome, upstream reply): what the relay's spool says of each copy, written
+    as it is (idempotent, so a catch-up after an outage can repeat it). Returns rows found."""
+    wanted = {token: (outcome, reply) for token, outcome, reply in outcomes}
+    if not wanted:
+        return 0
+    for outcome, _ in wanted.values():
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r}")
+    ids = dict(
+        (
+            await session.execute(
+                select(Delivery.token, Delivery.id).where(Delivery.token.in_(list(wanted)))
+            )
+        ).all()
+    )
+    if ids:
+        await set_outcomes(
+            session,
+            [(ids[t], wanted[t][0], wanted[t][1]) for t in ids],
+            finished=lambda outcome: outcome not in ("queued", "deferred"),
+        )
+    return len(ids)
+
+
+async def tokens_recorded(session: AsyncSession, tokens: Sequence[str]) -> bool:
+    """Whether a spooled message's deliveries are in the store already (catch-up is
+    idempotent: tokens are unique)."""
+    if not tokens:
+        return True
+    found = await session.scalar(select(func.count()).where(Delivery.token.in_(list(tokens))))
+    return bool(found)
 
 
 async def local_user_hash(session: AsyncSession, username: str) -> str | None:

@@ -56,6 +56,36 @@ class UpstreamConfig:
     sent_copy: str = choices("auto", "guard", "off")
     timeout: int = 60
     verify_certificate: bool = True
+    # Submissions a minute to one upstream account; 0: the provider's documented limit if
+    # MailPing knows it (relay/pace.py), else no pacing.
+    max_per_minute: int = 0
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """The durable outbound queue (relay/queue.py)."""
+
+    retry_seconds: tuple[int, ...] = (60, 300, 1800, 7200, 21600)  # the last one repeats
+    give_up_after: str = "5d"
+    delay_warning_after: str = "4h"  # tell the sender a copy is late ("0": never)
+    reply_within: int = 20  # seconds the client may wait for the first attempt
+    resubmit_window: str = "1d"  # same Message-ID, sender and recipients: not sent twice
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '4h', '5d', '1w', or a bare number of seconds."""
+    text = text.strip().lower()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"expected a duration such as 30m, 4h or 5d, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"a duration cannot be negative: {text!r}")
+    return value * _UNITS[unit]
 
 
 @dataclass(frozen=True)
@@ -64,6 +94,7 @@ class Config:
     data_dir: Path
     relay: RelayConfig = field(default_factory=RelayConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     pixelserver: PixelServerConfig = field(default_factory=PixelServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     geoip: GeoipConfig = field(default_factory=GeoipConfig)
@@ -84,6 +115,11 @@ class Config:
     def outbox_dir(self) -> Path | None:
         """Where copies go when no upstream is configured (the first-run demo)."""
         return None if self.upstream.host else self.data_dir / "outbox"
+
+    @property
+    def spool_dir(self) -> Path:
+        """The durable outbound queue: shared by every process that uses this data_dir."""
+        return self.data_dir / "spool"
 
     @property
     def digest_credentials(self) -> tuple[str, str] | None:
@@ -142,7 +178,16 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
             raise ConfigError(file, "-", f"not valid TOML: {exc}") from None
         base = path.resolve().parent
 
-    sections = {"relay", "upstream", "pixelserver", "database", "geoip", "privacy", "digest"}
+    sections = {
+        "relay",
+        "upstream",
+        "queue",
+        "pixelserver",
+        "database",
+        "geoip",
+        "privacy",
+        "digest",
+    }
     for key in raw:
         if key not in sections | {"data_dir"}:
             raise ConfigError(file, key, "unknown key or table")
@@ -155,6 +200,8 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
     if upstream.host and "auth" not in (raw.get("relay") or {}):
         # With a real upstream, the safe default is that clients log in with their account.
         relay = dataclasses.replace(relay, auth="upstream")
+    queue = build_section(QueueConfig, raw.get("queue"), file, "queue")
+    _validate_queue(queue, file)
     pixel = build_section(PixelServerConfig, raw.get("pixelserver"), file, "pixelserver")
     database = build_section(DatabaseConfig, raw.get("database"), file, "database")
     geoip = build_section(GeoipConfig, raw.get("geoip"), file, "geoip")
@@ -194,6 +241,8 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         raise ConfigError(file, "upstream.port", f"not a TCP port: {upstream.port}")
     if upstream.timeout < 1:
         raise ConfigError(file, "upstream.timeout", "must be at least 1 second")
+    if upstream.max_per_minute < 0:
+        raise ConfigError(file, "upstream.max_per_minute", "cannot be negative")
     password = _login_password(upstream.username, upstream.password_env, env, file, "upstream")
     digest_password = _login_password(digest.username, digest.password_env, env, file, "digest")
     if pixel.report_password_env and pixel.report_password_env not in env:
@@ -210,6 +259,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         data_dir=(base / data_dir_value).resolve(),
         relay=relay,
         upstream=upstream,
+        queue=queue,
         pixelserver=pixel,
         database=database,
         geoip=geoip,
@@ -218,6 +268,20 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         upstream_password=password,
         digest_password=digest_password,
     )
+
+
+def _validate_queue(queue: QueueConfig, file: str) -> None:
+    for key in ("give_up_after", "delay_warning_after", "resubmit_window"):
+        try:
+            parse_duration(getattr(queue, key))
+        except ValueError as exc:
+            raise ConfigError(file, f"queue.{key}", str(exc)) from None
+    if any(s < 1 for s in queue.retry_seconds):
+        raise ConfigError(file, "queue.retry_seconds", "every wait must be at least 1 second")
+    if parse_duration(queue.give_up_after) < 60:
+        raise ConfigError(file, "queue.give_up_after", "must be at least a minute")
+    if not 1 <= queue.reply_within <= 300:
+        raise ConfigError(file, "queue.reply_within", "must be between 1 and 300 seconds")
 
 
 def _login_password(

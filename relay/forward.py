@@ -14,7 +14,7 @@ import logging
 import os
 import ssl
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -30,8 +30,9 @@ ACCEPTED, REJECTED, DEFERRED = "accepted", "rejected", "deferred"
 
 @dataclass(frozen=True)
 class Copy:
-    key: int  # the delivery id
+    key: int  # the copy's number in its spooled message
     recipient: str
+    name: str = ""  # unique file name in the local outbox (the delivery's token)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,14 @@ class Credentials:
 
 Chunks = Sequence[bytes | memoryview]
 Render = Callable[[Copy], Chunks]
+# Awaited just before the final dot of a copy's DATA: past that point the copy may be
+# delivered whatever happens next, so the queue records it durably first (exactly once).
+OnCommit = Callable[[Copy], Awaitable[None]]
+# Awaited before each copy: the queue's pacing of submissions to one account.
+Pace = Callable[[], Awaitable[None]]
+# Awaited with each copy's outcome as soon as it is known (not when the last copy is done), so
+# a crash in the middle of a message loses no outcome already heard.
+OnOutcome = Callable[["Outcome"], Awaitable[None]]
 WRITE_SLICE = 256 * 1024  # bytes handed to the transport at a time
 HIGH_WATER = 1024 * 1024  # wait while more than this is queued unsent
 
@@ -67,6 +76,9 @@ class Upstream(Protocol):
         smtputf8: bool = False,
         eight_bit: bool = False,
         credentials: Credentials | None = None,
+        on_commit: OnCommit | None = None,
+        pace: Pace | None = None,
+        on_outcome: OnOutcome | None = None,
     ) -> list[Outcome]: ...
 
 
@@ -148,6 +160,9 @@ class SmtpUpstream:
         smtputf8: bool = False,
         eight_bit: bool = False,
         credentials: Credentials | None = None,
+        on_commit: OnCommit | None = None,
+        pace: Pace | None = None,
+        on_outcome: OnOutcome | None = None,
     ) -> list[Outcome]:
         link = _Link(self, credentials)
         envelope = _Envelope(sender, smtputf8, eight_bit)
@@ -156,18 +171,27 @@ class SmtpUpstream:
         try:
             for copy in copies:
                 if broken is not None:
-                    outcomes.append(_same_failure(broken, copy))
-                    continue
-                outcome, usable = await self._send_copy(link, envelope, copy, render)
-                if not usable:
-                    broken = outcome
+                    outcome = _same_failure(broken, copy)
+                else:
+                    if pace is not None:
+                        await pace()
+                    outcome, usable = await self._send_copy(link, envelope, copy, render, on_commit)
+                    if not usable:
+                        broken = outcome
                 outcomes.append(outcome)
+                if on_outcome is not None:
+                    await on_outcome(outcome)
         finally:
             await link.close()
         return outcomes
 
     async def _send_copy(
-        self, link: _Link, envelope: _Envelope, copy: Copy, render: Render
+        self,
+        link: _Link,
+        envelope: _Envelope,
+        copy: Copy,
+        render: Render,
+        on_commit: OnCommit | None = None,
     ) -> tuple[Outcome, bool]:
         """One copy to its one recipient; (outcome, whether the upstream is still usable).
 
@@ -183,7 +207,8 @@ class SmtpUpstream:
                 if envelope.smtputf8 and not smtp.supports_extension("smtputf8"):
                     # Checked before the first copy, so nothing has been sent to anyone.
                     return failed(550, f"5.6.7 {NO_SMTPUTF8.format(host=self.host)}"), False
-                await _transmit(smtp, envelope, copy.recipient, render(copy), self.timeout)
+                commit = (lambda: on_commit(copy)) if on_commit is not None else None
+                await _transmit(smtp, envelope, copy.recipient, render(copy), self.timeout, commit)
                 return Outcome(copy.key, copy.recipient, ACCEPTED, 250, "accepted"), True
             except UncertainDelivery:
                 link.drop()
@@ -229,7 +254,12 @@ class _Envelope:
 
 
 async def _transmit(
-    smtp: aiosmtplib.SMTP, envelope: _Envelope, recipient: str, chunks: Chunks, timeout: float
+    smtp: aiosmtplib.SMTP,
+    envelope: _Envelope,
+    recipient: str,
+    chunks: Chunks,
+    timeout: float,
+    commit: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """One SMTP transaction, with the message streamed from its chunks.
 
@@ -258,6 +288,10 @@ async def _transmit(
             for i in range(0, len(chunk), WRITE_SLICE):
                 protocol.write(chunk[i : i + WRITE_SLICE])
                 await _drained(protocol.transport)
+        if commit is not None:
+            await commit()
+        if protocol.transport is None or protocol.transport.is_closing():
+            raise aiosmtplib.SMTPServerDisconnected("connection lost before the final dot")
         protocol.write(END)
         try:
             done = await protocol.read_response(timeout=timeout)
@@ -359,6 +393,9 @@ class OutboxUpstream:
         smtputf8: bool = False,
         eight_bit: bool = False,
         credentials: Credentials | None = None,
+        on_commit: OnCommit | None = None,
+        pace: Pace | None = None,
+        on_outcome: OnOutcome | None = None,
     ) -> list[Outcome]:
         self.directory.mkdir(parents=True, exist_ok=True)
         outcomes = []
@@ -368,14 +405,18 @@ class OutboxUpstream:
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.writelines(chunks)
-                os.replace(tmp, self.directory / f"{copy.key}.eml")
+                if on_commit is not None:
+                    await on_commit(copy)
+                # Named by the delivery's token: unique, so no copy ever replaces another.
+                os.replace(tmp, self.directory / f"{copy.name or copy.key}.eml")
             except OSError as exc:
                 Path(tmp).unlink(missing_ok=True)
-                outcomes.append(
-                    Outcome(copy.key, copy.recipient, DEFERRED, 451, f"local outbox: {exc}")
+                outcome = Outcome(copy.key, copy.recipient, DEFERRED, 451, f"local outbox: {exc}")
+            else:
+                outcome = Outcome(
+                    copy.key, copy.recipient, ACCEPTED, 250, "stored in the local outbox"
                 )
-                continue
-            outcomes.append(
-                Outcome(copy.key, copy.recipient, ACCEPTED, 250, "stored in the local outbox")
-            )
+            outcomes.append(outcome)
+            if on_outcome is not None:
+                await on_outcome(outcome)
         return outcomes

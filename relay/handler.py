@@ -90,8 +90,16 @@ class RelayHandler:
             client_ip=str(session.peer[0]) if session.peer else "",
         )
         async with self.in_flight:
-            result = await self.relay.submit(sub)
-        return replies.reply_for(result.outcomes)
+            receipt = await self.relay.submit(sub)
+        session.mailping_unheard = receipt.claim  # type: ignore[attr-defined]
+        return receipt.reply
+
+    async def reply_heard(self, session: Session) -> None:
+        """The client sent another command, so it heard the reply to its last message."""
+        claim = getattr(session, "mailping_unheard", None)
+        if claim is not None:
+            session.mailping_unheard = None  # type: ignore[attr-defined]
+            await self.relay.forget_claim(claim)
 
     async def handle_exception(self, error: Exception) -> str:
         # The default reply would show the exception text to the client.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from relay.forward import ACCEPTED, DEFERRED, Outcome
+from relay.spool import ACCEPTED, DEFERRED, REJECTED, CopyState
 
 RCPT_OK = "250 2.1.5 Recipient OK"
 AUTH_REQUIRED = "530 5.7.0 Authentication required: log in with your mail account first"
@@ -19,6 +19,10 @@ AUTH_UNAVAILABLE = "454 4.7.0 Cannot check your login right now: the upstream se
 AUTH_TOO_MANY = "454 4.7.0 Too many failed logins from your address; try again in a few minutes"
 NO_RECIPIENTS = "554 5.5.1 No valid recipients"
 INTERNAL_ERROR = "451 4.3.0 MailPing hit an internal error; nothing was sent, please retry"
+NOT_SPOOLED = (
+    "451 4.3.0 MailPing cannot queue mail right now (its disk); nothing was sent, please retry"
+)
+ALREADY_ACCEPTED = "250 2.0.0 Already accepted (same Message-ID): not sent again"
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}\s")
 
@@ -30,26 +34,37 @@ def one_line(text: str, limit: int = 400) -> str:
     return text[:limit] or "no reason given"
 
 
-def reply_for(outcomes: Sequence[Outcome]) -> str:
-    """All accepted: 250. Some accepted: 250 (a DSN reports the rest). None accepted: 451 if any
-    failure is temporary, else 550 with the upstream's own words. Never 250 for nothing sent."""
-    if not outcomes:
-        return NO_RECIPIENTS
-    accepted = sum(o.status == ACCEPTED for o in outcomes)
-    if accepted == len(outcomes):
-        return f"250 2.0.0 Sent to {accepted} recipient{'s' if accepted != 1 else ''}"
-    if accepted:
-        failed = len(outcomes) - accepted
-        return (
-            f"250 2.0.0 Sent to {accepted} of {len(outcomes)} recipients; "
-            f"{failed} failed, a delivery report follows"
+def reply_for(copies: Sequence[CopyState], finished: bool) -> tuple[str, bool]:
+    """The reply once a message is spooled: (reply, whether it told the client of refusals).
+
+    Spooled means accepted: 250, unless the first attempt finished and every copy was refused
+    for good (550 with the upstream's own words; nothing was sent). Never 4xx from here on:
+    what is deferred is the queue's to retry, and nothing says "not sent" when a copy went out.
+    """
+    copies = [c for c in copies if not c.guard]
+    if not copies:
+        return NO_RECIPIENTS, False
+    sent = sum(c.status == ACCEPTED for c in copies)
+    refused = [c for c in copies if c.status == REJECTED]
+    n = len(copies)
+    if finished and len(refused) == n:
+        first = refused[0]
+        text = one_line(first.reply)
+        if not _ENHANCED.match(text + " "):
+            text = f"5.0.0 {text}"
+        who = "" if n == 1 else f" (all {n} recipients)"
+        return f"550 {text}{who}", True
+    if sent == n:
+        return f"250 2.0.0 Sent to {sent} recipient{'s' if sent != 1 else ''}", False
+    bits = [f"sent to {sent} of {n} recipients"]
+    waiting = [c for c in copies if not c.final]
+    if waiting:
+        why = next((c.reply for c in waiting if c.status == DEFERRED and c.reply), "")
+        bits.append(
+            f"{len(waiting)} queued, MailPing keeps trying"
+            + (f" ({one_line(why, 200)})" if why else "")
         )
-    deferred = [o for o in outcomes if o.status == DEFERRED]
-    if deferred:
-        return f"451 4.4.1 Not sent, will work on retry: {one_line(deferred[0].reply)}"
-    first = outcomes[0]
-    text = one_line(first.reply)
-    if not _ENHANCED.match(text + " "):
-        text = f"5.0.0 {text}"
-    who = "" if len(outcomes) == 1 else f" (all {len(outcomes)} recipients)"
-    return f"550 {text}{who}"
+    failed = n - sent - len(waiting)
+    if failed:
+        bits.append(f"{failed} not delivered, a delivery report follows")
+    return f"250 2.0.0 Accepted: {'; '.join(bits)}", False

@@ -40,7 +40,10 @@ from relay.config import Config, resolve_file
 from relay.digest_runner import Clock, DigestRunner, system_clock
 from relay.forward import Credentials, OutboxUpstream, SmtpUpstream, Upstream
 from relay.handler import RelayHandler
+from relay.pace import Pacer, limit_for
+from relay.queue import QueuePolicy, QueueRunner
 from relay.smtp import RelaySMTP
+from relay.spool import Spool
 from relay.submit import Relay, is_google_host
 
 log = logging.getLogger("mailping")
@@ -119,6 +122,7 @@ def guard_sent_copy(cfg: Config) -> bool:
 class RunningRelay:
     server: asyncio.base_events.Server
     handler: RelayHandler
+    queue: QueueRunner
     digests: asyncio.Task | None = None
 
     async def close(self) -> None:
@@ -128,6 +132,31 @@ class RunningRelay:
                 await self.digests
         self.server.close()
         await self.server.wait_closed()
+        await self.queue.close()
+        self.queue.spool.close()
+
+
+def make_queue(
+    cfg: Config, sessions: async_sessionmaker[AsyncSession], upstream: Upstream, hostname: str
+) -> QueueRunner:
+    """The spool in data_dir and the runner that forwards from it (one per process; the
+    processes of `--workers` share the spool through file locks)."""
+    spool = Spool(cfg.spool_dir)
+    spool.open()
+    return QueueRunner(
+        spool=spool,
+        upstream=upstream,
+        sessions=sessions,
+        policy=QueuePolicy.from_config(cfg.queue),
+        hostname=hostname,
+        public_url=cfg.pixelserver.public_url,
+        pixel_path=cfg.pixelserver.pixel_path,
+        pacer=Pacer(
+            limit_for(cfg.upstream.host, cfg.upstream.max_per_minute), share=cfg.worker_count
+        ),
+        account=cfg.upstream.username or cfg.upstream.host,
+        relay_login=bool(cfg.upstream.username) or cfg.outbox_dir is not None,
+    )
 
 
 def make_digest_runner(
@@ -162,14 +191,8 @@ async def start_relay(
 ) -> RunningRelay:
     upstream = upstream or make_upstream(cfg)
     hostname = cfg.relay.hostname or socket.getfqdn()
-    relay = Relay(
-        sessions,
-        upstream,
-        public_url=cfg.pixelserver.public_url,
-        pixel_path=cfg.pixelserver.pixel_path,
-        hostname=hostname,
-        guard_sent_copy=guard_sent_copy(cfg),
-    )
+    queue = make_queue(cfg, sessions, upstream, hostname)
+    relay = Relay(sessions, queue, guard_sent_copy=guard_sent_copy(cfg))
     authenticator: Authenticator | None = None
     if cfg.relay.auth == "upstream":
         assert isinstance(upstream, SmtpUpstream)
@@ -206,12 +229,14 @@ async def start_relay(
             reuse_port=cfg.worker is not None,
         )
     except OSError as exc:
+        queue.spool.close()
         raise ListenError("relay.listen", cfg.relay.listen, exc) from None
+    queue.start()
     digests = None
     if with_digests:
         runner = make_digest_runner(cfg, sessions)
         digests = asyncio.get_running_loop().create_task(runner.run_forever())
-    return RunningRelay(server, handler, digests)
+    return RunningRelay(server, handler, queue, digests)
 
 
 @dataclass

@@ -86,3 +86,28 @@ class RelaySMTP(SMTP):
             await super().smtp_HELO(hostname)
         finally:
             self._in_ehlo = False
+
+    # A reply to DATA counts as heard once the client sends its next command on the same
+    # connection; until then a re-submission of the same message is taken as a retry after a
+    # lost reply (relay/submit.py), and is not sent twice.
+
+    async def _reply_heard(self) -> None:
+        heard = getattr(self.event_handler, "reply_heard", None)
+        if heard is not None and self.session is not None:
+            await heard(self.session)
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        await self._reply_heard()
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        await self._reply_heard()
+        await super().smtp_RSET(arg)
+
+    async def smtp_NOOP(self, arg: str) -> None:
+        await self._reply_heard()
+        await super().smtp_NOOP(arg)
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        await self._reply_heard()
+        await super().smtp_QUIT(arg)

@@ -1,25 +1,29 @@
-"""One submission, end to end: prepare once, record, render per recipient, forward, report.
+"""One submission: check it, spool it durably, try it once while the client waits, reply.
 
-This is the domain code the SMTP handler calls; it knows nothing of SMTP sessions, so it can be
-driven directly by benchmarks and by the digest sender later.
+This is the domain code the SMTP handler calls; it knows nothing of SMTP sessions. The spool
+write is the point of no return: before it the client may hear 451 and nothing was sent;
+after it the message is the queue's (relay/queue.py) and the reply is 250, or 550 when the
+first attempt found every recipient refused for good.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver import metrics
 from pixelserver.networks import mask
-from relay import rewrite, tracking
-from relay.dsn import build_dsn
-from relay.forward import ACCEPTED, Copy, Credentials, Outcome, Render, Upstream
+from pixelserver.tokens import mint_token
+from relay import replies, rewrite, tracking
+from relay.forward import Credentials
+from relay.queue import QueueRunner
+from relay.spool import ACCEPTED, Entry, SpoolError
 
 log = logging.getLogger("mailping.relay")
 
@@ -36,13 +40,6 @@ class Submission:
     credentials: Credentials | None = None
 
 
-@dataclass(frozen=True)
-class Result:
-    message_id: int | None
-    outcomes: list[Outcome]
-    untracked_reason: str | None
-
-
 def unique_recipients(recipients: Sequence[str]) -> list[str]:
     """A recipient named twice in RCPT gets one copy, not two."""
     seen: set[str] = set()
@@ -54,9 +51,6 @@ def unique_recipients(recipients: Sequence[str]) -> list[str]:
     return out
 
 
-GUARD_KEY = 0  # the Sent-folder guard copy: sent, but not a delivery
-
-
 def is_google_host(host: str) -> bool:
     """Google's submission servers file the first copy of a Message-ID in Sent Mail."""
     host = host.lower().rstrip(".")
@@ -66,140 +60,143 @@ def is_google_host(host: str) -> bool:
     )
 
 
-def _count(outcomes: list[Outcome], accepted: int) -> None:
-    result = "sent" if accepted == len(outcomes) else "partial" if accepted else "failed"
-    metrics.RELAY_MESSAGES.labels(result).inc()
-    for o in outcomes:
-        metrics.RELAY_COPIES.labels(o.status).inc()
-        if o.status != ACCEPTED:
-            metrics.UPSTREAM_ERRORS.labels("uncertain" if o.uncertain else o.status).inc()
+@dataclass(frozen=True)
+class Claim:
+    """A message whose Message-ID is held against re-submission until its reply is heard."""
+
+    sender: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Receipt:
+    reply: str
+    claim: Claim | None = None  # set when the message was taken and its reply may be lost
 
 
 class Relay:
+    """Takes a message from the client: spool it, try it once, tell the client."""
+
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        upstream: Upstream,
+        queue: QueueRunner,
         *,
-        public_url: str,
-        pixel_path: str,
-        hostname: str,
         guard_sent_copy: bool = False,
+        exclusions: tracking.ExclusionCache | None = None,
     ) -> None:
         self.sessions = sessions
-        self.upstream = upstream
-        self.public_url = public_url
-        self.pixel_path = pixel_path
-        self.hostname = hostname
+        self.queue = queue
+        self.spool = queue.spool
+        self.policy = queue.policy
         self.guard_sent_copy = guard_sent_copy
+        self.exclusions = exclusions or tracking.ExclusionCache()
 
-    async def submit(self, sub: Submission) -> Result:
-        arrival = dt.datetime.now(dt.UTC)
+    async def forget_claim(self, claim: Claim) -> None:
+        await asyncio.to_thread(self.spool.unclaim_message_id, claim.sender, claim.key)
+
+    async def submit(self, sub: Submission) -> Receipt:
+        """The SMTP reply for one submission (relay/replies.py).
+
+        A client whose connection died before it heard the reply sends the message again;
+        that second submission (same Message-ID, recipients and bytes, within
+        `[queue] resubmit_window`) is answered 250 and not sent. Once the client sends another
+        command on the connection, it heard the reply, and the claim is dropped: sending the
+        same message again later is then the user's wish."""
         prepared = rewrite.prepare(sub.data)
         recipients = unique_recipients(sub.recipients)
-        recorded = await self._record(sub, prepared, recipients)
-        copies, render = self._plan(sub, prepared, recorded, recipients)
-        started = time.perf_counter()
-        sent = await self.upstream.send(
-            sub.sender,
-            copies,
-            render,
-            smtputf8=sub.smtputf8,
-            eight_bit=sub.eight_bit,
-            credentials=sub.credentials,
-        )
-        metrics.UPSTREAM_SECONDS.observe(time.perf_counter() - started)
-        outcomes = [o for o in sent if o.key != GUARD_KEY]
-        for o in sent:
-            if o.key == GUARD_KEY and o.status != ACCEPTED:
-                log.warning("the Sent-folder guard copy was not accepted: %s", o.reply)
-        if recorded is not None:
-            try:
-                await tracking.record_outcomes(
-                    self.sessions, [(o.key, o.status, o.reply) for o in outcomes]
-                )
-            except SQLAlchemyError:
-                log.exception("could not record delivery outcomes for message %s", recorded.id)
-        accepted = sum(o.status == ACCEPTED for o in outcomes)
-        _count(outcomes, accepted)
-        log.info(
-            "message %s from %s: %d/%d copies accepted, %s",
-            recorded.id if recorded else "-",
-            sub.user,
-            accepted,
-            len(outcomes),
-            prepared.untracked_reason or "tracked",
-        )
-        for o in outcomes:
-            if o.status != ACCEPTED:
-                log.warning("copy to %s %s: %s %s", o.recipient, o.status, o.code, o.reply)
-        if 0 < accepted < len(outcomes):
-            await self._report_failures(sub, outcomes, arrival)
-        return Result(recorded.id if recorded else None, outcomes, prepared.untracked_reason)
-
-    async def _record(
-        self, sub: Submission, prepared: rewrite.Prepared, recipients: list[str]
-    ) -> tracking.RecordedMessage | None:
+        if not recipients:
+            return Receipt(replies.NO_RECIPIENTS)
+        key = resubmission_key(prepared.message_id, recipients, sub.data)
+        if key and not await asyncio.to_thread(
+            self.spool.claim_message_id, sub.sender, key, self.policy.resubmit_window
+        ):
+            log.info("message from %s re-submitted (same Message-ID): not sent again", sub.user)
+            metrics.RELAY_MESSAGES.labels("resubmitted").inc()
+            return Receipt(replies.ALREADY_ACCEPTED, Claim(sub.sender, key))
+        exclusions = await self.exclusions.get(self.sessions, sub.user) if prepared.tracked else []
+        plan = tracking.plan_deliveries(recipients, prepared.untracked_reason, exclusions)
+        header = self._header(sub, prepared, plan)
         try:
-            return await tracking.record_message(
-                self.sessions,
-                user=sub.user,
-                envelope_from=sub.sender,
-                recipients=recipients,
-                subject=prepared.subject,
-                message_id_header=prepared.message_id,
-                size=len(sub.data),
-                untracked_reason=prepared.untracked_reason,
-                sender_prefix=mask(sub.client_ip),
-            )
-        except SQLAlchemyError:
-            # The store is down: the mail still goes out, untracked, rather than waiting on us.
-            log.exception("could not record the message; forwarding it untracked")
-            return None
+            entry = await asyncio.to_thread(self.spool.put, header, sub.data)
+        except SpoolError:
+            log.exception("cannot spool a message from %s", sub.user)
+            if key:
+                self.spool.unclaim_message_id(sub.sender, key)
+            metrics.RELAY_MESSAGES.labels("not_spooled").inc()
+            return Receipt(replies.NOT_SPOOLED)
+        # From here on the message is ours: nothing below can make the reply a 4xx.
+        attempt = self.queue.take(entry, sub.credentials, sub.data)
+        told = False
+        try:
+            try:
+                await asyncio.wait_for(asyncio.shield(attempt.attempted), self.policy.reply_within)
+                finished = True
+            except TimeoutError:
+                finished = False
+            reply, told = replies.reply_for(entry.copies, finished)
+        finally:
+            attempt.tell(told)
+        self._log(sub, entry, prepared, reply)
+        if told and key:  # refused outright: nothing was taken, the client may send it again
+            await self.forget_claim(Claim(sub.sender, key))
+            return Receipt(reply)
+        return Receipt(reply, Claim(sub.sender, key) if key else None)
 
-    def _plan(
-        self,
-        sub: Submission,
-        prepared: rewrite.Prepared,
-        recorded: tracking.RecordedMessage | None,
-        recipients: list[str],
-    ) -> tuple[list[Copy], Render]:
-        """The copies to send, in order, and how to render each (one copy at a time, so a
-        large message to many recipients never holds more than one rendered copy)."""
-        if recorded is None:
-            copies = [Copy(-i - 1, r) for i, r in enumerate(recipients)]
-        else:
-            copies = [Copy(d.id, d.recipient) for d in recorded.deliveries]
-        if recorded is None or not prepared.tracked:
-            return copies, lambda _c: rewrite.untouched_chunks(sub.data)
-        tokens = {d.id: d.token for d in recorded.deliveries if d.tracked}
-
-        def render(copy: Copy) -> rewrite.Chunks:
-            if copy.key not in tokens:  # the Sent-folder guard, an excluded recipient
-                return rewrite.untouched_chunks(sub.data)
-            url = tracking.pixel_url(self.public_url, self.pixel_path, tokens[copy.key])
-            return rewrite.render_chunks(prepared, url)
-
+    def _header(
+        self, sub: Submission, prepared: rewrite.Prepared, plan: list[tracking.SpooledDelivery]
+    ) -> dict:
+        copies = [
+            {"rcpt": d.recipient, "token": d.token, "tracked": not d.untracked_reason}
+            | ({"reason": d.untracked_reason} if d.untracked_reason else {})
+            for d in plan
+        ]
         if self.guard_sent_copy and sub.sender:
             # Gmail files the first copy of a Message-ID in the sender's Sent Mail and ignores
             # later ones: make that first copy one without a pixel, addressed to the sender, so
             # re-reading Sent never looks like a recipient opening the mail.
-            copies.insert(0, Copy(GUARD_KEY, sub.sender))
-        return copies, render
+            guard = {"rcpt": sub.sender, "token": mint_token(), "tracked": False, "guard": True}
+            copies.insert(0, guard)
+        return {
+            "user": sub.user,
+            "sender": sub.sender,
+            "smtputf8": sub.smtputf8,
+            "eight_bit": sub.eight_bit,
+            "login": sub.credentials is not None,
+            "arrival": time.time(),
+            "subject": text_for_store(prepared.subject),
+            "message_id": text_for_store(prepared.message_id),
+            "sender_prefix": mask(sub.client_ip),
+            "copies": copies,
+        }
 
-    async def _report_failures(
-        self, sub: Submission, outcomes: list[Outcome], arrival: dt.datetime
-    ) -> None:
-        report = build_dsn(
-            reporting_host=self.hostname,
-            user_address=sub.sender or sub.user,
-            original=sub.data,
-            outcomes=outcomes,
-            arrival=arrival,
+    def _log(self, sub: Submission, entry: Entry, prepared: rewrite.Prepared, reply: str) -> None:
+        copies = entry.deliveries()
+        sent = sum(c.status == ACCEPTED for c in copies)
+        result = "sent" if sent == len(copies) else "partial" if sent else reply[:1] + "xx"
+        metrics.RELAY_MESSAGES.labels(result).inc()
+        log.info(
+            "message %s from %s: %d/%d copies accepted at once, %s; replied %s",
+            entry.id,
+            sub.user,
+            sent,
+            len(copies),
+            prepared.untracked_reason or "tracked",
+            reply[:3],
         )
-        to = sub.sender or sub.user
-        sent = await self.upstream.send(
-            to, [Copy(0, to)], lambda _c: [report], credentials=sub.credentials
-        )
-        if sent[0].status != ACCEPTED:
-            log.error("could not send the delivery report to %s: %s", to, sent[0].reply)
+
+
+def resubmission_key(message_id: str, recipients: Sequence[str], data: bytes) -> str:
+    """What makes a submission "the same message again": its Message-ID, its recipients (a
+    client that splits one message into several transactions, as some do for Bcc, reuses the
+    Message-ID with other recipients) and its bytes (test fixtures and careless generators
+    reuse Message-IDs on different messages)."""
+    if not message_id.strip():
+        return ""
+    digest = hashlib.sha256(data).hexdigest()
+    return message_id.strip() + "\0" + ",".join(sorted(r.lower() for r in recipients)) + digest
+
+
+def text_for_store(text: str) -> str:
+    """Text both stores accept (PostgreSQL refuses NUL in text)."""
+    return text.replace("\x00", "\ufffd")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
+import inspect
 import json
 import os
 import re
+import smtplib
+from collections.abc import Awaitable, Callable
 from email.message import Message
 from pathlib import Path
 
@@ -118,3 +122,36 @@ def assert_unharmed(original: bytes, copy: bytes, *, pixels: int) -> list[str]:
     defects = sum(len(p.defects) for p in copy_msg.walk())
     assert defects <= sum(len(p.defects) for p in orig_msg.walk()), "new MIME defects"
     return tokens
+
+
+def smtp_send(port: int, sender: str, rcpts: list[str], data: bytes, **kw: object) -> str:
+    """Blocking smtplib client (run it in a thread): the whole reply to DATA, or to the
+    command that failed first, as "CODE text"."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as c:
+        c.ehlo("client.test")
+        try:
+            code, text = c.mail(sender, **kw)  # type: ignore[arg-type]
+            if code != 250:
+                return f"{code} {text.decode()}"
+            for r in rcpts:
+                code, text = c.rcpt(r)
+                if code not in (250, 251):
+                    return f"{code} {text.decode()}"
+            code, text = c.data(data)
+        except smtplib.SMTPResponseException as exc:
+            return f"{exc.smtp_code} {exc.smtp_error.decode()}"
+        return f"{code} {text.decode()}"
+
+
+async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout=15.0):
+    """Wait until `check()` is true (the queue works after the reply); fail after `timeout`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not true after {timeout} s: {check}")
+        await asyncio.sleep(0.05)

@@ -23,7 +23,9 @@ from tests.helpers import (
     MAILGEM_DIR,
     assert_unharmed,
     corpus,
+    eventually,
     mailgem_files,
+    smtp_send,
 )
 
 RCPTS = ["ana@example.org", "bob@example.net", "chen@example.com"]
@@ -151,14 +153,16 @@ async def test_all_rejected_is_550_with_the_upstream_words(
     assert [r.outcome for r in await deliveries(stack.store)] == ["rejected", "rejected"]
 
 
-async def test_temporary_refusal_is_451(stack: Stack, upstream: CaptureUpstream) -> None:
+async def test_temporary_refusal_is_queued_not_refused(
+    stack: Stack, upstream: CaptureUpstream
+) -> None:
+    """Spooled means accepted: a deferral is the queue's to retry, and the reply says why."""
     upstream.refuse = {RCPTS[0]: "452 4.2.2 Mailbox full, try later"}
     raw = (CORPUS_DIR / "gmail_web_no_body_tag.eml").read_bytes()
-    _, reply = await asyncio.to_thread(
-        send_smtplib, stack.relay_port, "me@example.com", RCPTS[:1], raw
-    )
-    assert reply.startswith("451 4.4.1") and "Mailbox full" in reply
+    reply = await asyncio.to_thread(smtp_send, stack.relay_port, "me@example.com", RCPTS[:1], raw)
+    assert reply.startswith("250 2.0.0") and "1 queued" in reply and "Mailbox full" in reply
     assert [r.outcome for r in await deliveries(stack.store)] == ["deferred"]
+    assert upstream.messages == []
 
 
 async def test_mixed_outcome_is_250_and_a_delivery_report(
@@ -172,7 +176,9 @@ async def test_mixed_outcome_is_250_and_a_delivery_report(
     assert reply == "250" and refused == {}
     copies = [m for m in upstream.messages if m.rcpt_tos != ["me@example.com"]]
     assert sorted(m.rcpt_tos[0] for m in copies) == [RCPTS[0], RCPTS[2]]
+    await eventually(lambda: upstream.for_recipient("me@example.com"))
     (dsn,) = upstream.for_recipient("me@example.com")
+    assert dsn.mail_from == "<>"  # the null return path: a report is never bounced
     report = email.message_from_bytes(dsn.data, policy=email.policy.default)
     assert report.get_content_type() == "multipart/report"
     assert report.get_param("report-type") == "delivery-status"
@@ -187,18 +193,17 @@ async def test_mixed_outcome_is_250_and_a_delivery_report(
     )
 
 
-async def test_upstream_down_is_451_and_nothing_is_claimed(
-    tmp_path: Path, db_url: str, store
-) -> None:
+async def test_upstream_down_is_queued_with_the_reason(tmp_path: Path, db_url: str, store) -> None:
     cfg = make_config(tmp_path, db_url, free_port())  # nothing listens on that port
     relay = await service.start_relay(cfg, store)
     try:
         raw = (CORPUS_DIR / "gmail_web_no_body_tag.eml").read_bytes()
         port = int(cfg.relay.listen.rsplit(":", 1)[1])
-        _, reply = await asyncio.to_thread(send_smtplib, port, "me@example.com", RCPTS, raw)
+        reply = await asyncio.to_thread(smtp_send, port, "me@example.com", RCPTS, raw)
     finally:
         await relay.close()
-    assert reply.startswith("451 4.4.1") and "could not reach the upstream server" in reply
+    assert reply.startswith("250 2.0.0") and "3 queued" in reply
+    assert "could not reach the upstream server" in reply
     assert "connection refused" in reply
     assert {r.outcome for r in await deliveries(store)} == {"deferred"}
 
@@ -215,7 +220,7 @@ async def test_outbox_when_no_upstream(tmp_path: Path, db_url: str, store) -> No
     assert reply == "250"
     rows = await deliveries(store)
     for r in rows:
-        stored = (cfg.data_dir / "outbox" / f"{r.id}.eml").read_bytes()
+        stored = (cfg.data_dir / "outbox" / f"{r.token}.eml").read_bytes()
         (token,) = assert_unharmed(raw, stored, pixels=1)
         assert token == r.token
 

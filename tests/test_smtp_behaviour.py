@@ -18,7 +18,7 @@ from relay import replies, service
 from relay.certs import make_self_signed
 from relay.handler import RelayHandler
 from tests.conftest import CaptureUpstream, Stack, capture_upstream, free_port, make_config
-from tests.helpers import CORPUS_DIR, MAILGEM_DIR
+from tests.helpers import CORPUS_DIR, MAILGEM_DIR, eventually, smtp_send
 
 HTML = (CORPUS_DIR / "gmail_web_no_body_tag.eml").read_bytes()
 ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3} ")
@@ -243,10 +243,12 @@ async def test_upstream_without_starttls_is_a_clear_temporary_failure(
         tmp_path, db_url, store, upstream.port, upstream={"tls": "starttls"}
     )
     try:
-        reply = await asyncio.to_thread(send, smtp_port(cfg), ["a@example.org"])
+        reply = await asyncio.to_thread(
+            smtp_send, smtp_port(cfg), "me@example.com", ["a@example.org"], HTML
+        )
     finally:
         await relay.close()
-    assert reply.startswith("451 4.4.1") and "STARTTLS" in reply
+    assert reply.startswith("250 2.0.0") and "1 queued" in reply and "STARTTLS" in reply
     assert upstream.messages == []
 
 
@@ -272,10 +274,12 @@ async def test_untrusted_upstream_certificate_is_refused_unless_told_otherwise(
             tmp_path / "a", db_url, store, cap.port, upstream={"tls": "implicit"}
         )
         try:
-            reply = await asyncio.to_thread(send, smtp_port(cfg), ["a@example.org"])
+            reply = await asyncio.to_thread(
+                smtp_send, smtp_port(cfg), "me@example.com", ["a@example.org"], HTML
+            )
         finally:
             await relay.close()
-        assert reply.startswith("451 4.4.1") and "TLS failed" in reply and "certificate" in reply
+        assert reply.startswith("250 2.0.0") and "TLS failed" in reply and "certificate" in reply
         assert cap.messages == []
         cfg, relay = await relay_on(
             tmp_path / "b",
@@ -306,11 +310,15 @@ async def test_upstream_refusing_the_relay_account_login(
         )
         try:
             reply = await asyncio.to_thread(
-                send, smtp_port(cfg), ["a@example.org", "b@example.org"]
+                smtp_send,
+                smtp_port(cfg),
+                "me@example.com",
+                ["a@example.org", "b@example.org"],
+                HTML,
             )
         finally:
             await relay.close()
-        assert reply.startswith("451 4.4.1") and "refused the login" in reply
+        assert reply.startswith("250 2.0.0") and "refused the login" in reply
         assert cap.messages == []
         assert cap.sessions == 1  # not retried for the second copy
     assert await outcomes(store) == ["deferred", "deferred"]
@@ -322,12 +330,14 @@ async def test_silent_upstream_times_out_with_words(tmp_path: Path, db_url: str,
     try:
         cfg, relay = await relay_on(tmp_path, db_url, store, port, upstream={"timeout": 1})
         try:
-            reply = await asyncio.to_thread(send, smtp_port(cfg), ["a@example.org"])
+            reply = await asyncio.to_thread(
+                smtp_send, smtp_port(cfg), "me@example.com", ["a@example.org"], HTML
+            )
         finally:
             await relay.close()
     finally:
         server.close()
-    assert reply.startswith("451 4.4.1") and "did not answer in time" in reply
+    assert reply.startswith("250 2.0.0") and "did not answer in time" in reply
 
 
 async def test_unexpected_errors_are_a_451_that_tells_nothing_inside() -> None:
@@ -412,12 +422,12 @@ async def test_no_reply_after_the_whole_message_is_not_resent(
             reply = await asyncio.to_thread(
                 send, smtp_port(cfg), ["a@example.org", "b@example.org"]
             )
+            await eventually(lambda: cap.for_recipient("me@example.com"))
         finally:
             await relay.close()
         assert reply == "250"  # b went out; a is in the delivery report
         assert [m.rcpt_tos for m in cap.messages].count(["a@example.org"]) == 1
-        assert cap.for_recipient("me@example.com"), "a delivery report went to the sender"
     async with store() as s:
         rows = (await s.execute(select(storage.Delivery).order_by("id"))).scalars().all()
-    assert [r.outcome for r in rows] == ["deferred", "accepted"]
+    assert [r.outcome for r in rows] == ["uncertain", "accepted"]
     assert "may have been delivered" in rows[0].upstream_reply
