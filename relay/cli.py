@@ -22,9 +22,10 @@ from pixelserver import classify, migrate, storage
 from pixelserver.config import ConfigError
 from pixelserver.networks import mask
 from pixelserver.reclassify import reclassify
-from relay import auth, certs, service
+from relay import auth, certs, queue_admin, service
 from relay.config import Config, config_path, load_config
 from relay.digest_runner import UnknownUser
+from relay.spool import Spool
 from relay.submit import is_google_host
 from relay.workers import supervise
 
@@ -100,6 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     dig.add_argument(
         "--html", default="digest-preview.html", help="where --preview writes the HTML version"
     )
+    queue = sub.add_parser(
+        "queue", help="the outbound queue: list waiting mail, retry it now, or drop it"
+    )
+    queue.add_argument("action", choices=["list", "retry", "drop"], nargs="?", default="list")
+    queue.add_argument("ids", nargs="*", help="message ids from `mailping queue list`")
     cert = sub.add_parser("cert", help="make a self-signed TLS certificate and key for testing")
     cert.add_argument("--host", default="localhost", help="name or address the certificate is for")
     cert.add_argument("--out", default=".", help="folder for cert.pem and key.pem")
@@ -120,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(user_command(cfg, args.action, args.name, args.password_stdin))
         if args.command == "cert":
             return cert_command(args.host, Path(args.out))
+        if args.command == "queue":
+            return queue_command(cfg, args.action, args.ids)
         if args.command == "geoip":
             for src in service.make_networks(cfg).sources():
                 print(
@@ -165,6 +173,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         return 0
+
+
+def queue_command(cfg: Config, action: str, ids: list[str]) -> int:
+    spool = Spool(cfg.spool_dir)
+    try:
+        if action == "list":
+            lines = queue_admin.list_queue(spool)
+        elif action == "retry":
+            lines = queue_admin.retry_now(spool, ids)
+        else:
+            lines = queue_admin.drop(spool, ids)
+    except queue_admin.QueueAdminError as exc:
+        raise UsageError(str(exc)) from None
+    print("\n".join(lines))
+    return 0
 
 
 def describe(cfg: Config) -> str:

@@ -278,8 +278,8 @@ def _validate_queue(queue: QueueConfig, file: str) -> None:
             raise ConfigError(file, f"queue.{key}", str(exc)) from None
     if any(s < 1 for s in queue.retry_seconds):
         raise ConfigError(file, "queue.retry_seconds", "every wait must be at least 1 second")
-    if parse_duration(queue.give_up_after) < 60:
-        raise ConfigError(file, "queue.give_up_after", "must be at least a minute")
+    if parse_duration(queue.give_up_after) < 1:
+        raise ConfigError(file, "queue.give_up_after", "must be at least a second")
     if not 1 <= queue.reply_within <= 300:
         raise ConfigError(file, "queue.reply_within", "must be between 1 and 300 seconds")
 

@@ -112,8 +112,8 @@ def build_dsn(
 
     headers_part = EmailMessage(policy=SMTP)
     head = original.split(b"\r\n\r\n", 1)[0]
-    headers_part.set_payload(head.decode("ascii", "replace") + "\r\n")
-    headers_part["Content-Type"] = "text/rfc822-headers"
+    # 8-bit headers (SMTPUTF8 clients, raw non-ASCII subjects) travel encoded, never raw.
+    headers_part.set_content(head.decode("utf-8", "replace") + "\r\n", subtype="rfc822-headers")
     msg.attach(headers_part)
     return msg.as_bytes()
 

@@ -67,7 +67,8 @@ NO_LOGIN = (
     "disk: please send the message again"
 )
 MAX_ENTRIES_AT_ONCE = 8  # entries worked on in parallel by the background pass
-REPORT_RETRY = 300.0  # seconds before a report the upstream deferred is tried again
+REPORT_RETRY = 300.0
+BROKEN_RETRY = 60.0  # seconds before an entry whose handling raised is looked at again  # seconds before a report the upstream deferred is tried again
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ class QueueRunner:
     _store_retry_at: float = 0.0
     _store_backoff: float = 1.0
     _report_retry: dict[str, float] = field(default_factory=dict)
+    _broken: dict[str, float] = field(default_factory=dict)  # entries that raised: rest them
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task | None = None
     _slots: asyncio.Semaphore = field(
@@ -184,6 +186,7 @@ class QueueRunner:
 
     async def run_forever(self) -> None:
         await asyncio.to_thread(self.spool.prune_temporary)
+        await self._resume()
         pruned = time.monotonic()
         while True:
             try:
@@ -199,6 +202,24 @@ class QueueRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
             self._wake.clear()
+
+    async def _resume(self) -> None:
+        """On start, whatever waits is tried at once rather than at its scheduled time: the
+        relay may have been down for a while, and its upstream may be back."""
+        for entry_id in await asyncio.to_thread(self.spool.ids):
+            try:
+                entry = await asyncio.to_thread(self.spool.acquire, entry_id)
+            except (EntryBusy, FileNotFoundError):
+                continue
+            try:
+                events = [
+                    {"e": "retry", "c": c.index}
+                    for c in entry.copies
+                    if not c.final and c.next_try > time.time()
+                ]
+                await self._append(entry, *events)
+            finally:
+                self.spool.release(entry)
 
     # --- the first attempt, while the client waits -----------------------------------------
 
@@ -220,6 +241,8 @@ class QueueRunner:
         ids = await asyncio.to_thread(self.spool.ids)
         for gone in set(self._due) - set(ids):
             self._due.pop(gone, None)
+        for gone in set(self._broken) - set(ids):
+            self._broken.pop(gone, None)
         started = 0
         for entry_id in ids:
             if entry_id in self.working:
@@ -227,6 +250,8 @@ class QueueRunner:
             try:
                 mtime = os.stat(self.spool.path(entry_id)).st_mtime_ns
             except FileNotFoundError:
+                continue
+            if self._broken.get(entry_id, 0.0) > now:
                 continue
             known = self._due.get(entry_id)
             if known is not None and known.mtime == mtime and known.at > now:
@@ -309,6 +334,7 @@ class QueueRunner:
             raise
         except Exception:  # noqa: BLE001 - the entry stays in the spool and is tried again
             log.exception("queue: working on %s failed; it stays queued", entry.id)
+            self._broken[entry.id] = time.time() + BROKEN_RETRY
         finally:
             if attempt is not None and not attempt.attempted.done():
                 attempt.attempted.set_result(None)

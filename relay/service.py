@@ -45,6 +45,7 @@ from relay.queue import QueuePolicy, QueueRunner
 from relay.smtp import RelaySMTP
 from relay.spool import Spool
 from relay.submit import Relay, is_google_host
+from relay.tracking import STORE_ERRORS
 
 log = logging.getLogger("mailping")
 
@@ -69,7 +70,13 @@ async def open_store(cfg: Config) -> tuple[AsyncEngine, async_sessionmaker[Async
     if engine.dialect.name == "sqlite":
         await migrate.upgrade(engine)
     else:
-        current = await migrate.current_revision(engine)
+        try:
+            current = await migrate.current_revision(engine)
+        except STORE_ERRORS as exc:
+            # Mail must flow while the database is away: the relay spools and catches up, the
+            # pixel journals. The schema is checked by the first process started with it up.
+            log.warning("database unreachable at start (%s); starting without it", exc)
+            return engine, storage.make_sessionmaker(engine)
         if current != migrate.head_revision():
             await engine.dispose()
             raise SchemaOutOfDate(

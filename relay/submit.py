@@ -102,7 +102,14 @@ class Relay:
         that second submission (same Message-ID, recipients and bytes, within
         `[queue] resubmit_window`) is answered 250 and not sent. Once the client sends another
         command on the connection, it heard the reply, and the claim is dropped: sending the
-        same message again later is then the user's wish."""
+        same message again later is then the user's wish.
+
+        Shielded: a client that hangs up mid-way cancels the SMTP session, but a message
+        once claimed is carried through to the spool and the queue, never left half taken
+        (a claim without a spooled message would swallow the client's retry)."""
+        return await asyncio.shield(asyncio.ensure_future(self._submit(sub)))
+
+    async def _submit(self, sub: Submission) -> Receipt:
         prepared = rewrite.prepare(sub.data)
         recipients = unique_recipients(sub.recipients)
         if not recipients:

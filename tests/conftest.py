@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from pixelserver import migrate, storage
 from pixelserver.config import DatabaseConfig, PixelServerConfig
 from relay import auth, service
-from relay.config import Config, RelayConfig, UpstreamConfig
+from relay.config import Config, QueueConfig, RelayConfig, UpstreamConfig
 
 PG_ENV = "MAILPING_TEST_PG_URL"
 HERE = Path(__file__).parent
@@ -265,6 +265,7 @@ def make_config(
     relay: dict | None = None,
     upstream: dict | None = None,
     upstream_password: str = "",
+    queue: dict | None = None,
 ) -> Config:
     """A Config as load_config would build it, on free loopback ports."""
     pixel_port = free_port()
@@ -281,6 +282,7 @@ def make_config(
         data_dir=tmp_path / "data",
         relay=RelayConfig(**relay_kw),
         upstream=UpstreamConfig(**upstream_kw),
+        queue=QueueConfig(**(queue or {})),
         upstream_password=upstream_password,
         pixelserver=PixelServerConfig(
             listen=f"127.0.0.1:{pixel_port}",
