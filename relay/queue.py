@@ -67,8 +67,8 @@ NO_LOGIN = (
     "disk: please send the message again"
 )
 MAX_ENTRIES_AT_ONCE = 8  # entries worked on in parallel by the background pass
-REPORT_RETRY = 300.0
-BROKEN_RETRY = 60.0  # seconds before an entry whose handling raised is looked at again  # seconds before a report the upstream deferred is tried again
+REPORT_RETRY = 300.0  # seconds before a report the upstream deferred is tried again
+BROKEN_RETRY = 60.0  # seconds before an entry whose handling raised is looked at again
 
 
 @dataclass(frozen=True)

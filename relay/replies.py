@@ -22,6 +22,7 @@ INTERNAL_ERROR = "451 4.3.0 MailPing hit an internal error; nothing was sent, pl
 NOT_SPOOLED = (
     "451 4.3.0 MailPing cannot queue mail right now (its disk); nothing was sent, please retry"
 )
+SAME_MESSAGE_BUSY = "451 4.3.0 The same message is being accepted on another connection; retry"
 ALREADY_ACCEPTED = "250 2.0.0 Already accepted (same Message-ID): not sent again"
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}\s")

@@ -38,6 +38,8 @@ QUEUED, COMMITTING = "queued", "committing"
 ACCEPTED, REJECTED, DEFERRED = "accepted", "rejected", "deferred"
 UNCERTAIN, EXPIRED, DROPPED = "uncertain", "expired", "dropped"
 FINAL = frozenset({ACCEPTED, REJECTED, UNCERTAIN, EXPIRED, DROPPED})
+# Answers of claim_message_id.
+CLAIMED, TAKEN, BUSY = "claimed", "taken", "busy"
 
 
 class SpoolError(Exception):
@@ -271,31 +273,55 @@ class Spool:
 
     # --- re-submissions -------------------------------------------------------------------
 
-    def claim_message_id(self, sender: str, message_id: str, window: float) -> bool:
-        """True the first time (sender, Message-ID) is seen within `window` seconds.
+    def claim_message_id(self, sender: str, message_id: str, window: float) -> str:
+        """CLAIMED the first time (sender, Message-ID) is seen within `window` seconds; TAKEN if
+        a message was spooled under it; BUSY while another live process is spooling it.
 
         O_EXCL makes the claim atomic across the processes that share this spool, so a client
-        re-sending after a lost reply, even to another worker, is recognised."""
-        key = hashlib.sha256(f"{sender.lower()}\0{message_id}".encode()).hexdigest()[:40]
-        path = self.seen_dir / key
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
+        re-sending after a lost reply, even to another worker, is recognised. The claim names
+        its process until the message is spooled (`settle_claim`), so a claim left by a process
+        that died before spooling is not mistaken for a message taken."""
+        path = self._claim_path(sender, message_id)
+        for _ in range(3):
             try:
-                age = time.time() - path.stat().st_mtime
-            except FileNotFoundError:
-                return self.claim_message_id(sender, message_id, window)
-            if age < window:
-                return False
-            path.unlink(missing_ok=True)
-            return self.claim_message_id(sender, message_id, window)
-        os.close(fd)
-        return True
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                try:
+                    age = time.time() - path.stat().st_mtime
+                    content = path.read_text()
+                except FileNotFoundError:
+                    continue
+                if age >= window:
+                    path.unlink(missing_ok=True)
+                    continue
+                if content.startswith("spooled "):
+                    return TAKEN
+                if content.startswith("owner ") and self.owner_alive(content[6:].strip()):
+                    return BUSY
+                path.unlink(missing_ok=True)  # its process died before spooling: not taken
+                continue
+            try:
+                _write_all(fd, f"owner {self.owner}".encode())
+            finally:
+                os.close(fd)
+            return CLAIMED
+        return BUSY
+
+    def settle_claim(self, sender: str, message_id: str, entry_id: str) -> None:
+        """The claimed message is spooled: from now on a re-submission is answered 250."""
+        path = self._claim_path(sender, message_id)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(f"spooled {entry_id}")
+        os.replace(tmp, path)
+
+    def _claim_path(self, sender: str, message_id: str) -> Path:
+        key = hashlib.sha256(f"{sender.lower()}\0{message_id}".encode()).hexdigest()[:40]
+        return self.seen_dir / key
 
     def unclaim_message_id(self, sender: str, message_id: str) -> None:
-        """The message was not taken after all (the client heard 4xx/5xx): it may come again."""
-        key = hashlib.sha256(f"{sender.lower()}\0{message_id}".encode()).hexdigest()[:40]
-        (self.seen_dir / key).unlink(missing_ok=True)
+        """The message was not taken after all (the client heard 4xx/5xx), or the client
+        heard its 250: it may come again, and is then a new message."""
+        self._claim_path(sender, message_id).unlink(missing_ok=True)
 
     def prune_seen(self, window: float) -> int:
         """Forget Message-IDs older than the window, so the folder stays bounded."""
@@ -304,6 +330,8 @@ class Spool:
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(self.seen_dir):
                 path = self.seen_dir / name
+                if name.endswith(".tmp"):
+                    continue
                 with contextlib.suppress(FileNotFoundError):
                     if now - path.stat().st_mtime >= window:
                         path.unlink()

@@ -9,7 +9,6 @@ first attempt found every recipient refused for good.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from pixelserver.tokens import mint_token
 from relay import replies, rewrite, tracking
 from relay.forward import Credentials
 from relay.queue import QueueRunner
-from relay.spool import ACCEPTED, Entry, SpoolError
+from relay.spool import ACCEPTED, BUSY, CLAIMED, TAKEN, Entry, SpoolError
 
 log = logging.getLogger("mailping.relay")
 
@@ -114,13 +113,20 @@ class Relay:
         recipients = unique_recipients(sub.recipients)
         if not recipients:
             return Receipt(replies.NO_RECIPIENTS)
-        key = resubmission_key(prepared.message_id, recipients, sub.data)
-        if key and not await asyncio.to_thread(
-            self.spool.claim_message_id, sub.sender, key, self.policy.resubmit_window
-        ):
+        key = resubmission_key(prepared.message_id, recipients)
+        claimed = (
+            await asyncio.to_thread(
+                self.spool.claim_message_id, sub.sender, key, self.policy.resubmit_window
+            )
+            if key
+            else CLAIMED
+        )
+        if claimed == TAKEN:
             log.info("message from %s re-submitted (same Message-ID): not sent again", sub.user)
             metrics.RELAY_MESSAGES.labels("resubmitted").inc()
             return Receipt(replies.ALREADY_ACCEPTED, Claim(sub.sender, key))
+        if claimed == BUSY:  # the same message is being taken on another connection right now
+            return Receipt(replies.SAME_MESSAGE_BUSY)
         exclusions = await self.exclusions.get(self.sessions, sub.user) if prepared.tracked else []
         plan = tracking.plan_deliveries(recipients, prepared.untracked_reason, exclusions)
         header = self._header(sub, prepared, plan)
@@ -133,6 +139,8 @@ class Relay:
             metrics.RELAY_MESSAGES.labels("not_spooled").inc()
             return Receipt(replies.NOT_SPOOLED)
         # From here on the message is ours: nothing below can make the reply a 4xx.
+        if key:
+            await asyncio.to_thread(self.spool.settle_claim, sub.sender, key, entry.id)
         attempt = self.queue.take(entry, sub.credentials, sub.data)
         told = False
         try:
@@ -193,15 +201,14 @@ class Relay:
         )
 
 
-def resubmission_key(message_id: str, recipients: Sequence[str], data: bytes) -> str:
-    """What makes a submission "the same message again": its Message-ID, its recipients (a
-    client that splits one message into several transactions, as some do for Bcc, reuses the
-    Message-ID with other recipients) and its bytes (test fixtures and careless generators
-    reuse Message-IDs on different messages)."""
+def resubmission_key(message_id: str, recipients: Sequence[str]) -> str:
+    """What makes a submission "the same message again": its Message-ID and its recipients
+    (a client that splits one message into several transactions, as some do for Bcc, reuses
+    the Message-ID with other recipients). Not its bytes: a client that builds the message
+    again for its retry picks a new MIME boundary and a new Date."""
     if not message_id.strip():
         return ""
-    digest = hashlib.sha256(data).hexdigest()
-    return message_id.strip() + "\0" + ",".join(sorted(r.lower() for r in recipients)) + digest
+    return message_id.strip() + "\0" + ",".join(sorted(r.lower() for r in recipients))
 
 
 def text_for_store(text: str) -> str:
