@@ -15,7 +15,7 @@ import binascii
 import codecs
 import re
 from dataclasses import dataclass, replace
-from email.header import decode_header, make_header
+from email.headerregistry import HeaderRegistry
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -367,13 +367,29 @@ def _parse_headers(block: bytes) -> Message:
 
 
 def _header_text(msg: Message, name: str) -> str:
-    value = msg.get(name)
+    """A header field as text the report can show and every database can store."""
+    value = next((v for k, v in msg.raw_items() if k.lower() == name.lower()), None)
     if value is None:
         return ""
+    # The parser keeps 8-bit header bytes as surrogates; RFC 6532 allows raw UTF-8 there.
+    raw = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+    raw = _FOLD_RE.sub("", raw)  # RFC 5322 2.2.3 unfolding
     try:
-        return str(make_header(decode_header(str(value))))
-    except (UnicodeError, LookupError, ValueError, binascii.Error):
-        return str(value)
+        text = str(_HEADERS(name.lower(), raw))  # RFC 2047 encoded words, as unstructured text
+    except (UnicodeError, LookupError, ValueError, IndexError, binascii.Error):
+        text = raw
+    return storable_text(text.strip())
+
+
+_FOLD_RE = re.compile(r"\r?\n(?=[ \t])")
+_HEADERS = HeaderRegistry(use_default_map=False)
+_UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    """`text` with U+FFFD for what a database refuses: NUL (PostgreSQL rejects it in text
+    columns) and lone surrogates (no UTF-8 encoding exists for them). The rest is kept."""
+    return _UNSTORABLE_RE.sub("\ufffd", text)
 
 
 def _is_attachment(msg: Message) -> bool:
