@@ -54,7 +54,8 @@ async def test_nul_in_subject_and_message_id_is_still_tracked(
 ) -> None:
     """PostgreSQL refuses NUL in text; the message must still be recorded and tracked."""
     data = (
-        b"From: me@example.com\r\nTo: ana@example.org\r\nSubject: Quote\x00 2026 \xc3\xa9t\xc3\xa9\r\n"
+        b"From: me@example.com\r\nTo: ana@example.org\r\n"
+        b"Subject: Quote\x00 2026 \xc3\xa9t\xc3\xa9\r\n"
         b"Message-ID: <nul\x00id@example.com>\r\nMIME-Version: 1.0\r\n" + HTML
     )
     refused = await asyncio.to_thread(send, stack.relay_port, data, ["ana@example.org"])
