@@ -14,6 +14,7 @@ import base64
 import binascii
 import codecs
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from email.headerregistry import HeaderRegistry
 from email.message import Message
@@ -168,6 +169,42 @@ def untouched_copy(raw: bytes) -> bytes:
 
 def rewrite(raw: bytes, pixel_url: str) -> bytes:
     return render(prepare(raw), pixel_url)
+
+
+# Header fields of addresses, which the upstream parses (sender checks, From alignment). Bcc is
+# left out: no copy carries it.
+_ADDRESS_FIELDS = {
+    b"from",
+    b"sender",
+    b"reply-to",
+    b"to",
+    b"cc",
+    b"resent-from",
+    b"resent-sender",
+    b"resent-to",
+    b"resent-cc",
+}
+
+
+def needs_smtputf8(
+    sender: str | None, recipients: Sequence[str], raw: bytes, *, declared: bool
+) -> bool:
+    """Whether the copies must go upstream with SMTPUTF8 (RFC 6531).
+
+    A non-ASCII envelope address always needs it, and so does an address field written in raw
+    UTF-8 by a client that declared SMTPUTF8 (only such a client may write one). The
+    declaration alone does not: Thunderbird and Apple Mail declare it on every message, and an
+    upstream without SMTPUTF8 would then refuse all of them. Other 8-bit header text (a UTF-8
+    Subject) is passed on as it is, as Postfix does."""
+    if not all(a.isascii() for a in (sender or "", *recipients)):
+        return True
+    if not declared:
+        return False
+    head_end, _ = _split_head(raw, 0, len(raw))
+    return any(
+        not raw[start:end].isascii()
+        for start, end, _ in _header_spans(raw, 0, head_end, _ADDRESS_FIELDS)
+    )
 
 
 def find_insertion(html: str) -> int:
