@@ -20,6 +20,7 @@ from pixelserver.networks import mask
 from relay import rewrite, tracking
 from relay.dsn import build_dsn
 from relay.forward import ACCEPTED, Copy, Credentials, Outcome, Render, Upstream
+from relay.providers import is_google_host as is_google_host  # its callers import it here
 
 log = logging.getLogger("mailping.relay")
 
@@ -55,15 +56,6 @@ def unique_recipients(recipients: Sequence[str]) -> list[str]:
 
 
 GUARD_KEY = 0  # the Sent-folder guard copy: sent, but not a delivery
-
-
-def is_google_host(host: str) -> bool:
-    """Google's submission servers file the first copy of a Message-ID in Sent Mail."""
-    host = host.lower().rstrip(".")
-    return host.endswith((".gmail.com", ".googlemail.com", ".google.com")) or host in (
-        "gmail.com",
-        "googlemail.com",
-    )
 
 
 def _count(outcomes: list[Outcome], accepted: int) -> None:

@@ -24,8 +24,15 @@ def test_license_is_an_spdx_expression_and_setuptools_can_read_it() -> None:
 
 
 def test_the_wheel_builds_without_a_licence_warning(tmp_path: Path) -> None:
+    # Built from a copy: setuptools leaves build/ and *.egg-info beside the sources it builds.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for package in ("relay", "pixelserver"):
+        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-w", str(tmp_path)],
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-w", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,
