@@ -16,6 +16,7 @@ import codecs
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from email.header import decode_header, make_header
 from email.headerregistry import HeaderRegistry
 from email.message import Message
 from email.parser import BytesHeaderParser
@@ -298,7 +299,7 @@ class _Walker:
             nl = after.find("\n")
             head = len(before[line_start:].encode(codec))
             tail = len((after if nl < 0 else after[:nl]).rstrip("\r").encode(codec))
-            if _longest_line(body) > MAX_LINE or not _wrapped_tag_fits(head, tail):
+            if _has_long_line(body) or not _wrapped_tag_fits(head, tail):
                 # RFC 5322 2.1.1: a part the relay rewrites leaves with lines of at most 998
                 # octets, even if it came with longer ones; quoted-printable keeps every byte.
                 cte = "quoted-printable"
@@ -325,8 +326,12 @@ def _cte(msg: Message) -> str:
     return str(msg.get("Content-Transfer-Encoding", "7bit")).strip().lower() or "7bit"
 
 
-def _longest_line(body: bytes) -> int:
-    return max(len(line.rstrip(b"\r")) for line in body.split(b"\n"))
+def _has_long_line(body: bytes) -> bool:
+    """A line over 998 octets, its CRLF not counted (RFC 5322 2.1.1)."""
+    lines = body.split(b"\n")
+    if len(max(lines, key=len)) <= MAX_LINE:  # the common case, at C speed
+        return False
+    return any(len(line.rstrip(b"\r")) > MAX_LINE for line in lines)
 
 
 def _wrapped_tag_fits(head: int, tail: int) -> bool:
@@ -411,8 +416,13 @@ def _header_text(msg: Message, name: str) -> str:
     # The parser keeps 8-bit header bytes as surrogates; RFC 6532 allows raw UTF-8 there.
     raw = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
     raw = _FOLD_RE.sub("", raw)  # RFC 5322 2.2.3 unfolding
+    if "=?" not in raw:  # no RFC 2047 encoded word: nothing to decode
+        return storable_text(raw.strip())
     try:
-        text = str(_HEADERS(name.lower(), raw))  # RFC 2047 encoded words, as unstructured text
+        if raw.isascii():  # the usual case; decode_header is several times faster
+            text = str(make_header(decode_header(raw)))
+        else:  # raw UTF-8 beside encoded words, which decode_header cannot mix
+            text = str(_HEADERS(name.lower(), raw))
     except (UnicodeError, LookupError, ValueError, IndexError, binascii.Error):
         text = raw
     return storable_text(text.strip())
