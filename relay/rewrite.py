@@ -140,7 +140,8 @@ def prepare(raw: bytes) -> Prepared:
         return untouched(OPTED_OUT)
     if not walker.slots:
         return untouched(TEXT_ONLY)
-    return Prepared(_splice(raw, drop + walker.edits + walker.slots), None, subject, message_id)
+    spans: list[tuple[int, int, bytes | HtmlSlot]] = [*drop, *walker.edits, *walker.slots]
+    return Prepared(_splice(raw, spans), None, subject, message_id)
 
 
 Chunks = list[bytes | memoryview]
@@ -497,8 +498,11 @@ def _header_spans(
 
 
 def _splice(
-    raw: bytes, replacements: list[tuple[int, int, bytes]] | list[tuple[int, int, HtmlSlot]]
+    raw: bytes, replacements: Sequence[tuple[int, int, bytes | HtmlSlot]]
 ) -> tuple[bytes | memoryview | HtmlSlot, ...]:
+    """`raw` as pieces, each (start, end, new) span replaced by `new` (b"": removed). Spans
+    are applied in order of start; at one start, in the order given (a header edit before the
+    body slot that follows it)."""
     view = memoryview(raw)
     pieces: list[bytes | memoryview | HtmlSlot] = []
     pos = 0
