@@ -11,6 +11,7 @@ import getpass
 import json
 import logging
 import re
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -40,17 +41,32 @@ class UsageError(Exception):
     """A command was given wrong arguments; the message says what to do instead."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mailping", description=__doc__)
-    parser.add_argument("--config", help="TOML file (default: $MAILPING_CONFIG, else built-in)")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+def build_parser() -> argparse.ArgumentParser:
+    """The command line. `--config` and `--log-level` belong to every subcommand as well as to
+    `mailping` itself: people type `mailping serve --config FILE` as often as the other order.
+    Their defaults are suppressed in both places, so a value given in one is never overwritten
+    by the other's default."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help="TOML file (default: $MAILPING_CONFIG, else built-in)",
+    )
+    common.add_argument(
+        "--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR (INFO)"
+    )
+    parser = argparse.ArgumentParser(prog="mailping", description=__doc__, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, **kw: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)
+
     for name, words in (
         ("serve", "run the relay and the pixel server in one process"),
         ("relay", "run the SMTP relay only"),
         ("pixelserver", "run the pixel server and report pages only"),
     ):
-        server = sub.add_parser(name, help=words)
+        server = add(name, help=words)
         server.add_argument(
             "--workers",
             type=int,
@@ -58,10 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         server.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
         server.add_argument("--worker-count", type=int, default=1, help=argparse.SUPPRESS)
-    db = sub.add_parser("db", help="database maintenance")
+    db = add("db", help="database maintenance")
     db.add_argument("action", choices=["upgrade", "status"])
-    sub.add_parser("check-config", help="validate the configuration and say what it would do")
-    user = sub.add_parser("user", help='relay logins for relay.auth = "local"')
+    add("check-config", help="validate the configuration and say what it would do")
+    user = add("user", help='relay logins for relay.auth = "local"')
     user.add_argument("action", choices=["add", "remove", "list"])
     user.add_argument("name", nargs="?", help="login name (usually an email address)")
     user.add_argument(
@@ -69,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="read the password from standard input instead of asking",
     )
-    cls = sub.add_parser(
+    cls = add(
         "classify",
         help="judge pixel fetches: JSON lines on stdin, or one fetch explained in words",
     )
@@ -78,16 +94,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     cls.add_argument("--after", help="time since sending: 40m, 2h, 3s, 1d")
     cls.add_argument("--method", default="GET")
     cls.add_argument("--recipient", default="", help="the copy's recipient address")
-    recls = sub.add_parser("reclassify", help="judge stored hits again after a rule or data change")
+    recls = add("reclassify", help="judge stored hits again after a rule or data change")
     recls.add_argument("--since", help="only hits from this date on (YYYY-MM-DD)")
     recls.add_argument(
         "--refresh-networks",
         action="store_true",
         help="look networks up again in the current data (from the stored /24, /48)",
     )
-    geoip = sub.add_parser("geoip", help="the network and location data in use")
+    geoip = add("geoip", help="the network and location data in use")
     geoip.add_argument("action", choices=["status"])
-    dig = sub.add_parser("digest", help="show or send a user's daily digest now")
+    dig = add("digest", help="show or send a user's daily digest now")
     dig.add_argument("--user", required=True, help="the user's address")
     what = dig.add_mutually_exclusive_group(required=True)
     what.add_argument(
@@ -101,15 +117,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     dig.add_argument(
         "--html", default="digest-preview.html", help="where --preview writes the HTML version"
     )
-    queue = sub.add_parser(
-        "queue", help="the outbound queue: list waiting mail, retry it now, or drop it"
-    )
+    queue = add("queue", help="the outbound queue: list waiting mail, retry it now, or drop it")
     queue.add_argument("action", choices=["list", "retry", "drop"], nargs="?", default="list")
     queue.add_argument("ids", nargs="*", help="message ids from `mailping queue list`")
-    cert = sub.add_parser("cert", help="make a self-signed TLS certificate and key for testing")
+    cert = add("cert", help="make a self-signed TLS certificate and key for testing")
     cert.add_argument("--host", default="localhost", help="name or address the certificate is for")
     cert.add_argument("--out", default=".", help="folder for cert.pem and key.pem")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # (Suppressed defaults: an option given nowhere is absent; the parent parser's actions are
+    # shared with every subparser, so a default set on one would overwrite a value in another.)
+    args.config = getattr(args, "config", None)
+    args.log_level = getattr(args, "log_level", "INFO")
 
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -438,6 +460,33 @@ def cert_command(host: str, out: Path) -> int:
     return 0
 
 
+WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+HINT_LOGIN = "you@example.com"
+
+
+def swaks_hint(cfg: Config) -> list[str]:
+    """The swaks command that sends a first test mail through this relay as configured: with
+    the TLS mode it speaks (--tls for STARTTLS, --tlsc for TLS on connect) and the login it
+    requires (swaks asks for the password, so none is printed). A hint without them would fail
+    on the very relay it was printed for."""
+    host, _, port = cfg.relay.listen.rpartition(":")
+    host = host.strip("[]")
+    argv = ["swaks", "--server", WILDCARDS.get(host, host), "--port", port]
+    argv += {"starttls": ["--tls"], "implicit": ["--tlsc"]}.get(cfg.relay.tls, [])
+    if cfg.relay.auth != "none":
+        argv += ["--auth", "-au", HINT_LOGIN]
+    return argv + [
+        "--to",
+        "someone@example.com",
+        "--from",
+        HINT_LOGIN,
+        "--add-header",
+        "Content-Type: text/html",
+        "--body",
+        "<p>Hello</p>",
+    ]
+
+
 async def run(cfg: Config, command: str) -> int:
     engine, sessions = await service.open_store(cfg)
     stop = asyncio.Event()
@@ -458,14 +507,7 @@ async def run(cfg: Config, command: str) -> int:
             )
             if cfg.outbox_dir is not None:
                 print(f"no upstream configured: copies go to {cfg.outbox_dir}", flush=True)
-            host, _, port = cfg.relay.listen.rpartition(":")
-            print(
-                "send a test mail: swaks --server "
-                f"{host.strip('[]')} --port {port} --to someone@example.com "
-                "--from you@example.com --add-header 'Content-Type: text/html' "
-                "--body '<p>Hello</p>'",
-                flush=True,
-            )
+            print(f"send a test mail: {shlex.join(swaks_hint(cfg))}", flush=True)
         await stop.wait()
         print("stopping", flush=True)
     finally:

@@ -14,8 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage, Message
-from email.parser import BytesHeaderParser
-from email.policy import SMTP, default
+from email.policy import SMTP
 
 FAILED, DELAYED, DELIVERED = "failed", "delayed", "delivered"
 _ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -44,32 +43,21 @@ def status_code(action: str, code: int, reply: str) -> str:
     return f"{wanted}.0.0"
 
 
-def subject_of(original: bytes) -> str:
-    """The original subject, decoded (RFC 2047) and unfolded onto one line."""
-    head = original.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    try:
-        headers = BytesHeaderParser(policy=default).parsebytes(head + b"\r\n\r\n")
-        value = headers.get("Subject")
-        text = str(value) if value is not None else ""
-    except Exception:  # noqa: BLE001 - a header the parser chokes on still gets a report
-        text = ""
-    text = " ".join(text.split())
-    return "".join(ch for ch in text if ch.isprintable()) or "(no subject)"
-
-
 def build_dsn(
     *,
     reporting_host: str,
     from_address: str,
     to_address: str,
     original: bytes,
+    subject: str,
     items: Sequence[Item],
     arrival: dt.datetime,
     retry_until: dt.datetime | None = None,
 ) -> bytes:
     """A multipart/report the user's mail program shows as a bounce, with the headers of the
-    message it is about (never its body: the body may be large, and the user has it)."""
-    subject = subject_of(original)
+    message it is about (never its body: the body may be large, and the user has it).
+    `subject` is the original's, decoded and unfolded (rewrite.prepare does that)."""
+    subject = " ".join("".join(ch for ch in subject if ch.isprintable()).split()) or "(no subject)"
     failed = [i for i in items if i.action == FAILED]
     delayed = [i for i in items if i.action == DELAYED]
     msg = EmailMessage(policy=SMTP)

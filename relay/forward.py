@@ -241,8 +241,8 @@ class UncertainDelivery(Exception):
 
 
 NO_SMTPUTF8 = (
-    "This message needs SMTPUTF8 (an address with non-ASCII characters), which the upstream "
-    "server {host} does not support; nothing was sent"
+    "This message needs SMTPUTF8 (non-ASCII characters in an address or address field), "
+    "which the upstream server {host} does not support; nothing was sent"
 )
 
 

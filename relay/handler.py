@@ -16,6 +16,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 from relay import replies
 from relay.auth import Authenticator
 from relay.forward import Credentials
+from relay.rewrite import needs_smtputf8
 from relay.submit import Relay, Submission
 
 log = logging.getLogger("mailping.handler")
@@ -27,10 +28,6 @@ FAILURES_BEFORE_LOCKOUT = 5
 def _refused(reply: str) -> AuthResult:
     # handled=False: aiosmtpd is to send `reply` (handled=True means we already answered).
     return AuthResult(success=False, handled=False, message=reply)
-
-
-def _ascii(*values: str | None) -> bool:
-    return all((v or "").isascii() for v in values)
 
 
 class RelayHandler:
@@ -84,7 +81,12 @@ class RelayHandler:
             sender=envelope.mail_from or "",
             recipients=list(envelope.rcpt_tos),
             data=envelope.original_content or b"",
-            smtputf8=bool(envelope.smtp_utf8) or not _ascii(envelope.mail_from, *envelope.rcpt_tos),
+            smtputf8=needs_smtputf8(
+                envelope.mail_from,
+                envelope.rcpt_tos,
+                envelope.original_content or b"",
+                declared=bool(envelope.smtp_utf8),
+            ),
             eight_bit="BODY=8BITMIME" in (o.upper() for o in envelope.mail_options),
             credentials=forward_with,
             client_ip=str(session.peer[0]) if session.peer else "",

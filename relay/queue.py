@@ -501,6 +501,7 @@ class QueueRunner:
             from_address=to,
             to_address=to,
             original=data,
+            subject=entry.header.get("subject", ""),
             items=[
                 *(
                     Item(c.recipient, FAILED, c.code, c.reply, uncertain=c.status == UNCERTAIN)

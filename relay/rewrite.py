@@ -14,8 +14,10 @@ import base64
 import binascii
 import codecs
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from email.header import decode_header, make_header
+from email.headerregistry import HeaderRegistry
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -75,6 +77,8 @@ class HtmlSlot:
     b64_line: int
     line_len: int  # length of the line the pixel lands in (unencoded parts only, else 0)
     trailing_eol: bool
+    separator: str = ""  # the blank line a part without a body lacks before its pixel
+    final_eol: str = ""  # the line break an empty body ending the message lacks after it
 
     def encode(self, url: str) -> bytes:
         tag = PIXEL_TAG.format(url=url)
@@ -83,9 +87,11 @@ class HtmlSlot:
         html = self.before + tag + self.after
         data = html.encode(self.codec)
         if self.cte == "quoted-printable":
-            return _encode_qp(data, self.eol)
-        if self.cte == "base64":
-            return _encode_b64(data, self.b64_line, self.eol, self.trailing_eol)
+            data = _encode_qp(data, self.eol)
+        elif self.cte == "base64":
+            data = _encode_b64(data, self.b64_line, self.eol, self.trailing_eol)
+        if self.separator or self.final_eol:
+            return self.separator.encode() + data + self.final_eol.encode()
         return data
 
 
@@ -115,7 +121,7 @@ def prepare(raw: bytes) -> Prepared:
     message_id = _header_text(headers, "Message-ID")
     # Bcc must never reach a recipient; a client that left it in the submission relies on the
     # submission server to drop it (as Postfix's cleanup does). X-MailPing is ours to consume.
-    drop = _header_spans(raw, head_end, {b"bcc", b"x-mailping"})
+    drop = _header_spans(raw, 0, head_end, {b"bcc", b"x-mailping"})
     opted_out = (headers.get("X-MailPing") or "").strip().lower() == "off"
 
     def untouched(reason: str) -> Prepared:
@@ -134,7 +140,8 @@ def prepare(raw: bytes) -> Prepared:
         return untouched(OPTED_OUT)
     if not walker.slots:
         return untouched(TEXT_ONLY)
-    return Prepared(_splice(raw, drop + walker.slots), None, subject, message_id)
+    spans: list[tuple[int, int, bytes | HtmlSlot]] = [*drop, *walker.edits, *walker.slots]
+    return Prepared(_splice(raw, spans), None, subject, message_id)
 
 
 Chunks = list[bytes | memoryview]
@@ -155,7 +162,7 @@ def render(prepared: Prepared, pixel_url: str) -> bytes:
 def untouched_chunks(raw: bytes) -> Chunks:
     """The message as submitted, less the header fields no recipient may see."""
     head_end, _ = _split_head(raw, 0, len(raw))
-    return list(_splice(raw, _header_spans(raw, head_end, {b"bcc", b"x-mailping"})))  # type: ignore[arg-type]
+    return list(_splice(raw, _header_spans(raw, 0, head_end, {b"bcc", b"x-mailping"})))  # type: ignore[arg-type]
 
 
 def untouched_copy(raw: bytes) -> bytes:
@@ -164,6 +171,42 @@ def untouched_copy(raw: bytes) -> bytes:
 
 def rewrite(raw: bytes, pixel_url: str) -> bytes:
     return render(prepare(raw), pixel_url)
+
+
+# Header fields of addresses, which the upstream parses (sender checks, From alignment). Bcc is
+# left out: no copy carries it.
+_ADDRESS_FIELDS = {
+    b"from",
+    b"sender",
+    b"reply-to",
+    b"to",
+    b"cc",
+    b"resent-from",
+    b"resent-sender",
+    b"resent-to",
+    b"resent-cc",
+}
+
+
+def needs_smtputf8(
+    sender: str | None, recipients: Sequence[str], raw: bytes, *, declared: bool
+) -> bool:
+    """Whether the copies must go upstream with SMTPUTF8 (RFC 6531).
+
+    A non-ASCII envelope address always needs it, and so does an address field written in raw
+    UTF-8 by a client that declared SMTPUTF8 (only such a client may write one). The
+    declaration alone does not: Thunderbird and Apple Mail declare it on every message, and an
+    upstream without SMTPUTF8 would then refuse all of them. Other 8-bit header text (a UTF-8
+    Subject) is passed on as it is, as Postfix does."""
+    if not all(a.isascii() for a in (sender or "", *recipients)):
+        return True
+    if not declared:
+        return False
+    head_end, _ = _split_head(raw, 0, len(raw))
+    return any(
+        not raw[start:end].isascii()
+        for start, end, _ in _header_spans(raw, 0, head_end, _ADDRESS_FIELDS)
+    )
 
 
 def find_insertion(html: str) -> int:
@@ -197,6 +240,7 @@ class _Walker:
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
         self.slots: list[tuple[int, int, HtmlSlot]] = []
+        self.edits: list[tuple[int, int, bytes]] = []  # header fields of re-encoded parts
         self.signed = False
         self.eol = "\r\n" if b"\r\n" in raw[:4096] else "\n"
 
@@ -215,14 +259,23 @@ class _Walker:
                 raise Unparsable("multipart without boundary")
             for s, e in _split_multipart(self.raw, body_start, end, boundary):
                 self.walk(s, e, depth + 1)
-        elif ctype == "text/html" and not _is_file(msg) and self.raw[body_start:end].strip():
-            # (An empty HTML body shows nothing; a pixel appended to it would be the only line.)
-            self.slots.append((body_start, end, self._html_slot(msg, body_start, end)))
+        elif ctype == "text/html" and not _is_attachment(msg):
+            # An empty HTML body is still the body a client shows: it gets its pixel too.
+            slot = self._html_slot(msg, body_start, end)
+            if slot.cte != _cte(msg):
+                self.edits.extend(_set_cte(self.raw, start, head_end, slot.cte, self.eol))
+            if body_start == end and head_end == end:  # headers only: no blank line, no body
+                ends_line = self.raw[start:end].endswith(b"\n")
+                slot = replace(slot, separator=self.eol if ends_line else self.eol * 2)
+            if body_start == end == len(self.raw):
+                # SMTP ends a message with a line break; the pixel line gets it here.
+                slot = replace(slot, final_eol=self.eol)
+            self.slots.append((body_start, end, slot))
         # Everything else, message/rfc822 included, is left exactly as it is.
 
     def _html_slot(self, msg: Message, start: int, end: int) -> HtmlSlot:
         body = self.raw[start:end]
-        cte = str(msg.get("Content-Transfer-Encoding", "7bit")).strip().lower() or "7bit"
+        cte = _cte(msg)
         b64_line = 76
         if cte in ("7bit", "8bit", "binary"):
             decoded = body
@@ -242,10 +295,17 @@ class _Walker:
         idx = find_insertion(text)
         before, after = text[:idx], text[idx:]
         line_len = 0
-        if cte in ("7bit", "8bit", "binary"):
+        if cte in _UNENCODED:
             line_start = max(before.rfind("\n"), before.rfind("\r")) + 1
             nl = after.find("\n")
-            line_len = len(before) - line_start + (len(after) if nl < 0 else nl)
+            head = len(before[line_start:].encode(codec))
+            tail = len((after if nl < 0 else after[:nl]).rstrip("\r").encode(codec))
+            if _has_long_line(body) or not _wrapped_tag_fits(head, tail):
+                # RFC 5322 2.1.1: a part the relay rewrites leaves with lines of at most 998
+                # octets, even if it came with longer ones; quoted-printable keeps every byte.
+                cte = "quoted-printable"
+            else:
+                line_len = head + tail
         return HtmlSlot(
             before=before,
             after=after,
@@ -256,6 +316,42 @@ class _Walker:
             line_len=line_len,
             trailing_eol=body.endswith(b"\n"),
         )
+
+
+_UNENCODED = ("7bit", "8bit", "binary")
+_WRAPPED_FIRST = len(PIXEL_TAG_WRAPPED.split("{eol}")[0])
+_WRAPPED_LAST = len(PIXEL_TAG_WRAPPED.split("{eol}")[-1])
+
+
+def _cte(msg: Message) -> str:
+    return str(msg.get("Content-Transfer-Encoding", "7bit")).strip().lower() or "7bit"
+
+
+def _has_long_line(body: bytes) -> bool:
+    """A line over 998 octets, its CRLF not counted (RFC 5322 2.1.1)."""
+    lines = body.split(b"\n")
+    if len(max(lines, key=len)) <= MAX_LINE:  # the common case, at C speed
+        return False
+    return any(len(line.rstrip(b"\r")) > MAX_LINE for line in lines)
+
+
+def _wrapped_tag_fits(head: int, tail: int) -> bool:
+    """Whether the pixel, wrapped between its attributes, keeps within 998 octets the line it
+    lands in: `head` octets before it on that line, `tail` after it."""
+    return head + _WRAPPED_FIRST <= MAX_LINE and _WRAPPED_LAST + tail <= MAX_LINE
+
+
+def _set_cte(
+    raw: bytes, start: int, head_end: int, cte: str, eol: str
+) -> list[tuple[int, int, bytes]]:
+    """Edits that leave the entity raw[start:head_end] with one Content-Transfer-Encoding field,
+    saying `cte`: in place of the first such field, else after the last field."""
+    field = f"Content-Transfer-Encoding: {cte}{eol}".encode()
+    spans = _header_spans(raw, start, head_end, {b"content-transfer-encoding"})
+    if not spans:
+        return [(head_end, head_end, field)]
+    first, *rest = spans
+    return [(first[0], first[1], field), *rest]
 
 
 def _decode_html(data: bytes, charset: str | None) -> tuple[str, str]:
@@ -314,18 +410,41 @@ def _parse_headers(block: bytes) -> Message:
 
 
 def _header_text(msg: Message, name: str) -> str:
-    value = msg.get(name)
+    """A header field as text the report can show and every database can store."""
+    value = next((v for k, v in msg.raw_items() if k.lower() == name.lower()), None)
     if value is None:
         return ""
+    # The parser keeps 8-bit header bytes as surrogates; RFC 6532 allows raw UTF-8 there.
+    raw = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+    raw = _FOLD_RE.sub("", raw)  # RFC 5322 2.2.3 unfolding
+    if "=?" not in raw:  # no RFC 2047 encoded word: nothing to decode
+        return storable_text(raw.strip())
     try:
-        return str(make_header(decode_header(str(value))))
-    except (UnicodeError, LookupError, ValueError, binascii.Error):
-        return str(value)
+        if raw.isascii():  # the usual case; decode_header is several times faster
+            text = str(make_header(decode_header(raw)))
+        else:  # raw UTF-8 beside encoded words, which decode_header cannot mix
+            text = str(_HEADERS(name.lower(), raw))
+    except (UnicodeError, LookupError, ValueError, IndexError, binascii.Error):
+        text = raw
+    return storable_text(text.strip())
 
 
-def _is_file(msg: Message) -> bool:
-    """An HTML attachment (a file sent along), not the body of the mail."""
-    return msg.get_content_disposition() == "attachment" or msg.get_filename() is not None
+_FOLD_RE = re.compile(r"\r?\n(?=[ \t])")
+_HEADERS = HeaderRegistry(use_default_map=False)
+_UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    """`text` with U+FFFD for what a database refuses: NUL (PostgreSQL rejects it in text
+    columns) and lone surrogates (no UTF-8 encoding exists for them). The rest is kept."""
+    return _UNSTORABLE_RE.sub("\ufffd", text)
+
+
+def _is_attachment(msg: Message) -> bool:
+    """An HTML file sent along, not the body of the mail. Only `Content-Disposition: attachment`
+    says so: an inline part is shown as the body even when it has a file name (Lotus/HCL Notes
+    names its HTML body part), and so is a part that states no disposition at all."""
+    return msg.get_content_disposition() == "attachment"
 
 
 def _split_multipart(raw: bytes, start: int, end: int, boundary: str) -> list[tuple[int, int]]:
@@ -347,19 +466,22 @@ def _split_multipart(raw: bytes, start: int, end: int, boundary: str) -> list[tu
             part_start = None
             break
         part_start = m.end()
-    if part_start is not None:
-        if not parts and part_start >= end:
-            raise Unparsable("multipart has an opening delimiter and nothing else")
-        parts.append((part_start, end))
-    if not parts:
+    if not parts and part_start is None:
         raise Unparsable(f"boundary {boundary!r} never appears")
+    if part_start is not None:
+        # The closing delimiter never came: the message was cut short or its structure is not
+        # what it seems (RFC 2046 5.1.1); a rewrite could only guess, so it goes out untouched.
+        raise Unparsable(f"multipart {boundary!r} has no closing delimiter")
     return parts
 
 
-def _header_spans(raw: bytes, head_end: int, names: set[bytes]) -> list[tuple[int, int, bytes]]:
-    """Spans of the named top-level header fields (with their folded continuation lines)."""
+def _header_spans(
+    raw: bytes, start: int, head_end: int, names: set[bytes]
+) -> list[tuple[int, int, bytes]]:
+    """Spans of the named header fields of the entity whose header block is raw[start:head_end]
+    (with their folded continuation lines)."""
     spans = []
-    for m in _HEADER_RE.finditer(raw, 0, head_end):
+    for m in _HEADER_RE.finditer(raw, start, head_end):
         if m.group(1).lower() not in names:
             continue
         end = m.end()
@@ -376,8 +498,11 @@ def _header_spans(raw: bytes, head_end: int, names: set[bytes]) -> list[tuple[in
 
 
 def _splice(
-    raw: bytes, replacements: list[tuple[int, int, bytes]] | list[tuple[int, int, HtmlSlot]]
+    raw: bytes, replacements: Sequence[tuple[int, int, bytes | HtmlSlot]]
 ) -> tuple[bytes | memoryview | HtmlSlot, ...]:
+    """`raw` as pieces, each (start, end, new) span replaced by `new` (b"": removed). Spans
+    are applied in order of start; at one start, in the order given (a header edit before the
+    body slot that follows it)."""
     view = memoryview(raw)
     pieces: list[bytes | memoryview | HtmlSlot] = []
     pos = 0

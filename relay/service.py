@@ -41,6 +41,7 @@ from relay.digest_runner import Clock, DigestRunner, system_clock
 from relay.forward import Credentials, OutboxUpstream, SmtpUpstream, Upstream
 from relay.handler import RelayHandler
 from relay.pace import Pacer, limit_for
+from relay.providers import files_sent_copy
 from relay.queue import QueuePolicy, QueueRunner
 from relay.smtp import RelaySMTP
 from relay.spool import Spool
@@ -119,10 +120,11 @@ def server_tls_context(cfg: Config) -> ssl.SSLContext | None:
 
 
 def guard_sent_copy(cfg: Config) -> bool:
-    """upstream.sent_copy: "guard", "off", or "auto" (guard for Google's servers)."""
+    """upstream.sent_copy: "guard", "off", or "auto" (guard for the providers documented to
+    file submitted copies in the sender's Sent folder: relay.providers)."""
     if cfg.outbox_dir is not None or cfg.upstream.sent_copy == "off":
         return False
-    return cfg.upstream.sent_copy == "guard" or is_google_host(cfg.upstream.host)
+    return cfg.upstream.sent_copy == "guard" or files_sent_copy(cfg.upstream.host)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pixelserver.networks import mask
 from pixelserver.tokens import mint_token
 from relay import replies, rewrite, tracking
 from relay.forward import Credentials
+from relay.providers import is_google_host as is_google_host  # its callers import it here
 from relay.queue import QueueRunner
 from relay.spool import ACCEPTED, BUSY, CLAIMED, TAKEN, Entry, SpoolError
 
@@ -48,15 +49,6 @@ def unique_recipients(recipients: Sequence[str]) -> list[str]:
             seen.add(r.lower())
             out.append(r)
     return out
-
-
-def is_google_host(host: str) -> bool:
-    """Google's submission servers file the first copy of a Message-ID in Sent Mail."""
-    host = host.lower().rstrip(".")
-    return host.endswith((".gmail.com", ".googlemail.com", ".google.com")) or host in (
-        "gmail.com",
-        "googlemail.com",
-    )
 
 
 @dataclass(frozen=True)
@@ -179,8 +171,8 @@ class Relay:
             "eight_bit": sub.eight_bit,
             "login": sub.credentials is not None,
             "arrival": time.time(),
-            "subject": text_for_store(prepared.subject),
-            "message_id": text_for_store(prepared.message_id),
+            "subject": prepared.subject,
+            "message_id": prepared.message_id,
             "sender_prefix": mask(sub.client_ip),
             "copies": copies,
         }
@@ -209,8 +201,3 @@ def resubmission_key(message_id: str, recipients: Sequence[str]) -> str:
     if not message_id.strip():
         return ""
     return message_id.strip() + "\0" + ",".join(sorted(r.lower() for r in recipients))
-
-
-def text_for_store(text: str) -> str:
-    """Text both stores accept (PostgreSQL refuses NUL in text)."""
-    return text.replace("\x00", "\ufffd")

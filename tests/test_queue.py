@@ -364,24 +364,24 @@ async def test_mailping_queue_lists_retries_and_drops(tmp_path, db_url, store, c
             await asyncio.to_thread(smtp_send, port, ME, [A, B], html_message("First"))
             await asyncio.to_thread(smtp_send, port, ME, [C], html_message("Second"))
             first, second = Spool(cfg.spool_dir).ids()
-            assert await asyncio.to_thread(main, ["--config", str(config), "queue", "list"]) == 0
+            assert await asyncio.to_thread(main, ["queue", "list", "--config", str(config)]) == 0
             listing = capsys.readouterr().out
             assert "'First'" in listing and f"{B}: deferred after 1 try" in listing
             assert "next try in" in listing and "451 4.3.0 later" in listing
             up.refuse = {C: "451 4.3.0 later"}
             assert (
-                await asyncio.to_thread(main, ["--config", str(config), "queue", "retry", first])
+                await asyncio.to_thread(main, ["queue", "retry", first, "--config", str(config)])
                 == 0
             )
             await eventually(lambda: copies(up, B) == 1)
             assert (
-                await asyncio.to_thread(main, ["--config", str(config), "queue", "drop", second])
+                await asyncio.to_thread(main, ["queue", "drop", second, "--config", str(config)])
                 == 0
             )
             assert "1 copies dropped" in capsys.readouterr().out
             await eventually(lambda: not Spool(cfg.spool_dir).ids())
             assert (
-                await asyncio.to_thread(main, ["--config", str(config), "queue", "drop", "nope"])
+                await asyncio.to_thread(main, ["queue", "drop", "nope", "--config", str(config)])
                 == 2
             )
         finally:

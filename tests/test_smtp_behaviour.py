@@ -350,7 +350,8 @@ async def test_unexpected_errors_are_a_451_that_tells_nothing_inside() -> None:
 async def test_upstream_refusing_long_lines_is_reported_in_its_words(
     tmp_path: Path, db_url: str, store
 ) -> None:
-    raw = (CORPUS_DIR / "very_long_line_over_998.eml").read_bytes()
+    # A text-only message is not the relay's to rewrite: its long line reaches the upstream.
+    raw = b"Subject: ledger\r\nContent-Type: text/plain\r\n\r\n" + b"x" * 2000 + b"\r\n"
     async with capture_upstream(strict_lines=True) as cap:
         cfg, relay = await relay_on(tmp_path, db_url, store, cap.port)
         try:
@@ -359,6 +360,23 @@ async def test_upstream_refusing_long_lines_is_reported_in_its_words(
             await relay.close()
     assert reply.startswith("550 5.0.0 Line too long")  # accepted by MailPing, refused upstream
     assert await outcomes(store) == ["rejected"]
+
+
+async def test_a_rewritten_part_with_long_lines_passes_a_strict_upstream(
+    tmp_path: Path, db_url: str, store
+) -> None:
+    """The relay re-encodes the HTML part it tracks, so no line of the copy is over 998."""
+    raw = (CORPUS_DIR / "very_long_line_over_998.eml").read_bytes()
+    async with capture_upstream(strict_lines=True) as cap:
+        cfg, relay = await relay_on(tmp_path, db_url, store, cap.port)
+        try:
+            reply = await asyncio.to_thread(send, smtp_port(cfg), ["a@example.org"], raw)
+        finally:
+            await relay.close()
+    assert reply == "250"
+    assert await outcomes(store) == ["accepted"]
+    (m,) = cap.messages
+    assert max(len(line) for line in m.data.split(b"\r\n")) <= 998
 
 
 @pytest.mark.parametrize(("limit", "expect_parallel"), [(1, False), (4, True)])

@@ -1381,5 +1381,184 @@ Content-Transfer-Encoding: quoted-printable
     pixels=1,
 )
 
+# --- issue 12: MIME rules -------------------------------------------------------------------
+
+NOTES_HTML = qp(
+    '<html><body><font size=2 face="sans-serif">Dear Mr. Ito,</font><br><br>'
+    '<font size=2 face="sans-serif">the signed order confirmation for PO 4711-88 is attached. '
+    "Delivery is scheduled for calendar week 48.</font><br><br>"
+    '<font size=2 face="sans-serif">Mit freundlichen Grüßen / Best regards<br>'
+    "Ulrike Brandt<br>Einkauf / Purchasing</font></body></html>"
+)
+write(
+    "lotus_notes_inline_html_filename.eml",
+    f"""MIME-Version: 1.0
+Subject: Order confirmation PO 4711-88
+To: Kenji Ito <k.ito@ito-seimitsu.example.jp>
+From: Ulrike Brandt <ulrike.brandt@brandt-maschinenbau.example>
+Date: Tue, 18 Nov 2025 10:02:11 +0100
+Message-ID: <OF3C1A2B4D.9E8F7A6B-ONC1258C6B.0012A3B4-C1258C6B.0012C5D6@brandt-maschinenbau.example>
+X-Mailer: HCL Notes Release 12.0.2 November 03, 2022
+X-MIMETrack: Serialize by Notes Client on Ulrike Brandt/BRANDT(Release 12.0.2|November 03, 2022) at
+ 18.11.2025 10:02:11,
+	Serialize complete at 18.11.2025 10:02:11
+Content-Type: multipart/alternative; boundary="=_alternative 0012C5D5C1258C6B_="
+
+This is a multipart message in MIME format.
+--=_alternative 0012C5D5C1258C6B_=
+Content-Type: text/plain; charset="ISO-8859-1"
+Content-Disposition: inline; filename="Body.txt"
+Content-Transfer-Encoding: quoted-printable
+
+Dear Mr. Ito,
+
+the signed order confirmation for PO 4711-88 is attached. Delivery is sched=
+uled for calendar week 48.
+
+--=_alternative 0012C5D5C1258C6B_=
+Content-Type: text/html; charset="UTF-8"; name="Body.htm"
+Content-Disposition: inline; filename="Body.htm"
+Content-Transfer-Encoding: quoted-printable
+
+{NOTES_HTML}
+--=_alternative 0012C5D5C1258C6B_=--
+""",
+    pixels=1,
+)
+
+_LEDGER_ROWS = "".join(
+    f"<tr><td>{i:04d}</td><td>Invoice {i}</td><td align=right>{i * 13.5:.2f} EUR</td></tr>"
+    for i in range(60)
+)
+write(
+    "erp_html_7bit_lines_over_998.eml",
+    f"""From: ERP Reports <no-reply@erp.example>
+To: controlling@example.com
+Subject: Open items report
+Date: Wed, 19 Nov 2025 05:00:00 +0000
+Message-ID: <report-open-items-20251119@erp.example>
+MIME-Version: 1.0
+Content-Type: multipart/alternative; boundary="=_erp_report_20251119"
+
+--=_erp_report_20251119
+Content-Type: text/plain; charset=us-ascii
+
+{"Open items: " + "; ".join(f"{i:04d} Invoice {i}" for i in range(90))}
+
+--=_erp_report_20251119
+Content-Type: text/html; charset=us-ascii
+
+<html><head><title>Open items</title></head><body><table border=1>{_LEDGER_ROWS}</table></body></html>
+
+--=_erp_report_20251119--
+""",
+    pixels=1,
+)
+
+write(
+    "outlook_ios_empty_html_part.eml",
+    """From: Jonas Berg <jonas.berg@outlook.example>
+To: Karin Holm <karin.holm@example.se>
+Subject: Re: Keys
+Thread-Topic: Keys
+Date: Thu, 20 Nov 2025 18:44:02 +0000
+Message-ID: <DB9PR07MB1234EMPTY@DB9PR07MB1234.eurprd07.prod.outlook.com>
+Content-Language: sv-SE
+MIME-Version: 1.0
+Content-Type: multipart/alternative;
+	boundary="_000_DB9PR07MB1234EMPTY_"
+
+--_000_DB9PR07MB1234EMPTY_
+Content-Type: text/plain; charset="us-ascii"
+Content-Transfer-Encoding: quoted-printable
+
+
+--_000_DB9PR07MB1234EMPTY_
+Content-Type: text/html; charset="us-ascii"
+Content-Transfer-Encoding: quoted-printable
+
+
+--_000_DB9PR07MB1234EMPTY_--
+""",
+    pixels=1,
+)
+
+write(
+    "thunderbird_cut_short_no_closing_boundary.eml",
+    """Content-Type: multipart/alternative;
+ boundary="------------Zk3mN8pQ2rS5tV7wX9yA1bC4"
+Message-ID: <c0ffee42-1d2e-4f3a-9b8c-7d6e5f4a3b2c@posteo.example>
+Date: Fri, 21 Nov 2025 16:20:45 +0100
+MIME-Version: 1.0
+User-Agent: Mozilla Thunderbird
+Content-Language: de-DE
+To: vorstand@verein.example
+From: Petra Lang <petra.lang@posteo.example>
+Subject: Protokoll der Sitzung
+
+This is a multi-part message in MIME format.
+--------------Zk3mN8pQ2rS5tV7wX9yA1bC4
+Content-Type: text/plain; charset=UTF-8; format=flowed
+Content-Transfer-Encoding: 8bit
+
+Hallo zusammen,
+
+anbei das Protokoll.
+
+--------------Zk3mN8pQ2rS5tV7wX9yA1bC4
+Content-Type: text/html; charset=UTF-8
+Content-Transfer-Encoding: 8bit
+
+<!DOCTYPE html>
+<html>
+  <body>
+    <p>Hallo zusammen,</p>
+    <p>anbei das Protokoll.</p>
+  </body>
+</html>
+""",
+    untracked="unparsable",
+)
+
+write(
+    "apple_mail_inner_multipart_unclosed.eml",
+    """From: Lena Vogt <lena.vogt@icloud.com>
+Content-Type: multipart/mixed;
+	boundary="Apple-Mail=_CCC11111-2222-3333-4444-555566667777"
+Mime-Version: 1.0 (Mac OS X Mail 16.0 \\(3774.600.62\\))
+Subject: Plan
+Message-Id: <11223344-5566-7788-99AA-BBCCDDEEFF00@icloud.com>
+Date: Sat, 22 Nov 2025 09:15:00 +0100
+To: team@bergmann-gmbh.de
+
+--Apple-Mail=_CCC11111-2222-3333-4444-555566667777
+Content-Type: multipart/alternative;
+	boundary="Apple-Mail=_DDD11111-2222-3333-4444-555566667777"
+
+--Apple-Mail=_DDD11111-2222-3333-4444-555566667777
+Content-Transfer-Encoding: 7bit
+Content-Type: text/plain;
+	charset=us-ascii
+
+The plan is attached.
+--Apple-Mail=_DDD11111-2222-3333-4444-555566667777
+Content-Transfer-Encoding: 7bit
+Content-Type: text/html;
+	charset=us-ascii
+
+<html><body><div>The plan is attached.</div></body></html>
+--Apple-Mail=_CCC11111-2222-3333-4444-555566667777
+Content-Disposition: attachment;
+	filename=plan.txt
+Content-Type: text/plain;
+	name="plan.txt"
+Content-Transfer-Encoding: 7bit
+
+1. Kick-off
+--Apple-Mail=_CCC11111-2222-3333-4444-555566667777--
+""",
+    untracked="unparsable",
+)
+
 (HERE / "expectations.json").write_text(json.dumps(EXPECT, indent=1, sort_keys=True) + "\n")
 print(f"wrote {len(EXPECT)} messages")
