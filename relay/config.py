@@ -181,6 +181,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
             "relay.tls",
             "logins are only taken over TLS beyond loopback: set starttls or implicit",
         )
+    _require_protected_upstream_logins(relay, upstream, file)
     if relay.tls != "none" and not (relay.cert_file and relay.key_file):
         raise ConfigError(
             file, "relay.cert_file", f'relay.tls = "{relay.tls}" needs cert_file and key_file'
@@ -218,6 +219,31 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         upstream_password=password,
         digest_password=digest_password,
     )
+
+
+def _require_protected_upstream_logins(
+    relay: RelayConfig, upstream: UpstreamConfig, file: str
+) -> None:
+    """auth = "upstream" passes every user's password on to the upstream: refuse to start when
+    it would cross the network in clear text or to a server whose certificate is not checked
+    (anyone on the path could read it). A loopback upstream (a test server, a local tunnel or
+    stunnel) never leaves this machine."""
+    if relay.auth != "upstream" or is_loopback_host(upstream.host):
+        return
+    if upstream.tls == "none":
+        raise ConfigError(
+            file,
+            "upstream.tls",
+            f'"none" would send your users\' passwords to {upstream.host} unencrypted '
+            '(relay.auth = "upstream"): use "starttls" or "implicit"',
+        )
+    if not upstream.verify_certificate:
+        raise ConfigError(
+            file,
+            "upstream.verify_certificate",
+            f"false would send your users' passwords to whoever answers as {upstream.host} "
+            '(relay.auth = "upstream"): keep certificate checks on',
+        )
 
 
 def _login_password(

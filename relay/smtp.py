@@ -8,6 +8,7 @@ place, from the basic code; a few are also reworded so a user can act on them.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import AnyStr
 
@@ -52,6 +53,16 @@ class RelaySMTP(SMTP):
 
     _greeted = False
     _in_ehlo = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """A connection that arrives already encrypted (implicit TLS, port 465 style) counts as
+        encrypted: aiosmtpd only counts STARTTLS, so it would never offer AUTH beyond loopback."""
+        starttls_upgrade = self._original_transport is not None
+        super().connection_made(transport)
+        if not starttls_upgrade and transport.get_extra_info("ssl_object") is not None:
+            self._auth_require_tls = False  # the requirement is met: the whole line is TLS
+            assert self.session is not None
+            self.session.ssl = {"ssl_object": transport.get_extra_info("ssl_object")}
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, bytes):

@@ -4,18 +4,26 @@ login modes, refusal without login, throttling, the user command, and nmap's ope
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
 import shutil
 import smtplib
 import ssl
 import subprocess
 import sys
+from base64 import b64encode
 from pathlib import Path
 
 import pytest
 
+from pixelserver import storage
+from pixelserver.config import ConfigError
+from relay import auth as auth_module
 from relay import service
 from relay.certs import make_self_signed
-from tests.conftest import CaptureUpstream, capture_upstream, make_config
+from relay.config import load_config
+from relay.forward import Credentials
+from tests.conftest import CaptureUpstream, capture_upstream, free_port, make_config
 from tests.helpers import CORPUS_DIR
 
 HTML_FILE = CORPUS_DIR / "thunderbird_html_only_lf_trailing.eml"
@@ -347,3 +355,170 @@ async def test_nmap_finds_no_open_relay(tmp_path: Path, db_url: str, store, upst
         await relay.close()
     assert "Server is an open relay" in verdict
     assert upstream.messages == []  # nmap stops at RCPT; nothing was ever forwarded
+
+
+# --- every TLS mode beyond loopback, and secrets kept out of logs (issue 12) ---
+
+
+def machine_address() -> str:
+    """An address of this machine that is not loopback: traffic to it never leaves the machine,
+    yet the relay sees a non-loopback listen address and peer, as it would on a server."""
+    out = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+    for value in out:
+        if ipaddress.ip_address(value).version == 4 and not ipaddress.ip_address(value).is_loopback:
+            return value
+    pytest.fail(f"this machine has no non-loopback IPv4 address to listen on (hostname -I: {out})")
+
+
+def swaks_at(server: str, port: int, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            require("swaks"),
+            "--server",
+            server,
+            "--port",
+            str(port),
+            "--from",
+            "ana@example.org",
+            "--to",
+            "carol@example.net",
+            "--data",
+            str(HTML_FILE),
+            "--timeout",
+            "20",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def add_local_user(store, name: str, password: str) -> None:
+    async with store.begin() as s:
+        await storage.set_local_user(s, name, auth_module.hash_password(password))
+
+
+@pytest.mark.parametrize(("tls", "flag"), [("starttls", "--tls"), ("implicit", "--tlsc")])
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_every_tls_mode_takes_a_login_on_a_non_loopback_address(
+    tmp_path: Path, db_url: str, store, tls: str, flag: str
+) -> None:
+    address = machine_address()
+    c, k = tmp_path / "cert.pem", tmp_path / "key.pem"
+    make_self_signed(address, c, k)
+    await add_local_user(store, "ana@example.org", "correct horse battery")
+    async with capture_upstream(logins={"relay@example.com": "relay-secret"}) as cap:
+        cfg = make_config(
+            tmp_path,
+            db_url,
+            cap.port,
+            relay={
+                "listen": f"{address}:{free_port()}",
+                "auth": "local",
+                "tls": tls,
+                "cert_file": str(c),
+                "key_file": str(k),
+            },
+            upstream={"username": "relay@example.com"},
+            upstream_password="relay-secret",
+        )
+        relay = await service.start_relay(cfg, store)
+        try:
+            login = ("--auth", "PLAIN", "--auth-user", "ana@example.org")
+            ok = await asyncio.to_thread(
+                swaks_at,
+                address,
+                port_of(cfg),
+                flag,
+                *login,
+                "--auth-password",
+                "correct horse battery",
+            )
+            # Before STARTTLS nothing offers a login beyond loopback.
+            plain = (
+                await asyncio.to_thread(swaks_at, address, port_of(cfg), "--quit-after", "EHLO")
+                if tls == "starttls"
+                else None
+            )
+        finally:
+            await relay.close()
+    assert "<~  250 2.0.0 Sent to 1 recipient" in ok.stdout, ok.stdout + ok.stderr
+    assert len(cap.messages) == 1
+    if plain is not None:
+        assert "250-STARTTLS" in plain.stdout and "AUTH" not in plain.stdout, plain.stdout
+
+
+def test_tls_none_beyond_loopback_is_refused_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "mailping.toml"
+    path.write_text(f"[relay]\nlisten = '{machine_address()}:2525'\nauth = 'local'\ntls = 'none'\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert err.value.key == "relay.tls" and err.value.file == str(path)
+
+
+@pytest.mark.parametrize(
+    ("upstream", "key"),
+    [
+        ("host = 'smtp.example.com'\ntls = 'none'", "upstream.tls"),
+        ("host = 'smtp.example.com'\nverify_certificate = false", "upstream.verify_certificate"),
+    ],
+)
+def test_upstream_logins_never_cross_the_network_unprotected(
+    tmp_path: Path, upstream: str, key: str
+) -> None:
+    path = tmp_path / "mailping.toml"
+    path.write_text(f"[relay]\nauth = 'upstream'\n[upstream]\n{upstream}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert err.value.key == key and err.value.file == str(path)
+    assert "passwords" in err.value.reason
+    # On this machine (a local test server or a tunnel) it is allowed.
+    path.write_text(
+        f"[relay]\nauth = 'upstream'\n[upstream]\n{upstream}\n".replace(
+            "smtp.example.com", "127.0.0.1"
+        )
+    )
+    assert load_config(path, environ={}).relay.auth == "upstream"
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_passwords_never_reach_a_log_even_at_debug(
+    tmp_path: Path, db_url: str, store, upstream, caplog, mechanism: str
+) -> None:
+    password = "Sup3r-Secret-Passw0rd"
+    await add_local_user(store, "ana@example.org", password)
+    cfg = make_config(tmp_path, db_url, upstream.port, relay={"auth": "local"})
+    caplog.set_level(logging.DEBUG)
+    relay = await service.start_relay(cfg, store)
+    try:
+
+        def go() -> list[int]:
+            codes = []
+            for pw in (password, password + "-wrong"):
+                with smtplib.SMTP("127.0.0.1", port_of(cfg), timeout=30) as c:
+                    c.set_debuglevel(0)
+                    c.ehlo("client.test")
+                    try:
+                        codes.append(c.login("ana@example.org", pw)[0])
+                    except smtplib.SMTPAuthenticationError as exc:
+                        codes.append(exc.smtp_code)
+                    c.user, c.password = "ana@example.org", pw
+            return codes
+
+        codes = await asyncio.to_thread(go)
+    finally:
+        await relay.close()
+    assert codes == [235, 535]
+    logged = caplog.text + "".join(repr(r.args) for r in caplog.records)
+    assert "auth_" in logged or "AUTH" in logged  # DEBUG logging was really captured
+    for pw in (password, password + "-wrong"):
+        forms = [
+            pw,
+            b64encode(pw.encode()).decode(),
+            b64encode(f"\0ana@example.org\0{pw}".encode()).decode(),
+        ]
+        for form in forms:
+            assert form not in logged, form
+    assert password not in repr(Credentials("ana@example.org", password))
