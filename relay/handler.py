@@ -14,7 +14,7 @@ from base64 import b64decode
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from relay import replies
-from relay.auth import Authenticator
+from relay.auth import Authenticator, SenderPolicy, SenderRefused
 from relay.forward import Credentials
 from relay.submit import Relay, Submission
 
@@ -29,6 +29,10 @@ def _refused(reply: str) -> AuthResult:
     return AuthResult(success=False, handled=False, message=reply)
 
 
+def _login(session: Session) -> Credentials | None:
+    return session.auth_data if isinstance(session.auth_data, Credentials) else None
+
+
 def _ascii(*values: str | None) -> bool:
     return all((v or "").isascii() for v in values)
 
@@ -40,9 +44,13 @@ class RelayHandler:
         *,
         authenticator: Authenticator | None,
         in_flight: int,
+        sender_policy: SenderPolicy | None = None,
+        max_recipients: int = 100,
     ) -> None:
         self.relay = relay
         self.authenticator = authenticator
+        self.sender_policy = sender_policy
+        self.max_recipients = max_recipients
         self.in_flight = asyncio.Semaphore(in_flight)
         self._failures: dict[str, list[float]] = {}
 
@@ -65,17 +73,37 @@ class RelayHandler:
             responses = [r for r in responses if not r.startswith("250-AUTH")]
         return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list
+    ) -> str:
+        creds = _login(session)
+        if creds is not None and self.sender_policy is not None:
+            try:
+                self.sender_policy.check_envelope(creds.username, address)
+            except SenderRefused as exc:
+                return replies.sender_refused(exc.login, exc.address, exc.where)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list
     ) -> str:
         if self.needs_login and not session.authenticated:
             return replies.AUTH_REQUIRED
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RCPT_OK
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        creds = session.auth_data if isinstance(session.auth_data, Credentials) else None
+        creds = _login(session)
+        if creds is not None and self.sender_policy is not None:
+            try:
+                self.sender_policy.check_header(creds.username, envelope.original_content or b"")
+            except SenderRefused as exc:
+                return replies.sender_refused(exc.login, exc.address, exc.where)
         forward_with = (
             creds if self.authenticator and self.authenticator.forwards_credentials else None
         )

@@ -35,8 +35,8 @@ from pixelserver.networks import (
 )
 from pixelserver.pixel import PixelFrontEnd
 from pixelserver.web import WebAuth
-from relay.auth import Authenticator, LocalLogin, UpstreamLogin
-from relay.config import Config, resolve_file
+from relay.auth import Authenticator, LocalLogin, SenderPolicy, UpstreamLogin, allowlisted
+from relay.config import Config, config_warnings, resolve_file
 from relay.digest_runner import Clock, DigestRunner, system_clock
 from relay.forward import Credentials, OutboxUpstream, SmtpUpstream, Upstream
 from relay.handler import RelayHandler
@@ -153,6 +153,23 @@ def make_digest_runner(
     )
 
 
+def make_authenticator(
+    cfg: Config, sessions: async_sessionmaker[AsyncSession], upstream: Upstream | None
+) -> Authenticator | None:
+    """How logins are checked, for the relay and the report pages alike (relay.auth), limited
+    to relay.allowed_senders."""
+    authenticator: Authenticator
+    if cfg.relay.auth == "upstream":
+        upstream = upstream or make_upstream(cfg)
+        assert isinstance(upstream, SmtpUpstream)
+        authenticator = UpstreamLogin(upstream.check_login)
+    elif cfg.relay.auth == "local":
+        authenticator = LocalLogin(sessions)
+    else:
+        return None
+    return allowlisted(authenticator, cfg.relay.allowed_senders)
+
+
 async def start_relay(
     cfg: Config,
     sessions: async_sessionmaker[AsyncSession],
@@ -170,13 +187,18 @@ async def start_relay(
         hostname=hostname,
         guard_sent_copy=guard_sent_copy(cfg),
     )
-    authenticator: Authenticator | None = None
-    if cfg.relay.auth == "upstream":
-        assert isinstance(upstream, SmtpUpstream)
-        authenticator = UpstreamLogin(upstream.check_login)
-    elif cfg.relay.auth == "local":
-        authenticator = LocalLogin(sessions)
-    handler = RelayHandler(relay, authenticator=authenticator, in_flight=cfg.relay.max_in_flight)
+    for warning in config_warnings(cfg):
+        log.warning("%s", warning)
+    authenticator = make_authenticator(cfg, sessions, upstream)
+    handler = RelayHandler(
+        relay,
+        authenticator=authenticator,
+        in_flight=cfg.relay.max_in_flight,
+        sender_policy=SenderPolicy(cfg.relay.sender_login_maps)
+        if cfg.relay.auth == "local"
+        else None,
+        max_recipients=cfg.relay.max_recipients,
+    )
     host, port = parse_listen(cfg.relay.listen, cfg.source, "relay.listen")
     tls = server_tls_context(cfg)
     loopback = is_loopback_host(host)
@@ -281,13 +303,7 @@ def web_auth(cfg: Config, sessions: async_sessionmaker[AsyncSession]) -> WebAuth
         if cfg.pixelserver.report_password_env
         else None
     )
-    authenticator: Authenticator | None = None
-    if cfg.relay.auth == "upstream":
-        upstream = make_upstream(cfg)
-        assert isinstance(upstream, SmtpUpstream)
-        authenticator = UpstreamLogin(upstream.check_login)
-    elif cfg.relay.auth == "local":
-        authenticator = LocalLogin(sessions)
+    authenticator = make_authenticator(cfg, sessions, None)
 
     async def check(username: str, password_: str) -> bool:
         assert authenticator is not None

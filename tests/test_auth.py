@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import shutil
 import smtplib
 import ssl
 import subprocess
 import sys
+import urllib.parse
 from base64 import b64encode
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -23,10 +26,18 @@ from relay import service
 from relay.certs import make_self_signed
 from relay.config import load_config
 from relay.forward import Credentials
-from tests.conftest import CaptureUpstream, capture_upstream, free_port, make_config
+from tests.conftest import (
+    CaptureUpstream,
+    capture_upstream,
+    free_port,
+    make_config,
+    start_pixelserver,
+)
 from tests.helpers import CORPUS_DIR
 
 HTML_FILE = CORPUS_DIR / "thunderbird_html_only_lf_trailing.eml"
+# HTML_FILE is from Ingrid Solberg; swaks sends it as me@example.com.
+INGRID_AS_ANA = {"sender_login_maps": {"ana@example.org": ("@solberg.no", "me@example.com")}}
 
 
 def require(tool: str) -> str:
@@ -118,7 +129,7 @@ async def test_local_users_log_in_over_starttls_with_swaks(
             tmp_path,
             db_url,
             cap.port,
-            relay={"auth": "local", "tls": "starttls", **cert},
+            relay={"auth": "local", "tls": "starttls", **cert, **INGRID_AS_ANA},
             upstream={"username": "relay@example.com"},
             upstream_password="relay-secret",
         )
@@ -416,6 +427,7 @@ async def test_every_tls_mode_takes_a_login_on_a_non_loopback_address(
             relay={
                 "listen": f"{address}:{free_port()}",
                 "auth": "local",
+                **INGRID_AS_ANA,
                 "tls": tls,
                 "cert_file": str(c),
                 "key_file": str(k),
@@ -522,3 +534,193 @@ async def test_passwords_never_reach_a_log_even_at_debug(
         for form in forms:
             assert form not in logged, form
     assert password not in repr(Credentials("ana@example.org", password))
+
+
+# --- who may log in (relay.allowed_senders) and as whom they may send (auth = "local") ---
+
+
+async def web_login(base: str, username: str, password: str) -> int:
+    """POST the report's login form as a browser would (XSRF cookie and field); the status."""
+    from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+    client = AsyncHTTPClient()
+    first = await client.fetch(f"{base}/login", raise_error=False)
+    token = re.search(r'name="_xsrf" value="([^"]+)"', first.body.decode()).group(1)
+    cookie = first.headers["Set-Cookie"].split(";", 1)[0]
+    body = urllib.parse.urlencode({"_xsrf": token, "username": username, "password": password})
+    reply = await client.fetch(
+        HTTPRequest(
+            f"{base}/login",
+            method="POST",
+            headers={"Cookie": cookie},
+            body=body,
+            follow_redirects=False,
+            request_timeout=30,
+        ),
+        raise_error=False,
+    )
+    return reply.code
+
+
+def smtp_login(port: int, username: str, password: str) -> int:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+        c.ehlo("client.test")
+        try:
+            return c.login(username, password)[0]
+        except smtplib.SMTPAuthenticationError as exc:
+            return exc.smtp_code
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_allowed_senders_limit_who_may_log_in_to_relay_and_report(
+    tmp_path: Path, db_url: str, store
+) -> None:
+    logins = {"ana@example.org": "ana-password-1", "eve@gmail.example": "eve-password-1"}
+    async with capture_upstream(logins=logins) as cap:
+        cfg = make_config(
+            tmp_path,
+            db_url,
+            cap.port,
+            relay={"auth": "upstream", "allowed_senders": ("@example.org", "boss@partner.test")},
+        )
+        relay = await service.start_relay(cfg, store)
+        pixel = await start_pixelserver(cfg, store)
+        try:
+            eve = await asyncio.to_thread(
+                smtp_login, port_of(cfg), "eve@gmail.example", "eve-password-1"
+            )
+            checks_for_eve = cap.sessions
+            ana = await asyncio.to_thread(
+                smtp_login, port_of(cfg), "ana@example.org", "ana-password-1"
+            )
+            web_eve = await web_login(
+                cfg.pixelserver.public_url, "eve@gmail.example", "eve-password-1"
+            )
+            web_ana = await web_login(
+                cfg.pixelserver.public_url, "ana@example.org", "ana-password-1"
+            )
+        finally:
+            await relay.close()
+            await pixel.close()
+    # Eve's password is right at her provider, but she is not on the list: refused, and the
+    # provider was not even asked (the relay is no oracle for other people's passwords).
+    assert eve == 535 and checks_for_eve == 0
+    assert ana == 235
+    assert web_eve == 401 and web_ana == 302
+
+
+def test_check_config_warns_when_a_shared_provider_lets_anyone_in(tmp_path: Path) -> None:
+    def check(upstream_host: str, extra: str = "") -> subprocess.CompletedProcess:
+        path = tmp_path / "mailping.toml"
+        path.write_text(
+            f"[relay]\nauth = 'upstream'\n{extra}\n[upstream]\nhost = '{upstream_host}'\n"
+        )
+        return mailping(path, "check-config")
+
+    for host in (
+        "smtp.gmail.com",
+        "smtp.office365.com",
+        "smtp.mail.yahoo.com",
+        "smtp.mail.me.com",
+        "smtp.fastmail.com",
+        "smtp.zoho.eu",
+        "mail.gmx.net",
+    ):
+        shared = check(host)
+        assert shared.returncode == 0, shared.stderr
+        assert "WARNING" in shared.stderr and "relay.allowed_senders" in shared.stderr, host
+    listed = check("smtp.gmail.com", "allowed_senders = ['@example.org']")
+    own = check("mail.example.org")
+    assert "WARNING" not in listed.stderr + own.stderr
+
+
+@pytest.fixture
+async def local_site(tmp_path: Path, db_url: str, store):
+    """auth = "local" with Ana, who may also send as sales@ and anyone at team.example.org."""
+    await add_local_user(store, "ana@example.org", "ana-password-1")
+    await add_local_user(store, "relay-bot", "bot-password-1")
+    async with capture_upstream(logins={"relay@example.com": "x"}) as cap:
+        cfg = make_config(
+            tmp_path,
+            db_url,
+            cap.port,
+            relay={
+                "auth": "local",
+                "sender_login_maps": {
+                    "ana@example.org": ("sales@example.org", "@team.example.org"),
+                    "relay-bot": ("*",),
+                },
+            },
+            upstream={"username": "relay@example.com"},
+            upstream_password="x",
+        )
+        relay = await service.start_relay(cfg, store)
+        try:
+            yield port_of(cfg), cap
+        finally:
+            await relay.close()
+
+
+def send_as_login(
+    port: int, login: tuple[str, str], envelope_from: str, header_from: str
+) -> tuple[tuple[int, bytes], tuple[int, bytes] | None]:
+    """MAIL's reply, and DATA's reply when MAIL was accepted."""
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = header_from, "carol@example.net", "Hello"
+    msg.set_content("plain")
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+        c.ehlo("client.test")
+        c.login(*login)
+        mail = c.mail(envelope_from)
+        if mail[0] != 250:
+            return mail, None
+        c.rcpt("carol@example.net")
+        return mail, c.data(msg.as_bytes())
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_local_login_sends_only_as_its_own_addresses(local_site) -> None:
+    port, cap = local_site
+    ana = ("ana@example.org", "ana-password-1")
+    results = {
+        case: await asyncio.to_thread(send_as_login, port, who, env, head)
+        for case, who, env, head in [
+            ("own", ana, "Ana@Example.org", "Ana <ana@example.org>"),
+            ("mapped", ana, "sales@example.org", "Sales <x@team.example.org>"),
+            ("other envelope", ana, "bob@example.org", "ana@example.org"),
+            ("other header", ana, "ana@example.org", "Bob <bob@example.org>"),
+            ("second header address", ana, "ana@example.org", "ana@example.org, bob@example.org"),
+            ("anyone", ("relay-bot", "bot-password-1"), "alerts@ops.test", "Ops <alerts@ops.test>"),
+        ]
+    }
+    for case in ("own", "mapped", "anyone"):
+        mail, data = results[case]
+        assert mail[0] == 250 and data is not None and data[0] == 250, (case, results[case])
+    mail, data = results["other envelope"]
+    assert mail[0] == 553 and mail[1].startswith(b"5.7.1 ") and data is None
+    assert b"bob@example.org" in mail[1] and b"ana@example.org" in mail[1]
+    for case in ("other header", "second header address"):
+        mail, data = results[case]
+        assert mail[0] == 250 and data is not None and data[0] == 550, (case, data)
+        assert data[1].startswith(b"5.7.1 From: ") and b"bob@example.org" in data[1]
+    assert len(cap.messages) == 3
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_forged_sender_is_refused_to_swaks_too(local_site) -> None:
+    port, cap = local_site
+    out = await asyncio.to_thread(
+        swaks_at,
+        "127.0.0.1",
+        port,
+        "--from",
+        "ceo@example.org",
+        "--auth",
+        "LOGIN",
+        "--auth-user",
+        "ana@example.org",
+        "--auth-password",
+        "ana-password-1",
+    )
+    assert "<** 553 5.7.1" in out.stdout, out.stdout
+    assert cap.messages == []
