@@ -50,6 +50,11 @@ class RelayConfig:
     max_message_size: int = 36700160
     max_in_flight: int = 16
     max_recipients: int = 100  # per message; more get "452 4.5.3 Too many recipients"
+    # Open client connections per process, in all and from one /24 or /64; more get 421.
+    max_connections: int = 200
+    max_connections_per_network: int = 20
+    # Behind a TCP balancer that sends the PROXY protocol header (nginx `proxy_protocol on;`).
+    proxy_protocol: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,6 +203,9 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
     _require_files(relay, "relay", ("cert_file", "key_file"), base, file)
     if relay.max_message_size < 1024:
         raise ConfigError(file, "relay.max_message_size", "must be at least 1024 bytes")
+    for key in ("max_connections", "max_connections_per_network"):
+        if getattr(relay, key) < 1:
+            raise ConfigError(file, f"relay.{key}", "must be at least 1")
     if relay.max_recipients < 1:
         raise ConfigError(file, "relay.max_recipients", "must be at least 1")
     if relay.max_in_flight < 1:

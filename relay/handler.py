@@ -29,6 +29,15 @@ def _refused(reply: str) -> AuthResult:
     return AuthResult(success=False, handled=False, message=reply)
 
 
+def _client_ip(server: SMTP) -> str:
+    """The client's address, as told by a PROXY header when the relay is behind a balancer."""
+    ip = getattr(server, "client_ip", None)
+    if ip is not None:
+        return str(ip)
+    peer = server.session.peer if server.session else None
+    return str(peer[0]) if isinstance(peer, tuple) else ""
+
+
 def _login(session: Session) -> Credentials | None:
     return session.auth_data if isinstance(session.auth_data, Credentials) else None
 
@@ -115,7 +124,7 @@ class RelayHandler:
             smtputf8=bool(envelope.smtp_utf8) or not _ascii(envelope.mail_from, *envelope.rcpt_tos),
             eight_bit="BODY=8BITMIME" in (o.upper() for o in envelope.mail_options),
             credentials=forward_with,
-            client_ip=str(session.peer[0]) if session.peer else "",
+            client_ip=_client_ip(server),
         )
         async with self.in_flight:
             result = await self.relay.submit(sub)
@@ -166,7 +175,7 @@ class RelayHandler:
     async def _check(self, server: SMTP, login: bytes, password: bytes) -> AuthResult:
         if self.authenticator is None:
             return _refused(replies.AUTH_INVALID)
-        peer = str(server.session.peer[0]) if server.session and server.session.peer else "?"
+        peer = _client_ip(server)
         now = time.monotonic()
         recent = [t for t in self._failures.get(peer, []) if now - t < FAILURE_WINDOW]
         self._failures[peer] = recent

@@ -17,6 +17,11 @@ AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_INVALID = "535 5.7.8 Username or password not accepted"
 AUTH_UNAVAILABLE = "454 4.7.0 Cannot check your login right now: the upstream server is unreachable"
 AUTH_TOO_MANY = "454 4.7.0 Too many failed logins from your address; try again in a few minutes"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections to this relay right now; try again later"
+TOO_MANY_FROM_NETWORK = (
+    "421 4.7.0 Too many connections from your network; close some and try again later"
+)
+AUTH_LINE_TOO_LONG = "500 5.5.6 Authentication exchange line is too long"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients: send the rest in another message"
 NO_RECIPIENTS = "554 5.5.1 No valid recipients"
 INTERNAL_ERROR = "451 4.3.0 MailPing hit an internal error; nothing was sent, please retry"

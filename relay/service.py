@@ -40,10 +40,13 @@ from relay.config import Config, config_warnings, resolve_file
 from relay.digest_runner import Clock, DigestRunner, system_clock
 from relay.forward import Credentials, OutboxUpstream, SmtpUpstream, Upstream
 from relay.handler import RelayHandler
+from relay.limits import ConnectionLimits
 from relay.smtp import RelaySMTP
 from relay.submit import Relay, is_google_host
 
 log = logging.getLogger("mailping")
+
+PROXY_HEADER_WAIT = 10.0  # seconds a balancer has to send the PROXY header of a connection
 
 
 class ListenError(Exception):
@@ -203,9 +206,17 @@ async def start_relay(
     tls = server_tls_context(cfg)
     loopback = is_loopback_host(host)
 
+    limits = ConnectionLimits(cfg.relay.max_connections, cfg.relay.max_connections_per_network)
+    implicit = tls if cfg.relay.tls == "implicit" else None
+    proxy = cfg.relay.proxy_protocol
+
     def factory() -> RelaySMTP:
         return RelaySMTP(
             handler,
+            limits=limits,
+            proxy_wait=PROXY_HEADER_WAIT if proxy else None,
+            # Behind a PROXY balancer the header comes before the TLS handshake.
+            tls_after_proxy=implicit if proxy else None,
             data_size_limit=cfg.relay.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
@@ -223,7 +234,7 @@ async def start_relay(
             factory,
             host=host,
             port=port,
-            ssl=tls if cfg.relay.tls == "implicit" else None,
+            ssl=None if proxy else implicit,
             reuse_address=True,
             reuse_port=cfg.worker is not None,
         )
