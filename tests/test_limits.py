@@ -5,18 +5,24 @@ and memory for a message bounded by its size. Real sockets, real clients, the re
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import smtplib
 import socket
+import ssl
+import struct
 import tracemalloc
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
-from relay import service
+from pixelserver import storage
+from relay import auth, service
+from relay.certs import make_self_signed
 from relay.smtp import RelaySMTP
-from tests.conftest import CaptureUpstream, make_config
-from tests.test_auth import machine_address, port_of
+from tests.conftest import CaptureUpstream, free_port, make_config
+from tests.test_auth import machine_address, port_of, swaks_at
 
 SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -225,3 +231,129 @@ async def test_a_message_of_empty_lines_costs_about_its_size_in_memory() -> None
     # the ~30x of one Python object per line.
     print(f"{lines} empty lines ({size} bytes): peak {peak} bytes, {peak / size:.1f}x")
     assert peak < 4 * size + 3 * 1024 * 1024, peak
+
+
+# --- behind a TCP balancer: the PROXY protocol (relay.proxy_protocol = true) ---
+
+
+def proxy_v2(source: str, dest: str, sport: int = 40000, dport: int = 587) -> bytes:
+    """A PROXY protocol v2 header (PROXY command, TCP over IPv4 or IPv6), as HAProxy or nginx
+    send it."""
+    src, dst = ipaddress.ip_address(source), ipaddress.ip_address(dest)
+    family = 0x11 if src.version == 4 else 0x21
+    body = src.packed + dst.packed + struct.pack("!HH", sport, dport)
+    return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, family]) + struct.pack("!H", len(body)) + body
+
+
+def proxied_session(port: int, header: bytes) -> tuple[socket.socket, bytes]:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(header)
+    return s, s.makefile("rb").readline()
+
+
+@SQLITE
+async def test_the_client_address_comes_from_the_proxy_header(
+    tmp_path: Path, db_url: str, store, upstream: CaptureUpstream
+) -> None:
+    cfg = make_config(
+        tmp_path,
+        db_url,
+        upstream.port,
+        relay={"proxy_protocol": True, "max_connections_per_network": 1},
+    )
+    relay = await service.start_relay(cfg, store)
+    port = port_of(cfg)
+    opened: list[socket.socket] = []
+    try:
+
+        def connect(header: bytes) -> bytes:
+            s, first = proxied_session(port, header)
+            opened.append(s)
+            return first
+
+        v1 = await asyncio.to_thread(connect, b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 587\r\n")
+        # Same client network as the first, through the balancer's same address: refused.
+        v2_same = await asyncio.to_thread(connect, proxy_v2("198.51.100.9", "127.0.0.1"))
+        v2_other = await asyncio.to_thread(connect, proxy_v2("2001:db8:1:2::5", "::1"))
+        no_header = await asyncio.to_thread(connect, b"EHLO client.test\r\n")
+        for s in opened:
+            s.close()
+        await asyncio.sleep(0.3)
+        # swaks speaks the PROXY protocol itself: a whole message from "203.0.113.50".
+        sent = await asyncio.to_thread(
+            swaks_at,
+            "127.0.0.1",
+            port,
+            "--from",
+            "me@example.com",
+            "--proxy-version",
+            "1",
+            "--proxy-family",
+            "TCP4",
+            "--proxy-source",
+            "203.0.113.50",
+            "--proxy-source-port",
+            "40001",
+            "--proxy-dest",
+            "127.0.0.1",
+            "--proxy-dest-port",
+            "587",
+        )
+    finally:
+        for s in opened:
+            s.close()
+        await relay.close()
+    assert v1.startswith(b"220 ") and v2_other.startswith(b"220 ")
+    assert v2_same.startswith(b"421 4.7.0 Too many connections from your network")
+    assert no_header == b""  # closed: a client cannot skip the header and pass as the balancer
+    assert "<-  250 2.0.0 Sent to 1 recipient" in sent.stdout, sent.stdout
+    async with store() as s:
+        prefixes = (await s.execute(select(storage.Message.sender_prefix))).scalars().all()
+    assert [p.split("/")[0].rsplit(".", 1)[0] for p in prefixes] == ["203.0.113"]
+
+
+@SQLITE
+async def test_implicit_tls_and_logins_behind_a_proxy_balancer(
+    tmp_path: Path, db_url: str, store, upstream: CaptureUpstream
+) -> None:
+    address = machine_address()
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    make_self_signed(address, cert, key)
+    async with store.begin() as s:
+        await storage.set_local_user(s, "ana@example.org", auth.hash_password("ana-password-1"))
+    cfg = make_config(
+        tmp_path,
+        db_url,
+        upstream.port,
+        relay={
+            "listen": f"{address}:{free_port()}",
+            "auth": "local",
+            "tls": "implicit",
+            "cert_file": str(cert),
+            "key_file": str(key),
+            "proxy_protocol": True,
+        },
+    )
+    relay = await service.start_relay(cfg, store)
+    try:
+
+        def go() -> tuple[bytes, str, int]:
+            raw = socket.create_connection((address, port_of(cfg)), timeout=10)
+            # nginx sends the header in clear, then passes the client's TLS bytes through.
+            raw.sendall(b"PROXY TCP4 198.51.100.7 " + address.encode() + b" 40000 465\r\n")
+            ctx = ssl.create_default_context()
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            client = smtplib.SMTP()
+            client.sock = ctx.wrap_socket(raw)
+            code, greeting = client.getreply()
+            client.ehlo("client.test")
+            features = client.esmtp_features.get("auth", "")
+            login = client.login("ana@example.org", "ana-password-1")[0]
+            client.quit()
+            return greeting, features, login
+
+        greeting, features, login = await asyncio.to_thread(go)
+    finally:
+        await relay.close()
+    assert b"MailPing" in greeting
+    assert "PLAIN" in features and login == 235
