@@ -53,6 +53,11 @@ class RelayConfig:
     # Open client connections per process, in all and from one /24 or /64; more get 421.
     max_connections: int = 200
     max_connections_per_network: int = 20
+    # Login attempts per user and per client network in a window (counted before the check,
+    # shared by all processes through the store); more get 454 until the window ends.
+    login_failures_per_user: int = 5
+    login_failures_per_network: int = 20
+    login_failure_window: int = 600  # seconds
     # Behind a TCP balancer that sends the PROXY protocol header (nginx `proxy_protocol on;`).
     proxy_protocol: bool = False
 
@@ -203,7 +208,13 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
     _require_files(relay, "relay", ("cert_file", "key_file"), base, file)
     if relay.max_message_size < 1024:
         raise ConfigError(file, "relay.max_message_size", "must be at least 1024 bytes")
-    for key in ("max_connections", "max_connections_per_network"):
+    for key in (
+        "max_connections",
+        "max_connections_per_network",
+        "login_failures_per_user",
+        "login_failures_per_network",
+        "login_failure_window",
+    ):
         if getattr(relay, key) < 1:
             raise ConfigError(file, f"relay.{key}", "must be at least 1")
     if relay.max_recipients < 1:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from base64 import b64decode
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
@@ -17,11 +16,9 @@ from relay import replies
 from relay.auth import Authenticator, SenderPolicy, SenderRefused
 from relay.forward import Credentials
 from relay.submit import Relay, Submission
+from relay.throttle import LoginThrottle, TooManyAttempts
 
 log = logging.getLogger("mailping.handler")
-
-FAILURE_WINDOW = 600.0  # seconds over which failed logins from one address are counted
-FAILURES_BEFORE_LOCKOUT = 5
 
 
 def _refused(reply: str) -> AuthResult:
@@ -55,13 +52,14 @@ class RelayHandler:
         in_flight: int,
         sender_policy: SenderPolicy | None = None,
         max_recipients: int = 100,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         self.relay = relay
         self.authenticator = authenticator
         self.sender_policy = sender_policy
         self.max_recipients = max_recipients
         self.in_flight = asyncio.Semaphore(in_flight)
-        self._failures: dict[str, list[float]] = {}
+        self.throttle = throttle or LoginThrottle(None)  # None: counted in this process only
 
     @property
     def needs_login(self) -> bool:
@@ -175,22 +173,20 @@ class RelayHandler:
     async def _check(self, server: SMTP, login: bytes, password: bytes) -> AuthResult:
         if self.authenticator is None:
             return _refused(replies.AUTH_INVALID)
-        peer = _client_ip(server)
-        now = time.monotonic()
-        recent = [t for t in self._failures.get(peer, []) if now - t < FAILURE_WINDOW]
-        self._failures[peer] = recent
-        if len(recent) >= FAILURES_BEFORE_LOCKOUT:
-            return _refused(replies.AUTH_TOO_MANY)
         creds = Credentials(login.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
+        try:
+            attempt = await self.throttle.attempt(creds.username, _client_ip(server))
+        except TooManyAttempts:
+            return _refused(replies.AUTH_TOO_MANY)
         try:
             ok = await self.authenticator.check(creds)
         except Exception:  # any transport failure: the login could not be checked
             log.warning("could not check a login against the upstream server", exc_info=True)
+            await self.throttle.not_checked(attempt)
             return _refused(replies.AUTH_UNAVAILABLE)
         if not ok:
-            recent.append(now)
-            # Slow down guessing: each failure from this address costs it more time.
-            await asyncio.sleep(min(0.2 * len(recent), 2.0))
+            # Slow down guessing: each failure for this user costs it more time.
+            await asyncio.sleep(min(0.2 * attempt.user_attempts, 2.0))
             return _refused(replies.AUTH_INVALID)
-        self._failures.pop(peer, None)
+        await self.throttle.succeeded(attempt)
         return AuthResult(success=True, auth_data=creds, message=replies.AUTH_OK)

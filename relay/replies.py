@@ -16,7 +16,10 @@ AUTH_REQUIRED = "530 5.7.0 Authentication required: log in with your mail accoun
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_INVALID = "535 5.7.8 Username or password not accepted"
 AUTH_UNAVAILABLE = "454 4.7.0 Cannot check your login right now: the upstream server is unreachable"
-AUTH_TOO_MANY = "454 4.7.0 Too many failed logins from your address; try again in a few minutes"
+AUTH_TOO_MANY = (
+    "454 4.7.0 Too many failed logins for this account or from your network; "
+    "try again in a few minutes"
+)
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections to this relay right now; try again later"
 TOO_MANY_FROM_NETWORK = (
     "421 4.7.0 Too many connections from your network; close some and try again later"

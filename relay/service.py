@@ -43,6 +43,7 @@ from relay.handler import RelayHandler
 from relay.limits import ConnectionLimits
 from relay.smtp import RelaySMTP
 from relay.submit import Relay, is_google_host
+from relay.throttle import LoginThrottle
 
 log = logging.getLogger("mailping")
 
@@ -201,6 +202,12 @@ async def start_relay(
         if cfg.relay.auth == "local"
         else None,
         max_recipients=cfg.relay.max_recipients,
+        throttle=LoginThrottle(
+            sessions,
+            per_user=cfg.relay.login_failures_per_user,
+            per_network=cfg.relay.login_failures_per_network,
+            window=cfg.relay.login_failure_window,
+        ),
     )
     host, port = parse_listen(cfg.relay.listen, cfg.source, "relay.listen")
     tls = server_tls_context(cfg)

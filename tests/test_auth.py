@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import re
 import shutil
+import signal
 import smtplib
 import ssl
 import subprocess
@@ -18,6 +19,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
 from pixelserver import storage
 from pixelserver.config import ConfigError
@@ -34,6 +36,7 @@ from tests.conftest import (
     start_pixelserver,
 )
 from tests.helpers import CORPUS_DIR
+from tests.test_serve import wait_for_line
 
 HTML_FILE = CORPUS_DIR / "thunderbird_html_only_lf_trailing.eml"
 # HTML_FILE is from Ingrid Solberg; swaks sends it as me@example.com.
@@ -724,3 +727,72 @@ async def test_a_forged_sender_is_refused_to_swaks_too(local_site) -> None:
     )
     assert "<** 553 5.7.1" in out.stdout, out.stdout
     assert cap.messages == []
+
+
+# --- login throttling shared by worker processes through the store ---
+
+
+def guess(port: int, username: str, password: str, source: str = "127.0.0.1") -> int:
+    """One login attempt on its own connection; the reply code."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=60, source_address=(source, 0)) as c:
+        c.ehlo("client.test")
+        c.user, c.password = username, password
+        try:  # one mechanism: login() would try LOGIN after a failed PLAIN, two attempts
+            return c.auth("PLAIN", c.auth_plain)[0]
+        except smtplib.SMTPAuthenticationError as exc:
+            return exc.smtp_code
+
+
+async def parallel_guesses(port: int, attempts: list[tuple[str, str]], source: str) -> list[int]:
+    """All attempts at once, each on its own connection (and so spread over the workers)."""
+    return sorted(
+        await asyncio.gather(
+            *(asyncio.to_thread(guess, port, user, pw, source) for user, pw in attempts)
+        )
+    )
+
+
+async def test_parallel_guesses_across_worker_processes_are_counted_before_the_check(
+    tmp_path: Path, db_url: str, store
+) -> None:
+    port = free_port()
+    path = tmp_path / "mailping.toml"
+    path.write_text(
+        f'data_dir = "{tmp_path}/data"\n[database]\nurl = "{db_url}"\n'
+        f'[relay]\nlisten = "127.0.0.1:{port}"\nauth = "local"\n'
+        "login_failures_per_user = 3\nlogin_failures_per_network = 6\n"
+    )
+    add = mailping(
+        path, "user", "add", "ana@example.org", "--password-stdin", stdin="ana-pass-12\n"
+    )
+    assert add.returncode == 0, add.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay.cli", "--config", str(path), "relay", "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for _ in range(2):
+            await asyncio.to_thread(wait_for_line, proc, r"send a test mail")
+        # From 127.0.0.0/24: 4 users, 2 guesses each, at once. No user reaches 3, but the
+        # network reaches 6: two attempts are refused before any check.
+        network = await parallel_guesses(
+            port,
+            [(f"u{i}@example.org", "wrong-guess") for i in range(4) for _ in range(2)],
+            "127.0.0.1",
+        )
+        # From another network (this machine's non-loopback address): 6 guesses for Ana.
+        other = machine_address()
+        user = await parallel_guesses(port, [("ana@example.org", "wrong-guess")] * 6, other)
+        # Ana's own password, now: still refused until the window has passed.
+        right = await asyncio.to_thread(guess, port, "ana@example.org", "ana-pass-12", other)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.to_thread(proc.communicate, timeout=30)
+    assert network == [454, 454] + [535] * 6, out
+    assert user == [454] * 3 + [535] * 3, out
+    assert right == 454
+    async with store() as s:
+        rows = (await s.execute(select(func.count()).select_from(storage.LoginThrottle))).scalar()
+    assert rows == 4 + 1 + 2  # u0..u3 and ana, two networks: nothing else is kept
