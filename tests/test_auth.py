@@ -28,6 +28,7 @@ from relay import service
 from relay.certs import make_self_signed
 from relay.config import load_config
 from relay.forward import Credentials
+from relay.throttle import PRUNE_EVERY, LoginThrottle
 from tests.conftest import (
     CaptureUpstream,
     capture_upstream,
@@ -796,3 +797,15 @@ async def test_parallel_guesses_across_worker_processes_are_counted_before_the_c
     async with store() as s:
         rows = (await s.execute(select(func.count()).select_from(storage.LoginThrottle))).scalar()
     assert rows == 4 + 1 + 2  # u0..u3 and ana, two networks: nothing else is kept
+
+
+async def test_the_throttle_table_keeps_only_the_last_window(store) -> None:
+    now = [1_000_000.0]
+    throttle = LoginThrottle(store, per_user=5, per_network=1000, window=600, clock=lambda: now[0])
+    for i in range(50):  # a spray of names from many networks
+        await throttle.attempt(f"user{i}@example.org", f"198.51.{i}.7")
+    now[0] += 600 + PRUNE_EVERY
+    await throttle.attempt("late@example.org", "203.0.113.9")
+    async with store() as s:
+        rows = (await s.execute(select(storage.LoginThrottle.key))).scalars().all()
+    assert len(rows) == 2  # the late user and its network; the ended window is gone
