@@ -809,3 +809,28 @@ async def test_the_throttle_table_keeps_only_the_last_window(store) -> None:
     async with store() as s:
         rows = (await s.execute(select(storage.LoginThrottle.key))).scalars().all()
     assert len(rows) == 2  # the late user and its network; the ended window is gone
+
+
+def test_sender_login_maps_and_allowed_senders_are_checked_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "mailping.toml"
+    path.write_text(
+        "[relay]\nauth = 'local'\nallowed_senders = ['@example.org']\n"
+        "[relay.sender_login_maps]\n"
+        "'Ana@Example.org' = ['sales@example.org', '@team.example.org']\n"
+        "scanner = ['*']\n"
+    )
+    relay = load_config(path, environ={}).relay
+    assert relay.sender_login_maps["scanner"] == ("*",)
+    assert auth_module.SenderPolicy(relay.sender_login_maps).owns(
+        "ana@example.org", "x@TEAM.example.org"
+    )
+    for bad, key in [
+        ("allowed_senders = ['example.org']", "relay.allowed_senders"),
+        ("allowed_senders = ['*']", "relay.allowed_senders"),
+        ("sender_login_maps = { ana = ['sales'] }", "relay.sender_login_maps.ana"),
+        ("sender_login_maps = { ana = 'sales@example.org' }", "relay.sender_login_maps"),
+    ]:
+        path.write_text(f"[relay]\nauth = 'local'\n{bad}\n")
+        with pytest.raises(ConfigError) as err:
+            load_config(path, environ={})
+        assert err.value.key == key, (bad, err.value)
