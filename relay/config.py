@@ -182,16 +182,18 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         raise ConfigError(file, "privacy.retention_days", "must be at least 1 day")
 
     host, _ = parse_listen(relay.listen, file, "relay.listen")
-    if relay.auth == "none" and not is_loopback_host(host):
+    # Behind a PROXY balancer clients come from elsewhere, whatever address the relay binds.
+    local_only = is_loopback_host(host) and not relay.proxy_protocol
+    if relay.auth == "none" and not local_only:
+        where = "with relay.proxy_protocol" if relay.proxy_protocol else f"not {host!r}"
         raise ConfigError(
             file,
             "relay.auth",
-            f'"none" lets anyone relay; it is allowed only on a loopback listen address, '
-            f"not {host!r}",
+            f'"none" lets anyone relay; it is allowed only on a loopback listen address, {where}',
         )
     if relay.auth == "upstream" and not upstream.host:
         raise ConfigError(file, "relay.auth", '"upstream" needs upstream.host to check logins')
-    if relay.auth != "none" and relay.tls == "none" and not is_loopback_host(host):
+    if relay.auth != "none" and relay.tls == "none" and not local_only:
         raise ConfigError(
             file,
             "relay.tls",

@@ -211,7 +211,8 @@ async def start_relay(
     )
     host, port = parse_listen(cfg.relay.listen, cfg.source, "relay.listen")
     tls = server_tls_context(cfg)
-    loopback = is_loopback_host(host)
+    # Behind a PROXY balancer clients are remote even on a loopback listen address.
+    loopback = is_loopback_host(host) and not cfg.relay.proxy_protocol
 
     limits = ConnectionLimits(cfg.relay.max_connections, cfg.relay.max_connections_per_network)
     implicit = tls if cfg.relay.tls == "implicit" else None

@@ -834,3 +834,19 @@ def test_sender_login_maps_and_allowed_senders_are_checked_at_load(tmp_path: Pat
         with pytest.raises(ConfigError) as err:
             load_config(path, environ={})
         assert err.value.key == key, (bad, err.value)
+
+
+@pytest.mark.parametrize(
+    ("relay", "key"),
+    [("auth = 'none'", "relay.auth"), ("auth = 'local'\ntls = 'none'", "relay.tls")],
+)
+def test_behind_a_proxy_balancer_loopback_is_no_excuse(
+    tmp_path: Path, relay: str, key: str
+) -> None:
+    """nginx on the same machine passes remote clients to a loopback listen address: neither an
+    open relay nor logins in clear text."""
+    path = tmp_path / "mailping.toml"
+    path.write_text(f"[relay]\nlisten = '127.0.0.1:2525'\nproxy_protocol = true\n{relay}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert err.value.key == key
