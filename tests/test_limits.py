@@ -5,6 +5,7 @@ and memory for a message bounded by its size. Real sockets, real clients, the re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import smtplib
 import socket
@@ -357,3 +358,56 @@ async def test_implicit_tls_and_logins_behind_a_proxy_balancer(
         await relay.close()
     assert b"MailPing" in greeting
     assert "PLAIN" in features and login == 235
+
+
+@SQLITE
+async def test_a_tls_hello_in_the_same_segment_as_the_proxy_header_is_not_lost(
+    tmp_path: Path, db_url: str, store, upstream: CaptureUpstream
+) -> None:
+    """nginx may pass the header and the client's first TLS bytes in one segment: bytes read
+    past the header must go to the TLS layer, not be dropped."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    make_self_signed("127.0.0.1", cert, key)
+    cfg = make_config(
+        tmp_path,
+        db_url,
+        upstream.port,
+        relay={
+            "auth": "local",
+            "tls": "implicit",
+            "cert_file": str(cert),
+            "key_file": str(key),
+            "proxy_protocol": True,
+        },
+    )
+    relay = await service.start_relay(cfg, store)
+    try:
+
+        def go() -> bytes:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = ctx.wrap_bio(incoming, outgoing)
+            with socket.create_connection(("127.0.0.1", port_of(cfg)), timeout=10) as s:
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    tls.do_handshake()
+                header = b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 465\r\n"
+                s.sendall(header + outgoing.read())  # one write: header and TLS hello
+                while True:
+                    try:
+                        tls.do_handshake()
+                        break
+                    except ssl.SSLWantReadError:
+                        s.sendall(outgoing.read())
+                        incoming.write(s.recv(65536))
+                s.sendall(outgoing.read())
+                while True:
+                    try:
+                        return tls.read(4096)
+                    except ssl.SSLWantReadError:
+                        incoming.write(s.recv(65536))
+
+        greeting = await asyncio.to_thread(go)
+    finally:
+        await relay.close()
+    assert greeting.startswith(b"220 ") and b"MailPing" in greeting
