@@ -43,7 +43,7 @@ from relay.handler import RelayHandler
 from relay.limits import ConnectionLimits
 from relay.smtp import RelaySMTP
 from relay.submit import Relay, is_google_host
-from relay.throttle import LoginThrottle
+from relay.throttle import LoginThrottle, TooManyAttempts
 
 log = logging.getLogger("mailping")
 
@@ -174,6 +174,16 @@ def make_authenticator(
     return allowlisted(authenticator, cfg.relay.allowed_senders)
 
 
+def make_throttle(cfg: Config, sessions: async_sessionmaker[AsyncSession]) -> LoginThrottle:
+    """Login attempts counted in the store, shared by the relay, the pages and every process."""
+    return LoginThrottle(
+        sessions,
+        per_user=cfg.relay.login_failures_per_user,
+        per_network=cfg.relay.login_failures_per_network,
+        window=cfg.relay.login_failure_window,
+    )
+
+
 async def start_relay(
     cfg: Config,
     sessions: async_sessionmaker[AsyncSession],
@@ -202,12 +212,7 @@ async def start_relay(
         if cfg.relay.auth == "local"
         else None,
         max_recipients=cfg.relay.max_recipients,
-        throttle=LoginThrottle(
-            sessions,
-            per_user=cfg.relay.login_failures_per_user,
-            per_network=cfg.relay.login_failures_per_network,
-            window=cfg.relay.login_failure_window,
-        ),
+        throttle=make_throttle(cfg, sessions),
     )
     host, port = parse_listen(cfg.relay.listen, cfg.source, "relay.listen")
     tls = server_tls_context(cfg)
@@ -323,10 +328,24 @@ def web_auth(cfg: Config, sessions: async_sessionmaker[AsyncSession]) -> WebAuth
         else None
     )
     authenticator = make_authenticator(cfg, sessions, None)
+    throttle = make_throttle(cfg, sessions)
 
     async def check(username: str, password_: str) -> bool:
+        """The account's count is shared with the relay's (the pages count failures per
+        address themselves, in WebAuth); a locked account is refused like a wrong password."""
         assert authenticator is not None
-        return await authenticator.check(Credentials(username, password_))
+        try:
+            attempt = await throttle.attempt(username, None)
+        except TooManyAttempts:
+            return False
+        try:
+            ok = await authenticator.check(Credentials(username, password_))
+        except Exception:
+            await throttle.not_checked(attempt)
+            raise
+        if ok:
+            await throttle.succeeded(attempt)
+        return ok
 
     return WebAuth(
         mode=cfg.relay.auth,

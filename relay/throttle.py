@@ -58,10 +58,12 @@ class LoginThrottle:
     _local: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     _last_prune: float = 0.0
 
-    async def attempt(self, username: str, client_ip: str) -> Attempt:
+    async def attempt(self, username: str, client_ip: str | None) -> Attempt:
         """Count an attempt; raises TooManyAttempts when the user or network is over its limit
-        (the attempt stays counted: hammering a locked account keeps it locked)."""
-        user, network = user_key(username), client_network(client_ip)
+        (the attempt stays counted: hammering a locked account keeps it locked). Without a
+        client address (the report pages count those themselves) only the user is counted."""
+        user = user_key(username)
+        network = client_network(client_ip) if client_ip is not None else ""
         now = int(self.clock())
         counts = None
         if self.sessions is not None:
@@ -70,7 +72,8 @@ class LoginThrottle:
             except (SQLAlchemyError, OSError) as exc:
                 log.warning("store unreachable (%s): login attempts counted in this process", exc)
         if counts is None:
-            counts = (self._count_here(USER, user, now), self._count_here(NETWORK, network, now))
+            nets = self._count_here(NETWORK, network, now) if network else 0
+            counts = (self._count_here(USER, user, now), nets)
         attempt = Attempt(user, network, *counts)
         if attempt.user_attempts > self.per_user or attempt.network_attempts > self.per_network:
             raise TooManyAttempts()
@@ -93,7 +96,10 @@ class LoginThrottle:
         try:
             async with self.sessions.begin() as session:
                 await storage.forgive_login_attempt(session, USER, attempt.user, all_=whole_user)
-                await storage.forgive_login_attempt(session, NETWORK, attempt.network, all_=False)
+                if attempt.network:
+                    await storage.forgive_login_attempt(
+                        session, NETWORK, attempt.network, all_=False
+                    )
         except (SQLAlchemyError, OSError) as exc:
             log.warning("store unreachable (%s): a login attempt stays counted", exc)
 
@@ -101,7 +107,11 @@ class LoginThrottle:
         assert self.sessions is not None
         async with self.sessions.begin() as session:
             users = await storage.count_login_attempt(session, USER, user, now, self.window)
-            nets = await storage.count_login_attempt(session, NETWORK, network, now, self.window)
+            nets = (
+                await storage.count_login_attempt(session, NETWORK, network, now, self.window)
+                if network
+                else 0
+            )
             if now - self._last_prune >= PRUNE_EVERY:
                 self._last_prune = now
                 await storage.prune_login_attempts(session, now - self.window)

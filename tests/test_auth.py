@@ -850,3 +850,30 @@ def test_behind_a_proxy_balancer_loopback_is_no_excuse(
     with pytest.raises(ConfigError) as err:
         load_config(path, environ={})
     assert err.value.key == key
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_guesses_on_the_report_login_count_for_the_account_too(
+    tmp_path: Path, db_url: str, store
+) -> None:
+    """The pages and the relay share one count per account: guessing cannot move from one to
+    the other, nor run in parallel on the pages."""
+    await add_local_user(store, "ana@example.org", "ana-password-1")
+    cfg = make_config(
+        tmp_path,
+        db_url,
+        None,
+        relay={"auth": "local", "login_failures_per_user": 3},
+    )
+    relay = await service.start_relay(cfg, store)
+    pixel = await start_pixelserver(cfg, store)
+    base = cfg.pixelserver.public_url
+    try:
+        smtp = [await asyncio.to_thread(guess, port_of(cfg), "ana@example.org", "x") for _ in "12"]
+        pages = await asyncio.gather(*(web_login(base, "ana@example.org", "y") for _ in "12"))
+        right = await web_login(base, "ana@example.org", "ana-password-1")
+    finally:
+        await relay.close()
+        await pixel.close()
+    assert smtp == [535, 535] and sorted(pages) == [401, 401]
+    assert right == 401  # 5 attempts on an account allowed 3: locked for the window
