@@ -52,7 +52,7 @@ class RelayConfig:
     max_recipients: int = 100  # per message; more get "452 4.5.3 Too many recipients"
     # Open client connections per process, in all and from one /24 or /64; more get 421.
     max_connections: int = 200
-    max_connections_per_network: int = 20
+    max_connections_per_network: int = 50
     # Login attempts per user and per client network in a window (counted before the check,
     # shared by all processes through the store); more get 454 until the window ends.
     login_failures_per_user: int = 5
