@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import collections
 import logging
 import re
 import ssl
@@ -28,7 +29,8 @@ log = logging.getLogger("mailping.smtp")
 
 # Before DATA the reader holds one line of at most this: RFC 4954 allows an AUTH line of
 # 12288 octets, and aiosmtpd refuses other commands over 512 octets (plus SMTP extensions).
-COMMAND_LINE_LIMIT = 12288 + 2
+AUTH_LINE_LIMIT = 12288
+COMMAND_LINE_LIMIT = AUTH_LINE_LIMIT + 2
 # Inside DATA: RFC 5321 caps lines at 1000 octets, but real mail breaks that and the user's
 # provider may well accept it; refusing here would lose mail only because MailPing is in the
 # path. The relay never makes a line longer than it was, and the upstream has the last word.
@@ -87,6 +89,11 @@ class RelaySMTP(SMTP):
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
+        # Per connection: aiosmtpd's table is one dict shared by every connection (each new
+        # one clears it, each EHLO adds to MAIL's entry). AUTH gets RFC 4954's 12288 octets.
+        self.command_size_limits = collections.defaultdict(
+            lambda: SMTP.command_size_limit, {"AUTH": AUTH_LINE_LIMIT}
+        )
         self.limits = limits
         self.proxy_wait = proxy_wait
         self.tls_after_proxy = tls_after_proxy

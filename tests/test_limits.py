@@ -411,3 +411,29 @@ async def test_a_tls_hello_in_the_same_segment_as_the_proxy_header_is_not_lost(
     finally:
         await relay.close()
     assert greeting.startswith(b"220 ") and b"MailPing" in greeting
+
+
+@SQLITE
+async def test_a_long_passphrase_fits_in_an_auth_line(
+    tmp_path: Path, db_url: str, store, upstream: CaptureUpstream
+) -> None:
+    """RFC 4954 lets an AUTH command line be 12288 octets; RFC 5321's 512 is for the others."""
+    passphrase = "correct horse battery staple " * 20  # 580 characters
+    async with store.begin() as s:
+        await storage.set_local_user(s, "ana@example.org", auth.hash_password(passphrase))
+    cfg = make_config(tmp_path, db_url, upstream.port, relay={"auth": "local"})
+    relay = await service.start_relay(cfg, store)
+    try:
+
+        def go() -> tuple[int, int]:
+            with smtplib.SMTP("127.0.0.1", port_of(cfg), timeout=30) as c:
+                c.ehlo("client.test")
+                c.user, c.password = "ana@example.org", passphrase
+                login = c.auth("PLAIN", c.auth_plain)[0]  # one line: AUTH PLAIN <base64>
+                return login, c.docmd("NOOP " + "x" * 600)[0]
+
+        login, long_noop = await asyncio.to_thread(go)
+    finally:
+        await relay.close()
+    assert login == 235
+    assert long_noop == 500  # other commands keep RFC 5321's limit
