@@ -43,6 +43,13 @@ def _coerce(tp: Any, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"expected a list of strings, got {value!r}")
         return tuple(value)
+    if typing.get_origin(tp) is dict:
+        # A table of lists of strings, e.g. [relay.sender_login_maps]: "login" = ["address"].
+        if not isinstance(value, dict) or not all(
+            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in value.values()
+        ):
+            raise ValueError(f"expected a table of lists of strings, got {value!r}")
+        return {k: tuple(v) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise ValueError(f"expected true or false, got {value!r}")

@@ -29,6 +29,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     bindparam,
+    case,
     delete,
     event,
     false,
@@ -134,6 +135,61 @@ class UserNetwork(Base):
     seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (UniqueConstraint("user_id", "prefix", name="uq_user_network"),)
+
+
+class LoginThrottle(Base):
+    """Login attempts in the current window for one user (a hash of the name: a password typed
+    into the name field is not kept) or one client network. Shared by all relay processes."""
+
+    __tablename__ = "login_throttle"
+
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)  # "user" | "network"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer)
+    window_start: Mapped[int] = mapped_column(BigInteger, index=True)  # Unix seconds
+
+
+async def count_login_attempt(
+    session: AsyncSession, scope: str, key: str, now: int, window: int
+) -> int:
+    """One more attempt for (scope, key); returns the attempts in its window, this one included.
+    One statement (an upsert), so attempts made at the same moment by any number of processes
+    are all counted. A window older than `window` seconds starts again at 1."""
+    table = LoginThrottle.__table__
+    dialect = session.bind.dialect.name
+    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).values(
+        scope=scope, key=key, attempts=1, window_start=now
+    )
+    expired = table.c.window_start <= now - window
+    stmt = ins.on_conflict_do_update(
+        index_elements=[table.c.scope, table.c.key],
+        set_={
+            "attempts": case((expired, 1), else_=table.c.attempts + 1),
+            "window_start": case((expired, now), else_=table.c.window_start),
+        },
+    ).returning(table.c.attempts)
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def forgive_login_attempt(session: AsyncSession, scope: str, key: str, *, all_: bool) -> None:
+    """A login succeeded: take back its attempt (or, `all_`, the key's whole count)."""
+    cond = (LoginThrottle.scope == scope) & (LoginThrottle.key == key)
+    if all_:
+        await session.execute(delete(LoginThrottle).where(cond))
+    else:
+        await session.execute(
+            update(LoginThrottle)
+            .where(cond & (LoginThrottle.attempts > 0))
+            .values(attempts=LoginThrottle.attempts - 1)
+        )
+
+
+async def prune_login_attempts(session: AsyncSession, before: int) -> int:
+    """Drop windows that ended: the table holds only keys seen in the last window."""
+    result = await session.execute(
+        delete(LoginThrottle).where(LoginThrottle.window_start <= before)
+    )
+    return result.rowcount or 0
 
 
 class ApiToken(Base):

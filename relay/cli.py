@@ -24,7 +24,7 @@ from pixelserver.config import ConfigError
 from pixelserver.networks import mask
 from pixelserver.reclassify import reclassify
 from relay import auth, certs, queue_admin, service
-from relay.config import Config, config_path, load_config
+from relay.config import Config, config_path, config_warnings, load_config
 from relay.digest_runner import UnknownUser
 from relay.spool import Spool
 from relay.submit import is_google_host
@@ -141,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(config_path(args.config))
         if args.command == "check-config":
             print(describe(cfg))
+            for warning in config_warnings(cfg):
+                print(f"mailping: {warning}", file=sys.stderr)
             return 0
         if args.command == "db":
             return asyncio.run(db_command(cfg, args.action))

@@ -42,8 +42,24 @@ class RelayConfig:
     cert_file: str = ""
     key_file: str = ""
     auth: str = choices("none", "upstream", "local")
+    # Logins allowed to use this instance (relay and report): addresses and "@domain" entries;
+    # empty: every login the upstream (or the local user table) accepts.
+    allowed_senders: tuple[str, ...] = ()
+    # auth = "local": addresses a login may send as besides its own name ("@domain", "*": any).
+    sender_login_maps: dict[str, tuple[str, ...]] = field(default_factory=dict)
     max_message_size: int = 36700160
     max_in_flight: int = 16
+    max_recipients: int = 100  # per message; more get "452 4.5.3 Too many recipients"
+    # Open client connections per process, in all and from one /24 or /64; more get 421.
+    max_connections: int = 200
+    max_connections_per_network: int = 50
+    # Login attempts per user and per client network in a window (counted before the check,
+    # shared by all processes through the store); more get 454 until the window ends.
+    login_failures_per_user: int = 5
+    login_failures_per_network: int = 20
+    login_failure_window: int = 600  # seconds
+    # Behind a TCP balancer that sends the PROXY protocol header (nginx `proxy_protocol on;`).
+    proxy_protocol: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,21 +229,27 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         raise ConfigError(file, "privacy.retention_days", "must be at least 1 day")
 
     host, _ = parse_listen(relay.listen, file, "relay.listen")
-    if relay.auth == "none" and not is_loopback_host(host):
+    # Behind a PROXY balancer clients come from elsewhere, whatever address the relay binds.
+    local_only = is_loopback_host(host) and not relay.proxy_protocol
+    if relay.auth == "none" and not local_only:
+        where = "with relay.proxy_protocol" if relay.proxy_protocol else f"not {host!r}"
         raise ConfigError(
             file,
             "relay.auth",
-            f'"none" lets anyone relay; it is allowed only on a loopback listen address, '
-            f"not {host!r}",
+            f'"none" lets anyone relay; it is allowed only on a loopback listen address, {where}',
         )
     if relay.auth == "upstream" and not upstream.host:
         raise ConfigError(file, "relay.auth", '"upstream" needs upstream.host to check logins')
-    if relay.auth != "none" and relay.tls == "none" and not is_loopback_host(host):
+    if relay.auth != "none" and relay.tls == "none" and not local_only:
         raise ConfigError(
             file,
             "relay.tls",
             "logins are only taken over TLS beyond loopback: set starttls or implicit",
         )
+    _require_protected_upstream_logins(relay, upstream, file)
+    _check_address_entries(relay.allowed_senders, file, "relay.allowed_senders", wildcard=False)
+    for login, entries in relay.sender_login_maps.items():
+        _check_address_entries(entries, file, f"relay.sender_login_maps.{login}", wildcard=True)
     if relay.tls != "none" and not (relay.cert_file and relay.key_file):
         raise ConfigError(
             file, "relay.cert_file", f'relay.tls = "{relay.tls}" needs cert_file and key_file'
@@ -235,6 +257,17 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
     _require_files(relay, "relay", ("cert_file", "key_file"), base, file)
     if relay.max_message_size < 1024:
         raise ConfigError(file, "relay.max_message_size", "must be at least 1024 bytes")
+    for key in (
+        "max_connections",
+        "max_connections_per_network",
+        "login_failures_per_user",
+        "login_failures_per_network",
+        "login_failure_window",
+    ):
+        if getattr(relay, key) < 1:
+            raise ConfigError(file, f"relay.{key}", "must be at least 1")
+    if relay.max_recipients < 1:
+        raise ConfigError(file, "relay.max_recipients", "must be at least 1")
     if relay.max_in_flight < 1:
         raise ConfigError(file, "relay.max_in_flight", "must be at least 1")
     if not 0 < upstream.port < 65536:
@@ -282,6 +315,111 @@ def _validate_queue(queue: QueueConfig, file: str) -> None:
         raise ConfigError(file, "queue.give_up_after", "must be at least a second")
     if not 1 <= queue.reply_within <= 300:
         raise ConfigError(file, "queue.reply_within", "must be between 1 and 300 seconds")
+
+
+def _require_protected_upstream_logins(
+    relay: RelayConfig, upstream: UpstreamConfig, file: str
+) -> None:
+    """auth = "upstream" passes every user's password on to the upstream: refuse to start when
+    it would cross the network in clear text or to a server whose certificate is not checked
+    (anyone on the path could read it). A loopback upstream (a test server, a local tunnel or
+    stunnel) never leaves this machine."""
+    if relay.auth != "upstream" or is_loopback_host(upstream.host):
+        return
+    if upstream.tls == "none":
+        raise ConfigError(
+            file,
+            "upstream.tls",
+            f'"none" would send your users\' passwords to {upstream.host} unencrypted '
+            '(relay.auth = "upstream"): use "starttls" or "implicit"',
+        )
+    if not upstream.verify_certificate:
+        raise ConfigError(
+            file,
+            "upstream.verify_certificate",
+            f"false would send your users' passwords to whoever answers as {upstream.host} "
+            '(relay.auth = "upstream"): keep certificate checks on',
+        )
+
+
+def _check_address_entries(
+    entries: tuple[str, ...], file: str, key: str, *, wildcard: bool
+) -> None:
+    """Each entry is an address ("ana@example.org") or a whole domain ("@example.org"); a typo
+    here would silently lock people out or let them in, so it stops the start."""
+    for entry in entries:
+        if wildcard and entry == "*":
+            continue
+        local, at, domain = entry.rpartition("@")
+        if not at or not domain or "." not in domain or " " in entry or "@" in local:
+            allowed = 'an address, "@domain"' + (' or "*"' if wildcard else "")
+            raise ConfigError(file, key, f"{entry!r} is not {allowed}")
+
+
+# Providers where anyone can open an account: with auth = "upstream" and no allowlist, every
+# one of their users could send through this relay. Matched on the end of upstream.host.
+SHARED_PROVIDERS = {
+    "gmail.com": "Google",
+    "google.com": "Google",
+    "googlemail.com": "Google",
+    "office365.com": "Microsoft",
+    "outlook.com": "Microsoft",
+    "hotmail.com": "Microsoft",
+    "live.com": "Microsoft",
+    "yahoo.com": "Yahoo",
+    "aol.com": "AOL",
+    "me.com": "iCloud",
+    "icloud.com": "iCloud",
+    "fastmail.com": "Fastmail",
+    "messagingengine.com": "Fastmail",
+    "zoho.com": "Zoho",
+    "zoho.eu": "Zoho",
+    "zoho.in": "Zoho",
+    "zohomail.com": "Zoho",
+    "gmx.net": "GMX",
+    "gmx.com": "GMX",
+    "web.de": "WEB.DE",
+    "mail.com": "mail.com",
+    "yandex.com": "Yandex",
+    "yandex.ru": "Yandex",
+    "mail.ru": "Mail.ru",
+    "protonmail.ch": "Proton",
+    "proton.me": "Proton",
+    "ionos.com": "IONOS",
+    "ionos.de": "IONOS",
+    "1and1.com": "IONOS",
+    "mailbox.org": "mailbox.org",
+    "posteo.de": "Posteo",
+    "orange.fr": "Orange",
+    "free.fr": "Free",
+    "libero.it": "Libero",
+    "seznam.cz": "Seznam",
+    "qq.com": "QQ",
+    "163.com": "NetEase",
+}
+
+
+def shared_provider(host: str) -> str | None:
+    """The public mail provider whose submission server `host` is, if it is one."""
+    host = host.lower().rstrip(".")
+    for domain, name in SHARED_PROVIDERS.items():
+        if host == domain or host.endswith("." + domain):
+            return name
+    return None
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """Valid but dangerous settings, for `mailping check-config` and the start-up log."""
+    warnings = []
+    provider = shared_provider(cfg.upstream.host)
+    if cfg.relay.auth == "upstream" and not cfg.relay.allowed_senders and provider:
+        warnings.append(
+            f'WARNING: relay.auth = "upstream" with {provider} ({cfg.upstream.host}) and no '
+            f"relay.allowed_senders: ANYONE with a {provider} account can log in and send "
+            f'through this relay. List your people: allowed_senders = ["@your-domain"] or '
+            f"their addresses ({cfg.source})"
+        )
+    return warnings
 
 
 def _login_password(

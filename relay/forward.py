@@ -48,8 +48,11 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Credentials:
+    """A login. The password is left out of repr(): aiosmtpd logs the AuthResult holding it at
+    DEBUG, and a traceback or log line must never show a password."""
+
     username: str
-    password: str
+    password: str = dataclasses.field(repr=False)
 
 
 Chunks = Sequence[bytes | memoryview]

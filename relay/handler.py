@@ -8,26 +8,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from base64 import b64decode
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from relay import replies
-from relay.auth import Authenticator
+from relay.auth import Authenticator, SenderPolicy, SenderRefused
 from relay.forward import Credentials
 from relay.rewrite import needs_smtputf8
 from relay.submit import Relay, Submission
+from relay.throttle import LoginThrottle, TooManyAttempts
 
 log = logging.getLogger("mailping.handler")
-
-FAILURE_WINDOW = 600.0  # seconds over which failed logins from one address are counted
-FAILURES_BEFORE_LOCKOUT = 5
 
 
 def _refused(reply: str) -> AuthResult:
     # handled=False: aiosmtpd is to send `reply` (handled=True means we already answered).
     return AuthResult(success=False, handled=False, message=reply)
+
+
+def _client_ip(server: SMTP) -> str:
+    """The client's address, as told by a PROXY header when the relay is behind a balancer."""
+    ip = getattr(server, "client_ip", None)
+    if ip is not None:
+        return str(ip)
+    peer = server.session.peer if server.session else None
+    return str(peer[0]) if isinstance(peer, tuple) else ""
+
+
+def _login(session: Session) -> Credentials | None:
+    return session.auth_data if isinstance(session.auth_data, Credentials) else None
 
 
 class RelayHandler:
@@ -37,11 +47,16 @@ class RelayHandler:
         *,
         authenticator: Authenticator | None,
         in_flight: int,
+        sender_policy: SenderPolicy | None = None,
+        max_recipients: int = 100,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         self.relay = relay
         self.authenticator = authenticator
+        self.sender_policy = sender_policy
+        self.max_recipients = max_recipients
         self.in_flight = asyncio.Semaphore(in_flight)
-        self._failures: dict[str, list[float]] = {}
+        self.throttle = throttle or LoginThrottle(None)  # None: counted in this process only
 
     @property
     def needs_login(self) -> bool:
@@ -62,17 +77,37 @@ class RelayHandler:
             responses = [r for r in responses if not r.startswith("250-AUTH")]
         return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list
+    ) -> str:
+        creds = _login(session)
+        if creds is not None and self.sender_policy is not None:
+            try:
+                self.sender_policy.check_envelope(creds.username, address)
+            except SenderRefused as exc:
+                return replies.sender_refused(exc.login, exc.address, exc.where)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list
     ) -> str:
         if self.needs_login and not session.authenticated:
             return replies.AUTH_REQUIRED
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RCPT_OK
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        creds = session.auth_data if isinstance(session.auth_data, Credentials) else None
+        creds = _login(session)
+        if creds is not None and self.sender_policy is not None:
+            try:
+                self.sender_policy.check_header(creds.username, envelope.original_content or b"")
+            except SenderRefused as exc:
+                return replies.sender_refused(exc.login, exc.address, exc.where)
         forward_with = (
             creds if self.authenticator and self.authenticator.forwards_credentials else None
         )
@@ -89,7 +124,7 @@ class RelayHandler:
             ),
             eight_bit="BODY=8BITMIME" in (o.upper() for o in envelope.mail_options),
             credentials=forward_with,
-            client_ip=str(session.peer[0]) if session.peer else "",
+            client_ip=_client_ip(server),
         )
         async with self.in_flight:
             receipt = await self.relay.submit(sub)
@@ -148,22 +183,20 @@ class RelayHandler:
     async def _check(self, server: SMTP, login: bytes, password: bytes) -> AuthResult:
         if self.authenticator is None:
             return _refused(replies.AUTH_INVALID)
-        peer = str(server.session.peer[0]) if server.session and server.session.peer else "?"
-        now = time.monotonic()
-        recent = [t for t in self._failures.get(peer, []) if now - t < FAILURE_WINDOW]
-        self._failures[peer] = recent
-        if len(recent) >= FAILURES_BEFORE_LOCKOUT:
-            return _refused(replies.AUTH_TOO_MANY)
         creds = Credentials(login.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
+        try:
+            attempt = await self.throttle.attempt(creds.username, _client_ip(server))
+        except TooManyAttempts:
+            return _refused(replies.AUTH_TOO_MANY)
         try:
             ok = await self.authenticator.check(creds)
         except Exception:  # any transport failure: the login could not be checked
             log.warning("could not check a login against the upstream server", exc_info=True)
+            await self.throttle.not_checked(attempt)
             return _refused(replies.AUTH_UNAVAILABLE)
         if not ok:
-            recent.append(now)
-            # Slow down guessing: each failure from this address costs it more time.
-            await asyncio.sleep(min(0.2 * len(recent), 2.0))
+            # Slow down guessing: each failure for this user costs it more time.
+            await asyncio.sleep(min(0.2 * attempt.user_attempts, 2.0))
             return _refused(replies.AUTH_INVALID)
-        self._failures.pop(peer, None)
+        await self.throttle.succeeded(attempt)
         return AuthResult(success=True, auth_data=creds, message=replies.AUTH_OK)

@@ -16,7 +16,16 @@ AUTH_REQUIRED = "530 5.7.0 Authentication required: log in with your mail accoun
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_INVALID = "535 5.7.8 Username or password not accepted"
 AUTH_UNAVAILABLE = "454 4.7.0 Cannot check your login right now: the upstream server is unreachable"
-AUTH_TOO_MANY = "454 4.7.0 Too many failed logins from your address; try again in a few minutes"
+AUTH_TOO_MANY = (
+    "454 4.7.0 Too many failed logins for this account or from your network; "
+    "try again in a few minutes"
+)
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections to this relay right now; try again later"
+TOO_MANY_FROM_NETWORK = (
+    "421 4.7.0 Too many connections from your network; close some and try again later"
+)
+AUTH_LINE_TOO_LONG = "500 5.5.6 Authentication exchange line is too long"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients: send the rest in another message"
 NO_RECIPIENTS = "554 5.5.1 No valid recipients"
 INTERNAL_ERROR = "451 4.3.0 MailPing hit an internal error; nothing was sent, please retry"
 NOT_SPOOLED = (
@@ -33,6 +42,23 @@ def one_line(text: str, limit: int = 400) -> str:
     text = " ".join(text.split())
     text = text.encode("ascii", "replace").decode("ascii")
     return text[:limit] or "no reason given"
+
+
+def sender_refused(login: str, address: str, where: str) -> str:
+    """A local login tried to send as someone else: at MAIL FROM (553, as Postfix's
+    reject_sender_login_mismatch) or for the From: header at the end of DATA (550)."""
+    login = one_line(login, 100)
+    if where == "envelope":
+        return (
+            f"553 5.7.1 Sender address rejected: <{one_line(address, 200)}> is not an address "
+            f"of login {login}"
+        )
+    if not address:
+        return f"550 5.7.1 From: header rejected: it names no address login {login} may use"
+    return (
+        f"550 5.7.1 From: header rejected: {one_line(address, 200)} is not an address of "
+        f"login {login}"
+    )
 
 
 def reply_for(copies: Sequence[CopyState], finished: bool) -> tuple[str, bool]:

@@ -35,20 +35,24 @@ from pixelserver.networks import (
 )
 from pixelserver.pixel import PixelFrontEnd
 from pixelserver.web import WebAuth
-from relay.auth import Authenticator, LocalLogin, UpstreamLogin
-from relay.config import Config, resolve_file
+from relay.auth import Authenticator, LocalLogin, SenderPolicy, UpstreamLogin, allowlisted
+from relay.config import Config, config_warnings, resolve_file
 from relay.digest_runner import Clock, DigestRunner, system_clock
 from relay.forward import Credentials, OutboxUpstream, SmtpUpstream, Upstream
 from relay.handler import RelayHandler
+from relay.limits import ConnectionLimits
 from relay.pace import Pacer, limit_for
 from relay.providers import files_sent_copy
 from relay.queue import QueuePolicy, QueueRunner
 from relay.smtp import RelaySMTP
 from relay.spool import Spool
 from relay.submit import Relay, is_google_host
+from relay.throttle import LoginThrottle, TooManyAttempts
 from relay.tracking import STORE_ERRORS
 
 log = logging.getLogger("mailping")
+
+PROXY_HEADER_WAIT = 10.0  # seconds a balancer has to send the PROXY header of a connection
 
 
 class ListenError(Exception):
@@ -191,6 +195,33 @@ def make_digest_runner(
     )
 
 
+def make_authenticator(
+    cfg: Config, sessions: async_sessionmaker[AsyncSession], upstream: Upstream | None
+) -> Authenticator | None:
+    """How logins are checked, for the relay and the report pages alike (relay.auth), limited
+    to relay.allowed_senders."""
+    authenticator: Authenticator
+    if cfg.relay.auth == "upstream":
+        upstream = upstream or make_upstream(cfg)
+        assert isinstance(upstream, SmtpUpstream)
+        authenticator = UpstreamLogin(upstream.check_login)
+    elif cfg.relay.auth == "local":
+        authenticator = LocalLogin(sessions)
+    else:
+        return None
+    return allowlisted(authenticator, cfg.relay.allowed_senders)
+
+
+def make_throttle(cfg: Config, sessions: async_sessionmaker[AsyncSession]) -> LoginThrottle:
+    """Login attempts counted in the store, shared by the relay, the pages and every process."""
+    return LoginThrottle(
+        sessions,
+        per_user=cfg.relay.login_failures_per_user,
+        per_network=cfg.relay.login_failures_per_network,
+        window=cfg.relay.login_failure_window,
+    )
+
+
 async def start_relay(
     cfg: Config,
     sessions: async_sessionmaker[AsyncSession],
@@ -202,20 +233,35 @@ async def start_relay(
     hostname = cfg.relay.hostname or socket.getfqdn()
     queue = make_queue(cfg, sessions, upstream, hostname)
     relay = Relay(sessions, queue, guard_sent_copy=guard_sent_copy(cfg))
-    authenticator: Authenticator | None = None
-    if cfg.relay.auth == "upstream":
-        assert isinstance(upstream, SmtpUpstream)
-        authenticator = UpstreamLogin(upstream.check_login)
-    elif cfg.relay.auth == "local":
-        authenticator = LocalLogin(sessions)
-    handler = RelayHandler(relay, authenticator=authenticator, in_flight=cfg.relay.max_in_flight)
+    for warning in config_warnings(cfg):
+        log.warning("%s", warning)
+    authenticator = make_authenticator(cfg, sessions, upstream)
+    handler = RelayHandler(
+        relay,
+        authenticator=authenticator,
+        in_flight=cfg.relay.max_in_flight,
+        sender_policy=SenderPolicy(cfg.relay.sender_login_maps)
+        if cfg.relay.auth == "local"
+        else None,
+        max_recipients=cfg.relay.max_recipients,
+        throttle=make_throttle(cfg, sessions),
+    )
     host, port = parse_listen(cfg.relay.listen, cfg.source, "relay.listen")
     tls = server_tls_context(cfg)
-    loopback = is_loopback_host(host)
+    # Behind a PROXY balancer clients are remote even on a loopback listen address.
+    loopback = is_loopback_host(host) and not cfg.relay.proxy_protocol
+
+    limits = ConnectionLimits(cfg.relay.max_connections, cfg.relay.max_connections_per_network)
+    implicit = tls if cfg.relay.tls == "implicit" else None
+    proxy = cfg.relay.proxy_protocol
 
     def factory() -> RelaySMTP:
         return RelaySMTP(
             handler,
+            limits=limits,
+            proxy_wait=PROXY_HEADER_WAIT if proxy else None,
+            # Behind a PROXY balancer the header comes before the TLS handshake.
+            tls_after_proxy=implicit if proxy else None,
             data_size_limit=cfg.relay.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
@@ -233,7 +279,7 @@ async def start_relay(
             factory,
             host=host,
             port=port,
-            ssl=tls if cfg.relay.tls == "implicit" else None,
+            ssl=None if proxy else implicit,
             reuse_address=True,
             reuse_port=cfg.worker is not None,
         )
@@ -315,17 +361,25 @@ def web_auth(cfg: Config, sessions: async_sessionmaker[AsyncSession]) -> WebAuth
         if cfg.pixelserver.report_password_env
         else None
     )
-    authenticator: Authenticator | None = None
-    if cfg.relay.auth == "upstream":
-        upstream = make_upstream(cfg)
-        assert isinstance(upstream, SmtpUpstream)
-        authenticator = UpstreamLogin(upstream.check_login)
-    elif cfg.relay.auth == "local":
-        authenticator = LocalLogin(sessions)
+    authenticator = make_authenticator(cfg, sessions, None)
+    throttle = make_throttle(cfg, sessions)
 
     async def check(username: str, password_: str) -> bool:
+        """The account's count is shared with the relay's (the pages count failures per
+        address themselves, in WebAuth); a locked account is refused like a wrong password."""
         assert authenticator is not None
-        return await authenticator.check(Credentials(username, password_))
+        try:
+            attempt = await throttle.attempt(username, None)
+        except TooManyAttempts:
+            return False
+        try:
+            ok = await authenticator.check(Credentials(username, password_))
+        except Exception:
+            await throttle.not_checked(attempt)
+            raise
+        if ok:
+            await throttle.succeeded(attempt)
+        return ok
 
     return WebAuth(
         mode=cfg.relay.auth,
