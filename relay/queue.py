@@ -109,9 +109,16 @@ def outcome_event(c: CopyState, o: Outcome, arrival: float, now: float, p: Queue
     attempts = c.attempts + 1
     deadline = arrival + p.give_up_after
     if now >= deadline:
-        return {**base, "s": EXPIRED, "attempts": attempts}
+        reply = gave_up(p, o.code, o.reply)
+        return {**base, "s": EXPIRED, "attempts": attempts, "reply": reply}
     nxt = min(now + p.retry_delay(attempts), deadline)
     return {**base, "s": DEFERRED, "attempts": attempts, "next": nxt}
+
+
+def gave_up(p: QueuePolicy, code: int, reply: str) -> str:
+    """The words for a copy the queue stopped trying, with the last answer it had."""
+    last = f"; the last answer was {code} {reply}" if code else ""
+    return f"gave up after {_span(p.give_up_after)} of retries{last}"[:2000]
 
 
 @dataclass
@@ -375,8 +382,7 @@ class QueueRunner:
         events = []
         for c in entry.copies:
             if not c.final:
-                last = f"; the last answer was {c.code} {c.reply}" if c.code else ""
-                reply = f"gave up after {_span(self.policy.give_up_after)} of retries{last}"
+                reply = gave_up(self.policy, c.code, c.reply)
                 events.append({"e": "status", "c": c.index, "s": EXPIRED, "reply": reply})
         await self._append(entry, *events)
 
