@@ -8,11 +8,11 @@ Nothing here does I/O: network facts arrive already looked up, so every case can
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import cached_property
 
+from pixelserver import agents
 from pixelserver.networks import NetworkFacts
 
 HUMAN = "human"
@@ -48,13 +48,6 @@ SECURITY_VENDOR_LISTS = {
     "barracuda": "Barracuda",
     "cisco_secure_email": "Cisco Secure Email",
 }
-BOT_UA = re.compile(
-    r"bot\b|crawler|spider|googlebot|bingbot|facebookexternalhit|telegrambot|slackbot|discordbot"
-    r"|skypeuripreview|microsoft office existence discovery|curl/|python-requests|python-urllib"
-    r"|aiohttp|go-http-client|wget|okhttp|axios|node-fetch|java/|headlesschrome|zgrab|censys"
-    r"|expanse|masscan|nmap|libwww-perl|httpclient|scrapy",
-    re.I,
-)
 PROVIDER_DOMAINS = {
     "google": ("gmail.com", "googlemail.com"),
     "yahoo": (
@@ -141,35 +134,9 @@ def provider_of(recipient: str) -> str:
     return ""
 
 
-@lru_cache(maxsize=4096)
 def client_of(ua: str) -> str:
-    """The mail program a User-Agent names, in words for the report."""
-    if not ua:
-        return ""
-    if m := re.search(r"Thunderbird/(\d+)", ua):
-        return f"Thunderbird {m.group(1)}"
-    if "Microsoft Outlook" in ua or "ms-office" in ua or "MSOffice" in ua:
-        return "Outlook"
-    if "GoogleImageProxy" in ua:
-        return "Gmail"
-    if "YahooMailProxy" in ua:
-        return "Yahoo Mail"
-    webkit_mail = "AppleWebKit/605.1.15 (KHTML, like Gecko)" in ua and "Safari/" not in ua
-    if webkit_mail and re.search(r"iPhone|iPad|iPod", ua):
-        return "iOS Mail"
-    if webkit_mail and "Macintosh" in ua:
-        return "Apple Mail (or Outlook for Mac)"
-    if "; wv)" in ua and "Android" in ua:
-        return "Android mail app"
-    for token, name in (
-        ("Edg/", "Edge"),
-        ("Firefox/", "Firefox"),
-        ("Chrome/", "Chrome"),
-        ("Safari/", "Safari"),
-    ):
-        if token in ua:
-            return f"{name} (webmail)"
-    return ""
+    """The mail program a User-Agent names, in words for the report (from ua-parser)."""
+    return agents.client_of(ua)
 
 
 # --- the context the rules read --------------------------------------------------------------
@@ -219,13 +186,12 @@ class _Ctx:
         return SECURITY_VENDOR_ASNS.get(self.n.asn or 0, "")
 
     @cached_property
+    def agent(self) -> agents.Agent | None:
+        return agents.automated_agent(self.f.ua)
+
+    @property
     def bot_ua(self) -> bool:
-        return is_bot_ua(self.f.ua)
-
-
-@lru_cache(maxsize=4096)
-def is_bot_ua(ua: str) -> bool:
-    return bool(BOT_UA.search(ua))
+        return self.agent is not None
 
 
 def _net(c: _Ctx) -> Reason:
@@ -240,6 +206,15 @@ def _timing(c: _Ctx) -> Reason:
 
 def _ua(c: _Ctx, label: str) -> Reason:
     return Reason(f"ua:{label}", f"User-Agent: {c.f.ua[:120] or '(none)'}")
+
+
+def _agent(c: _Ctx) -> Reason:
+    """The automated agent named, with the data that names it (e.g. crawler-user-agents)."""
+    agent = c.agent
+    if agent is None:
+        return _ua(c, "bot")
+    tags = f" ({', '.join(agent.tags)})" if agent.tags else ""
+    return Reason(agent.code, f"{agent.source} names {agent.name}{tags}: {c.f.ua[:100]}")
 
 
 def _duration(seconds: float) -> str:
@@ -385,6 +360,15 @@ RULES: tuple[Rule, ...] = (
         "A YahooMailProxy User-Agent from a network not Yahoo's.",
     ),
     Rule(
+        "bot-user-agent",
+        BOT,
+        0.95,
+        lambda c: c.bot_ua,
+        lambda c: [_agent(c), _net(c)],
+        "A crawler, link previewer, monitor, HTTP library or internet scanner naming itself "
+        "(crawler-user-agents, ua-parser), wherever it runs, Apple's network included.",
+    ),
+    Rule(
         "prefetch-request",
         SCANNER,
         0.8,
@@ -438,14 +422,6 @@ RULES: tuple[Rule, ...] = (
             Reason("net:relay-operator", "runs Apple's relay; prefix not in our snapshot"),
         ],
         "The bare Mozilla/5.0 of Mail Privacy Protection from a relay operator's network.",
-    ),
-    Rule(
-        "bot-user-agent",
-        BOT,
-        0.95,
-        lambda c: c.bot_ua,
-        lambda c: [_ua(c, "bot"), _net(c)],
-        "A crawler, link previewer, HTTP tool or internet scanner naming itself.",
     ),
     Rule(
         "security-gateway",

@@ -313,3 +313,18 @@ def test_reasons_carry_codes_and_words() -> None:
     assert codes[0] == "net:apple-private-relay"
     assert "timing:2s-after-send" in codes
     assert all(r.text for r in verdict.reasons)
+
+
+def test_bot_reasons_name_the_maintained_data() -> None:
+    verdict = judge(facts("3.88.1.1", "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"))
+    assert verdict.reasons[0].code == "ua:crawler-user-agents:Slackbot"
+    assert "social-preview" in verdict.reasons[0].text
+
+
+def test_a_crawler_on_apples_network_is_a_bot_not_privacy_protection() -> None:
+    applebot = (
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_5) AppleWebKit/605.1.15 (KHTML, like "
+        "Gecko) Version/13.1.1 Safari/605.1.15 (Applebot/0.1; +http://www.apple.com/go/applebot)"
+    )
+    verdict = judge(facts("17.241.219.10", applebot, 86400))
+    assert (verdict.kind, verdict.reasons[0].code) == ("bot", "ua:crawler-user-agents:Applebot")
