@@ -181,16 +181,32 @@ def client_of(ua: str) -> str:
     return c.family
 
 
-def sources() -> list[tuple[str, str, str]]:
-    """(what, package and version, licence) of the User-Agent data, for the About page."""
-    out = []
-    for what, package, licence in (
-        ("automated agents' User-Agents", "crawler-user-agents", "MIT"),
-        ("client and OS families", "ua-parser-builtins", "Apache-2.0 (uap-core rules)"),
-    ):
-        try:
-            version = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            version = "not installed"
-        out.append((what, f"{package} {version}", licence))
-    return out
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def sources() -> list[tuple[str, str, str, str]]:
+    """(what, package and version, date of the data, licence) for the About page: the crawler
+    list's date is its newest entry's, the uap-core rules' is their release month."""
+    from crawleruseragents import CRAWLER_USER_AGENTS_DATA
+
+    newest = max((r.get("addition_date", "") for r in CRAWLER_USER_AGENTS_DATA), default="")
+    builtins = _version("ua-parser-builtins")
+    month = f"{builtins[:4]}-{builtins[4:6]}" if builtins[:6].isdigit() else ""
+    return [
+        (
+            "automated agents' User-Agents",
+            f"crawler-user-agents {_version('crawler-user-agents')}",
+            newest.replace("/", "-"),
+            "MIT",
+        ),
+        (
+            "client and OS families",
+            f"ua-parser {_version('ua-parser')}, ua-parser-builtins {builtins}",
+            month,
+            "Apache-2.0 (uap-core rules)",
+        ),
+    ]

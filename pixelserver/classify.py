@@ -33,15 +33,6 @@ YAHOO_ASNS = frozenset({14777, 26101, 36646, 36647, 34010, 56173, 10310})
 APPLE_ASNS = frozenset({714})
 RELAY_OPERATOR_ASNS = frozenset({13335, 36183, 20940, 54113})  # Cloudflare, Akamai, Fastly
 MICROSOFT_ASNS = frozenset({8075})
-SECURITY_VENDOR_ASNS = {
-    26211: "Proofpoint",
-    22843: "Proofpoint",
-    13916: "Proofpoint",
-    30031: "Mimecast",
-    42427: "Mimecast",
-    15324: "Barracuda",
-    16417: "Cisco Secure Email",
-}
 SECURITY_VENDOR_LISTS = {
     "proofpoint": "Proofpoint",
     "mimecast": "Mimecast",
@@ -180,10 +171,26 @@ class _Ctx:
 
     @cached_property
     def vendor(self) -> str:
-        for name in self.n.lists:
-            if name in SECURITY_VENDOR_LISTS:
-                return SECURITY_VENDOR_LISTS[name]
-        return SECURITY_VENDOR_ASNS.get(self.n.asn or 0, "")
+        """The mail-security vendor whose network this is: from the fetcher table (by prefix
+        or ASN) or the hand-kept documented ranges of known-networks.txt."""
+        return self.operator("scanner") or next(
+            (SECURITY_VENDOR_LISTS[n] for n in sorted(self.n.lists) if n in SECURITY_VENDOR_LISTS),
+            "",
+        )
+
+    def operator(self, kind: str) -> str:
+        """The name of the fetcher-table operator of this kind the network belongs to, or ""."""
+        for label in sorted(self.n.lists):
+            if label.startswith(kind + ":"):
+                return label[len(kind) + 1 :]
+        return ""
+
+    @cached_property
+    def proxy_ua(self) -> str:
+        """A mailbox provider's image proxy named by the UA, other than Gmail's and Yahoo's
+        (which have rules of their own)."""
+        provider = agents.mail_proxy(self.f.ua)
+        return "" if provider in ("Gmail", "Yahoo Mail") else provider
 
     @cached_property
     def agent(self) -> agents.Agent | None:
@@ -254,6 +261,25 @@ def _from_google(c: _Ctx) -> bool:
 
 def _yahoo_ua(c: _Ctx) -> bool:
     return "YahooMailProxy" in c.f.ua
+
+
+def _proxy_ua_from_its_network(c: _Ctx) -> bool:
+    """A mail-proxy UA from that provider's network, or from a hosting network (providers run
+    proxies in clouds too); from a person's access network it is a forgery."""
+    return bool(c.proxy_ua) and (c.operator("mailproxy") == c.proxy_ua or c.n.hosting)
+
+
+def _mail_proxy_reasons(c: _Ctx) -> list[Reason]:
+    provider = c.proxy_ua or c.operator("mailproxy")
+    return [
+        Reason(
+            f"net:mailproxy:{provider.lower().replace(' ', '-')}",
+            f"{provider} loads remote images on the reader's behalf when a message is opened",
+        ),
+        _ua(c, provider if c.proxy_ua else "browser"),
+        _net(c),
+        _timing(c),
+    ]
 
 
 def _from_microsoft(c: _Ctx) -> bool:
@@ -360,6 +386,37 @@ RULES: tuple[Rule, ...] = (
         "A YahooMailProxy User-Agent from a network not Yahoo's.",
     ),
     Rule(
+        "mail-proxy-ua",
+        HUMAN_VIA_PROXY,
+        0.8,
+        lambda c: _proxy_ua_from_its_network(c) and not c.near_delivery,
+        _mail_proxy_reasons,
+        "A mailbox provider's image proxy naming itself (FastmailUA) from its network: an open.",
+    ),
+    Rule(
+        "mail-proxy-ua-at-delivery",
+        HUMAN_VIA_PROXY,
+        0.5,
+        _proxy_ua_from_its_network,
+        lambda c: (
+            _mail_proxy_reasons(c)
+            + [Reason("timing:near-delivery", "a fast reader, or the provider's own check")]
+        ),
+        "The same within two minutes of sending: an open, or the provider checking the message.",
+    ),
+    Rule(
+        "mail-proxy-ua-spoofed",
+        BOT,
+        0.85,
+        lambda c: bool(c.proxy_ua),
+        lambda c: [
+            _ua(c, c.proxy_ua),
+            _net(c),
+            Reason("net:not-provider", f"claims to be {c.proxy_ua}'s proxy from an access network"),
+        ],
+        "A mail-proxy User-Agent from a person's access network is a forgery.",
+    ),
+    Rule(
         "bot-user-agent",
         BOT,
         0.95,
@@ -424,6 +481,25 @@ RULES: tuple[Rule, ...] = (
         "The bare Mozilla/5.0 of Mail Privacy Protection from a relay operator's network.",
     ),
     Rule(
+        "mail-proxy-network",
+        HUMAN_VIA_PROXY,
+        0.7,
+        lambda c: bool(c.operator("mailproxy")) and bool(c.f.ua.strip()) and not c.near_delivery,
+        _mail_proxy_reasons,
+        "A mailbox provider's image-proxy network (Proton Mail, Fastmail): a reader's open.",
+    ),
+    Rule(
+        "mail-proxy-network-at-delivery",
+        HUMAN_VIA_PROXY,
+        0.45,
+        lambda c: bool(c.operator("mailproxy")) and bool(c.f.ua.strip()),
+        lambda c: (
+            _mail_proxy_reasons(c)
+            + [Reason("timing:near-delivery", "a fast reader, or the provider's own check")]
+        ),
+        "The same within two minutes of sending: an open, or the provider checking the message.",
+    ),
+    Rule(
         "security-gateway",
         SCANNER,
         0.9,
@@ -434,7 +510,8 @@ RULES: tuple[Rule, ...] = (
             ),
             _timing(c),
         ],
-        "A mail-security gateway's network (Proofpoint, Mimecast, Barracuda, Cisco).",
+        "A mail-security gateway's or link scanner's network (fetcher table: Proofpoint, "
+        "Mimecast, Barracuda, Cisco, Trend Micro, Sophos, Hornetsecurity, Trustwave, ...).",
     ),
     Rule(
         "microsoft-scan",
@@ -458,6 +535,22 @@ RULES: tuple[Rule, ...] = (
         lambda c: _from_microsoft(c) and bool(c.f.ua),
         lambda c: [_net(c), _timing(c), _ua(c, "browser")],
         "Microsoft's network later, one fetch: Outlook.com / Outlook on the web's image proxy.",
+    ),
+    Rule(
+        "company-web-gateway",
+        HUMAN,
+        0.6,
+        lambda c: bool(c.operator("gateway")) and bool(c.f.ua.strip()) and not c.burst,
+        lambda c: [
+            Reason(
+                f"net:gateway:{c.operator('gateway').lower().replace(' ', '-')}",
+                f"{c.operator('gateway')} is a company web gateway people browse through",
+            ),
+            _net(c),
+            _timing(c),
+            _ua(c, client_of(c.f.ua).split(" (")[0] or "other"),
+        ],
+        "A company's secure web gateway (Zscaler, Netskope, Menlo): a person's browser behind it.",
     ),
     Rule(
         "empty-ua-near-delivery",

@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver import classify, storage
-from pixelserver.networks import NetworkFacts, Networks
+from pixelserver.networks import NetworkFacts, Networks, fetcher_table
 
 
 @dataclass
@@ -33,12 +33,15 @@ class Report:
 
 
 def stored_facts(hit: storage.Hit) -> NetworkFacts:
+    """The facts a hit was judged on, plus what the current fetcher table says of its ASN:
+    a vendor added to the table since is recognised without looking the network up again."""
+    lists = frozenset(hit.net_lists or ()) | fetcher_table().asn_labels(hit.asn)
     return NetworkFacts(
         prefix=hit.ip_prefix,
         asn=hit.asn,
         org=hit.org,
-        hosting=hit.hosting,
-        lists=frozenset(hit.net_lists or ()),
+        hosting=hit.hosting or any(x.startswith("cloud:") for x in lists),
+        lists=lists,
         country=hit.country,
         region=hit.region,
         city=hit.city,

@@ -86,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     geoip = sub.add_parser("geoip", help="the network and location data in use")
     geoip.add_argument("action", choices=["status"])
+    nets = sub.add_parser("networks", help="rebuild the fetcher-network table from its sources")
+    nets.add_argument("action", choices=["update"])
+    nets.add_argument("--data-dir", help="where to write it (default: the installed data)")
     dig = sub.add_parser("digest", help="show or send a user's daily digest now")
     dig.add_argument("--user", required=True, help="the user's address")
     what = dig.add_mutually_exclusive_group(required=True)
@@ -120,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(user_command(cfg, args.action, args.name, args.password_stdin))
         if args.command == "cert":
             return cert_command(args.host, Path(args.out))
+        if args.command == "networks":
+            return networks_command(args.data_dir)
         if args.command == "geoip":
             for src in service.make_networks(cfg).sources():
                 print(
@@ -354,6 +359,16 @@ def classify_command(cfg: Config, args: argparse.Namespace) -> int:
             continue
         print(json.dumps(classify.classify(facts).as_json()), flush=True)
     return 1 if bad else 0
+
+
+def networks_command(data_dir: str | None) -> int:
+    """Rebuild fetcher-networks.txt from the installed packages and the operators' pages."""
+    from pixelserver import netbuild
+
+    path = netbuild.update(Path(data_dir) if data_dir else netbuild.DATA)
+    rows = sum(1 for line in path.read_text().splitlines() if line[:1] not in ("#", "@", ""))
+    print(f"{path}: {len(netbuild.OPERATORS)} operators, {rows} prefixes")
+    return 0
 
 
 def hit_facts_from_json(obj: object, networks, upstream_google: bool) -> classify.HitFacts:

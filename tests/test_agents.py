@@ -111,5 +111,6 @@ def test_clients_come_from_ua_parser(ua: str, client: str) -> None:
 
 def test_sources_name_the_packages() -> None:
     names = " ".join(s[1] for s in agents.sources())
+    assert all(s[2][:2] == "20" for s in agents.sources())
     assert "crawler-user-agents 1." in names
     assert "ua-parser-builtins 2" in names

@@ -29,6 +29,10 @@ CHROME = (
 )
 GMAIL = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
 YAHOO = "YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html"
+FASTMAIL = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/118.0.5993.117 Safari/537.36 FastmailUA/1.0"
+)
 
 
 def facts(ip: str, ua: str = THUNDERBIRD, t: float | None = 7200, **kw) -> HitFacts:
@@ -178,6 +182,37 @@ CASES = [
         "bot-user-agent",
     ),
     ("Proofpoint gateway", "148.163.130.1", CHROME, 12, {}, "scanner", "security-gateway"),
+    ("Sophos gateway IPv6", "2606:36c0:500::a", CHROME, 12, {}, "scanner", "security-gateway"),
+    ("Fastmail proxy", "103.168.172.10", FASTMAIL, 3600, {}, "human_via_proxy", "mail-proxy-ua"),
+    (
+        "Fastmail proxy at delivery",
+        "103.168.172.10",
+        FASTMAIL,
+        20,
+        {},
+        "human_via_proxy",
+        "mail-proxy-ua-at-delivery",
+    ),
+    (
+        "Fastmail UA from a home ISP",
+        "73.15.20.9",
+        FASTMAIL,
+        3600,
+        {},
+        "bot",
+        "mail-proxy-ua-spoofed",
+    ),
+    ("Proton proxy", "79.135.106.10", CHROME, 3600, {}, "human_via_proxy", "mail-proxy-network"),
+    (
+        "Proton proxy at delivery",
+        "2a05:2701:f00::a",
+        CHROME,
+        30,
+        {},
+        "human_via_proxy",
+        "mail-proxy-network-at-delivery",
+    ),
+    ("Behind Zscaler", "165.225.8.10", CHROME, 5400, {}, "human", "company-web-gateway"),
     ("Mimecast gateway", "205.139.110.20", CHROME, 30, {}, "scanner", "security-gateway"),
     ("Microsoft EOP 20 s after send", "40.107.1.1", CHROME, 20, {}, "scanner", "microsoft-scan"),
     (
