@@ -86,6 +86,7 @@ class HitFacts:
     recipient: str = ""
     sender_prefixes: frozenset[str] = frozenset()  # where the sender submitted or logged in from
     upstream_google: bool = False  # the sender's outgoing server is Google's
+    mailbox_provider: str = ""  # the recipient's, from its domain's MX ("" when not known)
 
 
 @dataclass(frozen=True)
@@ -286,9 +287,33 @@ def _from_microsoft(c: _Ctx) -> bool:
     return c.asn_in(MICROSOFT_ASNS) or bool({"microsoft_eop", "microsoft_exo"} & c.n.lists)
 
 
+MAILBOX_PROVIDERS = frozenset(
+    {"google", "microsoft", "yahoo", "icloud", "fastmail", "proton", "zoho", "yandex", "mailru"}
+    | {"gmx", "webde"}
+)  # MX keys that are mailboxes; gateways (an MX at Mimecast, Proofpoint...) hide the mailbox
+
+
+def mailbox_of(facts: HitFacts) -> str:
+    """The recipient's mailbox provider: from the MX when known, else from a well-known
+    consumer domain; "" when neither tells (a custom domain behind a gateway, or not looked
+    up yet)."""
+    if facts.mailbox_provider in MAILBOX_PROVIDERS:
+        return facts.mailbox_provider
+    return provider_of(facts.recipient)
+
+
 def _sent_folder(c: _Ctx) -> bool:
-    provider = provider_of(c.f.recipient)
+    provider = mailbox_of(c.f)
     return c.f.upstream_google and provider not in ("", "google")
+
+
+def _mailbox_reason(c: _Ctx) -> Reason:
+    provider = mailbox_of(c.f)
+    how = "its MX" if c.f.mailbox_provider == provider else "its domain"
+    return Reason(
+        f"mailbox:{provider}",
+        f"{c.f.recipient.rpartition('@')[2]} receives mail at {provider} ({how})",
+    )
 
 
 RULES: tuple[Rule, ...] = (
@@ -311,6 +336,7 @@ RULES: tuple[Rule, ...] = (
         lambda c: [
             _ua(c, "GoogleImageProxy"),
             _net(c),
+            _mailbox_reason(c),
             Reason(
                 "recipient:not-gmail",
                 f"{c.f.recipient.rpartition('@')[2]} is not a Gmail mailbox, and the "
@@ -319,6 +345,17 @@ RULES: tuple[Rule, ...] = (
         ],
         "Gmail's proxy fetching a copy whose recipient is not on Gmail, while the sender's "
         "outgoing server is Google's: the sender reading their Sent Mail.",
+    ),
+    Rule(
+        "gmail-proxy-mailbox",
+        HUMAN_VIA_PROXY,
+        0.9,
+        lambda c: (
+            _gmail_ua(c) and _from_google(c) and not c.near_delivery and mailbox_of(c.f) == "google"
+        ),
+        lambda c: [_ua(c, "GoogleImageProxy"), _net(c), _mailbox_reason(c), _timing(c)],
+        "Gmail's image proxy for a recipient whose mailbox is at Google (Gmail, or a Workspace "
+        "custom domain by its MX): that recipient opening the message.",
     ),
     Rule(
         "gmail-proxy",
@@ -527,6 +564,15 @@ RULES: tuple[Rule, ...] = (
             )
         ),
         "Microsoft's network near delivery or in a burst: Defender/EOP scanning.",
+    ),
+    Rule(
+        "outlook-proxy-mailbox",
+        HUMAN_VIA_PROXY,
+        0.7,
+        lambda c: _from_microsoft(c) and bool(c.f.ua) and mailbox_of(c.f) == "microsoft",
+        lambda c: [_net(c), _mailbox_reason(c), _timing(c), _ua(c, "browser")],
+        "Microsoft's network later, one fetch, for a recipient whose mailbox is at Microsoft "
+        "(Outlook.com, or Microsoft 365 by its MX): the Outlook image proxy.",
     ),
     Rule(
         "outlook-proxy",

@@ -124,6 +124,7 @@ async def _judge_deliveries(
                 recipient=ctx.recipient,
                 sender_prefixes=ctx.sender_prefixes,
                 upstream_google=upstream_google,
+                mailbox_provider=ctx.mailbox_provider,
             )
         )
         prior[hit.delivery_id].append(classify.PriorHit(hit.ip_prefix, hit.user_agent, seconds))

@@ -34,6 +34,7 @@ from sqlalchemy import (
     false,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -260,6 +261,9 @@ class Delivery(Base):
     place: Mapped[str] = mapped_column(String(200), default="", server_default="")
     forwarded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     state_changed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # From the MX of the recipient's domain (pixelserver/mailbox.py): a provider key, "" when
+    # none is known, NULL until the background lookup has answered.
+    mailbox_provider: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     message: Mapped[Message] = relationship(back_populates="deliveries", lazy="raise")
 
@@ -267,6 +271,12 @@ class Delivery(Base):
         Index("ix_delivery_recipient", "recipient"),
         Index("ix_delivery_state", "state"),
         Index("ix_delivery_state_changed_at", "state_changed_at"),
+        Index(
+            "ix_delivery_mailbox_pending",
+            "id",
+            sqlite_where=text("mailbox_provider IS NULL"),
+            postgresql_where=text("mailbox_provider IS NULL"),
+        ),
     )
 
 
@@ -670,6 +680,7 @@ class HitContext:
     accepted_at: dt.datetime
     sender_prefixes: frozenset[str]
     prior: list[tuple[str, str, float]]  # (prefix, ua, seconds after send) of earlier hits
+    mailbox_provider: str = ""  # from the recipient domain's MX; "" when not known
 
 
 SENDER_NETWORK_DAYS = 30
@@ -731,6 +742,7 @@ async def hit_contexts(
                     Message.accepted_at,
                     Message.user_id,
                     Message.sender_prefix,
+                    Delivery.mailbox_provider,
                 )
                 .join(Message, Message.id == Delivery.message_id)
                 .where(Delivery.token.in_(tokens[i : i + 500]))
@@ -756,6 +768,7 @@ async def hit_contexts(
             # The copy's own sending network counts at once, whatever the cache says.
             frozenset(nets[r.user_id] | ({r.sender_prefix} if r.sender_prefix else set())),
             prior[r.id],
+            r.mailbox_provider or "",
         )
         for r in rows
     }
