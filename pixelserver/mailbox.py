@@ -150,6 +150,32 @@ class MxResolver:
 _DEFAULT = MxResolver()
 
 
+def _split(server: str) -> tuple[str, int | None]:
+    """ "host", "host:port" or "[v6]:port" -> (host, port or None)."""
+    if server.startswith("["):
+        host, _, rest = server[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else None
+    if server.count(":") == 1:
+        host, port = server.split(":")
+        return host, int(port)
+    return server, None
+
+
+def make_resolver(nameservers: tuple[str, ...]) -> dns.asyncresolver.Resolver:
+    """A resolver for [geoip] mx_nameservers ("host", "host:port", "[v6]:port"; one port for
+    all), or the system's when none are given."""
+    if not nameservers:
+        return dns.asyncresolver.Resolver()
+    parsed = [_split(s.strip()) for s in nameservers]
+    ports = {port for _, port in parsed if port is not None}
+    if len(ports) > 1:
+        raise ValueError("mx_nameservers: give one port for all servers")
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers = [host for host, _ in parsed]
+    resolver.port = ports.pop() if ports else 53
+    return resolver
+
+
 async def resolve_mailbox_provider(domain: str, resolver: MxResolver | None = None) -> str | None:
     """The mailbox provider of a recipient domain from its MX ("" unknown, None on failure).
 

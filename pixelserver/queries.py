@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, Row, Select, column, exists, false, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixelserver.links import MANUAL
+from pixelserver.mailbox import provider_words
 from pixelserver.state import STATES, DeliveryState, chip
 from pixelserver.storage import Delivery, Hit, Message, User
 
@@ -30,10 +31,16 @@ class DeliveryRow:
     outcome: str
     upstream_reply: str
     state: DeliveryState
+    mailbox_provider: str | None = None  # from the MX of the recipient's domain
 
     @property
     def chip(self) -> str:
         return chip(self.state, self.untracked_reason)
+
+    @property
+    def mailbox(self) -> str:
+        """The recipient's mailbox provider in words ("–" until the MX lookup answered)."""
+        return provider_words(self.mailbox_provider)
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,7 @@ def delivery_row(d: Delivery) -> DeliveryRow:
             d.place,
             d.forwarded,
         ),
+        d.mailbox_provider,
     )
 
 

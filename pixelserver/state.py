@@ -38,10 +38,12 @@ VERDICT_WORDS = {
 }
 
 PROXY_NAMES = {
+    "gmail-proxy-mailbox": "Gmail",
     "gmail-proxy": "Gmail",
     "gmail-proxy-at-delivery": "Gmail",
     "yahoo-proxy": "Yahoo",
     "outlook-proxy": "Outlook.com",
+    "outlook-proxy-mailbox": "Outlook",
 }
 
 

@@ -206,3 +206,65 @@ async def test_migration_0012_goes_down_and_up_again(db_url: str) -> None:
         assert await migrate.current_revision(engine) == "0012"
     finally:
         await engine.dispose()
+
+
+async def test_the_pixel_server_fills_in_providers_from_configured_nameservers(
+    tmp_path, db_url: str, store
+) -> None:
+    """`mailping serve` runs the refresher; [geoip] mx_nameservers points it at a DNS server."""
+    import asyncio
+    import dataclasses
+
+    from pixelserver.config import GeoipConfig
+    from tests.conftest import make_config, start_pixelserver
+
+    await _deliveries(store, ["ana@acme.example", "cy@contoso.example"])
+    async with DnsServer(Zone(mx=ZONE)) as server:
+        cfg = make_config(tmp_path, db_url, None)
+        cfg = dataclasses.replace(
+            cfg,
+            geoip=GeoipConfig(mx_nameservers=(f"127.0.0.1:{server.port}",), mx_refresh_seconds=1),
+        )
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        pixel = await start_pixelserver(cfg, store)
+        try:
+            for _ in range(100):
+                if None not in (await _providers(store)).values():
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await pixel.close()
+    assert await _providers(store) == {
+        "ana@acme.example": "google",
+        "cy@contoso.example": "microsoft",
+    }
+
+
+def test_nameservers_take_an_optional_port() -> None:
+    r = mailbox.make_resolver(("127.0.0.1:5353", "::1"))
+    assert r.nameservers == ["127.0.0.1", "::1"] and r.port == 5353
+    with pytest.raises(ValueError, match="one port"):
+        mailbox.make_resolver(("127.0.0.1:5353", "127.0.0.2:53"))
+
+
+async def test_the_recipient_row_shows_the_mailbox_provider(stack) -> None:
+    from tests.test_pixel import fetch
+
+    async with stack.store.begin() as session:
+        message, rows = await storage.add_message(
+            session,
+            user_address="me@example.com",
+            envelope_from="me@example.com",
+            subject="proposal",
+            message_id_header="<p1@example.com>",
+            size=100,
+            deliveries=[
+                storage.NewDelivery("ana@acme.example", secrets.token_hex(8), "tracked", None),
+                storage.NewDelivery("bo@unknown.example", secrets.token_hex(8), "tracked", None),
+            ],
+        )
+        rows[0].mailbox_provider = "google"
+    page = (await fetch(f"{stack.pixel_base}/messages/{message.id}")).body.decode()
+    ana, bo = page.split('data-recipient="ana@acme.example"')[1].split("data-recipient=")[:2]
+    assert "<dt>Mailbox</dt><dd>Google (Gmail / Workspace)</dd>" in ana
+    assert "<dt>Mailbox</dt><dd>–</dd>" in bo
