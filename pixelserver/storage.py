@@ -47,7 +47,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from pixelserver.state import HitSummary, HitView, state_of
+from pixelserver.state import CERTAIN_CONFIDENCE, HitSummary, HitView, state_of
 
 # BigInteger primary keys that still autoincrement on SQLite (which only does so for INTEGER).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -511,6 +511,10 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
                     func.max(Hit.id).filter(person),
                     func.count(func.distinct(Hit.ip_prefix)).filter(human),
                     func.count(func.distinct(func.nullif(Hit.client, ""))).filter(human),
+                    # as state.is_certain: 0 is a hit from before confidences were stored
+                    func.count(Hit.id).filter(
+                        person, (Hit.confidence >= CERTAIN_CONFIDENCE) | (Hit.confidence == 0)
+                    ),
                 )
                 .outerjoin(Hit, Hit.delivery_id == Delivery.id)
                 .where(Delivery.id.in_(chunk))
@@ -552,6 +556,7 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
             _last_id,
             nets,
             clients,
+            certain,
         ) in summary:
             st = state_of(
                 outcome,
@@ -565,6 +570,7 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
                     last_open=lasts.get(delivery_id),
                     direct_networks=nets,
                     direct_clients=clients,
+                    certain=certain,
                 ),
             )
             values.append(
