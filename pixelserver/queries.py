@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, Row, Select, column, exists, false, select, table
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from pixelserver.links import MANUAL
 from pixelserver.mailbox import provider_words
 from pixelserver.state import STATES, DeliveryState, chip
-from pixelserver.storage import Delivery, Hit, Message, User
+from pixelserver.storage import Delivery, Hit, Message, User, VerdictChange
 
 PAGE_SIZE = 50
 
@@ -199,6 +199,7 @@ class MessageDetail:
     message: MessageRow
     hits: dict[int, list[Hit]]  # per delivery id, oldest first
     link_tokens: dict[int, str]  # a manual link's token, shown to its owner to copy again
+    changes: dict[int, list[VerdictChange]] = field(default_factory=dict)  # per hit id
 
 
 async def message_detail(
@@ -221,7 +222,17 @@ async def message_detail(
             select(Delivery.id, Delivery.token).where(Delivery.message_id == message_id)
         )
         tokens = {i: t for i, t in found.all()}
-    return MessageDetail(rows[0], hits, tokens)
+    changes: dict[int, list[VerdictChange]] = {}
+    for change in (
+        await session.execute(
+            select(VerdictChange)
+            .join(Hit, Hit.id == VerdictChange.hit_id)
+            .where(Hit.delivery_id.in_(ids))
+            .order_by(VerdictChange.at, VerdictChange.id)
+        )
+    ).scalars():
+        changes.setdefault(change.hit_id, []).append(change)
+    return MessageDetail(rows[0], hits, tokens, changes)
 
 
 @dataclass(frozen=True)

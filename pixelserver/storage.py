@@ -280,6 +280,23 @@ class Delivery(Base):
     )
 
 
+class VerdictChange(Base):
+    """One re-judgement of a hit (`mailping reclassify`): what it was, what it became, when
+    and why, so the report can say "changed on ... from ... because ..."."""
+
+    __tablename__ = "verdict_change"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    hit_id: Mapped[int] = mapped_column(ForeignKey("hit.id", ondelete="CASCADE"), index=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    old_verdict: Mapped[str] = mapped_column(String(24))
+    old_rule: Mapped[str] = mapped_column(String(40), default="")
+    old_confidence: Mapped[float] = mapped_column(Float, default=0.0)
+    new_verdict: Mapped[str] = mapped_column(String(24))
+    new_rule: Mapped[str] = mapped_column(String(40), default="")
+    why: Mapped[str] = mapped_column(Text, default="")
+
+
 class DigestRun(Base):
     """One user's digest for one local day. The unique (user, day) row is claimed before
     sending, so however many MailPing processes share the store, one of them sends it."""

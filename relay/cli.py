@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from pixelserver import classify, migrate, storage
 from pixelserver.config import ConfigError
 from pixelserver.networks import mask
-from pixelserver.reclassify import reclassify
+from pixelserver.reclassify import Progress, count_hits, reclassify
 from relay import auth, certs, service
 from relay.config import Config, config_path, load_config
 from relay.digest_runner import UnknownUser
@@ -409,12 +409,15 @@ async def reclassify_command(cfg: Config, since: str | None, refresh: bool) -> i
     engine, sessions = await service.open_store(cfg)
     try:
         networks = await asyncio.to_thread(service.make_networks, cfg) if refresh else None
+        progress = Progress(await count_hits(sessions, since_dt))
         report = await reclassify(
             sessions,
             since=since_dt,
             networks=networks,
             upstream_google=is_google_host(cfg.upstream.host),
+            progress=progress,
         )
+        progress.done()
     finally:
         await engine.dispose()
     print("\n".join(report.lines()))
