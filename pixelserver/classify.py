@@ -179,12 +179,19 @@ class _Ctx:
             "",
         )
 
+    @cached_property
+    def operators(self) -> dict[str, str]:
+        """Fetcher-table operators of this network by kind ("scanner" -> "Proofpoint")."""
+        found: dict[str, str] = {}
+        for label in sorted(self.n.lists):
+            kind, sep, name = label.partition(":")
+            if sep and kind not in found:
+                found[kind] = name
+        return found
+
     def operator(self, kind: str) -> str:
         """The name of the fetcher-table operator of this kind the network belongs to, or ""."""
-        for label in sorted(self.n.lists):
-            if label.startswith(kind + ":"):
-                return label[len(kind) + 1 :]
-        return ""
+        return self.operators.get(kind, "")
 
     @cached_property
     def proxy_ua(self) -> str:

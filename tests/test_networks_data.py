@@ -125,3 +125,13 @@ def test_geoip_status_lists_each_source_with_its_date() -> None:
         line.startswith("automated agents' User-Agents: crawler-user-agents") for line in lines
     )
     assert any("cloud or hosting network (IPv4 and IPv6): Hetzner" in line for line in lines)
+
+
+async def test_about_page_shows_each_source_with_its_date(stack) -> None:
+    from tests.test_pixel import fetch
+
+    page = (await fetch(f"{stack.pixel_base}/about")).body.decode()
+    assert "Trustwave (AS33151; routes from plevin-db-network" in page
+    assert '<a href="https://support.trustwave.com/kb/print21151.aspx">' in page
+    assert "crawler-user-agents 1." in page and "ua-parser-builtins 2" in page
+    assert page.count("2026-12-02") >= len(netbuild.OPERATORS)
