@@ -32,6 +32,7 @@ GOOGLE_ASNS = frozenset({15169})
 YAHOO_ASNS = frozenset({14777, 26101, 36646, 36647, 34010, 56173, 10310})
 APPLE_ASNS = frozenset({714})
 RELAY_OPERATOR_ASNS = frozenset({13335, 36183, 20940, 54113})  # Cloudflare, Akamai, Fastly
+APPLE_RELAY_ASNS = frozenset({36183})  # Akamai's network that carries only Private Relay
 MICROSOFT_ASNS = frozenset({8075})
 SECURITY_VENDOR_LISTS = {
     "proofpoint": "Proofpoint",
@@ -523,6 +524,21 @@ RULES: tuple[Rule, ...] = (
             Reason("net:relay-operator", "runs Apple's relay; prefix not in our snapshot"),
         ],
         "The bare Mozilla/5.0 of Mail Privacy Protection from a relay operator's network.",
+    ),
+    Rule(
+        "apple-relay-asn",
+        PRIVACY_PREFETCH,
+        0.8,
+        lambda c: c.asn_in(APPLE_RELAY_ASNS),
+        lambda c: [
+            _net(c),
+            Reason(
+                "net:apple-private-relay-asn",
+                "AS36183 is Akamai's iCloud Private Relay egress network (IPv4 and IPv6)",
+            ),
+            _timing(c),
+        ],
+        "Akamai's Private Relay network (AS36183), any UA: prefixes drift faster than the list.",
     ),
     Rule(
         "mail-proxy-network",

@@ -181,6 +181,15 @@ CASES = [
         "apple-relay-operator",
     ),
     (
+        "Apple relay IPv6 (AS36183), a WebKit UA",
+        "2a02:26f7:c8c0::1",
+        IOS_MAIL,
+        30,
+        {},
+        "privacy_prefetch",
+        "apple-relay-asn",
+    ),
+    (
         "HEAD request near delivery",
         "73.15.20.9",
         CHROME,
