@@ -161,11 +161,12 @@ def _split(server: str) -> tuple[str, int | None]:
     return server, None
 
 
-def make_resolver(nameservers: tuple[str, ...]) -> dns.asyncresolver.Resolver:
+def make_resolver(nameservers: tuple[str, ...]) -> dns.asyncresolver.Resolver | None:
     """A resolver for [geoip] mx_nameservers ("host", "host:port", "[v6]:port"; one port for
-    all), or the system's when none are given."""
+    all); None for the system's, made at the first lookup so that a machine without DNS
+    configuration still starts (its lookups fail and leave the verdicts as they are)."""
     if not nameservers:
-        return dns.asyncresolver.Resolver()
+        return None
     parsed = [_split(s.strip()) for s in nameservers]
     ports = {port for _, port in parsed if port is not None}
     if len(ports) > 1:

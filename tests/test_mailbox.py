@@ -268,3 +268,15 @@ async def test_the_recipient_row_shows_the_mailbox_provider(stack) -> None:
     ana, bo = page.split('data-recipient="ana@acme.example"')[1].split("data-recipient=")[:2]
     assert "<dt>Mailbox</dt><dd>Google (Gmail / Workspace)</dd>" in ana
     assert "<dt>Mailbox</dt><dd>–</dd>" in bo
+
+
+async def test_without_any_dns_configuration_lookups_fail_softly(tmp_path) -> None:
+    """A resolver whose configuration file does not exist: no answer, no exception."""
+    import dns.asyncresolver
+
+    assert mailbox.make_resolver(()) is None
+    broken = dns.asyncresolver.Resolver(
+        filename=str(tmp_path / "missing-resolv.conf"), configure=False
+    )
+    broken.nameservers = []
+    assert await MxResolver(broken, lifetime=0.3).provider("acme.example") is None
