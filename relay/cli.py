@@ -77,6 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cls.add_argument("--after", help="time since sending: 40m, 2h, 3s, 1d")
     cls.add_argument("--method", default="GET")
     cls.add_argument("--recipient", default="", help="the copy's recipient address")
+    cls.add_argument(
+        "--mailbox",
+        default="",
+        help="the recipient's mailbox provider as its MX names it (google, microsoft, ...)",
+    )
     recls = sub.add_parser("reclassify", help="judge stored hits again after a rule or data change")
     recls.add_argument("--since", help="only hits from this date on (YYYY-MM-DD)")
     recls.add_argument(
@@ -339,6 +344,7 @@ def classify_command(cfg: Config, args: argparse.Namespace) -> int:
                 seconds_after_send=after,
                 recipient=args.recipient,
                 upstream_google=upstream_google,
+                mailbox_provider=args.mailbox,
             )
         )
         print(f"{verdict.kind} (confidence {verdict.confidence:.2f}, rule {verdict.rule})")
@@ -398,6 +404,7 @@ def hit_facts_from_json(obj: object, networks, upstream_google: bool) -> classif
         prior=prior,
         recipient=str(obj.get("recipient") or ""),
         upstream_google=upstream_google,
+        mailbox_provider=str(obj.get("mailbox_provider") or ""),
     )
 
 

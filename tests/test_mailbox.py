@@ -280,3 +280,23 @@ async def test_without_any_dns_configuration_lookups_fail_softly(tmp_path) -> No
     )
     broken.nameservers = []
     assert await MxResolver(broken, lifetime=0.3).provider("acme.example") is None
+
+
+def test_classify_command_takes_the_mailbox() -> None:
+    import subprocess
+    import sys
+
+    gmail = (
+        "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+    )
+    args = ["--ip", "66.249.93.84", "--ua", gmail, "--after", "40m"]
+    args += ["--recipient", "ana@acme.example", "--mailbox", "google"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "relay.cli", "classify", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("human_via_proxy (confidence 0.90, rule gmail-proxy-mailbox)")
+    assert "mailbox:google: acme.example receives mail at google (its MX)" in proc.stdout
