@@ -64,9 +64,13 @@ class Client:
 
 
 class _AnyOf:
-    """Does any of many patterns occur in a text? One combined automaton from google-re2 (linear
-    time: ~4 µs a User-Agent against 1,500 patterns, where Python's backtracking `re` takes
-    ~800 µs); patterns re2 cannot take (lookarounds, backreferences) go to Python's `re`."""
+    """Does any of many patterns occur in a text? google-re2 automata (linear time: ~30 µs a
+    User-Agent against 1,500 patterns, where Python's backtracking `re` takes ~800 µs), in
+    chunks small enough for re2's default DFA memory (one automaton for all overflows it and
+    re2 then logs and slows down); patterns re2 cannot take (lookarounds, backreferences) go to
+    Python's `re`."""
+
+    CHUNK = 400
 
     def __init__(self, patterns: list[str]) -> None:
         fast, slow = [], []
@@ -74,21 +78,27 @@ class _AnyOf:
             import re2  # google-re2
         except ImportError:  # still correct without it, only slower
             re2, slow = None, list(patterns)
+        self._fast: list = []
         if re2 is not None:
+            options = re2.Options()
+            options.never_capture = True
+            options.log_errors = False
             for pattern in patterns:
                 try:
-                    re2.compile(pattern)
+                    re2.compile(pattern, options)
                 except Exception:  # noqa: BLE001 - re2 refuses the pattern: Python's re takes it
                     slow.append(pattern)
                 else:
                     fast.append(pattern)
-        self._fast = re2.compile("|".join(f"(?:{p})" for p in fast)) if re2 and fast else None
+            self._fast = [
+                re2.compile("|".join(f"(?:{p})" for p in fast[i : i + self.CHUNK]), options)
+                for i in range(0, len(fast), self.CHUNK)
+            ]
         self._slow = re.compile("|".join(f"(?:{p})" for p in slow)) if slow else None
 
     def search(self, text: str) -> bool:
-        return bool(
-            (self._fast is not None and self._fast.search(text))
-            or (self._slow is not None and self._slow.search(text))
+        return any(rx.search(text) for rx in self._fast) or bool(
+            self._slow is not None and self._slow.search(text)
         )
 
 

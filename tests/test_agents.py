@@ -138,3 +138,20 @@ def test_new_user_agents_are_judged_quickly() -> None:
         agents.automated_agent(ua)
         agents.client_of(ua)
     assert (time.perf_counter() - start) / (len(uas) - 1) < 0.0005  # 500 µs: a tenth of before
+
+
+def test_judging_many_user_agents_writes_nothing_to_stderr() -> None:
+    """re2 logs to stderr when an automaton outgrows its memory; the chunks must not."""
+    import subprocess
+    import sys
+
+    code = (
+        "from crawleruseragents import CRAWLER_USER_AGENTS_DATA as D\n"
+        "from pixelserver import agents\n"
+        "uas = [u for r in D for u in r.get('instances', [])]\n"
+        "uas += [f'Mozilla/5.0 (X11; Linux) Chrome/{n}.0 Safari/537.36' for n in range(3000)]\n"
+        "print(sum(agents.automated_agent(u) is not None for u in uas))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and int(proc.stdout) > 2000
+    assert proc.stderr == ""

@@ -359,6 +359,41 @@ CASES: tuple[Case, ...] = (
         HUMAN_VIA_PROXY,
         "proton.me/support/email-tracker-protection; AS62371 Proton",
     ),
+    # --- the recipient's mailbox, from the MX of its domain ----------------------------------
+    Case(
+        "Gmail proxy for a custom domain hosted on Google Workspace",
+        "66.249.93.84",
+        "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
+        1800,
+        HUMAN_VIA_PROXY,
+        "support.google.com/a/answer/174125: a Workspace domain's MX is smtp.google.com; its "
+        "users read in Gmail, whose image proxy fetches on open",
+        {"recipient": "ana@acme.example", "mailbox_provider": "google", "upstream_google": True},
+    ),
+    Case(
+        "Gmail proxy for a Microsoft 365 recipient while the sender sends through Google",
+        "66.249.93.84",
+        "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
+        1800,
+        "sender",
+        "learn.microsoft.com M365 DNS records (MX <domain>.mail.protection.outlook.com): the "
+        "recipient does not read in Gmail; Gmail files the sender's copy in Sent Mail",
+        {
+            "recipient": "bo@contoso.example",
+            "mailbox_provider": "microsoft",
+            "upstream_google": True,
+        },
+    ),
+    Case(
+        "iCloud Private Relay over IPv6 with a WebKit UA",
+        "2a02:26f7:c8c0::1",
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, "
+        "like Gecko) Mobile/15E148",
+        40,
+        "privacy_prefetch",
+        "developer.apple.com 'Prepare your network or web server for iCloud Private Relay': "
+        "relay egress is operated by partners such as Akamai (AS36183)",
+    ),
     # --- people's own mail programs, on ordinary networks -------------------------------------
     Case(
         "Samsung Email (Android WebView) on T-Mobile",
