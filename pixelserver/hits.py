@@ -191,6 +191,7 @@ class Judge:
             recipient=ctx.recipient,
             sender_prefixes=ctx.sender_prefixes,
             upstream_google=self.upstream_google,
+            mailbox_provider=ctx.mailbox_provider,
         )
         verdict = classify.classify(facts)
         prior.append(classify.PriorHit(net.prefix, ua, seconds))  # later hits see this one

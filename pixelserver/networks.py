@@ -14,8 +14,11 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Protocol
+
+from pixelserver import agents
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -157,6 +160,94 @@ def datacenter_asns(path: Path = DATA / "datacenter-asn.txt") -> frozenset[int]:
     )
 
 
+FETCHER_FILE = "fetcher-networks.txt"
+KIND_WORDS = {
+    "scanner": "mail-security gateway or link scanner",
+    "mailproxy": "mailbox provider's image proxy",
+    "gateway": "company web gateway (people browse through it)",
+    "cloud": "cloud or hosting network (IPv4 and IPv6)",
+}
+
+
+@dataclass(frozen=True)
+class FetcherSource:
+    """One operator of the fetcher table and the page that says what it does."""
+
+    kind: str
+    name: str
+    asns: tuple[int, ...]
+    url: str
+    checked: str
+
+
+class FetcherTable:
+    """fetcher-networks.txt (built by pixelserver/netbuild.py): operator labels such as
+    `scanner:Proofpoint` by prefix (one disjoint table per kind) and by ASN, so a vendor is
+    known whichever ASN source is configured."""
+
+    def __init__(self, path: Path) -> None:
+        self.sources: list[FetcherSource] = []
+        self.rows: list[tuple[str, str, Network]] = []
+        self.plevin = ""
+        self.by_asn: dict[int, frozenset[str]] = {}
+        if not path.exists():
+            self.tables: dict[str, PrefixTable] = {}
+            return
+        by_kind: dict[str, list[tuple[str, str]]] = {}
+        asn_labels: dict[int, set[str]] = {}
+        for line in path.read_text().splitlines():
+            if not line or line.startswith("#"):
+                continue
+            fields = line.split("\t")
+            if fields[0] == "@plevin":
+                self.plevin = fields[1]
+            elif fields[0] == "@source":
+                kind, name, asns, url, checked = fields[1:6]
+                numbers = tuple(int(a) for a in asns.split(",") if a)
+                self.sources.append(FetcherSource(kind, name, numbers, url, checked))
+                for asn in numbers:
+                    asn_labels.setdefault(asn, set()).add(f"{kind}:{name}")
+            else:
+                kind, name, _asn, prefix = fields
+                by_kind.setdefault(kind, []).append((name, prefix))
+                self.rows.append((kind, name, ipaddress.ip_network(prefix)))
+        self.tables = {kind: PrefixTable(rows) for kind, rows in by_kind.items()}
+        self.by_asn = {asn: frozenset(labels) for asn, labels in asn_labels.items()}
+
+    def labels(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> set[str]:
+        found = set()
+        for kind, table in self.tables.items():
+            name = table.find(addr)
+            if name is not None:
+                found.add(f"{kind}:{name}")
+        return found
+
+    def asn_labels(self, asn: int | None) -> frozenset[str]:
+        return self.by_asn.get(asn, frozenset()) if asn is not None else frozenset()
+
+    def data_sources(self) -> list[DataSource]:
+        out = []
+        for src in self.sources:
+            asns = ", ".join(f"AS{a}" for a in src.asns)
+            out.append(
+                DataSource(
+                    KIND_WORDS.get(src.kind, src.kind),
+                    f"{src.name} ({asns}; routes from plevin-db-network {self.plevin})",
+                    src.checked,
+                    "facts from the operator's page; routes: RIPE RIS / RIR data",
+                    src.url,
+                    src.url.split(" ", 1)[0],
+                )
+            )
+        return out
+
+
+@cache
+def fetcher_table(data_dir: Path = DATA) -> FetcherTable:
+    """The fetcher table of a data directory, read once per process."""
+    return FetcherTable(data_dir / FETCHER_FILE)
+
+
 @dataclass(frozen=True)
 class DataSource:
     """Where a kind of network fact comes from, for the About page and `mailping geoip status`."""
@@ -237,6 +328,7 @@ class Networks:
             k: PrefixTable(v) for k, v in _read_known(data_dir / "known-networks.txt").items()
         }
         self.hosting_asns = datacenter_asns(data_dir / "datacenter-asn.txt")
+        self.fetchers = fetcher_table(data_dir)
         self._cache: OrderedDict[str, NetworkFacts] = OrderedDict()  # per /24 or /48
         self._by_ip: OrderedDict[str, NetworkFacts] = OrderedDict()
         self._cache_size = cache_size
@@ -255,6 +347,10 @@ class Networks:
                 "MailPing's own list, from public documentation",
             )
         )
+        found += self.fetchers.data_sources()
+        found += [
+            DataSource(what, name, date, licence) for what, name, date, licence in agents.sources()
+        ]
         if self.location is None:
             found.append(
                 DataSource(
@@ -293,6 +389,7 @@ class Networks:
             lists.add("apple_relay")
         if self.datacenter.find(addr):
             lists.add("datacenter")
+        lists |= self.fetchers.labels(addr)
         prefix = mask(str(addr))
         base = self._cache.get(prefix)
         if base is None:
@@ -302,7 +399,10 @@ class Networks:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(prefix)
-        hosting = base.hosting or "datacenter" in lists
+        lists |= self.fetchers.asn_labels(base.asn)
+        hosting = (
+            base.hosting or "datacenter" in lists or any(x.startswith("cloud:") for x in lists)
+        )
         return NetworkFacts(
             prefix=prefix,
             asn=base.asn,

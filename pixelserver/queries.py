@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, Row, Select, column, exists, false, select, table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixelserver.links import MANUAL
+from pixelserver.mailbox import provider_words
 from pixelserver.state import STATES, DeliveryState, chip
-from pixelserver.storage import Delivery, Hit, Message, User
+from pixelserver.storage import Delivery, Hit, Message, User, VerdictChange
 
 PAGE_SIZE = 50
 
@@ -30,10 +31,16 @@ class DeliveryRow:
     outcome: str
     upstream_reply: str
     state: DeliveryState
+    mailbox_provider: str | None = None  # from the MX of the recipient's domain
 
     @property
     def chip(self) -> str:
         return chip(self.state, self.untracked_reason, self.outcome)
+
+    @property
+    def mailbox(self) -> str:
+        """The recipient's mailbox provider in words ("–" until the MX lookup answered)."""
+        return provider_words(self.mailbox_provider)
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,7 @@ def delivery_row(d: Delivery) -> DeliveryRow:
             d.place,
             d.forwarded,
         ),
+        d.mailbox_provider,
     )
 
 
@@ -204,6 +212,7 @@ class MessageDetail:
     message: MessageRow
     hits: dict[int, list[Hit]]  # per delivery id, oldest first
     link_tokens: dict[int, str]  # a manual link's token, shown to its owner to copy again
+    changes: dict[int, list[VerdictChange]] = field(default_factory=dict)  # per hit id
 
 
 async def message_detail(
@@ -226,7 +235,17 @@ async def message_detail(
             select(Delivery.id, Delivery.token).where(Delivery.message_id == message_id)
         )
         tokens = {i: t for i, t in found.all()}
-    return MessageDetail(rows[0], hits, tokens)
+    changes: dict[int, list[VerdictChange]] = {}
+    for change in (
+        await session.execute(
+            select(VerdictChange)
+            .join(Hit, Hit.id == VerdictChange.hit_id)
+            .where(Hit.delivery_id.in_(ids))
+            .order_by(VerdictChange.at, VerdictChange.id)
+        )
+    ).scalars():
+        changes.setdefault(change.hit_id, []).append(change)
+    return MessageDetail(rows[0], hits, tokens, changes)
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,18 @@ ingest, since only the /24 or /48 was kept.
 from __future__ import annotations
 
 import datetime as dt
+import sys
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TextIO
 
-from sqlalchemy import select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver import classify, storage
-from pixelserver.networks import NetworkFacts, Networks
+from pixelserver.networks import NetworkFacts, Networks, fetcher_table
 
 
 @dataclass
@@ -32,13 +36,80 @@ class Report:
         return out
 
 
+class Progress:
+    """Reports a long reclassification: on a terminal one line rewritten in place (count, rate,
+    time left); elsewhere (logs, cron) a line a minute. `clock` is a parameter for tests."""
+
+    def __init__(
+        self,
+        total: int,
+        *,
+        stream: TextIO = sys.stderr,
+        tty: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        every: float = 60.0,
+    ) -> None:
+        self.total = total
+        self.stream = stream
+        self.tty = stream.isatty() if tty is None else tty
+        self.clock = clock
+        self.every = every
+        self.start = clock()
+        self._last_line = self.start
+
+    def line(self, report: Report) -> str:
+        elapsed = max(1e-9, self.clock() - self.start)
+        rate = report.checked / elapsed
+        left = (self.total - report.checked) / rate if rate > 0 else 0.0
+        return (
+            f"{report.checked}/{self.total} hits, {report.changed} changed, "
+            f"{rate:,.0f}/s, {_eta(left)} left"
+        )
+
+    def __call__(self, report: Report) -> None:
+        if self.tty:
+            self.stream.write("\r" + self.line(report).ljust(60))
+            self.stream.flush()
+        elif self.clock() - self._last_line >= self.every:
+            self._last_line = self.clock()
+            self.stream.write(f"reclassify: {self.line(report)}\n")
+            self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def _eta(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+async def count_hits(
+    sessions: async_sessionmaker[AsyncSession], since: dt.datetime | None = None
+) -> int:
+    """How many hits a run will check (for the progress line)."""
+    async with sessions() as session:
+        q = select(func.count(storage.Hit.id))
+        if since is not None:
+            q = q.where(storage.Hit.at >= since)
+        return (await session.execute(q)).scalar_one()
+
+
 def stored_facts(hit: storage.Hit) -> NetworkFacts:
+    """The facts a hit was judged on, plus what the current fetcher table says of its ASN:
+    a vendor added to the table since is recognised without looking the network up again."""
+    lists = frozenset(hit.net_lists or ()) | fetcher_table().asn_labels(hit.asn)
     return NetworkFacts(
         prefix=hit.ip_prefix,
         asn=hit.asn,
         org=hit.org,
-        hosting=hit.hosting,
-        lists=frozenset(hit.net_lists or ()),
+        hosting=hit.hosting or any(x.startswith("cloud:") for x in lists),
+        lists=lists,
         country=hit.country,
         region=hit.region,
         city=hit.city,
@@ -52,6 +123,7 @@ async def reclassify(
     upstream_google: bool = False,
     networks: Networks | None = None,
     batch: int = 200,
+    progress: Callable[[Report], None] | None = None,
 ) -> Report:
     report = Report()
     last_delivery = 0
@@ -71,6 +143,8 @@ async def reclassify(
                 return report
             last_delivery = delivery_ids[-1]
             await _judge_deliveries(session, delivery_ids, since, upstream_google, networks, report)
+        if progress is not None:
+            progress(report)
 
 
 async def _judge_deliveries(
@@ -104,6 +178,8 @@ async def _judge_deliveries(
     )
     prior: dict[int, list[classify.PriorHit]] = {d: [] for d in delivery_ids}
     changed: set[int] = set()
+    history: list[dict] = []
+    now = storage.utcnow()
     for hit in hits:
         ctx = contexts[tokens[hit.delivery_id]]
         seconds = hit.seconds_after_send
@@ -121,6 +197,7 @@ async def _judge_deliveries(
                 recipient=ctx.recipient,
                 sender_prefixes=ctx.sender_prefixes,
                 upstream_google=upstream_google,
+                mailbox_provider=ctx.mailbox_provider,
             )
         )
         prior[hit.delivery_id].append(classify.PriorHit(hit.ip_prefix, hit.user_agent, seconds))
@@ -131,6 +208,18 @@ async def _judge_deliveries(
             report.changed += 1
             changed.add(hit.delivery_id)
             report.transitions[(hit.verdict, verdict.kind)] += 1
+            history.append(
+                {
+                    "hit_id": hit.id,
+                    "at": now,
+                    "old_verdict": hit.verdict,
+                    "old_rule": hit.rule or "",
+                    "old_confidence": hit.confidence or 0.0,
+                    "new_verdict": verdict.kind,
+                    "new_rule": verdict.rule,
+                    "why": "; ".join(r.text for r in verdict.reasons[:2])[:1000],
+                }
+            )
             await session.execute(
                 update(storage.Hit)
                 .where(storage.Hit.id == hit.id)
@@ -143,5 +232,7 @@ async def _judge_deliveries(
                     seconds_after_send=seconds,
                 )
             )
+    if history:  # what each hit was before, so the report can say what changed and why
+        await session.execute(insert(storage.VerdictChange), history)
     if changed:
         await storage.refresh_states(session, changed)

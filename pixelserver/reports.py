@@ -89,6 +89,7 @@ class MessagePage(BasePage):
             link_urls=urls,
             snippet=links.snippet,
             hits=detail.hits,
+            changes=detail.changes,
             charts=charts,
             verdict_words=VERDICT_WORDS,
             since=_since_words,

@@ -13,18 +13,43 @@ from dataclasses import dataclass
 from pixelserver.classify import BOT, HUMAN, HUMAN_VIA_PROXY, PRIVACY_PREFETCH, SCANNER, SENDER
 
 OPENED = "opened"
+PROBABLY_OPENED = "probably_opened"
 PREFETCHED_ONLY = "prefetched_only"
 SCANNED_ONLY = "scanned_only"
 NOT_OPENED = "not_opened"
 UNTRACKED = "untracked"
 FAILED = "failed"
 QUEUED = "queued"  # in the relay's queue: not sent yet, or deferred and to be retried
-STATES = (OPENED, PREFETCHED_ONLY, SCANNED_ONLY, NOT_OPENED, UNTRACKED, QUEUED, FAILED)
+STATES = (
+    OPENED,
+    PROBABLY_OPENED,
+    PREFETCHED_ONLY,
+    SCANNED_ONLY,
+    NOT_OPENED,
+    UNTRACKED,
+    QUEUED,
+    FAILED,
+)
+# A person-like hit (human, human_via_proxy) at or above this confidence makes a recipient
+# "Read"; below it (a proxy fetch seconds after delivery, which may be the provider's own check)
+# only "Probably read". docs/classification.md lists the rules below it.
+CERTAIN_CONFIDENCE = 0.6
+
+
+def is_certain(confidence: float) -> bool:
+    """At or above the threshold; 0 is a hit stored before confidences were recorded (the
+    column's default), judged as it was then: certain."""
+    return confidence >= CERTAIN_CONFIDENCE or confidence == 0
+
+
 # Outcomes of a copy still in the relay's queue, and of one that will never arrive.
 WAITING_OUTCOMES = ("pending", "queued", "deferred")
 FAILED_OUTCOMES = ("rejected", "expired", "dropped")
+
+
 STATE_WORDS = {
     OPENED: "Opened",
+    PROBABLY_OPENED: "Probably read",
     PREFETCHED_ONLY: "Apple prefetch only",
     SCANNED_ONLY: "Scanner only",
     NOT_OPENED: "Not opened yet",
@@ -43,10 +68,12 @@ VERDICT_WORDS = {
 }
 
 PROXY_NAMES = {
+    "gmail-proxy-mailbox": "Gmail",
     "gmail-proxy": "Gmail",
     "gmail-proxy-at-delivery": "Gmail",
     "yahoo-proxy": "Yahoo",
     "outlook-proxy": "Outlook.com",
+    "outlook-proxy-mailbox": "Outlook",
 }
 
 
@@ -60,6 +87,7 @@ class HitView:
     country: str
     region: str
     city: str
+    confidence: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +115,7 @@ class HitSummary:
     last_open: HitView | None = None
     direct_networks: int = 0
     direct_clients: int = 0
+    certain: int | None = None  # person-like hits at CERTAIN_CONFIDENCE or above (None: all)
 
 
 def summarize(hits: Sequence[HitView]) -> HitSummary:
@@ -101,6 +130,7 @@ def summarize(hits: Sequence[HitView]) -> HitSummary:
         last_open=people[-1] if people else None,
         direct_networks=len({h.prefix for h in direct}),
         direct_clients=len({h.client for h in direct if h.client}),
+        certain=sum(is_certain(h.confidence) for h in people),
     )
 
 
@@ -117,8 +147,10 @@ def state_of(outcome: str, tracking: str, s: HitSummary) -> DeliveryState:
         state = QUEUED
     elif tracking == "untracked":
         state = UNTRACKED
-    elif s.people:
+    elif s.people and (s.certain is None or s.certain > 0):
         state = OPENED
+    elif s.people:
+        state = PROBABLY_OPENED
     elif s.prefetches:
         state = PREFETCHED_ONLY
     elif s.machines:
@@ -154,8 +186,9 @@ def chip(s: DeliveryState, untracked_reason: str | None = None, outcome: str | N
         )
     if s.state == FAILED and outcome == "expired":
         return "Not delivered: gave up after retrying"
-    if s.state == OPENED:
-        bits = [f"Read {s.human_hits}×" if s.human_hits > 1 else "Read"]
+    if s.state in (OPENED, PROBABLY_OPENED):
+        word = "Read" if s.state == OPENED else "Probably read"
+        bits = [f"{word} {s.human_hits}×" if s.human_hits > 1 else word]
         bits += [b for b in (s.client, s.place) if b]
         return " · ".join(bits)
     words = {

@@ -35,6 +35,7 @@ from sqlalchemy import (
     false,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -47,7 +48,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from pixelserver.state import HitSummary, HitView, state_of
+from pixelserver.state import CERTAIN_CONFIDENCE, HitSummary, HitView, state_of
 
 # BigInteger primary keys that still autoincrement on SQLite (which only does so for INTEGER).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -329,6 +330,9 @@ class Delivery(Base):
     place: Mapped[str] = mapped_column(String(200), default="", server_default="")
     forwarded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     state_changed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # From the MX of the recipient's domain (pixelserver/mailbox.py): a provider key, "" when
+    # none is known, NULL until the background lookup has answered.
+    mailbox_provider: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     message: Mapped[Message] = relationship(back_populates="deliveries", lazy="raise")
 
@@ -336,7 +340,30 @@ class Delivery(Base):
         Index("ix_delivery_recipient", "recipient"),
         Index("ix_delivery_state", "state"),
         Index("ix_delivery_state_changed_at", "state_changed_at"),
+        Index(
+            "ix_delivery_mailbox_pending",
+            "id",
+            sqlite_where=text("mailbox_provider IS NULL"),
+            postgresql_where=text("mailbox_provider IS NULL"),
+        ),
     )
+
+
+class VerdictChange(Base):
+    """One re-judgement of a hit (`mailping reclassify`): what it was, what it became, when
+    and why, so the report can say "changed on ... from ... because ..."."""
+
+    __tablename__ = "verdict_change"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    hit_id: Mapped[int] = mapped_column(ForeignKey("hit.id", ondelete="CASCADE"), index=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    old_verdict: Mapped[str] = mapped_column(String(24))
+    old_rule: Mapped[str] = mapped_column(String(40), default="")
+    old_confidence: Mapped[float] = mapped_column(Float, default=0.0)
+    new_verdict: Mapped[str] = mapped_column(String(24))
+    new_rule: Mapped[str] = mapped_column(String(40), default="")
+    why: Mapped[str] = mapped_column(Text, default="")
 
 
 class DigestRun(Base):
@@ -612,6 +639,10 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
                     func.max(Hit.id).filter(person),
                     func.count(func.distinct(Hit.ip_prefix)).filter(human),
                     func.count(func.distinct(func.nullif(Hit.client, ""))).filter(human),
+                    # as state.is_certain: 0 is a hit from before confidences were stored
+                    func.count(Hit.id).filter(
+                        person, (Hit.confidence >= CERTAIN_CONFIDENCE) | (Hit.confidence == 0)
+                    ),
                 )
                 .outerjoin(Hit, Hit.delivery_id == Delivery.id)
                 .where(Delivery.id.in_(chunk))
@@ -653,6 +684,7 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
             _last_id,
             nets,
             clients,
+            certain,
         ) in summary:
             st = state_of(
                 outcome,
@@ -666,6 +698,7 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
                     last_open=lasts.get(delivery_id),
                     direct_networks=nets,
                     direct_clients=clients,
+                    certain=certain,
                 ),
             )
             values.append(
@@ -781,6 +814,7 @@ class HitContext:
     accepted_at: dt.datetime
     sender_prefixes: frozenset[str]
     prior: list[tuple[str, str, float]]  # (prefix, ua, seconds after send) of earlier hits
+    mailbox_provider: str = ""  # from the recipient domain's MX; "" when not known
 
 
 SENDER_NETWORK_DAYS = 30
@@ -842,6 +876,7 @@ async def hit_contexts(
                     Message.accepted_at,
                     Message.user_id,
                     Message.sender_prefix,
+                    Delivery.mailbox_provider,
                 )
                 .join(Message, Message.id == Delivery.message_id)
                 .where(Delivery.token.in_(tokens[i : i + 500]))
@@ -867,6 +902,7 @@ async def hit_contexts(
             # The copy's own sending network counts at once, whatever the cache says.
             frozenset(nets[r.user_id] | ({r.sender_prefix} if r.sender_prefix else set())),
             prior[r.id],
+            r.mailbox_provider or "",
         )
         for r in rows
     }

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from pixelserver import classify, migrate, storage
 from pixelserver.config import ConfigError
 from pixelserver.networks import mask
-from pixelserver.reclassify import reclassify
+from pixelserver.reclassify import Progress, count_hits, reclassify
 from relay import auth, certs, queue_admin, service
 from relay.config import Config, config_path, config_warnings, load_config
 from relay.digest_runner import UnknownUser
@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--after", help="time since sending: 40m, 2h, 3s, 1d")
     cls.add_argument("--method", default="GET")
     cls.add_argument("--recipient", default="", help="the copy's recipient address")
+    cls.add_argument(
+        "--mailbox",
+        default="",
+        help="the recipient's mailbox provider as its MX names it (google, microsoft, ...)",
+    )
     recls = add("reclassify", help="judge stored hits again after a rule or data change")
     recls.add_argument("--since", help="only hits from this date on (YYYY-MM-DD)")
     recls.add_argument(
@@ -103,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     geoip = add("geoip", help="the network and location data in use")
     geoip.add_argument("action", choices=["status"])
+    nets = add("networks", help="rebuild the fetcher-network table from its sources")
+    nets.add_argument("action", choices=["update"])
+    nets.add_argument("--data-dir", help="where to write it (default: the installed data)")
     dig = add("digest", help="show or send a user's daily digest now")
     dig.add_argument("--user", required=True, help="the user's address")
     what = dig.add_mutually_exclusive_group(required=True)
@@ -152,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cert_command(args.host, Path(args.out))
         if args.command == "queue":
             return queue_command(cfg, args.action, args.ids)
+        if args.command == "networks":
+            return networks_command(args.data_dir)
         if args.command == "geoip":
             for src in service.make_networks(cfg).sources():
                 print(
@@ -381,6 +391,7 @@ def classify_command(cfg: Config, args: argparse.Namespace) -> int:
                 seconds_after_send=after,
                 recipient=args.recipient,
                 upstream_google=upstream_google,
+                mailbox_provider=args.mailbox,
             )
         )
         print(f"{verdict.kind} (confidence {verdict.confidence:.2f}, rule {verdict.rule})")
@@ -401,6 +412,16 @@ def classify_command(cfg: Config, args: argparse.Namespace) -> int:
             continue
         print(json.dumps(classify.classify(facts).as_json()), flush=True)
     return 1 if bad else 0
+
+
+def networks_command(data_dir: str | None) -> int:
+    """Rebuild fetcher-networks.txt from the installed packages and the operators' pages."""
+    from pixelserver import netbuild
+
+    path = netbuild.update(Path(data_dir) if data_dir else netbuild.DATA)
+    rows = sum(1 for line in path.read_text().splitlines() if line[:1] not in ("#", "@", ""))
+    print(f"{path}: {len(netbuild.OPERATORS)} operators, {rows} prefixes")
+    return 0
 
 
 def hit_facts_from_json(obj: object, networks, upstream_google: bool) -> classify.HitFacts:
@@ -430,6 +451,7 @@ def hit_facts_from_json(obj: object, networks, upstream_google: bool) -> classif
         prior=prior,
         recipient=str(obj.get("recipient") or ""),
         upstream_google=upstream_google,
+        mailbox_provider=str(obj.get("mailbox_provider") or ""),
     )
 
 
@@ -441,12 +463,15 @@ async def reclassify_command(cfg: Config, since: str | None, refresh: bool) -> i
     engine, sessions = await service.open_store(cfg)
     try:
         networks = await asyncio.to_thread(service.make_networks, cfg) if refresh else None
+        progress = Progress(await count_hits(sessions, since_dt))
         report = await reclassify(
             sessions,
             since=since_dt,
             networks=networks,
             upstream_google=is_google_host(cfg.upstream.host),
+            progress=progress,
         )
+        progress.done()
     finally:
         await engine.dispose()
     print("\n".join(report.lines()))

@@ -21,10 +21,19 @@ from zoneinfo import ZoneInfo
 
 from pixelserver.digest_query import UNOPENED_DAYS, DigestData
 from pixelserver.queries import DeliveryRow
-from pixelserver.state import FAILED, NOT_OPENED, OPENED, PREFETCHED_ONLY, SCANNED_ONLY, UNTRACKED
+from pixelserver.state import (
+    FAILED,
+    NOT_OPENED,
+    OPENED,
+    PREFETCHED_ONLY,
+    PROBABLY_OPENED,
+    SCANNED_ONLY,
+    UNTRACKED,
+)
 
 COLOURS = {
     OPENED: ("#dafbe1", "#116329"),
+    PROBABLY_OPENED: ("#ddf4ff", "#0550ae"),
     PREFETCHED_ONLY: ("#fff8c5", "#7d4e00"),
     SCANNED_ONLY: ("#fff8c5", "#7d4e00"),
     NOT_OPENED: ("#eaeef2", "#1b1f24"),
@@ -33,6 +42,7 @@ COLOURS = {
 }
 SUMMARY_WORDS = {
     OPENED: ("read it", "read it"),
+    PROBABLY_OPENED: ("probably read it", "probably read it"),
     NOT_OPENED: ("has not opened it yet", "have not opened it yet"),
     PREFETCHED_ONLY: ("Apple prefetch only", "Apple prefetch only"),
     SCANNED_ONLY: ("scanner only", "scanner only"),
@@ -72,7 +82,15 @@ def summary_line(data: DigestData) -> str:
         return "You sent nothing through MailPing in this period."
     counts = Counter(d.state.state for d in deliveries)
     parts = []
-    for state in (OPENED, NOT_OPENED, PREFETCHED_ONLY, SCANNED_ONLY, UNTRACKED, FAILED):
+    for state in (
+        OPENED,
+        PROBABLY_OPENED,
+        NOT_OPENED,
+        PREFETCHED_ONLY,
+        SCANNED_ONLY,
+        UNTRACKED,
+        FAILED,
+    ):
         if counts[state]:
             one, many = SUMMARY_WORDS[state]
             parts.append(f"{counts[state]} {one if counts[state] == 1 else many}")

@@ -21,7 +21,7 @@ import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from pixelserver import migrate, retention, storage
+from pixelserver import mailbox, migrate, retention, storage
 from pixelserver.app import make_app
 from pixelserver.config import ConfigError, is_loopback_host, parse_listen, parse_networks
 from pixelserver.hits import HitPipeline, Journal, Judge
@@ -300,11 +300,12 @@ class RunningPixelServer:
     pipeline: HitPipeline
     purge: asyncio.Task
     adopted: list[asyncio.Task] = field(default_factory=list)
+    background: list[asyncio.Task] = field(default_factory=list)
 
     async def close(self) -> None:
         # Awaited, not just cancelled: a purge stopped mid-query must hand its connection
         # back, or aiosqlite's connection thread outlives the loop and the process never exits.
-        for task in (self.purge, *self.adopted):
+        for task in (self.purge, *self.adopted, *self.background):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -440,7 +441,24 @@ async def start_pixelserver(
         purge.cancel()
         await pipeline.close()
         raise ListenError("pixelserver.listen", cfg.pixelserver.listen, exc) from None
-    return RunningPixelServer(http, pipeline, purge, adopted)
+    return RunningPixelServer(http, pipeline, purge, adopted, _mailbox_refresher(cfg, sessions))
+
+
+def _mailbox_refresher(
+    cfg: Config, sessions: async_sessionmaker[AsyncSession]
+) -> list[asyncio.Task]:
+    """The background MX lookups that record each delivery's mailbox provider."""
+    if not cfg.geoip.mx_lookup:
+        return []
+    try:
+        dns = mailbox.make_resolver(cfg.geoip.mx_nameservers)
+    except ValueError as exc:
+        raise ConfigError(cfg.source, "geoip.mx_nameservers", str(exc)) from None
+    resolver = mailbox.MxResolver(dns)
+    refresher = mailbox.MailboxRefresher(
+        sessions, resolver, interval=float(cfg.geoip.mx_refresh_seconds)
+    )
+    return [asyncio.get_running_loop().create_task(refresher.run_forever(), name="mx-lookups")]
 
 
 async def _adopt(path: Path, sessions: async_sessionmaker[AsyncSession], judge: Judge) -> None:

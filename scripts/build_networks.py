@@ -3,7 +3,10 @@
 The lists are X4BNet lists_vpn (MIT) snapshots: Apple's iCloud Private Relay egress prefixes
 (what Mail Privacy Protection fetches through), and hosting/datacenter ASNs and prefixes. Each
 output file starts with its source, date and licence; every prefix is checked and normalised.
-Run: python scripts/build_networks.py [REFERENCE_DATA_DIR]
+It then rebuilds fetcher-networks.txt (mail-security vendors, mailbox providers' image proxies,
+company web gateways, cloud networks over IPv4 and IPv6) from the installed plevin-db-network
+package and the operators' pages listed in pixelserver/netbuild.py.
+Run: python scripts/build_networks.py [REFERENCE_DATA_DIR]   (or `make networks`)
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 OUT = ROOT / "pixelserver" / "data"
 SOURCE = "X4BNet lists_vpn, MIT, commit 167937a76d424a1a176eccda7d929e40cedd6b40 (2026-08-22)"
 
@@ -64,6 +68,9 @@ def main(src: Path) -> None:
     )
     (OUT / "datacenter-asn.txt").write_text(header + "\n".join(asns) + "\n")
     print(f"datacenter-asn.txt: {len(asns)} ASNs")
+    from pixelserver import netbuild
+
+    print(f"{netbuild.update(OUT).name}: rebuilt from plevin-db-network and the operators' pages")
 
 
 if __name__ == "__main__":

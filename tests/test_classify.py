@@ -29,6 +29,10 @@ CHROME = (
 )
 GMAIL = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
 YAHOO = "YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html"
+FASTMAIL = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/118.0.5993.117 Safari/537.36 FastmailUA/1.0"
+)
 
 
 def facts(ip: str, ua: str = THUNDERBIRD, t: float | None = 7200, **kw) -> HitFacts:
@@ -93,6 +97,42 @@ CASES = [
         "human_via_proxy",
         "gmail-proxy",
     ),
+    (
+        "Gmail proxy, custom domain on Google Workspace (MX)",
+        "66.249.93.84",
+        GMAIL,
+        900,
+        {"recipient": "ana@acme.example", "mailbox_provider": "google", "upstream_google": True},
+        "human_via_proxy",
+        "gmail-proxy-mailbox",
+    ),
+    (
+        "Gmail proxy, custom domain on Microsoft 365 (MX), sender on Google",
+        "66.249.93.84",
+        GMAIL,
+        900,
+        {"recipient": "ana@acme.example", "mailbox_provider": "microsoft", "upstream_google": True},
+        "sender",
+        "gmail-sent-folder",
+    ),
+    (
+        "Gmail proxy, custom domain behind a Mimecast MX, sender on Google",
+        "66.249.93.84",
+        GMAIL,
+        900,
+        {"recipient": "ana@acme.example", "mailbox_provider": "mimecast", "upstream_google": True},
+        "human_via_proxy",
+        "gmail-proxy",
+    ),
+    (
+        "Outlook proxy later, recipient on Microsoft 365 (MX)",
+        "40.107.1.1",
+        CHROME,
+        3600,
+        {"recipient": "ana@acme.example", "mailbox_provider": "microsoft"},
+        "human_via_proxy",
+        "outlook-proxy-mailbox",
+    ),
     ("Yahoo proxy", "74.6.231.20", YAHOO, 3000, {}, "human_via_proxy", "yahoo-proxy"),
     (
         "Yahoo proxy IPv6",
@@ -141,6 +181,15 @@ CASES = [
         "apple-relay-operator",
     ),
     (
+        "Apple relay IPv6 (AS36183), a WebKit UA",
+        "2a02:26f7:c8c0::1",
+        IOS_MAIL,
+        30,
+        {},
+        "privacy_prefetch",
+        "apple-relay-asn",
+    ),
+    (
         "HEAD request near delivery",
         "73.15.20.9",
         CHROME,
@@ -178,6 +227,37 @@ CASES = [
         "bot-user-agent",
     ),
     ("Proofpoint gateway", "148.163.130.1", CHROME, 12, {}, "scanner", "security-gateway"),
+    ("Sophos gateway IPv6", "2606:36c0:500::a", CHROME, 12, {}, "scanner", "security-gateway"),
+    ("Fastmail proxy", "103.168.172.10", FASTMAIL, 3600, {}, "human_via_proxy", "mail-proxy-ua"),
+    (
+        "Fastmail proxy at delivery",
+        "103.168.172.10",
+        FASTMAIL,
+        20,
+        {},
+        "human_via_proxy",
+        "mail-proxy-ua-at-delivery",
+    ),
+    (
+        "Fastmail UA from a home ISP",
+        "73.15.20.9",
+        FASTMAIL,
+        3600,
+        {},
+        "bot",
+        "mail-proxy-ua-spoofed",
+    ),
+    ("Proton proxy", "79.135.106.10", CHROME, 3600, {}, "human_via_proxy", "mail-proxy-network"),
+    (
+        "Proton proxy at delivery",
+        "2a05:2701:f00::a",
+        CHROME,
+        30,
+        {},
+        "human_via_proxy",
+        "mail-proxy-network-at-delivery",
+    ),
+    ("Behind Zscaler", "165.225.8.10", CHROME, 5400, {}, "human", "company-web-gateway"),
     ("Mimecast gateway", "205.139.110.20", CHROME, 30, {}, "scanner", "security-gateway"),
     ("Microsoft EOP 20 s after send", "40.107.1.1", CHROME, 20, {}, "scanner", "microsoft-scan"),
     (
@@ -313,3 +393,18 @@ def test_reasons_carry_codes_and_words() -> None:
     assert codes[0] == "net:apple-private-relay"
     assert "timing:2s-after-send" in codes
     assert all(r.text for r in verdict.reasons)
+
+
+def test_bot_reasons_name_the_maintained_data() -> None:
+    verdict = judge(facts("3.88.1.1", "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"))
+    assert verdict.reasons[0].code == "ua:crawler-user-agents:Slackbot"
+    assert "social-preview" in verdict.reasons[0].text
+
+
+def test_a_crawler_on_apples_network_is_a_bot_not_privacy_protection() -> None:
+    applebot = (
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_5) AppleWebKit/605.1.15 (KHTML, like "
+        "Gecko) Version/13.1.1 Safari/605.1.15 (Applebot/0.1; +http://www.apple.com/go/applebot)"
+    )
+    verdict = judge(facts("17.241.219.10", applebot, 86400))
+    assert (verdict.kind, verdict.reasons[0].code) == ("bot", "ua:crawler-user-agents:Applebot")

@@ -97,12 +97,13 @@ async def test_states_in_the_store_and_on_the_page(stack: Stack, upstream: Captu
     page = (await fetch(f"{stack.pixel_base}/")).body.decode()
     chips = dict(re.findall(r'data-recipient="([^"]+)" data-state="(\w+)"', page))
     assert chips == {
-        "ana@gmail.com": "opened",
+        # Gmail's proxy a second after sending may be Gmail's own check: honest, not certain.
+        "ana@gmail.com": "probably_opened",
         "bob@example.org": "opened",
         "carol@icloud.com": "prefetched_only",
         "dave@example.net": "scanned_only",
     }
-    assert "Read · Gmail · location hidden by Gmail" in page
+    assert "Probably read · Gmail · location hidden by Gmail" in page
     assert "Read · Thunderbird 128 · Pinole, California, US" in page
     assert "Apple privacy prefetch — reading can&#x27;t be seen" in page
     assert "Scanner only" in page
