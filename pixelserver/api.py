@@ -131,6 +131,7 @@ def delivery_json(d: queries.DeliveryRow) -> dict:
         "id": d.id,
         "recipient": d.recipient,
         "outcome": d.outcome,
+        "upstream_reply": d.upstream_reply or None,
         "state": st.state,
         "summary": d.chip,
         "tracked": d.tracking == "tracked",

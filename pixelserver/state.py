@@ -43,7 +43,7 @@ def is_certain(confidence: float) -> bool:
 
 
 # Outcomes of a copy still in the relay's queue, and of one that will never arrive.
-WAITING_OUTCOMES = ("pending", "queued", "deferred")
+WAITING_OUTCOMES = ("queued", "deferred")
 FAILED_OUTCOMES = ("rejected", "expired", "dropped")
 
 

@@ -27,6 +27,7 @@ from pixelserver.state import (
     OPENED,
     PREFETCHED_ONLY,
     PROBABLY_OPENED,
+    QUEUED,
     SCANNED_ONLY,
     UNTRACKED,
 )
@@ -38,6 +39,7 @@ COLOURS = {
     SCANNED_ONLY: ("#fff8c5", "#7d4e00"),
     NOT_OPENED: ("#eaeef2", "#1b1f24"),
     UNTRACKED: ("#eaeef2", "#57606a"),
+    QUEUED: ("#ddf4ff", "#0550ae"),
     FAILED: ("#ffebe9", "#a40e26"),
 }
 SUMMARY_WORDS = {
@@ -47,6 +49,7 @@ SUMMARY_WORDS = {
     PREFETCHED_ONLY: ("Apple prefetch only", "Apple prefetch only"),
     SCANNED_ONLY: ("scanner only", "scanner only"),
     UNTRACKED: ("not tracked", "not tracked"),
+    QUEUED: ("still queued, MailPing keeps trying", "still queued, MailPing keeps trying"),
     FAILED: ("not delivered", "not delivered"),
 }
 FONT = "font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif"
@@ -89,6 +92,7 @@ def summary_line(data: DigestData) -> str:
         PREFETCHED_ONLY,
         SCANNED_ONLY,
         UNTRACKED,
+        QUEUED,
         FAILED,
     ):
         if counts[state]:

@@ -23,6 +23,9 @@ from pixelserver.tokens import mint_token, pixel_url
 
 __all__ = [
     "STORE_ERRORS",
+    "RecordedMessage",
+    "record_message",
+    "record_outcomes",
     "ExclusionCache",
     "SpooledDelivery",
     "mint_token",
@@ -153,3 +156,74 @@ async def sync_outcomes(
     """(token, outcome, reply) as the spool has them."""
     async with sessions.begin() as session:
         await storage.set_outcomes_by_token(session, outcomes)
+
+
+# Recording without the spool: the deliveries of a message made elsewhere (benchmarks and
+# tests that need stored mail without relaying it). The relay itself records through
+# record_spooled, after the spool.
+
+
+@dataclass(frozen=True)
+class RecordedDelivery:
+    id: int
+    recipient: str
+    token: str
+    tracked: bool
+
+
+@dataclass(frozen=True)
+class RecordedMessage:
+    id: int
+    deliveries: tuple[RecordedDelivery, ...]
+
+
+async def record_message(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    user: str,
+    envelope_from: str,
+    recipients: Sequence[str],
+    subject: str,
+    message_id_header: str,
+    size: int,
+    untracked_reason: str | None,
+    sender_prefix: str = "",
+) -> RecordedMessage:
+    async with sessions.begin() as session:
+        owner = await storage.get_or_create_user(session, user)
+        exclusions = owner.exclusions or []
+        new = []
+        for r in recipients:
+            reason = untracked_reason or (EXCLUDED if excluded(r, exclusions) else None)
+            new.append(
+                storage.NewDelivery(
+                    recipient=r,
+                    token=mint_token(),
+                    tracking="untracked" if reason else "tracked",
+                    untracked_reason=reason,
+                )
+            )
+        message, rows = await storage.add_message(
+            session,
+            user_address=user,
+            envelope_from=envelope_from,
+            subject=subject[:1000],
+            message_id_header=message_id_header[:1000],
+            size=size,
+            deliveries=new,
+            sender_prefix=sender_prefix,
+            owner=owner,
+        )
+        return RecordedMessage(
+            id=message.id,
+            deliveries=tuple(
+                RecordedDelivery(d.id, d.recipient, d.token, d.tracking == "tracked") for d in rows
+            ),
+        )
+
+
+async def record_outcomes(
+    sessions: async_sessionmaker[AsyncSession], outcomes: Sequence[tuple[int, str, str]]
+) -> None:
+    async with sessions.begin() as session:
+        await storage.set_outcomes(session, outcomes)

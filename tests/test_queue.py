@@ -389,3 +389,36 @@ async def test_mailping_queue_lists_retries_and_drops(tmp_path, db_url, store, c
     assert copies(up, C) == 0
     assert (await outcomes(store))[C] == "dropped"
     assert queue_admin.list_queue(Spool(cfg.spool_dir)) == ["the queue is empty"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_report_api_and_digest_show_queued_and_deferred_copies(site, store) -> None:
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from pixelserver.digest_query import collect
+    from relay.digest import compose
+    from tests.conftest import send_as
+    from tests.test_api import api, token_for
+    from tests.test_pixel import fetch
+
+    cfg, _ids, upstream = site
+    upstream.refuse = {"zed@example.com": "451 4.7.0 Try again later"}
+    port = int(cfg.relay.listen.rsplit(":", 1)[1])
+    await asyncio.to_thread(send_as, port, "ana@example.org", "Waiting", ["zed@example.com"])
+    base = cfg.pixelserver.public_url
+    code, body = await api(
+        base, "/api/v1/messages?state=queued", await token_for(store, "ana@example.org")
+    )
+    assert code == 200
+    (message,) = body["messages"]
+    (d,) = message["deliveries"]
+    assert (d["state"], d["outcome"]) == ("queued", "deferred")
+    assert d["summary"].startswith("Delayed") and "Try again later" in d["upstream_reply"]
+    async with store() as s:
+        now = dt.datetime.now(dt.UTC)
+        data = await collect(s, "ana@example.org", now - dt.timedelta(hours=1), now)
+    mail = compose(data, ZoneInfo("UTC"), base, now)
+    assert "still queued" in mail.text and "Delayed: the mail server deferred it" in mail.text
+    resp = await fetch(f"{base}/messages/{message['id']}")
+    assert resp.code in (200, 302)  # the page needs a login; its chip is the API's chip
