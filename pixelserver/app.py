@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import tornado.web
@@ -20,7 +21,7 @@ from pixelserver.api import (
 from pixelserver.config import DigestConfig, PixelServerConfig, parse_networks
 from pixelserver.live import EventsHandler
 from pixelserver.metrics import MetricsHandler
-from pixelserver.networks import DataSource
+from pixelserver.networks import DataSource, Network, client_ip, mask
 from pixelserver.reports import (
     AboutPage,
     MessagePage,
@@ -34,6 +35,31 @@ from pixelserver.tokens import pixel_url
 from pixelserver.web import LoginPage, LogoutPage, WebAuth
 
 HERE = Path(__file__).parent
+access_log = logging.getLogger("tornado.access")
+
+
+def access_logger(trusted: Sequence[Network]) -> Callable[[tornado.web.RequestHandler], None]:
+    """Tornado's access log, but naming the client as a network: the real client behind a
+    trusted proxy, masked to its /24 or /48 (the full address is never written to a log)."""
+
+    def log_request(handler: tornado.web.RequestHandler) -> None:
+        status = handler.get_status()
+        level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+        if not access_log.isEnabledFor(level):
+            return
+        request = handler.request
+        who = client_ip(request.remote_ip or "", request.headers, trusted)
+        access_log.log(
+            level,
+            "%d %s %s (%s) %.2fms",
+            status,
+            request.method,
+            request.path,
+            mask(who) or "-",
+            1000.0 * request.request_time(),
+        )
+
+    return log_request
 
 
 def make_app(
@@ -87,4 +113,5 @@ def make_app(
         xsrf_cookies=True,
         xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict", "secure": auth.secure_cookies},
         login_url="/login",
+        log_function=access_logger(trusted),
     )

@@ -18,7 +18,7 @@ import os
 import secrets
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,13 +54,19 @@ class Journal:
     """
 
     def __init__(
-        self, path: Path, *, fsync: str = "batch", max_bytes: int = 1024 * 1024 * 1024
+        self,
+        path: Path,
+        *,
+        fsync: str = "batch",
+        max_bytes: int = 1024 * 1024 * 1024,
+        compact_at: int = COMPACT_AT,
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync policy must be one of {FSYNC_POLICIES}, not {fsync!r}")
         self.path = path
         self.fsync = fsync
         self.max_bytes = max_bytes
+        self.compact_at = compact_at
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._size = os.fstat(self._fd).st_size
@@ -70,7 +76,17 @@ class Journal:
         self._overflow_logged = 0.0
         self._synced = self._size
 
-    def append(self, ip: str, token: str, method: str, ua: str, headers: Mapping[str, str]) -> None:
+    def append(
+        self,
+        network: str,
+        lists: Sequence[str],
+        token: str,
+        method: str,
+        ua: str,
+        headers: Mapping[str, str],
+    ) -> None:
+        """One fetch: its masked network ("n") and the lists its address was in ("l"), never
+        the address itself (lines written before this had an "ip"; they are still read)."""
         if self._size >= self.max_bytes:
             self._overflowed()
             return
@@ -79,10 +95,12 @@ class Journal:
             "t": token,
             "at": time.time(),
             "m": method,
-            "ip": ip,
+            "n": network,
             "ua": ua,
             "h": {k: v for k in KEPT_HEADERS if (v := headers.get(k))},
         }
+        if lists:
+            record["l"] = list(lists)
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
         os.write(self._fd, line)
         self._size += len(line)
@@ -138,17 +156,16 @@ class Journal:
             os.ftruncate(self._fd, 0)
             self.offset = 0
             self._size = 0
-        elif offset >= COMPACT_AT:
+        elif offset >= self.compact_at:
             with open(self.path, "rb") as f:
                 f.seek(offset)
                 rest = f.read()
-            tmp = self.path.with_suffix(".compact")
-            tmp.write_bytes(rest)
-            os.replace(tmp, self.path)
+            _replace_durably(self.path, rest)
             os.close(self._fd)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self.offset = 0
             self._size = len(rest)
+            self._synced = self._size
 
     def size(self) -> int:
         return self._size
@@ -161,6 +178,28 @@ class Journal:
         with contextlib.suppress(OSError):
             os.fsync(self._fd)
         os.close(self._fd)
+
+
+def _replace_durably(path: Path, data: bytes) -> None:
+    """Replace `path` by a file holding `data`, private (0600) whatever the umask, on disk
+    before the rename, and the rename itself on disk: a compacted journal is as safe and as
+    private as the journal it replaces."""
+    tmp = path.with_suffix(".compact")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an old .compact left by a crash keeps its own mode otherwise
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 @dataclass(frozen=True)
@@ -179,7 +218,10 @@ class Judge:
             prior = [classify.PriorHit(p, u, s) for p, u, s in ctx.prior]
         at = dt.datetime.fromtimestamp(record["at"], dt.UTC)
         ua = record.get("ua", "")
-        net = self.networks.facts(record.get("ip", ""))
+        if "n" in record:  # masked at the edge, with the facts that needed the address
+            net = self.networks.facts_of(str(record["n"]), record.get("l") or ())
+        else:  # a journal written by an older MailPing
+            net = self.networks.facts(str(record.get("ip", "")))
         seconds = max(0.0, (at - ctx.accepted_at).total_seconds())
         facts = classify.HitFacts(
             network=net,
@@ -267,7 +309,9 @@ class HitPipeline:
         self.sender_networks = storage.SenderNetworks()
 
     def record(self, ip: str, token: str, method: str, ua: str, headers: Mapping[str, str]) -> None:
-        self.journal.append(ip, token, method, ua, headers)
+        """On the request path: the address is masked here, before anything is written."""
+        network, lists = self.judge.networks.at_edge(ip)
+        self.journal.append(network, lists, token, method, ua, headers)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="hit-pipeline")

@@ -32,6 +32,7 @@ from pixelserver.networks import (
     Networks,
     PlevinAsn,
     bundled_city_db,
+    mask_addresses_in_logs,
 )
 from pixelserver.pixel import PixelFrontEnd
 from pixelserver.web import WebAuth
@@ -160,6 +161,7 @@ async def start_relay(
     *,
     with_digests: bool = True,
 ) -> RunningRelay:
+    mask_addresses_in_logs()  # aiosmtpd logs each session's peer in full
     upstream = upstream or make_upstream(cfg)
     hostname = cfg.relay.hostname or socket.getfqdn()
     relay = Relay(
@@ -304,6 +306,7 @@ def web_auth(cfg: Config, sessions: async_sessionmaker[AsyncSession]) -> WebAuth
 async def start_pixelserver(
     cfg: Config, sessions: async_sessionmaker[AsyncSession], networks: Networks | None = None
 ) -> RunningPixelServer:
+    mask_addresses_in_logs()  # Tornado logs connection errors with the peer's address
     journal = Journal(
         cfg.journal_path,
         fsync=cfg.pixelserver.journal_fsync,
