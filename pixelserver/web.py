@@ -11,11 +11,12 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import tornado.web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -157,12 +158,40 @@ class BasePage(tornado.web.RequestHandler):
         self.render("error.html", status=status_code, text=text)
 
 
+# What a same-site path may hold, as sent by this site's own login redirect: RFC 3986 path and
+# query characters (no backslash, no space, no control character, nothing beyond ASCII).
+_SAFE_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
+_DANGEROUS_DECODED = re.compile(r"[\\\x00-\x1f\x7f]|^\s*/\s*[/\\]|^[a-zA-Z][a-zA-Z0-9+.-]*:")
+
+
 def safe_next(target: str | None) -> str:
-    """Only paths on this site: an open redirect would make the login page a phishing tool."""
-    if not target:
+    """Only paths on this site: an open redirect would make the login page a phishing tool.
+
+    Browsers read `\\` as `/` and drop tabs and newlines, so `/\\evil`, `/\t/evil` and their
+    percent-encoded forms lead off-site as surely as `//evil` does. The target must be a plain
+    path made of URL characters, and no decoding of it (up to three rounds, for double
+    encoding) may turn up a backslash, a control character, a leading `//`, a scheme or
+    anything beyond ASCII.
+    Anything else is replaced by the report's front page."""
+    if not target or len(target) > 2000 or not _SAFE_PATH.fullmatch(target):
         return "/"
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+    decoded = target
+    for _ in range(3):
+        if _DANGEROUS_DECODED.search(decoded):
+            return "/"
+        parts = urlsplit(decoded)
+        if parts.scheme or parts.netloc:
+            return "/"
+        before = decoded
+        try:
+            decoded = unquote(decoded, errors="strict")
+        except UnicodeDecodeError:
+            return "/"
+        if decoded == before:
+            break
+    else:
+        return "/"  # still encoded after three rounds: nobody writes that in good faith
+    if not decoded.isascii():  # lookalike dots and slashes (U+3002, U+2215) are refused too
         return "/"
     return target
 
