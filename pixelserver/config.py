@@ -123,6 +123,9 @@ class PixelServerConfig:
     metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     journal_fsync: str = choices("batch", "always", "off")
     journal_max_mb: int = 1024
+    # Web sessions (logins) end after this long without a request, and this long after login.
+    session_idle_minutes: int = 30
+    session_max_hours: int = 12
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,10 @@ def validate_pixelserver(cfg: PixelServerConfig, file: str) -> None:
         raise ConfigError(file, "pixelserver.pixel_path", "letters, digits, - and _ only")
     if not 1 <= cfg.workers <= 64:
         raise ConfigError(file, "pixelserver.workers", "from 1 to 64 processes")
+    if cfg.session_idle_minutes < 1:
+        raise ConfigError(file, "pixelserver.session_idle_minutes", "must be at least 1")
+    if cfg.session_max_hours < 1:
+        raise ConfigError(file, "pixelserver.session_max_hours", "must be at least 1")
     if cfg.journal_max_mb < 1:
         raise ConfigError(file, "pixelserver.journal_max_mb", "must be at least 1 (MiB)")
 

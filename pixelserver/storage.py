@@ -187,6 +187,109 @@ async def revoke_api_token(session: AsyncSession, user_address: str, token_id: i
     return bool(result.rowcount)
 
 
+class WebSession(Base):
+    """A logged-in browser. The cookie carries a random session key; only its SHA-256 is
+    kept here, so that logging out, removing a user or an administrator's `mailping user
+    logout` ends the session on the server, whatever copies of the cookie exist."""
+
+    __tablename__ = "web_session"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("user_account.id", ondelete="CASCADE"), index=True
+    )
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+SEEN_EVERY = dt.timedelta(seconds=60)  # last_seen_at is written at most once a minute
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """How long a web session lives: `idle` without a request, `absolute` since login."""
+
+    idle: dt.timedelta = dt.timedelta(minutes=30)
+    absolute: dt.timedelta = dt.timedelta(hours=12)
+
+
+async def start_web_session(session: AsyncSession, user_address: str) -> str:
+    """A new session for the user; returns its key (for the cookie), which is not stored."""
+    user = await get_or_create_user(session, user_address)
+    key = secrets.token_urlsafe(32)
+    now = utcnow()
+    session.add(
+        WebSession(user_id=user.id, key_hash=token_hash(key), created_at=now, last_seen_at=now)
+    )
+    await session.flush()
+    return key
+
+
+async def web_session_user(
+    session: AsyncSession, key: str, limits: SessionLimits, now: dt.datetime | None = None
+) -> str | None:
+    """The address of the user whose live session `key` is, or None. A session past either
+    lifetime is deleted on sight; a live one has its last use noted (once a minute, so that
+    reading pages is not a write per request)."""
+    now = now or utcnow()
+    row = (
+        await session.execute(
+            select(WebSession.id, WebSession.created_at, WebSession.last_seen_at, User.address)
+            .join(User, User.id == WebSession.user_id)
+            .where(WebSession.key_hash == token_hash(key))
+        )
+    ).first()
+    if row is None:
+        return None
+    if now - row.created_at > limits.absolute or now - row.last_seen_at > limits.idle:
+        await session.execute(delete(WebSession).where(WebSession.id == row.id))
+        return None
+    if now - row.last_seen_at > SEEN_EVERY:
+        await session.execute(
+            update(WebSession).where(WebSession.id == row.id).values(last_seen_at=now)
+        )
+    return row.address
+
+
+async def end_web_session(session: AsyncSession, key: str) -> None:
+    await session.execute(delete(WebSession).where(WebSession.key_hash == token_hash(key)))
+
+
+def _user_id(user_address: str) -> Any:
+    return select(User.id).where(User.address == user_address.strip().lower()).scalar_subquery()
+
+
+async def end_user_sessions(session: AsyncSession, user_address: str) -> int:
+    """End every web session of a user (an administrator's action, or part of removing
+    them); returns how many there were."""
+    result = await session.execute(
+        delete(WebSession).where(WebSession.user_id == _user_id(user_address))
+    )
+    return result.rowcount or 0
+
+
+async def revoke_user_tokens(session: AsyncSession, user_address: str) -> int:
+    result = await session.execute(
+        delete(ApiToken).where(ApiToken.user_id == _user_id(user_address))
+    )
+    return result.rowcount or 0
+
+
+async def purge_web_sessions(
+    session: AsyncSession, limits: SessionLimits, now: dt.datetime | None = None
+) -> int:
+    """Delete sessions past either lifetime (they would be refused anyway)."""
+    now = now or utcnow()
+    result = await session.execute(
+        delete(WebSession).where(
+            (WebSession.created_at < now - limits.absolute)
+            | (WebSession.last_seen_at < now - limits.idle)
+        )
+    )
+    return result.rowcount or 0
+
+
 class AppSecret(Base):
     """Secrets every MailPing process must share (the session-cookie key), kept in the store."""
 

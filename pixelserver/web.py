@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import tornado.web
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver import storage
@@ -27,7 +28,6 @@ from pixelserver.networks import Network, client_ip, is_loopback, mask
 log = logging.getLogger("mailping.web")
 
 SESSION_COOKIE = "mailping_session"
-SESSION_DAYS = 14
 PROXY_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -48,6 +48,7 @@ class WebAuth:
     check: CheckLogin | None = None
     report_password: str | None = None
     secure_cookies: bool = False
+    limits: storage.SessionLimits = field(default_factory=storage.SessionLimits)
     _failures: dict[str, list[float]] = field(default_factory=dict)
 
     @property
@@ -98,18 +99,37 @@ class BasePage(tornado.web.RequestHandler):
         return client_ip(self.request.remote_ip or "", self.request.headers, self.trusted_proxies)
 
     def get_current_user(self) -> str | None:
-        if not self.auth.logins:
+        return None  # set by prepare() from the server-side session, if there is one
+
+    def session_key(self) -> str | None:
+        """The session key from the signed cookie (the signature only proves this site made
+        it; whether the session is still alive is the store's answer)."""
+        days = self.auth.limits.absolute.total_seconds() / 86400
+        value = self.get_signed_cookie(SESSION_COOKIE, max_age_days=days)
+        try:
+            return value.decode("ascii") if value else None
+        except UnicodeDecodeError:
             return None
-        value = self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_DAYS)
-        return value.decode() if value else None
+
+    async def _session_user(self) -> str | None:
+        key = self.session_key()
+        if key is None:
+            return None
+        try:
+            async with self.sessions.begin() as session:
+                return await storage.web_session_user(session, key, self.auth.limits)
+        except SQLAlchemyError:
+            log.warning("cannot check a web session: the store is unreachable")
+            raise tornado.web.HTTPError(503) from None
 
     @property
     def user(self) -> str | None:
         """Whose messages to show: the logged-in user, or None (everyone) in the demo mode."""
         return self.current_user
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         if self.auth.logins:
+            self.current_user = await self._session_user()
             if self.current_user is None and self.needs_login:
                 self.redirect(f"/login?next={tornado.escape.url_escape(self.request.uri or '/')}")
             return
@@ -244,12 +264,16 @@ class LoginPage(BasePage):
             )
             return
         self.auth.succeeded(ip)
+        previous = self.session_key()
         async with self.sessions.begin() as session:
             await storage.add_user_network(session, username, mask(ip))
+            if previous:  # a new login never reuses a session (no fixation)
+                await storage.end_web_session(session, previous)
+            key = await storage.start_web_session(session, username)
         self.set_signed_cookie(
             SESSION_COOKIE,
-            username.lower(),
-            expires_days=SESSION_DAYS,
+            key,
+            expires_days=self.auth.limits.absolute.total_seconds() / 86400,
             httponly=True,
             samesite="Lax",
             secure=self.auth.secure_cookies,
@@ -260,6 +284,11 @@ class LoginPage(BasePage):
 class LogoutPage(BasePage):
     needs_login = False
 
-    def post(self) -> None:
+    async def post(self) -> None:
+        """Ends the session on the server, not only in this browser."""
+        key = self.session_key()
+        if key is not None:
+            async with self.sessions.begin() as session:
+                await storage.end_web_session(session, key)
         self.clear_cookie(SESSION_COOKIE)
         self.redirect("/login" if self.auth.logins else "/")

@@ -61,7 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     db.add_argument("action", choices=["upgrade", "status"])
     sub.add_parser("check-config", help="validate the configuration and say what it would do")
     user = sub.add_parser("user", help='relay logins for relay.auth = "local"')
-    user.add_argument("action", choices=["add", "remove", "list"])
+    user.add_argument(
+        "action",
+        choices=["add", "remove", "list", "logout"],
+        help="logout: end every web session of the user (remove does that too, and revokes "
+        "their API tokens)",
+    )
     user.add_argument("name", nargs="?", help="login name (usually an email address)")
     user.add_argument(
         "--password-stdin",
@@ -284,7 +289,14 @@ async def user_command(cfg: Config, action: str, name: str | None, from_stdin: b
             async with sessions.begin() as session:
                 if not await storage.remove_local_user(session, name):
                     raise UsageError(f"no user {name!r}")
-            print(f"removed {name}")
+                ended = await storage.end_user_sessions(session, name)
+                revoked = await storage.revoke_user_tokens(session, name)
+            print(f"removed {name}; ended {ended} web sessions, revoked {revoked} API tokens")
+            return 0
+        if action == "logout":
+            async with sessions.begin() as session:
+                ended = await storage.end_user_sessions(session, name)
+            print(f"ended {ended} web sessions of {name.lower()}")
             return 0
         password = read_password(from_stdin)
         digest = await asyncio.to_thread(auth.hash_password, password)

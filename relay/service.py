@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import secrets
@@ -300,6 +301,14 @@ def web_auth(cfg: Config, sessions: async_sessionmaker[AsyncSession]) -> WebAuth
         check=check if authenticator else None,
         report_password=password or None,
         secure_cookies=cfg.pixelserver.public_url.startswith("https://"),
+        limits=session_limits(cfg),
+    )
+
+
+def session_limits(cfg: Config) -> storage.SessionLimits:
+    return storage.SessionLimits(
+        idle=dt.timedelta(minutes=cfg.pixelserver.session_idle_minutes),
+        absolute=dt.timedelta(hours=cfg.pixelserver.session_max_hours),
     )
 
 

@@ -1,0 +1,38 @@
+"""Server-side web sessions (keyed by the SHA-256 of the cookie's session key).
+
+Revision ID: 0011
+Revises: 0009
+Create Date: 2026-12-02
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0011"
+down_revision = "0009"
+branch_labels = None
+depends_on = None
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def upgrade() -> None:
+    op.create_table(
+        "web_session",
+        sa.Column("id", BigId, primary_key=True),
+        sa.Column(
+            "user_id",
+            BigId,
+            sa.ForeignKey("user_account.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
+        sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_index("ix_web_session_user_id", "web_session", ["user_id"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_web_session_user_id", table_name="web_session")
+    op.drop_table("web_session")
