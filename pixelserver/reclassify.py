@@ -131,6 +131,11 @@ async def _judge_deliveries(
             report.changed += 1
             changed.add(hit.delivery_id)
             report.transitions[(hit.verdict, verdict.kind)] += 1
+            # A place is kept only for a direct open (the reader's own network): a hit that is
+            # no longer one loses it. One that becomes one does not get it back (never kept).
+            place = (
+                {} if verdict.kind == classify.HUMAN else {"country": "", "region": "", "city": ""}
+            )
             await session.execute(
                 update(storage.Hit)
                 .where(storage.Hit.id == hit.id)
@@ -141,6 +146,7 @@ async def _judge_deliveries(
                     reasons=verdict.as_json()["reasons"],
                     client=verdict.client,
                     seconds_after_send=seconds,
+                    **place,
                 )
             )
     if changed:

@@ -924,6 +924,20 @@ async def purge_before(session: AsyncSession, cutoff: dt.datetime) -> tuple[int,
     return messages, hits
 
 
+async def purge_people_data(
+    session: AsyncSession, cutoff: dt.datetime, now: dt.datetime
+) -> dict[str, int]:
+    """What retention deletes beside messages and hits: digest ledger rows claimed before
+    `cutoff`, and networks users logged in from that are older than `cutoff` or than the
+    30 days they serve for (SenderNetworks), whichever is sooner."""
+    networks_cutoff = max(cutoff, now - dt.timedelta(days=SENDER_NETWORK_DAYS))
+    networks = await session.execute(
+        delete(UserNetwork).where(UserNetwork.seen_at < networks_cutoff)
+    )
+    digests = await session.execute(delete(DigestRun).where(DigestRun.claimed_at < cutoff))
+    return {"user networks": networks.rowcount or 0, "digest ledger rows": digests.rowcount or 0}
+
+
 # --- reads for the report ------------------------------------------------------------------
 
 

@@ -305,6 +305,13 @@ def web_auth(cfg: Config, sessions: async_sessionmaker[AsyncSession]) -> WebAuth
     )
 
 
+def owned_journals(cfg: Config) -> list[Path]:
+    """The journals of every worker of this run: retention never deletes those."""
+    if cfg.worker is None:
+        return [cfg.data_dir / "hits.journal"]
+    return [cfg.data_dir / f"hits-{i}.journal" for i in range(cfg.worker_count)]
+
+
 def session_limits(cfg: Config) -> storage.SessionLimits:
     return storage.SessionLimits(
         idle=dt.timedelta(minutes=cfg.pixelserver.session_idle_minutes),
@@ -333,7 +340,15 @@ async def start_pixelserver(
         log.error("cannot replay the hit journal yet (%s); it stays until the store is back", exc)
     pipeline.start()
     purge = asyncio.get_running_loop().create_task(
-        retention.purge_forever(sessions, cfg.privacy.retention_days), name="retention-purge"
+        retention.purge_forever(
+            sessions,
+            cfg.privacy.retention_days,
+            outbox_dir=cfg.outbox_dir,
+            data_dir=cfg.data_dir,
+            keep_journals=[cfg.journal_path, *owned_journals(cfg)],
+            limits=session_limits(cfg),
+        ),
+        name="retention-purge",
     )
     adopted = [
         asyncio.get_running_loop().create_task(_adopt(path, sessions, judge), name=f"adopt {path}")
