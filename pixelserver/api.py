@@ -18,7 +18,7 @@ from typing import Any
 import tornado.web
 from sqlalchemy import select
 
-from pixelserver import queries, storage
+from pixelserver import erasure, queries, storage
 from pixelserver.state import STATES
 from pixelserver.web import BasePage
 
@@ -36,6 +36,7 @@ class ApiError(tornado.web.HTTPError):
 
 class ApiHandler(BasePage):
     needs_login = False
+    allowed = "GET"
 
     def check_xsrf_cookie(self) -> None:
         return None  # bearer tokens, not cookies: nothing for another site to ride on
@@ -76,7 +77,7 @@ class ApiHandler(BasePage):
         if status_code == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="MailPing"')
         if status_code == 405:
-            self.set_header("Allow", "GET")  # RFC 9110 15.5.6: a 405 says what is allowed
+            self.set_header("Allow", self.allowed)  # RFC 9110 15.5.6: a 405 says what is allowed
         self.finish({"error": {"code": code, "message": message}})
 
     # -- parameters --
@@ -270,6 +271,23 @@ class ExportApi(ApiHandler):
         self.set_header("Content-Type", "text/csv; charset=utf-8")
         self.set_header("Content-Disposition", 'attachment; filename="mailping-export.csv"')
         self.write(out.getvalue())
+
+
+class RecipientApi(ApiHandler):
+    """DELETE: forget a recipient on their request (GDPR art. 17), as the recipient page's
+    button does. Forgetting an address never seen still keeps it from being tracked."""
+
+    allowed = "DELETE"
+
+    async def delete(self, address: str) -> None:
+        address = tornado.escape.url_unescape(address).strip()
+        local, at, domain = address.rpartition("@")
+        if not (local and at and domain) or len(address) > 320:
+            raise ApiError(400, "bad_request", "not an email address")
+        done = await erasure.forget_recipient(
+            self.sessions, address, user=self.api_user, outbox_dir=self.outbox_dir
+        )
+        self.write({"forgotten": {"deliveries": done.deliveries, "messages": done.messages}})
 
 
 class OpenApiDocument(ApiHandler):

@@ -17,6 +17,7 @@ from pixelserver.api import (
     MessagesApi,
     NotFoundApi,
     OpenApiDocument,
+    RecipientApi,
 )
 from pixelserver.config import DigestConfig, PixelServerConfig, parse_networks
 from pixelserver.live import EventsHandler
@@ -24,6 +25,7 @@ from pixelserver.metrics import MetricsHandler
 from pixelserver.networks import DataSource, Network, client_ip, mask
 from pixelserver.reports import (
     AboutPage,
+    ForgetRecipientPage,
     MessagePage,
     MessagesPage,
     NewLinkPage,
@@ -86,12 +88,14 @@ def make_app(
             (r"/", MessagesPage, pages),
             (r"/messages/([0-9]{1,18})", MessagePage, pages),
             (r"/recipients/([^/]{1,400})", RecipientPage, pages),
+            (r"/recipients/([^/]{1,400})/forget", ForgetRecipientPage, pages),
             (r"/outbox/([0-9]{1,18})", OutboxPage, pages),
             (r"/events", EventsHandler, pages),
             (r"/api/v1/messages", MessagesApi, pages),
             (r"/api/v1/messages/([0-9]{1,18})", MessageApi, pages),
             (r"/api/v1/deliveries/([0-9]{1,18})/hits", HitsApi, pages),
             (r"/api/v1/export", ExportApi, pages),
+            (r"/api/v1/recipients/([^/]+)", RecipientApi, pages),
             (r"/api/v1/openapi.json", OpenApiDocument, pages),
             (r"/api/.*", NotFoundApi, pages),
             (r"/settings", SettingsPage, pages),

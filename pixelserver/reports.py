@@ -16,7 +16,7 @@ import zoneinfo
 import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 
-from pixelserver import digest_runs, links, preferences, queries, storage
+from pixelserver import digest_runs, erasure, links, preferences, queries, storage
 from pixelserver.chart import hits_svg
 from pixelserver.config import DigestConfig
 from pixelserver.networks import mask
@@ -104,6 +104,19 @@ class RecipientPage(BasePage):
         if not history:
             raise tornado.web.HTTPError(404)
         self.render("recipient.html", address=address, history=history)
+
+
+class ForgetRecipientPage(BasePage):
+    """Erase a recipient on their request (GDPR art. 17): everything of theirs in this user's
+    report goes; a keyed hash keeps them from being tracked again."""
+
+    async def post(self, address: str) -> None:
+        address = tornado.escape.url_unescape(address)
+        done = await erasure.forget_recipient(
+            self.sessions, address, user=self.user, outbox_dir=self.outbox_dir
+        )
+        log.info("forgot a recipient on request: %s", done.words())
+        self.redirect("/")
 
 
 def _since_words(seconds: float) -> str:

@@ -290,6 +290,21 @@ async def purge_web_sessions(
     return result.rowcount or 0
 
 
+class ForgottenRecipient(Base):
+    """A recipient erased on request: only a keyed hash (HMAC-SHA256 with a secret kept in
+    app_secret) of the address stays, so that they are never tracked again without the
+    address being kept. user_id NULL: forgotten for every user (an administrator's erasure)."""
+
+    __tablename__ = "forgotten_recipient"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("user_account.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    address_hash: Mapped[str] = mapped_column(String(64))
+    forgotten_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class AppSecret(Base):
     """Secrets every MailPing process must share (the session-cookie key), kept in the store."""
 
@@ -442,6 +457,8 @@ def make_engine(url: str) -> AsyncEngine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            # Deleted rows are overwritten, not left in free pages: erasure means erased.
+            cur.execute("PRAGMA secure_delete=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from pixelserver import classify, migrate, storage
+from pixelserver import classify, erasure, migrate, storage
 from pixelserver.config import ConfigError
 from pixelserver.networks import mask
 from pixelserver.reclassify import reclassify
@@ -63,9 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     user = sub.add_parser("user", help='relay logins for relay.auth = "local"')
     user.add_argument(
         "action",
-        choices=["add", "remove", "list", "logout"],
+        choices=["add", "remove", "list", "logout", "erase"],
         help="logout: end every web session of the user (remove does that too, and revokes "
-        "their API tokens)",
+        "their API tokens); erase: delete the user and everything of theirs (GDPR art. 17)",
     )
     user.add_argument("name", nargs="?", help="login name (usually an email address)")
     user.add_argument(
@@ -73,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="read the password from standard input instead of asking",
     )
+    forget = sub.add_parser(
+        "forget", help="erase a recipient on their request (GDPR art. 17); never track them again"
+    )
+    forget.add_argument("address", help="the recipient's email address")
+    forget.add_argument("--user", help="only in this user's report (default: every user's)")
     cls = sub.add_parser(
         "classify",
         help="judge pixel fetches: JSON lines on stdin, or one fetch explained in words",
@@ -123,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(db_command(cfg, args.action))
         if args.command == "user":
             return asyncio.run(user_command(cfg, args.action, args.name, args.password_stdin))
+        if args.command == "forget":
+            return asyncio.run(forget_command(cfg, args.address, args.user))
         if args.command == "cert":
             return cert_command(args.host, Path(args.out))
         if args.command == "geoip":
@@ -293,6 +300,12 @@ async def user_command(cfg: Config, action: str, name: str | None, from_stdin: b
                 revoked = await storage.revoke_user_tokens(session, name)
             print(f"removed {name}; ended {ended} web sessions, revoked {revoked} API tokens")
             return 0
+        if action == "erase":
+            done = await erasure.erase_user(sessions, name, outbox_dir=cfg.outbox_dir)
+            if done is None:
+                raise UsageError(f"no user {name!r}")
+            print(f"erased {name.lower()}: {done.words()}")
+            return 0
         if action == "logout":
             async with sessions.begin() as session:
                 ended = await storage.end_user_sessions(session, name)
@@ -311,6 +324,20 @@ async def user_command(cfg: Config, action: str, name: str | None, from_stdin: b
         return 0
     finally:
         await engine.dispose()
+
+
+async def forget_command(cfg: Config, address: str, user: str | None) -> int:
+    if "@" not in address.strip("@"):
+        raise UsageError(f"{address!r} is not an email address")
+    engine, sessions = await service.open_store(cfg)
+    try:
+        done = await erasure.forget_recipient(
+            sessions, address, user=user, outbox_dir=cfg.outbox_dir
+        )
+    finally:
+        await engine.dispose()
+    print(f"forgot {address.strip().lower()}: {done.words()}; it will not be tracked again")
+    return 0
 
 
 def read_password(from_stdin: bool) -> str:

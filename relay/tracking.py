@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import storage
+from pixelserver import erasure, storage
 from pixelserver.exclusions import excluded
 from pixelserver.tokens import mint_token, pixel_url
 
@@ -49,9 +49,12 @@ async def record_message(
     async with sessions.begin() as session:
         owner = await storage.get_or_create_user(session, user)
         exclusions = owner.exclusions or []
+        # Recipients erased on request are never tracked again (only a keyed hash is kept).
+        forgotten = await erasure.forgotten_among(session, owner.id, recipients)
         new = []
         for r in recipients:
-            reason = untracked_reason or (EXCLUDED if excluded(r, exclusions) else None)
+            never = r in forgotten or excluded(r, exclusions)
+            reason = untracked_reason or (EXCLUDED if never else None)
             new.append(
                 storage.NewDelivery(
                     recipient=r,

@@ -1,4 +1,5 @@
-"""Server-side web sessions (keyed by the SHA-256 of the cookie's session key).
+"""Server-side web sessions (keyed by the SHA-256 of the cookie's session key), and the keyed
+hashes of recipients forgotten on request (GDPR art. 17).
 
 Revision ID: 0011
 Revises: 0009
@@ -31,8 +32,23 @@ def upgrade() -> None:
         sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_index("ix_web_session_user_id", "web_session", ["user_id"])
+    op.create_table(
+        "forgotten_recipient",
+        sa.Column("id", BigId, primary_key=True),
+        sa.Column(
+            "user_id",
+            BigId,
+            sa.ForeignKey("user_account.id", ondelete="CASCADE"),
+            nullable=True,
+        ),
+        sa.Column("address_hash", sa.String(64), nullable=False),
+        sa.Column("forgotten_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_index("ix_forgotten_recipient_user_id", "forgotten_recipient", ["user_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_forgotten_recipient_user_id", table_name="forgotten_recipient")
+    op.drop_table("forgotten_recipient")
     op.drop_index("ix_web_session_user_id", table_name="web_session")
     op.drop_table("web_session")
