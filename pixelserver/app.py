@@ -19,12 +19,13 @@ from pixelserver.api import (
     OpenApiDocument,
     RecipientApi,
 )
-from pixelserver.config import DigestConfig, PixelServerConfig, parse_networks
+from pixelserver.config import DigestConfig, PixelServerConfig, parse_listen, parse_networks
 from pixelserver.live import EventsHandler
 from pixelserver.metrics import MetricsHandler
 from pixelserver.networks import DataSource, Network, client_ip, mask
 from pixelserver.reports import (
     AboutPage,
+    ExportPage,
     ForgetRecipientPage,
     MessagePage,
     MessagesPage,
@@ -34,7 +35,7 @@ from pixelserver.reports import (
     SettingsPage,
 )
 from pixelserver.tokens import pixel_url
-from pixelserver.web import LoginPage, LogoutPage, WebAuth
+from pixelserver.web import LoginPage, LogoutPage, WebAuth, demo_hosts
 
 HERE = Path(__file__).parent
 access_log = logging.getLogger("tornado.access")
@@ -82,10 +83,14 @@ def make_app(
         "outbox_dir": outbox_dir,
         "pixel_url": functools.partial(pixel_url, config.public_url, config.pixel_path),
         "digest_defaults": digest or DigestConfig(),
+        "demo_hosts": demo_hosts(
+            parse_listen(config.listen, "-", "pixelserver.listen"), config.public_url
+        ),
     }
     return tornado.web.Application(
         [
             (r"/", MessagesPage, pages),
+            (r"/export\.csv", ExportPage, pages),
             (r"/messages/([0-9]{1,18})", MessagePage, pages),
             (r"/recipients/([^/]{1,400})", RecipientPage, pages),
             (r"/recipients/([^/]{1,400})/forget", ForgetRecipientPage, pages),
@@ -105,7 +110,10 @@ def make_app(
             (
                 r"/metrics",
                 MetricsHandler,
-                {"allow": parse_networks(config.metrics_allow, "-", "pixelserver.metrics_allow")},
+                {
+                    "allow": parse_networks(config.metrics_allow, "-", "pixelserver.metrics_allow"),
+                    "trusted_proxies": trusted,
+                },
             ),
             (r"/about", AboutPage, {**pages, "data_sources": list(data_sources)}),
         ],

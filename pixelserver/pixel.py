@@ -151,4 +151,5 @@ class _Request(httputil.HTTPMessageDelegate):
             self.inner.on_connection_close()
 
 
-REPLY_HEADERS = {**NO_CACHE, "Content-Length": str(len(GIF)), "Server": "MailPing"}
+# No Server header: the pixel must not tell the recipient's tools which product tracked them.
+REPLY_HEADERS = {**NO_CACHE, "Content-Length": str(len(GIF))}

@@ -69,6 +69,21 @@ class MessagesPage(BasePage):
         return "&".join(f"{k}={tornado.escape.url_escape(v)}" for k, v in args.items())
 
 
+class ExportPage(BasePage):
+    """The Export button: the same CSV as the API's export, for the logged-in user."""
+
+    async def get(self) -> None:
+        from pixelserver.api import export_rows, write_csv
+
+        filters = queries.Filters(
+            since=_date(self.get_query_argument("since", None)),
+            until=_date(self.get_query_argument("until", None)),
+        )
+        async with self.sessions() as session:
+            rows = await export_rows(session, self.user, filters)
+        write_csv(self, rows)
+
+
 class MessagePage(BasePage):
     async def get(self, message_id: str) -> None:
         async with self.sessions() as session:

@@ -93,6 +93,7 @@ class BasePage(tornado.web.RequestHandler):
         self.set_header("Referrer-Policy", "no-referrer")
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("Cache-Control", "no-store")
+        self.clear_header("Server")
 
     @property
     def client(self) -> str:
@@ -138,11 +139,24 @@ class BasePage(tornado.web.RequestHandler):
     needs_login = True
 
     def _demo_access(self) -> None:
-        """auth = "none": this machine only, or the report password (HTTP Basic)."""
+        """auth = "none": this machine only, or the report password (HTTP Basic).
+
+        The Host header must be a name this server is known by: otherwise a page the user
+        visits could point its own name at 127.0.0.1 (DNS rebinding) and read the report
+        with the browser's loopback access. The report password is throttled like logins."""
+        hosts = self.extra.get("demo_hosts")
+        if hosts is not None and self.request.host.lower() not in hosts:  # type: ignore[operator]
+            raise tornado.web.HTTPError(403, reason="Unknown Host")
         if self.auth.report_password:
+            network = mask(self.client) or self.client
+            if self.auth.locked_out(network) >= FAILURES_BEFORE_LOCKOUT:
+                raise tornado.web.HTTPError(429)
             if not self._password_ok(self.auth.report_password):
+                if self.request.headers.get("Authorization"):
+                    self.auth.failed(network)
                 self.set_header("WWW-Authenticate", 'Basic realm="MailPing", charset="UTF-8"')
                 raise tornado.web.HTTPError(401)
+            self.auth.succeeded(network)
             return
         peer = self.request.remote_ip or ""
         ip = self.client
@@ -214,6 +228,22 @@ def safe_next(target: str | None) -> str:
     if not decoded.isascii():  # lookalike dots and slashes (U+3002, U+2215) are refused too
         return "/"
     return target
+
+
+def demo_hosts(listen: tuple[str, int], public_url: str) -> frozenset[str]:
+    """The Host header values the loopback demo answers: the listen address, this machine's
+    loopback names on its port, and public_url's host."""
+    host, port = listen
+    names = {f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"}
+    if host not in ("", "0.0.0.0", "::"):
+        names.add(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    public = urlsplit(public_url)
+    if public.netloc:
+        names.add(public.netloc.lower())
+        if public.port is None and public.hostname:
+            default = 443 if public.scheme == "https" else 80
+            names.add(f"{public.hostname}:{default}")
+    return frozenset(n.lower() for n in names)
 
 
 class LoginPage(BasePage):

@@ -56,6 +56,16 @@ class ListenError(Exception):
         super().__init__(f"cannot listen on {address} ({key}): {reason.lower()}")
 
 
+# Nothing MailPing serves takes a large body (forms, logins) or a slow one: refuse bigger
+# bodies on their Content-Length instead of buffering Tornado's default 100 MB in memory, and
+# drop connections that dribble headers or bodies.
+REQUEST_LIMITS = {
+    "max_body_size": 256 * 1024,
+    "body_timeout": 30.0,
+    "idle_connection_timeout": 60.0,  # also the wait for a request's headers
+}
+
+
 class SchemaOutOfDate(Exception):
     """The PostgreSQL schema is older than this version of MailPing."""
 
@@ -372,7 +382,7 @@ async def start_pixelserver(
     host, port = parse_listen(cfg.pixelserver.listen, cfg.source, "pixelserver.listen")
     trusted = parse_networks(cfg.pixelserver.trusted_proxies, cfg.source, "trusted_proxies")
     front = PixelFrontEnd(app, cfg.pixelserver.pixel_path, pipeline, trusted)
-    http = tornado.httpserver.HTTPServer(front, xheaders=False)
+    http = tornado.httpserver.HTTPServer(front, xheaders=False, **REQUEST_LIMITS)
     try:
         http.listen(port, address=host, reuse_port=cfg.worker is not None)
     except OSError as exc:
