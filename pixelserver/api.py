@@ -62,7 +62,7 @@ class ApiHandler(BasePage):
 
     async def prepare(self) -> None:
         if not self.auth.logins:
-            self._demo_access()
+            await self._demo_access()
             self.api_user: str | None = None
             return
         header = self.request.headers.get("Authorization", "")

@@ -2,7 +2,7 @@
 
 Everything that holds people's data is covered: messages, deliveries and hits; the networks
 users logged in from (kept only as long as they are used, 30 days); the digest ledger; expired
-web sessions; the copies in the local outbox; hit journals left behind by processes that no
+web sessions and login-attempt windows; the copies in the local outbox; hit journals left behind by processes that no
 longer run. With several processes on one PostgreSQL each purges; the deletes are idempotent,
 so that is only repeated work, never wrong.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import storage
+from pixelserver import storage, throttle
 
 log = logging.getLogger("mailping.retention")
 INTERVAL = 3600.0
@@ -43,6 +43,7 @@ async def purge_once(
         others["web sessions"] = await storage.purge_web_sessions(
             session, limits or storage.SessionLimits(), now
         )
+        others["login attempt windows"] = await throttle.purge(session)
     files = 0
     if outbox_dir is not None:
         files += purge_files(outbox_dir, ("*.eml", "digests/*.eml"), cutoff)

@@ -305,6 +305,17 @@ class ForgottenRecipient(Base):
     forgotten_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class LoginAttempt(Base):
+    """Login attempts in the current window, per key: a hashed username ("u:…") or a masked
+    network ("n:…"). In the store so that every process on it counts together."""
+
+    __tablename__ = "login_attempt"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    window_start: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class AppSecret(Base):
     """Secrets every MailPing process must share (the session-cookie key), kept in the store."""
 

@@ -12,7 +12,6 @@ import base64
 import hmac
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver import storage
 from pixelserver.networks import Network, client_ip, is_loopback, mask
+from pixelserver.throttle import LoginThrottle, network_key, user_key
 
 log = logging.getLogger("mailping.web")
 
@@ -34,8 +34,6 @@ CSP = (
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
     "object-src 'none'"
 )
-FAILURE_WINDOW = 600.0
-FAILURES_BEFORE_LOCKOUT = 5
 
 CheckLogin = Callable[[str, str], Awaitable[bool]]
 
@@ -49,25 +47,11 @@ class WebAuth:
     report_password: str | None = None
     secure_cookies: bool = False
     limits: storage.SessionLimits = field(default_factory=storage.SessionLimits)
-    _failures: dict[str, list[float]] = field(default_factory=dict)
+    throttle: LoginThrottle = field(default_factory=lambda: LoginThrottle(None))
 
     @property
     def logins(self) -> bool:
         return self.mode != "none"
-
-    def locked_out(self, ip: str) -> int:
-        """Failures from this address in the window (the caller refuses past the limit)."""
-        now = time.monotonic()
-        recent = [t for t in self._failures.get(ip, []) if now - t < FAILURE_WINDOW]
-        self._failures[ip] = recent
-        return len(recent)
-
-    def failed(self, ip: str) -> int:
-        self._failures.setdefault(ip, []).append(time.monotonic())
-        return len(self._failures[ip])
-
-    def succeeded(self, ip: str) -> None:
-        self._failures.pop(ip, None)
 
 
 class BasePage(tornado.web.RequestHandler):
@@ -134,11 +118,11 @@ class BasePage(tornado.web.RequestHandler):
             if self.current_user is None and self.needs_login:
                 self.redirect(f"/login?next={tornado.escape.url_escape(self.request.uri or '/')}")
             return
-        self._demo_access()
+        await self._demo_access()
 
     needs_login = True
 
-    def _demo_access(self) -> None:
+    async def _demo_access(self) -> None:
         """auth = "none": this machine only, or the report password (HTTP Basic).
 
         The Host header must be a name this server is known by: otherwise a page the user
@@ -148,15 +132,16 @@ class BasePage(tornado.web.RequestHandler):
         if hosts is not None and self.request.host.lower() not in hosts:  # type: ignore[operator]
             raise tornado.web.HTTPError(403, reason="Unknown Host")
         if self.auth.report_password:
-            network = mask(self.client) or self.client
-            if self.auth.locked_out(network) >= FAILURES_BEFORE_LOCKOUT:
+            # The browser sends the password with every request, and comparing it is cheap:
+            # only failures are counted here, against the client's network.
+            throttle, network = self.auth.throttle, network_key(self.client)
+            if await throttle.attempts(network) >= throttle.limit:
                 raise tornado.web.HTTPError(429)
             if not self._password_ok(self.auth.report_password):
                 if self.request.headers.get("Authorization"):
-                    self.auth.failed(network)
+                    await throttle.attempt(network)
                 self.set_header("WWW-Authenticate", 'Basic realm="MailPing", charset="UTF-8"')
                 raise tornado.web.HTTPError(401)
-            self.auth.succeeded(network)
             return
         peer = self.request.remote_ip or ""
         ip = self.client
@@ -265,10 +250,14 @@ class LoginPage(BasePage):
             raise tornado.web.HTTPError(404)
         ip = self.client
         target = safe_next(self.get_body_argument("next", "/"))
-        if self.auth.locked_out(ip) >= FAILURES_BEFORE_LOCKOUT:
-            raise tornado.web.HTTPError(429)
         username = self.get_body_argument("username", "").strip()
         password = self.get_body_argument("password", "")
+        # Counted before the slow check, per username and per network, in the store: guesses
+        # sent at once, from many networks or through several processes all add up.
+        keys = (user_key(username), network_key(ip))
+        n = await self.auth.throttle.attempt(*keys)
+        if n > self.auth.throttle.limit:
+            raise tornado.web.HTTPError(429)
         try:
             ok = bool(username and password) and await self.auth.check(username, password)
         except Exception:  # the provider could not be asked; say so rather than "wrong password"
@@ -283,7 +272,6 @@ class LoginPage(BasePage):
             )
             return
         if not ok:
-            n = self.auth.failed(ip)
             await tornado.gen.sleep(min(0.3 * n, 3.0))  # each failure costs a little more
             self.set_status(401)
             self.render(
@@ -293,7 +281,7 @@ class LoginPage(BasePage):
                 error="That username and password were not accepted.",
             )
             return
-        self.auth.succeeded(ip)
+        await self.auth.throttle.passed(*keys)
         previous = self.session_key()
         async with self.sessions.begin() as session:
             await storage.add_user_network(session, username, mask(ip))

@@ -11,8 +11,10 @@ with the relay account from the configuration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -20,10 +22,14 @@ from dataclasses import dataclass, field
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver import storage
+from pixelserver.throttle import LoginThrottle, user_key
 from relay.forward import Credentials
+
+log = logging.getLogger("mailping.auth")
 
 CHECK_TTL = 600.0
 
@@ -82,6 +88,34 @@ class LocalLogin(Authenticator):
         target = stored or _DUMMY_HASH
         ok = await asyncio.to_thread(_verify, target, creds.password)
         return ok and stored is not None
+
+
+@dataclass
+class Throttled(Authenticator):
+    """The relay's side of the one login throttle (pixelserver/throttle.py): each attempt
+    counts against its username before the slow check, with the report pages' attempts and
+    every other process's. If the store cannot be reached, the check goes on unthrottled
+    (mail must flow; the handler's own per-client limit still holds)."""
+
+    inner: Authenticator
+    throttle: LoginThrottle
+
+    @property
+    def forwards_credentials(self) -> bool:  # type: ignore[override]
+        return self.inner.forwards_credentials
+
+    async def check(self, creds: Credentials) -> bool:
+        key = user_key(creds.username)
+        try:
+            if await self.throttle.attempt(key) > self.throttle.limit:
+                return False
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("login throttle unavailable (%s); checking without it", exc)
+        ok = await self.inner.check(creds)
+        if ok:
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                await self.throttle.passed(key)
+        return ok
 
 
 def _verify(stored_hash: str, password: str) -> bool:

@@ -36,8 +36,9 @@ from pixelserver.networks import (
     mask_addresses_in_logs,
 )
 from pixelserver.pixel import PixelFrontEnd
+from pixelserver.throttle import LoginThrottle
 from pixelserver.web import WebAuth
-from relay.auth import Authenticator, LocalLogin, UpstreamLogin
+from relay.auth import Authenticator, LocalLogin, Throttled, UpstreamLogin
 from relay.config import Config, resolve_file
 from relay.digest_runner import Clock, DigestRunner, system_clock
 from relay.forward import Credentials, OutboxUpstream, SmtpUpstream, Upstream
@@ -189,6 +190,8 @@ async def start_relay(
         authenticator = UpstreamLogin(upstream.check_login)
     elif cfg.relay.auth == "local":
         authenticator = LocalLogin(sessions)
+    if authenticator is not None:
+        authenticator = Throttled(authenticator, LoginThrottle(sessions))
     handler = RelayHandler(relay, authenticator=authenticator, in_flight=cfg.relay.max_in_flight)
     host, port = parse_listen(cfg.relay.listen, cfg.source, "relay.listen")
     tls = server_tls_context(cfg)
@@ -312,6 +315,7 @@ def web_auth(cfg: Config, sessions: async_sessionmaker[AsyncSession]) -> WebAuth
         report_password=password or None,
         secure_cookies=cfg.pixelserver.public_url.startswith("https://"),
         limits=session_limits(cfg),
+        throttle=LoginThrottle(sessions),
     )
 
 

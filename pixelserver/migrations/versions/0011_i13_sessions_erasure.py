@@ -1,5 +1,6 @@
 """Server-side web sessions (keyed by the SHA-256 of the cookie's session key), and the keyed
-hashes of recipients forgotten on request (GDPR art. 17).
+hashes of recipients forgotten on request (GDPR art. 17), and login attempts counted in the
+store so that every process throttles together.
 
 Revision ID: 0011
 Revises: 0009
@@ -46,8 +47,16 @@ def upgrade() -> None:
     )
     op.create_index("ix_forgotten_recipient_user_id", "forgotten_recipient", ["user_id"])
 
+    op.create_table(
+        "login_attempt",
+        sa.Column("key", sa.String(80), primary_key=True),
+        sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("login_attempt")
     op.drop_index("ix_forgotten_recipient_user_id", table_name="forgotten_recipient")
     op.drop_table("forgotten_recipient")
     op.drop_index("ix_web_session_user_id", table_name="web_session")
