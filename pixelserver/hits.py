@@ -31,6 +31,10 @@ log = logging.getLogger("mailping.hits")
 
 # Request headers worth keeping: they tell prefetchers and proxies apart (see issue on verdicts).
 KEPT_HEADERS = ("Accept", "Accept-Language", "Sec-Purpose", "Purpose", "X-Purpose", "Via", "From")
+# Cut at the edge: a client may send 64 KiB headers, which would otherwise be journaled,
+# stored, and used as keys of the classifier's caches (4,096 entries each).
+MAX_UA = 512
+MAX_HEADER = 256
 MAX_BATCH = 200  # hits per transaction: small, so no step holds up the pixel (p99)
 READ_BYTES = 64 * 1024  # journal bytes parsed per step (about 200 hits)
 COMPACT_AT = 4 * 1024 * 1024  # rewrite the journal once this much of it has been consumed
@@ -96,8 +100,8 @@ class Journal:
             "at": time.time(),
             "m": method,
             "n": network,
-            "ua": ua,
-            "h": {k: v for k in KEPT_HEADERS if (v := headers.get(k))},
+            "ua": ua[:MAX_UA],
+            "h": {k: v[:MAX_HEADER] for k in KEPT_HEADERS if (v := headers.get(k))},
         }
         if lists:
             record["l"] = list(lists)

@@ -1,10 +1,10 @@
 """Retention: what is older than [privacy] retention_days is deleted, checked every hour.
 
 Everything that holds people's data is covered: messages, deliveries and hits; the networks
-users logged in from (kept only as long as they are used, 30 days); the digest ledger; expired
-web sessions and login-attempt windows; the copies in the local outbox; hit journals left behind by processes that no
-longer run. With several processes on one PostgreSQL each purges; the deletes are idempotent,
-so that is only repeated work, never wrong.
+users logged in from (kept only as long as they are used, 30 days); the digest ledger;
+expired web sessions and login-attempt windows; the copies in the local outbox; hit journals
+left behind by processes that no longer run. With several processes on one PostgreSQL each
+purges; the deletes are idempotent, so that is only repeated work, never wrong.
 """
 
 from __future__ import annotations

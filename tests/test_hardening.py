@@ -150,3 +150,17 @@ async def test_the_csv_export_and_its_button_escape_formulas(stack: Stack) -> No
         assert resp.headers["Content-Type"] == "text/csv; charset=utf-8"
         rows = list(csv.DictReader(io.StringIO(resp.body.decode())))
         assert rows[0]["subject"] == '\'=HYPERLINK("http://evil.example","click")'
+
+
+async def test_header_values_are_cut_before_they_are_journaled(stack: Stack) -> None:
+    from tests.test_pixel import wait_for_hits
+
+    d = await a_delivery(stack.store)
+    resp = await fetch(
+        f"{stack.pixel_base}/p/{d.token}.gif",
+        headers={"User-Agent": "Mozilla/5.0 " + "x" * 20000, "Accept": "image/" + "y" * 20000},
+    )
+    assert resp.code == 200
+    (hit,) = await wait_for_hits(stack.store, d.id, 1)
+    assert hit.user_agent.startswith("Mozilla/5.0 xxx") and len(hit.user_agent) <= 512
+    assert len(hit.headers["Accept"]) <= 256
