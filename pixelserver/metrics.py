@@ -27,6 +27,11 @@ from pixelserver.networks import client_ip
 
 PIXEL_REQUESTS = Counter("mailping_pixel_requests_total", "Pixel requests answered")
 HITS = Counter("mailping_hits_total", "Hits stored, by verdict", ["verdict"])
+NOT_RECORDED = Counter(
+    "mailping_pixel_not_recorded_total",
+    "Pixels answered but not recorded: over the per-token or per-network limit",
+    ["limit"],
+)
 UNKNOWN_TOKENS = Counter("mailping_hits_unknown_token_total", "Fetches of tokens nobody minted")
 JOURNAL_OVERFLOW = Counter(
     "mailping_journal_overflow_total", "Pixels answered but not recorded: the journal was full"

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from pixelserver import migrate, retention, storage
 from pixelserver.app import make_app
 from pixelserver.config import ConfigError, is_loopback_host, parse_listen, parse_networks
-from pixelserver.hits import HitPipeline, Journal, Judge
+from pixelserver.hits import HitPipeline, Journal, Judge, RecordLimits
 from pixelserver.networks import (
     AsnSource,
     MaxMindAsn,
@@ -347,7 +347,11 @@ async def start_pixelserver(
         upstream_google=is_google_host(cfg.upstream.host),
         geo_precision=cfg.privacy.geo_precision,
     )
-    pipeline = HitPipeline(journal, sessions, judge)
+    limits = RecordLimits(
+        token_burst=cfg.pixelserver.record_burst_per_token,
+        network_burst=cfg.pixelserver.record_burst_per_network,
+    )
+    pipeline = HitPipeline(journal, sessions, judge, limits=limits)
     try:
         await pipeline.flush()  # replay what an earlier run answered but had not stored
     except Exception as exc:  # noqa: BLE001 - the pixel must come up even with the store away
