@@ -32,6 +32,10 @@ NOT_RECORDED = Counter(
     "Pixels answered but not recorded: over the per-token or per-network limit",
     ["limit"],
 )
+FORGED_TOKENS = Counter(
+    "mailping_pixel_forged_tokens_total",
+    "Pixels answered but not recorded: the token's tag does not check (random or forged)",
+)
 UNKNOWN_TOKENS = Counter("mailping_hits_unknown_token_total", "Fetches of tokens nobody minted")
 JOURNAL_OVERFLOW = Counter(
     "mailping_journal_overflow_total", "Pixels answered but not recorded: the journal was full"

@@ -733,6 +733,33 @@ async def add_user_network(session: AsyncSession, user_address: str, prefix: str
     )
 
 
+_SECRETS: dict[tuple[str, str], str] = {}
+
+
+async def cached_secret(session: AsyncSession, name: str) -> str:
+    """app_secret, read once per process and store: shared secrets never change."""
+    where = (str(session.bind.url), name)
+    if where not in _SECRETS:
+        _SECRETS[where] = await app_secret(session, name)
+    return _SECRETS[where]
+
+
+async def token_key(session: AsyncSession) -> bytes:
+    """The key tokens are tagged with (pixelserver/tokens.py), shared by every process."""
+    return (await cached_secret(session, "token_key")).encode()
+
+
+async def has_untagged_tokens(session: AsyncSession) -> bool:
+    """Whether any delivery still has a token minted before tags (last character with its
+    four low bits clear: A, Q, g or w)."""
+    row = await session.execute(
+        select(Delivery.id)
+        .where(func.substr(Delivery.token, 22, 1).in_(("A", "Q", "g", "w")))
+        .limit(1)
+    )
+    return row.first() is not None
+
+
 async def app_secret(session: AsyncSession, name: str) -> str:
     """A shared secret, made once by whichever process asks first."""
     await session.execute(

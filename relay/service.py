@@ -37,6 +37,7 @@ from pixelserver.networks import (
 )
 from pixelserver.pixel import PixelFrontEnd
 from pixelserver.throttle import LoginThrottle
+from pixelserver.tokens import TokenCheck
 from pixelserver.web import WebAuth
 from relay.auth import Authenticator, LocalLogin, Throttled, UpstreamLogin
 from relay.config import Config, resolve_file
@@ -289,6 +290,35 @@ async def _adopt_shared_secret(
     app.settings["cookie_secret"] = secret
 
 
+async def _read_token_check(check: TokenCheck, sessions: async_sessionmaker[AsyncSession]) -> bool:
+    """Fill `check` from the store (the tag key; whether untagged tokens remain)."""
+    try:
+        async with sessions.begin() as session:
+            key = await storage.token_key(session)
+            untagged = await storage.has_untagged_tokens(session)
+    except (SQLAlchemyError, OSError):
+        return False
+    check.key, check.untagged = key, untagged
+    return True
+
+
+async def _keep_token_check(
+    check: TokenCheck, sessions: async_sessionmaker[AsyncSession], every: float = 3600.0
+) -> None:
+    """Until the store has been read, every well-formed token is journaled; afterwards the
+    untagged tokens of earlier versions are accepted only while deliveries still carry one
+    (retention removes them), checked hourly."""
+    delay = 1.0
+    while check.key is None or check.untagged:
+        if await _read_token_check(check, sessions):
+            delay = every
+        else:
+            delay = min(max(delay * 2, 1.0), 60.0)
+        if check.key is not None and not check.untagged:
+            return
+        await asyncio.sleep(delay)
+
+
 def web_auth(cfg: Config, sessions: async_sessionmaker[AsyncSession]) -> WebAuth:
     """The pages log people in with the relay's identities (passed in: pixelserver never
     imports the relay)."""
@@ -389,12 +419,20 @@ async def start_pixelserver(
         asyncio.get_running_loop().create_task(_adopt_shared_secret(app, sessions))
     host, port = parse_listen(cfg.pixelserver.listen, cfg.source, "pixelserver.listen")
     trusted = parse_networks(cfg.pixelserver.trusted_proxies, cfg.source, "trusted_proxies")
-    front = PixelFrontEnd(app, cfg.pixelserver.pixel_path, pipeline, trusted)
+    tokens = TokenCheck()
+    await _read_token_check(tokens, sessions)
+    adopted.append(
+        asyncio.get_running_loop().create_task(
+            _keep_token_check(tokens, sessions), name="token-check"
+        )
+    )
+    front = PixelFrontEnd(app, cfg.pixelserver.pixel_path, pipeline, trusted, tokens)
     http = tornado.httpserver.HTTPServer(front, xheaders=False, **REQUEST_LIMITS)
     try:
         http.listen(port, address=host, reuse_port=cfg.worker is not None)
     except OSError as exc:
-        purge.cancel()
+        for task in (purge, *adopted):
+            task.cancel()
         await pipeline.close()
         raise ListenError("pixelserver.listen", cfg.pixelserver.listen, exc) from None
     return RunningPixelServer(http, pipeline, purge, adopted)

@@ -51,6 +51,7 @@ async def record_message(
         exclusions = owner.exclusions or []
         # Recipients erased on request are never tracked again (only a keyed hash is kept).
         forgotten = await erasure.forgotten_among(session, owner.id, recipients)
+        key = await storage.token_key(session)
         new = []
         for r in recipients:
             never = r in forgotten or excluded(r, exclusions)
@@ -58,7 +59,7 @@ async def record_message(
             new.append(
                 storage.NewDelivery(
                     recipient=r,
-                    token=mint_token(),
+                    token=mint_token(key),
                     tracking="untracked" if reason else "tracked",
                     untracked_reason=reason,
                 )

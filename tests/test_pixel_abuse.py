@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -120,3 +121,47 @@ def test_known_proxy_networks_are_never_limited_by_network() -> None:
     assert drops.count("token") == 5
     # The bucket refills with time.
     assert limits.drop("same", "192.0.2.0/24", (), now + 60) is None
+
+
+async def test_forged_tokens_never_reach_the_journal(tmp_path: Path, db_url: str, store) -> None:
+    """Tokens carry an HMAC tag: a random or forged one is told apart on the request path,
+    without a lookup, and costs nothing but its answer."""
+    pixel = await start_pixelserver(make_config(tmp_path, db_url, None), store)
+    url = f"http://127.0.0.1:{list(pixel.http._sockets.values())[0].getsockname()[1]}"
+    try:
+        d = await a_delivery(store)
+        assert len(d.token) == 22  # the same shape as ever: URLs and rewrites are unchanged
+        appended = pixel.pipeline.journal.appended
+        forged = [secrets.token_urlsafe(16) for _ in range(20)]  # random, untagged
+        forged += [d.token[:-2] + ("AB" if d.token[-2:] != "AB" else "CD")]  # tag broken
+        forged += [d.token[:3] + ("x" if d.token[3] != "x" else "y") + d.token[4:]]
+        for token in forged:
+            assert_pixel(await fetch(f"{url}/p/{token}.gif"))
+        assert pixel.pipeline.journal.appended == appended
+        assert_pixel(await fetch(f"{url}/p/{d.token}.gif"))
+        assert pixel.pipeline.journal.appended == appended + 1
+        await wait_for_hits(store, d.id, 1)
+    finally:
+        await pixel.close()
+
+
+async def test_untagged_tokens_minted_before_still_count_while_they_exist(
+    tmp_path: Path, db_url: str, store
+) -> None:
+    async with store.begin() as s:
+        _, (old,) = await storage.add_message(
+            s,
+            user_address="me@example.com",
+            envelope_from="me@example.com",
+            subject="sent before the upgrade",
+            message_id_header="",
+            size=1,
+            deliveries=[storage.NewDelivery("ana@example.org", "Q" * 21 + "w", "tracked", None)],
+        )
+    pixel = await start_pixelserver(make_config(tmp_path, db_url, None), store)
+    url = f"http://127.0.0.1:{list(pixel.http._sockets.values())[0].getsockname()[1]}"
+    try:
+        assert_pixel(await fetch(f"{url}/p/{'Q' * 21}w.gif"))
+        await wait_for_hits(store, old.id, 1)
+    finally:
+        await pixel.close()

@@ -71,6 +71,9 @@ def pixel_server(tmp_path: Path, db_url: str, port: int, *extra: str) -> subproc
     config.write_text(
         f'data_dir = "{tmp_path / "data"}"\n[database]\nurl = "{db_url}"\n'
         f'[pixelserver]\nlisten = "127.0.0.1:{port}"\npublic_url = "http://127.0.0.1:{port}"\n'
+        # A load of thousands of fetches a second on 50 tokens from one client: here to test
+        # durability, not the abuse limits, which would (rightly) stop recording most of it.
+        "record_burst_per_token = 1000000\nrecord_burst_per_network = 1000000\n"
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "relay.cli", "--config", str(config), "pixelserver", *extra],
