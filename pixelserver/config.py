@@ -135,6 +135,7 @@ class PixelServerConfig:
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = ""
+    password_env: str = ""  # the database password, from this environment variable
 
 
 @dataclass(frozen=True)

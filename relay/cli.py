@@ -203,14 +203,27 @@ def describe(cfg: Config) -> str:
             f"pixel server: {cfg.pixelserver.listen}, pixel URLs "
             f"{cfg.pixelserver.public_url.rstrip('/')}/{cfg.pixelserver.pixel_path}/<token>.gif",
             f"digest: {_digest_words(cfg)}",
-            "report page: "
-            + (
-                "password protected"
-                if cfg.pixelserver.report_password_env
-                else "only from this machine (no report password set)"
-            ),
+            f"report page: {_report_access(cfg)}",
         ]
     )
+
+
+def _report_access(cfg: Config) -> str:
+    """Who may read the report, as the pages will decide it."""
+    p = cfg.pixelserver
+    if cfg.relay.auth != "none":
+        who = (
+            "their mail account"
+            if cfg.relay.auth == "upstream"
+            else "logins from `mailping user add`"
+        )
+        return (
+            f"users log in with {who} and see their own mail; sessions end after "
+            f"{p.session_idle_minutes} minutes idle and {p.session_max_hours} hours at most"
+        )
+    if p.report_password_env:
+        return "password protected (report password), for everyone's mail"
+    return "only from this machine (no report password set)"
 
 
 def _digest_words(cfg: Config) -> str:
