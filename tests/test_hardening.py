@@ -164,3 +164,26 @@ async def test_header_values_are_cut_before_they_are_journaled(stack: Stack) -> 
     (hit,) = await wait_for_hits(stack.store, d.id, 1)
     assert hit.user_agent.startswith("Mozilla/5.0 xxx") and len(hit.user_agent) <= 512
     assert len(hit.headers["Accept"]) <= 256
+
+
+async def test_nothing_in_a_copy_names_the_product(stack: Stack, upstream) -> None:
+    """The recipient's tools see a 1x1 image at the configured address, nothing saying
+    MailPing: no header, no URL part, no attribute (X-MailPing is the sender's, removed)."""
+    import asyncio
+    import smtplib
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "me@example.com", "ana@example.org", "Hello"
+    msg["X-MailPing"] = "on"
+    msg.set_content("plain")
+    msg.add_alternative("<html><body><p>Hello</p></body></html>", subtype="html")
+
+    def send() -> None:
+        with smtplib.SMTP("127.0.0.1", stack.relay_port, timeout=30) as c:
+            c.send_message(msg)
+
+    await asyncio.to_thread(send)
+    (copy,) = upstream.messages
+    assert b"<img" in copy.data
+    assert b"mailping" not in copy.data.lower()
