@@ -252,6 +252,10 @@ async def web_session_user(
     return row.address
 
 
+async def user_exists(session: AsyncSession, user_address: str) -> bool:
+    return (await session.execute(select(_user_id(user_address)))).scalar() is not None
+
+
 async def end_web_session(session: AsyncSession, key: str) -> None:
     await session.execute(delete(WebSession).where(WebSession.key_hash == token_hash(key)))
 

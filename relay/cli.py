@@ -307,11 +307,17 @@ async def user_command(cfg: Config, action: str, name: str | None, from_stdin: b
         assert name is not None
         if action == "remove":
             async with sessions.begin() as session:
-                if not await storage.remove_local_user(session, name):
+                removed = await storage.remove_local_user(session, name)
+                if not removed and not await storage.user_exists(session, name):
                     raise UsageError(f"no user {name!r}")
                 ended = await storage.end_user_sessions(session, name)
                 revoked = await storage.revoke_user_tokens(session, name)
             print(f"removed {name}; ended {ended} web sessions, revoked {revoked} API tokens")
+            if not removed:
+                print(
+                    'note: no local login to remove; with relay.auth = "upstream" they can '
+                    "log in again with their mail account"
+                )
             return 0
         if action == "erase":
             done = await erasure.erase_user(sessions, name, outbox_dir=cfg.outbox_dir)

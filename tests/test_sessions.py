@@ -231,3 +231,26 @@ async def test_sessions_end_after_idle_and_absolute_lifetimes(site, store) -> No
     assert not await idle.sees_report()
     assert not await old.sees_report()
     assert await fresh.sees_report()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_removing_a_user_without_a_local_login_still_ends_their_access(
+    store, tmp_path: Path, db_url: str
+) -> None:
+    """With relay.auth = "upstream" users have no local login, but they have sessions and
+    tokens, which `mailping user remove` must still end."""
+    async with store.begin() as session:
+        await storage.create_api_token(session, "zoe@example.org", "script")
+        await storage.start_web_session(session, "zoe@example.org")
+    code = await asyncio.to_thread(
+        cli.main, ["--config", _config_file(tmp_path, db_url), "user", "remove", "zoe@example.org"]
+    )
+    assert code == 0
+    async with store() as session:
+        assert await storage.api_tokens(session, "zoe@example.org") == []
+        left = (await session.execute(select(storage.WebSession))).scalars().all()
+    assert left == []
+    code = await asyncio.to_thread(
+        cli.main, ["--config", _config_file(tmp_path, db_url), "user", "remove", "nobody@x.org"]
+    )
+    assert code == 2
