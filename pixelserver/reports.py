@@ -127,6 +127,8 @@ class ForgetRecipientPage(BasePage):
 
     async def post(self, address: str) -> None:
         address = tornado.escape.url_unescape(address)
+        if self.get_body_argument("confirm", "") != "yes":  # the page's checkbox
+            raise tornado.web.HTTPError(400)
         done = await erasure.forget_recipient(
             self.sessions, address, user=self.user, outbox_dir=self.outbox_dir
         )

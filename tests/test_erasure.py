@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
+import pytest
 from sqlalchemy import select, text
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
@@ -85,8 +86,14 @@ async def test_a_user_forgets_a_recipient_from_the_page_and_the_api(site, store)
         page.code == 200 and 'action="/recipients/carol%40gmail.com/forget"' in page.body.decode()
     )
     token = await ana.xsrf()
-    gone = await ana.fetch(
+    unconfirmed = await ana.fetch(
         "/recipients/Carol%40Gmail.com/forget", method="POST", body=f"_xsrf={quote(token)}"
+    )
+    assert unconfirmed.code == 400  # the page's "Erase it all" box was not ticked
+    gone = await ana.fetch(
+        "/recipients/Carol%40Gmail.com/forget",
+        method="POST",
+        body=f"_xsrf={quote(token)}&confirm=yes",
     )
     assert gone.code == 302
     assert await traces(store, cfg, "carol@gmail.com") == []
@@ -160,3 +167,21 @@ async def test_an_administrator_forgets_an_address_and_erases_a_user(
     async with store() as s:
         left = (await s.execute(text("select address from user_account"))).scalars().all()
     assert left == ["ana@example.org"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_forget_button_in_chromium(site, store, browser) -> None:
+    from tests.test_web import login
+
+    cfg, _, _ = site
+    base = cfg.pixelserver.public_url
+    page = await browser.new_page()
+    await login(page, base, "ana@example.org", "ana-password-1")
+    await page.wait_for_url(base + "/")
+    await page.goto(f"{base}/recipients/dan%40example.net")
+    await page.get_by_label("Erase it all, for good").check()
+    await page.get_by_role("button", name="Forget this recipient").click()
+    await page.wait_for_url(base + "/")
+    assert "dan@example.net" not in await page.content()
+    assert "carol@gmail.com" in await page.content()
+    assert await traces(store, cfg, "dan@example.net") == []
