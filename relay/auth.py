@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import hmac
 import logging
@@ -26,12 +27,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver import storage
-from pixelserver.throttle import LoginThrottle, user_key
+from pixelserver.throttle import LoginThrottle, network_key, user_key
 from relay.forward import Credentials
 
 log = logging.getLogger("mailping.auth")
 
 CHECK_TTL = 600.0
+# The address of the SMTP client whose AUTH is being checked (set by RelaySMTP.smtp_AUTH), so
+# that the throttle can count its network without the handler passing it through.
+LOGIN_CLIENT: contextvars.ContextVar[str] = contextvars.ContextVar("login_client", default="")
 
 
 class Authenticator:
@@ -93,9 +97,9 @@ class LocalLogin(Authenticator):
 @dataclass
 class Throttled(Authenticator):
     """The relay's side of the one login throttle (pixelserver/throttle.py): each attempt
-    counts against its username before the slow check, with the report pages' attempts and
-    every other process's. If the store cannot be reached, the check goes on unthrottled
-    (mail must flow; the handler's own per-client limit still holds)."""
+    counts against its username and its client's network before the slow check, with the
+    report pages' attempts and every other process's. If the store cannot be reached, the
+    check goes on unthrottled (mail must flow; the handler's own per-client limit holds)."""
 
     inner: Authenticator
     throttle: LoginThrottle
@@ -105,16 +109,17 @@ class Throttled(Authenticator):
         return self.inner.forwards_credentials
 
     async def check(self, creds: Credentials) -> bool:
-        key = user_key(creds.username)
+        client = LOGIN_CLIENT.get()
+        keys = (user_key(creds.username), *((network_key(client),) if client else ()))
         try:
-            if await self.throttle.attempt(key) > self.throttle.limit:
+            if await self.throttle.attempt(*keys) > self.throttle.limit:
                 return False
         except (SQLAlchemyError, OSError) as exc:
             log.warning("login throttle unavailable (%s); checking without it", exc)
         ok = await self.inner.check(creds)
         if ok:
             with contextlib.suppress(SQLAlchemyError, OSError):
-                await self.throttle.passed(key)
+                await self.throttle.passed(*keys)
         return ok
 
 

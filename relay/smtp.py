@@ -13,6 +13,8 @@ from typing import AnyStr
 
 from aiosmtpd.smtp import SMTP
 
+from relay.auth import LOGIN_CLIENT
+
 # RFC 3463 codes for aiosmtpd replies that lack one, by basic reply code.
 _ENHANCED_FOR = {
     "221": "2.0.0",
@@ -72,6 +74,15 @@ class RelaySMTP(SMTP):
         text = text.removeprefix("Error: ")
         enhanced = _ENHANCED_FOR.get(code, f"{code[:1]}.0.0")
         return f"{code} {enhanced} {text}".rstrip()
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        """Says whose AUTH this is to the login throttle (relay/auth.py LOGIN_CLIENT)."""
+        peer = self.session.peer if self.session is not None else None
+        token = LOGIN_CLIENT.set(str(peer[0]) if isinstance(peer, tuple) and peer else "")
+        try:
+            await super().smtp_AUTH(arg)
+        finally:
+            LOGIN_CLIENT.reset(token)
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self._in_ehlo = True

@@ -104,3 +104,21 @@ async def test_the_relay_and_the_pages_share_one_throttle(site) -> None:
 
     with pytest.raises(smtplib.SMTPAuthenticationError):
         await asyncio.to_thread(smtp_login)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_the_relay_counts_its_clients_network_in_the_shared_throttle(site) -> None:
+    """Guesses at many usernames from one network on the pages hold back that network's
+    SMTP logins too (the relay's own per-connection count would not see them)."""
+    cfg, _, _ = site
+    base = cfg.pixelserver.public_url
+    for i in range(5):  # from 127.0.0.1, as the SMTP client below
+        assert (await Visitor(base).login(f"nobody{i}@example.org", "guess")).code == 401
+    port = int(cfg.relay.listen.rsplit(":", 1)[1])
+
+    def smtp_login() -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+            c.login("bob@example.org", USERS["bob@example.org"])
+
+    with pytest.raises(smtplib.SMTPAuthenticationError):
+        await asyncio.to_thread(smtp_login)
