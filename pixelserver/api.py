@@ -12,6 +12,7 @@ import csv
 import datetime as dt
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +300,9 @@ class ExportApi(ApiHandler):
         write_csv(self, rows)
 
 
+ADDRESS = re.compile(r"[^/@\x00-\x20\x7f]+@[^/@\x00-\x20\x7f]+")  # as in openapi.json
+
+
 class RecipientApi(ApiHandler):
     """DELETE: forget a recipient on their request (GDPR art. 17), as the recipient page's
     button does. Forgetting an address never seen still keeps it from being tracked."""
@@ -306,9 +310,9 @@ class RecipientApi(ApiHandler):
     allowed = "DELETE"
 
     async def delete(self, address: str) -> None:
-        address = tornado.escape.url_unescape(address).strip()
-        local, at, domain = address.rpartition("@")
-        if not (local and at and domain) or len(address) > 320:
+        # Tornado has decoded the path argument already: decoding it again would turn the
+        # "+" of ana+tag@example.com into a space.
+        if not (3 <= len(address) <= 320 and ADDRESS.fullmatch(address)):
             raise ApiError(400, "bad_request", "not an email address")
         done = await erasure.forget_recipient(
             self.sessions, address, user=self.api_user, outbox_dir=self.outbox_dir

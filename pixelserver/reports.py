@@ -113,7 +113,8 @@ class MessagePage(BasePage):
 
 class RecipientPage(BasePage):
     async def get(self, address: str) -> None:
-        address = tornado.escape.url_unescape(address)
+        # Tornado has decoded the path argument already: decoding it again would turn the
+        # "+" of ana+tag@example.com into a space.
         async with self.sessions() as session:
             history = await queries.recipient_history(session, self.user, address)
         if not history:
@@ -126,7 +127,8 @@ class ForgetRecipientPage(BasePage):
     report goes; a keyed hash keeps them from being tracked again."""
 
     async def post(self, address: str) -> None:
-        address = tornado.escape.url_unescape(address)
+        # Tornado has decoded the path argument already: decoding it again would turn the
+        # "+" of ana+tag@example.com into a space.
         if self.get_body_argument("confirm", "") != "yes":  # the page's checkbox
             raise tornado.web.HTTPError(400)
         done = await erasure.forget_recipient(

@@ -185,3 +185,23 @@ async def test_forget_button_in_chromium(site, store, browser) -> None:
     assert "dan@example.net" not in await page.content()
     assert "carol@gmail.com" in await page.content()
     assert await traces(store, cfg, "dan@example.net") == []
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_addresses_with_plus_and_percent_are_forgotten_exactly(site, store) -> None:
+    """Tornado decodes a path argument once; decoding it again turned `+` into a space."""
+    cfg, _, _ = site
+    port = int(cfg.relay.listen.rsplit(":", 1)[1])
+    await asyncio.to_thread(send_as, port, "ana@example.org", "Tagged", ["eve+news@example.com"])
+    ana = Visitor(cfg.pixelserver.public_url)
+    await ana.login("ana@example.org", "ana-password-1")
+    page = await ana.fetch("/recipients/eve%2Bnews%40example.com")
+    assert page.code == 200
+    token = await ana.xsrf()
+    gone = await ana.fetch(
+        "/recipients/eve%2Bnews%40example.com/forget",
+        method="POST",
+        body=f"_xsrf={quote(token)}&confirm=yes",
+    )
+    assert gone.code == 302
+    assert await traces(store, cfg, "eve+news@example.com") == []
