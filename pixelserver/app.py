@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -39,6 +40,8 @@ from pixelserver.web import LoginPage, LogoutPage, WebAuth, demo_hosts
 
 HERE = Path(__file__).parent
 access_log = logging.getLogger("tornado.access")
+# A recipient's address in a page's path is theirs, not the log's (and outlives an erasure).
+_RECIPIENT_PATH = re.compile(r"(/(?:api/v1/)?recipients/)[^/]+")
 
 
 def access_logger(trusted: Sequence[Network]) -> Callable[[tornado.web.RequestHandler], None]:
@@ -57,7 +60,7 @@ def access_logger(trusted: Sequence[Network]) -> Callable[[tornado.web.RequestHa
             "%d %s %s (%s) %.2fms",
             status,
             request.method,
-            request.path,
+            _RECIPIENT_PATH.sub(r"\1…", request.path),
             mask(who) or "-",
             1000.0 * request.request_time(),
         )

@@ -195,6 +195,9 @@ def test_no_full_client_address_anywhere_under_a_running_server(tmp_path: Path) 
                 urllib.request.urlopen(req, timeout=10)
             except urllib.error.HTTPError as exc:
                 assert exc.code == 403
+        # A recipient's page: the access log says which page, not whose.
+        with urllib.request.urlopen(base + "/recipients/ana%40example.org", timeout=10) as resp:
+            assert resp.status == 200
         db = sqlite3.connect(f"file:{data / 'mailping.sqlite3'}?mode=ro", uri=True)
         for _ in range(100):
             if db.execute("select count(*) from hit").fetchone()[0] == len(forwarded):
@@ -213,3 +216,4 @@ def test_no_full_client_address_anywhere_under_a_running_server(tmp_path: Path) 
     assert "203.0.113.0/24" in text
     assert "mail.log" in text and "127.0.0.0/24" in text
     assert "('127.0.0.1'" not in text and "(127.0.0.1)" not in text
+    assert "ana%40example.org" not in text and "GET /recipients/" in text
