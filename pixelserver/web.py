@@ -128,9 +128,6 @@ class BasePage(tornado.web.RequestHandler):
         The Host header must be a name this server is known by: otherwise a page the user
         visits could point its own name at 127.0.0.1 (DNS rebinding) and read the report
         with the browser's loopback access. The report password is throttled like logins."""
-        hosts = self.extra.get("demo_hosts")
-        if hosts is not None and self.request.host.lower() not in hosts:  # type: ignore[operator]
-            raise tornado.web.HTTPError(403, reason="Unknown Host")
         if self.auth.report_password:
             # The browser sends the password with every request, and comparing it is cheap:
             # only failures are counted here, against the client's network.
@@ -143,6 +140,11 @@ class BasePage(tornado.web.RequestHandler):
                 self.set_header("WWW-Authenticate", 'Basic realm="MailPing", charset="UTF-8"')
                 raise tornado.web.HTTPError(401)
             return
+        # Loopback only: a page from elsewhere could have rebound its own name to 127.0.0.1.
+        # (With the report password it cannot: the browser keeps credentials per origin.)
+        hosts = self.extra.get("demo_hosts")
+        if hosts is not None and self.request.host.lower() not in hosts:  # type: ignore[operator]
+            raise tornado.web.HTTPError(403, reason="Unknown Host")
         peer = self.request.remote_ip or ""
         ip = self.client
         # Proxy headers from a peer that is not a configured proxy: an unknown proxy forwards
@@ -170,7 +172,9 @@ class BasePage(tornado.web.RequestHandler):
             429: "Too many failed logins from your address. Wait ten minutes and try again.",
             503: "The database cannot be reached right now; the report will be back when it is.",
         }
-        if status_code == 403 and "_xsrf" in str(kwargs.get("exc_info", "")):
+        if status_code == 403 and self._reason == "Unknown Host":
+            text = "This server does not answer to that name. Use the address it listens on."
+        elif status_code == 403 and "_xsrf" in str(kwargs.get("exc_info", "")):
             text = "This form had expired or came from another site. Reload the page and retry."
         else:
             text = messages.get(status_code, "Something went wrong on our side.")

@@ -24,6 +24,7 @@ async def test_the_loopback_demo_refuses_a_foreign_host_header(stack: Stack) -> 
         for path in ("/", "/api/v1/messages", "/settings", "/about"):
             resp = await fetch(f"{stack.pixel_base}{path}", headers={"Host": host})
             assert resp.code == 403, (host, path, resp.code)
+    assert "does not answer to that name" in resp.body.decode()
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}"):
         resp = await fetch(f"{stack.pixel_base}/", headers={"Host": host})
         assert resp.code == 200, host
