@@ -132,13 +132,16 @@ class BasePage(tornado.web.RequestHandler):
             # The browser sends the password with every request, and comparing it is cheap:
             # only failures are counted here, against the client's network.
             throttle, network = self.auth.throttle, network_key(self.client)
-            if await throttle.attempts(network) >= throttle.limit:
-                raise tornado.web.HTTPError(429)
-            if not self._password_ok(self.auth.report_password):
-                if self.request.headers.get("Authorization"):
-                    await throttle.attempt(network)
-                self.set_header("WWW-Authenticate", 'Basic realm="MailPing", charset="UTF-8"')
-                raise tornado.web.HTTPError(401)
+            try:
+                if await throttle.attempts(network) >= throttle.limit:
+                    raise tornado.web.HTTPError(429)
+                if not self._password_ok(self.auth.report_password):
+                    if self.request.headers.get("Authorization"):
+                        await throttle.attempt(network)
+                    self.set_header("WWW-Authenticate", 'Basic realm="MailPing", charset="UTF-8"')
+                    raise tornado.web.HTTPError(401)
+            except (SQLAlchemyError, OSError):
+                raise tornado.web.HTTPError(503) from None
             return
         # Loopback only: a page from elsewhere could have rebound its own name to 127.0.0.1.
         # (With the report password it cannot: the browser keeps credentials per origin.)
@@ -259,7 +262,11 @@ class LoginPage(BasePage):
         # Counted before the slow check, per username and per network, in the store: guesses
         # sent at once, from many networks or through several processes all add up.
         keys = (user_key(username), network_key(ip))
-        n = await self.auth.throttle.attempt(*keys)
+        try:
+            n = await self.auth.throttle.attempt(*keys)
+        except (SQLAlchemyError, OSError):
+            log.warning("cannot count a login attempt: the store is unreachable")
+            raise tornado.web.HTTPError(503) from None
         if n > self.auth.throttle.limit:
             raise tornado.web.HTTPError(429)
         try:
