@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import tornado.ioloop
 import tornado.web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -315,8 +316,9 @@ class RecipientApi(ApiHandler):
         if not (3 <= len(address) <= 320 and ADDRESS.fullmatch(address)):
             raise ApiError(400, "bad_request", "not an email address")
         done = await erasure.forget_recipient(
-            self.sessions, address, user=self.api_user, outbox_dir=self.outbox_dir
+            self.sessions, address, user=self.api_user, outbox_dir=self.outbox_dir, vacuum=False
         )
+        tornado.ioloop.IOLoop.current().spawn_callback(erasure.vacuum_later, self.sessions)
         self.write({"forgotten": {"deliveries": done.deliveries, "messages": done.messages}})
 
 

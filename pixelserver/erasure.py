@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from pixelserver.storage import (
 )
 
 ERASURE_KEY = "erasure_key"
+log = logging.getLogger("mailping.erasure")
 
 
 @dataclass
@@ -91,8 +93,11 @@ async def forget_recipient(
     *,
     user: str | None,
     outbox_dir: Path | None = None,
+    vacuum: bool = True,
 ) -> Erased:
-    """Forget `address` for `user` (None: for every user, an administrator's erasure)."""
+    """Forget `address` for `user` (None: for every user, an administrator's erasure).
+    `vacuum` False: leave PostgreSQL's VACUUM to the caller (`vacuum_later`), which a web
+    request should not wait for."""
     address = normal(address)
     done = Erased()
     async with sessions.begin() as session:
@@ -130,7 +135,7 @@ async def forget_recipient(
         if already is None:
             session.add(ForgottenRecipient(user_id=user_id, address_hash=digest))
     done.files = _drop_files(outbox_dir, delivery_ids, address)
-    await scrub(sessions)
+    await scrub(sessions, vacuum=vacuum)
     return done
 
 
@@ -250,7 +255,18 @@ def _drop_files(outbox_dir: Path | None, delivery_ids: Iterable[int], address: s
     return gone
 
 
-async def scrub(sessions: async_sessionmaker[AsyncSession]) -> None:
+async def vacuum_later(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """PostgreSQL's VACUUM after an erasure made from a page or the API, in the background
+    (on a large table it takes a while); a failure is logged, autovacuum gets there anyway."""
+    try:
+        await scrub(sessions)
+    except Exception:  # noqa: BLE001 - nobody waits for this; say so in the log
+        log.warning(
+            "vacuum after an erasure failed; autovacuum will reclaim the rows", exc_info=True
+        )
+
+
+async def scrub(sessions: async_sessionmaker[AsyncSession], *, vacuum: bool = True) -> None:
     """Make deleted rows leave the files: on SQLite merge the search index (its deleted
     entries stay in old segments otherwise) and checkpoint the WAL into the zeroed pages; on
     PostgreSQL vacuum the tables that held them."""
@@ -268,6 +284,8 @@ async def scrub(sessions: async_sessionmaker[AsyncSession]) -> None:
                 )
         async with engine.connect() as conn:
             await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        return
+    if not vacuum:
         return
     async with engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")

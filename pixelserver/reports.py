@@ -13,6 +13,7 @@ import importlib.metadata
 import logging
 import zoneinfo
 
+import tornado.ioloop
 import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -132,8 +133,9 @@ class ForgetRecipientPage(BasePage):
         if self.get_body_argument("confirm", "") != "yes":  # the page's checkbox
             raise tornado.web.HTTPError(400)
         done = await erasure.forget_recipient(
-            self.sessions, address, user=self.user, outbox_dir=self.outbox_dir
+            self.sessions, address, user=self.user, outbox_dir=self.outbox_dir, vacuum=False
         )
+        tornado.ioloop.IOLoop.current().spawn_callback(erasure.vacuum_later, self.sessions)
         log.info("forgot a recipient on request: %s", done.words())
         self.redirect("/")
 
