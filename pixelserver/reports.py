@@ -235,6 +235,7 @@ class SettingsPage(BasePage):
             tokens = await storage.api_tokens(session, self.user)
             prefs = await preferences.load(session, self.user, self.digest_defaults)
             last_digest = await digest_runs.latest(session, self.user)
+            active = await storage.count_user_sessions(session, self.user, self.auth.limits)
         self.render(
             "settings.html",
             tokens=tokens,
@@ -244,6 +245,9 @@ class SettingsPage(BasePage):
             zones=ZONES,
             error=error,
             saved=saved,
+            active_sessions=active,
+            idle_minutes=int(self.auth.limits.idle.total_seconds() // 60),
+            max_hours=int(self.auth.limits.absolute.total_seconds() // 3600),
         )
 
     @property
@@ -264,6 +268,10 @@ class SettingsPage(BasePage):
                     await storage.revoke_api_token(
                         session, self.user, int(self.get_body_argument("token_id", "0") or 0)
                     )
+                elif action == "logout_others":  # ASVS 3.3.4: end the sessions left elsewhere
+                    key = self.session_key()
+                    if key is not None:
+                        await storage.end_other_sessions(session, self.user, key)
                 elif action == "preferences":
                     digest = preferences.check_digest(
                         enabled=self.get_body_argument("digest_enabled", "") == "on",

@@ -273,6 +273,33 @@ async def end_user_sessions(session: AsyncSession, user_address: str) -> int:
     return result.rowcount or 0
 
 
+async def count_user_sessions(
+    session: AsyncSession, user_address: str, limits: SessionLimits
+) -> int:
+    """The user's sessions still within both lifetimes."""
+    now = utcnow()
+    return (
+        await session.execute(
+            select(func.count(WebSession.id)).where(
+                WebSession.user_id == _user_id(user_address),
+                WebSession.created_at >= now - limits.absolute,
+                WebSession.last_seen_at >= now - limits.idle,
+            )
+        )
+    ).scalar_one()
+
+
+async def end_other_sessions(session: AsyncSession, user_address: str, keep_key: str) -> int:
+    """End every session of the user but the one with `keep_key` (theirs, in use)."""
+    result = await session.execute(
+        delete(WebSession).where(
+            WebSession.user_id == _user_id(user_address),
+            WebSession.key_hash != token_hash(keep_key),
+        )
+    )
+    return result.rowcount or 0
+
+
 async def revoke_user_tokens(session: AsyncSession, user_address: str) -> int:
     result = await session.execute(
         delete(ApiToken).where(ApiToken.user_id == _user_id(user_address))

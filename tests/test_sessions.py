@@ -254,3 +254,26 @@ async def test_removing_a_user_without_a_local_login_still_ends_their_access(
         cli.main, ["--config", _config_file(tmp_path, db_url), "user", "remove", "nobody@x.org"]
     )
     assert code == 2
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_user_ends_their_other_sessions_from_settings(site) -> None:
+    """ASVS 3.3.4: a user can see their active sessions and end the others (a laptop left
+    logged in somewhere), keeping the one they are using."""
+    cfg, _, _ = site
+    base = cfg.pixelserver.public_url
+    here, elsewhere, bob = Visitor(base), Visitor(base), Visitor(base)
+    await here.login("ana@example.org", "ana-password-1")
+    await elsewhere.login("ana@example.org", "ana-password-1")
+    await bob.login("bob@example.org", "bob-password-2")
+    page = await here.fetch("/settings")
+    assert "2 active sessions" in page.body.decode()
+    token = await here.xsrf()
+    resp = await here.fetch(
+        "/settings", method="POST", body=f"_xsrf={quote(token)}&action=logout_others"
+    )
+    assert resp.code == 200
+    assert "1 active session" in resp.body.decode()
+    assert await here.sees_report()
+    assert not await elsewhere.sees_report()
+    assert await bob.sees_report()
