@@ -334,7 +334,12 @@ async def user_command(cfg: Config, action: str, name: str | None, from_stdin: b
         digest = await asyncio.to_thread(auth.hash_password, password)
         async with sessions.begin() as session:
             created = await storage.set_local_user(session, name, digest)
+            # A new password ends the sessions opened with the old one (ASVS 3.3.3).
+            ended = 0 if created else await storage.end_user_sessions(session, name)
         print(f"{'added' if created else 'changed the password of'} {name.lower()}")
+        if ended:
+            plural = "s" if ended != 1 else ""
+            print(f"ended {ended} web session{plural} made with the old password")
         if cfg.relay.auth != "local":
             print(
                 f'note: relay.auth is "{cfg.relay.auth}" in {cfg.source}; set it to "local" '

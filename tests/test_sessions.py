@@ -277,3 +277,26 @@ async def test_a_user_ends_their_other_sessions_from_settings(site) -> None:
     assert await here.sees_report()
     assert not await elsewhere.sees_report()
     assert await bob.sees_report()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_new_password_ends_the_users_sessions(site, tmp_path: Path, db_url: str) -> None:
+    import subprocess
+    import sys
+
+    cfg, _, _ = site
+    ana = Visitor(cfg.pixelserver.public_url)
+    await ana.login("ana@example.org", "ana-password-1")
+    assert await ana.sees_report()
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "relay.cli", "--config", _config_file(tmp_path, db_url)]
+        + ["user", "add", "ana@example.org", "--password-stdin"],
+        input="a-brand-new-password\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ended 1 web session" in proc.stdout
+    assert not await ana.sees_report()
