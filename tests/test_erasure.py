@@ -205,3 +205,44 @@ async def test_addresses_with_plus_and_percent_are_forgotten_exactly(site, store
     )
     assert gone.code == 302
     assert await traces(store, cfg, "eve+news@example.com") == []
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_forgetting_removes_the_copies_in_the_local_outbox(
+    tmp_path: Path, db_url: str, store
+) -> None:
+    import smtplib
+    from email.message import EmailMessage
+
+    from relay import service
+    from tests.conftest import make_config, start_pixelserver
+
+    cfg = make_config(tmp_path, db_url, None)  # no upstream: copies go to data_dir/outbox
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    relay = await service.start_relay(cfg, store, with_digests=False)
+    pixel = await start_pixelserver(cfg, store)
+    try:
+        msg = EmailMessage()
+        msg["From"], msg["Subject"] = "me@example.com", "Two of them"
+        msg["To"] = "gina@example.org, hal@example.org"
+        msg.set_content("plain")
+        msg.add_alternative("<html><body><p>Hi</p></body></html>", subtype="html")
+
+        def send() -> None:
+            with smtplib.SMTP("127.0.0.1", int(cfg.relay.listen.rsplit(":", 1)[1])) as c:
+                c.send_message(msg)
+
+        await asyncio.to_thread(send)
+        assert len(list(cfg.outbox_dir.glob("*.eml"))) == 2
+        config = _config_file(tmp_path, db_url)
+        code = await asyncio.to_thread(cli.main, ["--config", config, "forget", "gina@example.org"])
+        assert code == 0
+        # Hal's copy goes too: its To: names Gina. Hal's delivery stays in the report.
+        assert list(cfg.outbox_dir.glob("*.eml")) == []
+        assert await traces(store, cfg, "gina@example.org") == []
+        async with store() as s:
+            left = list((await s.execute(select(storage.Delivery.recipient))).scalars())
+        assert left == ["hal@example.org"]
+    finally:
+        await relay.close()
+        await pixel.close()
