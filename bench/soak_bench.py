@@ -123,7 +123,11 @@ def main() -> None:
         tokens = seed(db_url, 20_000)
         paths = [f"/p/{t}.gif" for t in tokens]
         port = free_port()
-        toml = f'[pixelserver]\nlisten = "127.0.0.1:{port}"\n[database]\nurl = "{db_url}"\n'
+        toml = (  # one client at --rate a second: above the per-network limit, raised here
+            f'[pixelserver]\nlisten = "127.0.0.1:{port}"\n'
+            "record_burst_per_token = 1000000\nrecord_burst_per_network = 1000000\n"
+            f'[database]\nurl = "{db_url}"\n'
+        )
         with mailping("pixelserver", port, toml, cpu=0) as proc:
             samples, answered, failed = soak(proc.pid, port, paths, args.rate, args.minutes)
             deadline = time.monotonic() + 120

@@ -12,13 +12,16 @@ import csv
 import datetime as dt
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import tornado.ioloop
 import tornado.web
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from pixelserver import queries, storage
+from pixelserver import erasure, queries, storage
 from pixelserver.state import STATES
 from pixelserver.web import BasePage
 
@@ -27,15 +30,30 @@ MAX_LIMIT = 200
 EXPORT_ROWS = 100_000
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A value as a CSV cell a spreadsheet shows as text: one that starts like a formula
+    (`=`, `+`, `-`, `@`, tab, CR; OWASP's CSV injection list) gets a leading apostrophe, so
+    a hostile subject line cannot run when the export is opened."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 class ApiError(tornado.web.HTTPError):
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(status, reason=message)
+        # The status line keeps its standard reason phrase ("401 Unauthorized"); the words
+        # for people are in the JSON body (a reason phrase must be Latin-1 and short).
+        super().__init__(status)
         self.code = code
         self.message = message
 
 
 class ApiHandler(BasePage):
     needs_login = False
+    allowed = "GET"
 
     def check_xsrf_cookie(self) -> None:
         return None  # bearer tokens, not cookies: nothing for another site to ride on
@@ -46,7 +64,7 @@ class ApiHandler(BasePage):
 
     async def prepare(self) -> None:
         if not self.auth.logins:
-            self._demo_access()
+            await self._demo_access()
             self.api_user: str | None = None
             return
         header = self.request.headers.get("Authorization", "")
@@ -76,7 +94,7 @@ class ApiHandler(BasePage):
         if status_code == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="MailPing"')
         if status_code == 405:
-            self.set_header("Allow", "GET")  # RFC 9110 15.5.6: a 405 says what is allowed
+            self.set_header("Allow", self.allowed)  # RFC 9110 15.5.6: a 405 says what is allowed
         self.finish({"error": {"code": code, "message": message}})
 
     # -- parameters --
@@ -231,6 +249,43 @@ EXPORT_FIELDS = (
 )
 
 
+async def export_rows(
+    session: AsyncSession, user: str | None, filters: queries.Filters
+) -> list[dict]:
+    """Every delivery of the messages matching `filters`, one flat row each (newest first)."""
+    rows: list[dict] = []
+    before = None
+    while len(rows) < EXPORT_ROWS:
+        page = await queries.list_messages(session, user, filters, before_id=before, limit=500)
+        for m in page:
+            for d in m.deliveries:
+                j = delivery_json(d)
+                rows.append(
+                    {
+                        "message_id": m.id,
+                        "sent_at": _when(m.accepted_at),
+                        "subject": m.subject,
+                        "source": m.source,
+                        **{k: j[k] for k in EXPORT_FIELDS[4:]},
+                    }
+                )
+        if len(page) < 500:
+            break
+        before = page[-1].id
+    return rows
+
+
+def write_csv(handler: tornado.web.RequestHandler, rows: list[dict]) -> None:
+    """The rows as a CSV download, every cell safe to open in a spreadsheet."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else csv_cell(v)) for k, v in r.items()} for r in rows)
+    handler.set_header("Content-Type", "text/csv; charset=utf-8")
+    handler.set_header("Content-Disposition", 'attachment; filename="mailping-export.csv"')
+    handler.write(out.getvalue())
+
+
 class ExportApi(ApiHandler):
     """Every delivery of the messages sent in a date range, as CSV or JSON."""
 
@@ -239,38 +294,33 @@ class ExportApi(ApiHandler):
         if fmt not in ("json", "csv"):
             raise ApiError(400, "bad_format", "format must be json or csv")
         filters = queries.Filters(since=self.date("since"), until=self.date("until"))
-        rows: list[dict] = []
-        before = None
         async with self.sessions() as session:
-            while len(rows) < EXPORT_ROWS:
-                page = await queries.list_messages(
-                    session, self.api_user, filters, before_id=before, limit=500
-                )
-                for m in page:
-                    for d in m.deliveries:
-                        j = delivery_json(d)
-                        rows.append(
-                            {
-                                "message_id": m.id,
-                                "sent_at": _when(m.accepted_at),
-                                "subject": m.subject,
-                                "source": m.source,
-                                **{k: j[k] for k in EXPORT_FIELDS[4:]},
-                            }
-                        )
-                if len(page) < 500:
-                    break
-                before = page[-1].id
+            rows = await export_rows(session, self.api_user, filters)
         if fmt == "json":
             self.write({"deliveries": rows})
             return
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
-        writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
-        self.set_header("Content-Type", "text/csv; charset=utf-8")
-        self.set_header("Content-Disposition", 'attachment; filename="mailping-export.csv"')
-        self.write(out.getvalue())
+        write_csv(self, rows)
+
+
+ADDRESS = re.compile(r"[^/@\x00-\x20\x7f]+@[^/@\x00-\x20\x7f]+")  # as in openapi.json
+
+
+class RecipientApi(ApiHandler):
+    """DELETE: forget a recipient on their request (GDPR art. 17), as the recipient page's
+    button does. Forgetting an address never seen still keeps it from being tracked."""
+
+    allowed = "DELETE"
+
+    async def delete(self, address: str) -> None:
+        # Tornado has decoded the path argument already: decoding it again would turn the
+        # "+" of ana+tag@example.com into a space.
+        if not (3 <= len(address) <= 320 and ADDRESS.fullmatch(address)):
+            raise ApiError(400, "bad_request", "not an email address")
+        done = await erasure.forget_recipient(
+            self.sessions, address, user=self.api_user, outbox_dir=self.outbox_dir, vacuum=False
+        )
+        tornado.ioloop.IOLoop.current().spawn_callback(erasure.vacuum_later, self.sessions)
+        self.write({"forgotten": {"deliveries": done.deliveries, "messages": done.messages}})
 
 
 class OpenApiDocument(ApiHandler):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import logging
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import tornado.web
@@ -16,13 +18,16 @@ from pixelserver.api import (
     MessagesApi,
     NotFoundApi,
     OpenApiDocument,
+    RecipientApi,
 )
-from pixelserver.config import DigestConfig, PixelServerConfig, parse_networks
+from pixelserver.config import DigestConfig, PixelServerConfig, parse_listen, parse_networks
 from pixelserver.live import EventsHandler
 from pixelserver.metrics import MetricsHandler
-from pixelserver.networks import DataSource
+from pixelserver.networks import DataSource, Network, client_ip, mask
 from pixelserver.reports import (
     AboutPage,
+    ExportPage,
+    ForgetRecipientPage,
     MessagePage,
     MessagesPage,
     NewLinkPage,
@@ -31,9 +36,36 @@ from pixelserver.reports import (
     SettingsPage,
 )
 from pixelserver.tokens import pixel_url
-from pixelserver.web import LoginPage, LogoutPage, WebAuth
+from pixelserver.web import LoginPage, LogoutPage, WebAuth, demo_hosts
 
 HERE = Path(__file__).parent
+access_log = logging.getLogger("tornado.access")
+# A recipient's address in a page's path is theirs, not the log's (and outlives an erasure).
+_RECIPIENT_PATH = re.compile(r"(/(?:api/v1/)?recipients/)[^/]+")
+
+
+def access_logger(trusted: Sequence[Network]) -> Callable[[tornado.web.RequestHandler], None]:
+    """Tornado's access log, but naming the client as a network: the real client behind a
+    trusted proxy, masked to its /24 or /48 (the full address is never written to a log)."""
+
+    def log_request(handler: tornado.web.RequestHandler) -> None:
+        status = handler.get_status()
+        level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+        if not access_log.isEnabledFor(level):
+            return
+        request = handler.request
+        who = client_ip(request.remote_ip or "", request.headers, trusted)
+        access_log.log(
+            level,
+            "%d %s %s (%s) %.2fms",
+            status,
+            request.method,
+            _RECIPIENT_PATH.sub(r"\1…", request.path),
+            mask(who) or "-",
+            1000.0 * request.request_time(),
+        )
+
+    return log_request
 
 
 def make_app(
@@ -54,18 +86,24 @@ def make_app(
         "outbox_dir": outbox_dir,
         "pixel_url": functools.partial(pixel_url, config.public_url, config.pixel_path),
         "digest_defaults": digest or DigestConfig(),
+        "demo_hosts": demo_hosts(
+            parse_listen(config.listen, "-", "pixelserver.listen"), config.public_url
+        ),
     }
     return tornado.web.Application(
         [
             (r"/", MessagesPage, pages),
+            (r"/export\.csv", ExportPage, pages),
             (r"/messages/([0-9]{1,18})", MessagePage, pages),
             (r"/recipients/([^/]{1,400})", RecipientPage, pages),
+            (r"/recipients/([^/]{1,400})/forget", ForgetRecipientPage, pages),
             (r"/outbox/([0-9]{1,18})", OutboxPage, pages),
             (r"/events", EventsHandler, pages),
             (r"/api/v1/messages", MessagesApi, pages),
             (r"/api/v1/messages/([0-9]{1,18})", MessageApi, pages),
             (r"/api/v1/deliveries/([0-9]{1,18})/hits", HitsApi, pages),
             (r"/api/v1/export", ExportApi, pages),
+            (r"/api/v1/recipients/([^/]+)", RecipientApi, pages),
             (r"/api/v1/openapi.json", OpenApiDocument, pages),
             (r"/api/.*", NotFoundApi, pages),
             (r"/settings", SettingsPage, pages),
@@ -75,7 +113,10 @@ def make_app(
             (
                 r"/metrics",
                 MetricsHandler,
-                {"allow": parse_networks(config.metrics_allow, "-", "pixelserver.metrics_allow")},
+                {
+                    "allow": parse_networks(config.metrics_allow, "-", "pixelserver.metrics_allow"),
+                    "trusted_proxies": trusted,
+                },
             ),
             (r"/about", AboutPage, {**pages, "data_sources": list(data_sources)}),
         ],
@@ -87,4 +128,5 @@ def make_app(
         xsrf_cookies=True,
         xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict", "secure": auth.secure_cookies},
         login_url="/login",
+        log_function=access_logger(trusted),
     )

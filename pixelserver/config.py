@@ -138,11 +138,19 @@ class PixelServerConfig:
     metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     journal_fsync: str = choices("batch", "always", "off")
     journal_max_mb: int = 1024
+    # Fetches recorded per token and per network before the limit drops recording (the
+    # image is always answered); the buckets refill in 30 s (token) and 10 s (network).
+    record_burst_per_token: int = 60
+    record_burst_per_network: int = 3000
+    # Web sessions (logins) end after this long without a request, and this long after login.
+    session_idle_minutes: int = 30
+    session_max_hours: int = 12
 
 
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = ""
+    password_env: str = ""  # the database password, from this environment variable
 
 
 @dataclass(frozen=True)
@@ -206,6 +214,14 @@ def validate_pixelserver(cfg: PixelServerConfig, file: str) -> None:
         raise ConfigError(file, "pixelserver.pixel_path", "letters, digits, - and _ only")
     if not 1 <= cfg.workers <= 64:
         raise ConfigError(file, "pixelserver.workers", "from 1 to 64 processes")
+    if cfg.record_burst_per_token < 1:
+        raise ConfigError(file, "pixelserver.record_burst_per_token", "must be at least 1")
+    if cfg.record_burst_per_network < 1:
+        raise ConfigError(file, "pixelserver.record_burst_per_network", "must be at least 1")
+    if cfg.session_idle_minutes < 1:
+        raise ConfigError(file, "pixelserver.session_idle_minutes", "must be at least 1")
+    if cfg.session_max_hours < 1:
+        raise ConfigError(file, "pixelserver.session_max_hours", "must be at least 1")
     if cfg.journal_max_mb < 1:
         raise ConfigError(file, "pixelserver.journal_max_mb", "must be at least 1 (MiB)")
 

@@ -18,7 +18,7 @@ import os
 import secrets
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +31,88 @@ log = logging.getLogger("mailping.hits")
 
 # Request headers worth keeping: they tell prefetchers and proxies apart (see issue on verdicts).
 KEPT_HEADERS = ("Accept", "Accept-Language", "Sec-Purpose", "Purpose", "X-Purpose", "Via", "From")
+# Cut at the edge: a client may send 64 KiB headers, which would otherwise be journaled,
+# stored, and used as keys of the classifier's caches (4,096 entries each).
+MAX_UA = 512
+MAX_HEADER = 256
 MAX_BATCH = 200  # hits per transaction: small, so no step holds up the pixel (p99)
 READ_BYTES = 64 * 1024  # journal bytes parsed per step (about 200 hits)
 COMPACT_AT = 4 * 1024 * 1024  # rewrite the journal once this much of it has been consumed
 
 
 FSYNC_POLICIES = ("batch", "always", "off")
+
+# Networks of the big fetchers (Apple's relays and network, Google's image proxy, mail
+# security gateways): at a large send's peak they fetch thousands of copies a second, each a
+# real delivery event, so they are never limited per network (each token still is).
+PROXY_LISTS = frozenset(
+    {
+        "apple_relay",
+        "apple_network",
+        "google_fetcher",
+        "microsoft_eop",
+        "microsoft_exo",
+        "mimecast",
+        "proofpoint",
+        "barracuda",
+        "cisco_secure_email",
+    }
+)
+
+
+class RecordLimits:
+    """Token buckets per token and per network, checked on the pixel's request path: past
+    them a fetch is answered as always but not recorded, so that one token or one network
+    fetched thousands of times a second cannot fill the journal and push real opens out.
+
+    Per token: a burst of 60, then 2 a second (a copy opened by a person, prefetched by Apple
+    and fetched by Gmail's proxy on every open stays far below). Per network (/24 or /48): a
+    burst of 3,000, then 300 a second, except the known fetchers' networks (PROXY_LISTS).
+    Buckets live in memory, per process; the table is dropped whole when it grows past
+    `max_keys`, which only ever forgives."""
+
+    def __init__(
+        self, *, token_burst: int = 60, network_burst: int = 3000, max_keys: int = 200_000
+    ) -> None:
+        self.token_rate, self.token_burst = token_burst / 30.0, token_burst
+        self.network_rate, self.network_burst = network_burst / 10.0, network_burst
+        self.max_keys = max_keys
+        self._tokens: dict[str, tuple[float, float]] = {}
+        self._networks: dict[str, tuple[float, float]] = {}
+
+    def drop(
+        self, token: str, network: str, lists: Sequence[str], now: float | None = None
+    ) -> str | None:
+        """None to record the fetch; otherwise which limit it is over ("token", "network")."""
+        now = time.monotonic() if now is None else now
+        exempt = not network or any(name in PROXY_LISTS for name in lists)
+        if not exempt and not _take(
+            self._networks, network, now, self.network_rate, self.network_burst, self.max_keys
+        ):
+            return "network"
+        if not _take(self._tokens, token, now, self.token_rate, self.token_burst, self.max_keys):
+            return "token"
+        return None
+
+
+def _take(
+    buckets: dict[str, tuple[float, float]],
+    key: str,
+    now: float,
+    rate: float,
+    burst: int,
+    max_keys: int,
+) -> bool:
+    """Take one from `key`'s bucket (refilled at `rate` a second up to `burst`)."""
+    level, then = buckets.get(key, (float(burst), now))
+    level = min(float(burst), level + (now - then) * rate)
+    if level < 1.0:
+        buckets[key] = (level, now)
+        return False
+    if len(buckets) >= max_keys and key not in buckets:
+        buckets.clear()
+    buckets[key] = (level - 1.0, now)
+    return True
 
 
 class Journal:
@@ -54,13 +130,19 @@ class Journal:
     """
 
     def __init__(
-        self, path: Path, *, fsync: str = "batch", max_bytes: int = 1024 * 1024 * 1024
+        self,
+        path: Path,
+        *,
+        fsync: str = "batch",
+        max_bytes: int = 1024 * 1024 * 1024,
+        compact_at: int = COMPACT_AT,
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync policy must be one of {FSYNC_POLICIES}, not {fsync!r}")
         self.path = path
         self.fsync = fsync
         self.max_bytes = max_bytes
+        self.compact_at = compact_at
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._size = os.fstat(self._fd).st_size
@@ -70,7 +152,17 @@ class Journal:
         self._overflow_logged = 0.0
         self._synced = self._size
 
-    def append(self, ip: str, token: str, method: str, ua: str, headers: Mapping[str, str]) -> None:
+    def append(
+        self,
+        network: str,
+        lists: Sequence[str],
+        token: str,
+        method: str,
+        ua: str,
+        headers: Mapping[str, str],
+    ) -> None:
+        """One fetch: its masked network ("n") and the lists its address was in ("l"), never
+        the address itself (lines written before this had an "ip"; they are still read)."""
         if self._size >= self.max_bytes:
             self._overflowed()
             return
@@ -79,10 +171,12 @@ class Journal:
             "t": token,
             "at": time.time(),
             "m": method,
-            "ip": ip,
-            "ua": ua,
-            "h": {k: v for k in KEPT_HEADERS if (v := headers.get(k))},
+            "n": network,
+            "ua": ua[:MAX_UA],
+            "h": {k: v[:MAX_HEADER] for k in KEPT_HEADERS if (v := headers.get(k))},
         }
+        if lists:
+            record["l"] = list(lists)
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
         os.write(self._fd, line)
         self._size += len(line)
@@ -138,17 +232,16 @@ class Journal:
             os.ftruncate(self._fd, 0)
             self.offset = 0
             self._size = 0
-        elif offset >= COMPACT_AT:
+        elif offset >= self.compact_at:
             with open(self.path, "rb") as f:
                 f.seek(offset)
                 rest = f.read()
-            tmp = self.path.with_suffix(".compact")
-            tmp.write_bytes(rest)
-            os.replace(tmp, self.path)
+            _replace_durably(self.path, rest)
             os.close(self._fd)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self.offset = 0
             self._size = len(rest)
+            self._synced = self._size
 
     def size(self) -> int:
         return self._size
@@ -161,6 +254,28 @@ class Journal:
         with contextlib.suppress(OSError):
             os.fsync(self._fd)
         os.close(self._fd)
+
+
+def _replace_durably(path: Path, data: bytes) -> None:
+    """Replace `path` by a file holding `data`, private (0600) whatever the umask, on disk
+    before the rename, and the rename itself on disk: a compacted journal is as safe and as
+    private as the journal it replaces."""
+    tmp = path.with_suffix(".compact")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an old .compact left by a crash keeps its own mode otherwise
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 @dataclass(frozen=True)
@@ -179,7 +294,10 @@ class Judge:
             prior = [classify.PriorHit(p, u, s) for p, u, s in ctx.prior]
         at = dt.datetime.fromtimestamp(record["at"], dt.UTC)
         ua = record.get("ua", "")
-        net = self.networks.facts(record.get("ip", ""))
+        if "n" in record:  # masked at the edge, with the facts that needed the address
+            net = self.networks.facts_of(str(record["n"]), record.get("l") or ())
+        else:  # a journal written by an older MailPing
+            net = self.networks.facts(str(record.get("ip", "")))
         seconds = max(0.0, (at - ctx.accepted_at).total_seconds())
         facts = classify.HitFacts(
             network=net,
@@ -256,6 +374,7 @@ class HitPipeline:
         judge: Judge,
         *,
         interval: float = 0.1,
+        limits: RecordLimits | None = None,
     ) -> None:
         self.journal = journal
         self.sessions = sessions
@@ -266,9 +385,16 @@ class HitPipeline:
         self._task: asyncio.Task | None = None
         self._failing = False
         self.sender_networks = storage.SenderNetworks()
+        self.limits = limits or RecordLimits()
 
     def record(self, ip: str, token: str, method: str, ua: str, headers: Mapping[str, str]) -> None:
-        self.journal.append(ip, token, method, ua, headers)
+        """On the request path: the address is masked here, before anything is written, and
+        a fetch over its token's or network's limit is not recorded at all."""
+        network, lists = self.judge.networks.at_edge(ip)
+        if (over := self.limits.drop(token, network, lists)) is not None:
+            metrics.NOT_RECORDED.labels(over).inc()
+            return
+        self.journal.append(network, lists, token, method, ua, headers)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="hit-pipeline")

@@ -52,7 +52,7 @@ async def create_link(
     session: AsyncSession, user: str, label: str, recipient: str, sender_prefix: str
 ) -> NewLink:
     label, recipient = check(label, recipient)
-    token = mint_token()
+    token = mint_token(await storage.token_key(session))
     message, (delivery,) = await storage.add_message(
         session,
         user_address=user,

@@ -23,8 +23,19 @@ from prometheus_client import (
     multiprocess,
 )
 
+from pixelserver.networks import client_ip
+
 PIXEL_REQUESTS = Counter("mailping_pixel_requests_total", "Pixel requests answered")
 HITS = Counter("mailping_hits_total", "Hits stored, by verdict", ["verdict"])
+NOT_RECORDED = Counter(
+    "mailping_pixel_not_recorded_total",
+    "Pixels answered but not recorded: over the per-token or per-network limit",
+    ["limit"],
+)
+FORGED_TOKENS = Counter(
+    "mailping_pixel_forged_tokens_total",
+    "Pixels answered but not recorded: the token's tag does not check (random or forged)",
+)
 UNKNOWN_TOKENS = Counter("mailping_hits_unknown_token_total", "Fetches of tokens nobody minted")
 JOURNAL_OVERFLOW = Counter(
     "mailping_journal_overflow_total", "Pixels answered but not recorded: the journal was full"
@@ -73,21 +84,39 @@ def exposition() -> bytes:
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+PROXY_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")
+
+
+def _in(ip: str, net: Network) -> bool:
+    try:
+        return ipaddress.ip_address(ip) in net
+    except ValueError:
+        return False
 
 
 class MetricsHandler(tornado.web.RequestHandler):
     """Only for the networks in pixelserver.metrics_allow (this machine by default); others
     get a 404, as if there were nothing here."""
 
-    def initialize(self, allow: Sequence[Network]) -> None:
+    def initialize(self, allow: Sequence[Network], trusted_proxies: Sequence[Network] = ()) -> None:
         self.allow = allow
+        self.trusted_proxies = trusted_proxies
 
     def get(self) -> None:
+        """The allow list is checked against the real client: behind a trusted proxy the one
+        it forwards for; a proxied request through any other proxy is refused, since a proxy
+        on this machine would otherwise make the whole internet look local."""
+        remote = self.request.remote_ip or ""
+        proxied = any(h in self.request.headers for h in PROXY_HEADERS)
+        if proxied and not any(_in(remote, net) for net in self.trusted_proxies):
+            raise tornado.web.HTTPError(404)
         try:
-            peer = ipaddress.ip_address(self.request.remote_ip or "")
+            client = ipaddress.ip_address(
+                client_ip(remote, self.request.headers, self.trusted_proxies)
+            )
         except ValueError:
             raise tornado.web.HTTPError(404) from None
-        if not any(peer in net for net in self.allow):
+        if not any(client in net for net in self.allow):
             raise tornado.web.HTTPError(404)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.set_header("Cache-Control", "no-store")

@@ -10,6 +10,7 @@ import bisect
 import datetime as dt
 import importlib.metadata
 import ipaddress
+import logging
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -52,6 +53,58 @@ def mask(ip: str) -> str:
         addr = addr.ipv4_mapped
     prefix = 24 if addr.version == 4 else 48
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+
+
+_ADDRESS_LIKE = re.compile(r"[0-9A-Fa-f:.]*[:.][0-9A-Fa-f:.]*")
+_V4_WITH_PORT = re.compile(r"((?:\d{1,3}\.){3}\d{1,3}):(\d{1,5})")
+
+
+def mask_text(text: str) -> str:
+    """`text` with every IP address in it replaced by its /24 or /48 (a port after an IPv4
+    address is dropped): log lines may say which network, never which address."""
+
+    def one(m: re.Match[str]) -> str:
+        token = m.group()
+        if m.end() < len(text) and text[m.end()] == "/":  # already a network
+            return token
+        if masked := mask(token):
+            return masked
+        bare = token.rstrip(".:")  # an address at the end of a sentence
+        if masked := mask(bare):
+            return masked + token[len(bare) :]
+        if v4 := _V4_WITH_PORT.fullmatch(token):
+            return mask(v4.group(1)) or token
+        return token
+
+    return _ADDRESS_LIKE.sub(one, text)
+
+
+class MaskAddresses(logging.Filter):
+    """A log filter that masks client addresses in each record before any handler writes it.
+
+    Libraries log their peers in full (aiosmtpd's session log, Tornado's connection errors);
+    rather than patch each call, the record's formatted text is masked once here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is logging's business, not ours
+            return True
+        masked = mask_text(text)
+        if masked != text:
+            record.msg, record.args = masked, None
+        return True
+
+
+MASKED_LOGGERS = ("mail.log", "tornado.access", "tornado.general", "tornado.application")
+
+
+def mask_addresses_in_logs() -> None:
+    """Attach MaskAddresses to the loggers that name clients (idempotent)."""
+    for name in MASKED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, MaskAddresses) for f in logger.filters):
+            logger.addFilter(MaskAddresses())
 
 
 def is_loopback(ip: str) -> bool:
@@ -331,6 +384,7 @@ class Networks:
         self.fetchers = fetcher_table(data_dir)
         self._cache: OrderedDict[str, NetworkFacts] = OrderedDict()  # per /24 or /48
         self._by_ip: OrderedDict[str, NetworkFacts] = OrderedDict()
+        self._edge: dict[str, tuple[str, tuple[str, ...]]] = {}
         self._cache_size = cache_size
 
     def sources(self) -> list[DataSource]:
@@ -369,39 +423,64 @@ class Networks:
         if found is not None:
             self._by_ip.move_to_end(ip)
             return found
-        found = self._facts(ip)
+        prefix, lists = self.at_edge(ip, cache=False)
+        found = self.facts_of(prefix, lists)
         self._by_ip[ip] = found
         if len(self._by_ip) > self._cache_size:
             self._by_ip.popitem(last=False)
         return found
 
-    def _facts(self, ip: str) -> NetworkFacts:
+    def at_edge(self, ip: str, *, cache: bool = True) -> tuple[str, tuple[str, ...]]:
+        """What may be kept of an address, taken while it is still in hand: its /24 or /48 and
+        the named lists the address itself is in (Apple's relay ranges and some vendors' are
+        narrower than a /24, so they cannot be told from the network later).
+
+        This runs on the pixel's request path, so that the journal never holds the address: a
+        warm lookup is one dict read, a cold one a parse and a bisect per table (microseconds).
+        The cache lives in memory only and is dropped whole when full.
+        """
+        if cache:
+            found = self._edge.get(ip)
+            if found is not None:
+                return found
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:
-            return NetworkFacts(prefix="")
+            return "", ()
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped
-        lists = {name for name, table in self.known.items() if table.find(addr)}
-        # Relay prefixes can be smaller than a /24, so lists are checked for the address itself;
-        # ASN and location are looked up once per /24 or /48 and cached.
+        lists = [name for name, table in self.known.items() if table.find(addr)]
         if self.relay.find(addr):
-            lists.add("apple_relay")
+            lists.append("apple_relay")
         if self.datacenter.find(addr):
-            lists.add("datacenter")
-        lists |= self.fetchers.labels(addr)
-        prefix = mask(str(addr))
+            lists.append("datacenter")
+        lists.extend(self.fetchers.labels(addr))
+        found = (mask(str(addr)), tuple(sorted(lists)))
+        if cache:
+            if len(self._edge) >= self._cache_size:
+                self._edge.clear()
+            self._edge[ip] = found
+        return found
+
+    def facts_of(self, prefix: str, lists: Iterable[str] = ()) -> NetworkFacts:
+        """Facts for a masked network and the lists its address was found in at the edge:
+        ASN, organisation and place are looked up once per /24 or /48 and cached."""
+        try:
+            net = ipaddress.ip_network(prefix)
+        except ValueError:
+            return NetworkFacts(prefix="")
+        prefix = str(net)
         base = self._cache.get(prefix)
         if base is None:
-            base = self._lookup(str(addr), prefix)
+            base = self._lookup(str(net.network_address), prefix)
             self._cache[prefix] = base
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(prefix)
-        lists |= self.fetchers.asn_labels(base.asn)
+        named = frozenset(str(x) for x in lists) | self.fetchers.asn_labels(base.asn)
         hosting = (
-            base.hosting or "datacenter" in lists or any(x.startswith("cloud:") for x in lists)
+            base.hosting or "datacenter" in named or any(x.startswith("cloud:") for x in named)
         )
         return NetworkFacts(
             prefix=prefix,
@@ -409,7 +488,7 @@ class Networks:
             org=base.org,
             category=base.category,
             hosting=hosting,
-            lists=frozenset(lists),
+            lists=named,
             country=base.country,
             region=base.region,
             city=base.city,

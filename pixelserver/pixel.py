@@ -17,6 +17,7 @@ from tornado import httputil
 from pixelserver import metrics
 from pixelserver.hits import HitPipeline
 from pixelserver.networks import Network, client_ip
+from pixelserver.tokens import TokenCheck
 
 log = logging.getLogger("mailping.pixel")
 
@@ -63,8 +64,10 @@ class PixelFrontEnd(httputil.HTTPServerConnectionDelegate):
         pixel_path: str,
         pipeline: HitPipeline,
         trusted_proxies: Sequence[Network],
+        tokens: TokenCheck | None = None,
     ) -> None:
         self.app = app
+        self.tokens = tokens or TokenCheck()
         self.prefix = f"/{pixel_path}/"
         self.pipeline = pipeline
         self.trusted_proxies = trusted_proxies
@@ -94,6 +97,9 @@ class PixelFrontEnd(httputil.HTTPServerConnectionDelegate):
         metrics.PIXEL_REQUESTS.inc()
         name = start_line.path[len(self.prefix) :].split("?", 1)[0]
         token = token_from_path(name)
+        if token is not None and not self.tokens.admits(token):
+            metrics.FORGED_TOKENS.inc()  # answered like any other, recorded nowhere
+            token = None
         if token is not None:
             remote = getattr(request_conn, "context", None)
             ip = client_ip(getattr(remote, "remote_ip", "") or "", headers, self.trusted_proxies)
@@ -151,4 +157,5 @@ class _Request(httputil.HTTPMessageDelegate):
             self.inner.on_connection_close()
 
 
-REPLY_HEADERS = {**NO_CACHE, "Content-Length": str(len(GIF)), "Server": "MailPing"}
+# No Server header: the pixel must not tell the recipient's tools which product tracked them.
+REPLY_HEADERS = {**NO_CACHE, "Content-Length": str(len(GIF))}

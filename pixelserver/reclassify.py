@@ -220,6 +220,11 @@ async def _judge_deliveries(
                     "why": "; ".join(r.text for r in verdict.reasons[:2])[:1000],
                 }
             )
+            # A place is kept only for a direct open (the reader's own network): a hit that is
+            # no longer one loses it. One that becomes one does not get it back (never kept).
+            place = (
+                {} if verdict.kind == classify.HUMAN else {"country": "", "region": "", "city": ""}
+            )
             await session.execute(
                 update(storage.Hit)
                 .where(storage.Hit.id == hit.id)
@@ -230,6 +235,7 @@ async def _judge_deliveries(
                     reasons=verdict.as_json()["reasons"],
                     client=verdict.client,
                     seconds_after_send=seconds,
+                    **place,
                 )
             )
     if history:  # what each hit was before, so the report can say what changed and why

@@ -13,10 +13,11 @@ import importlib.metadata
 import logging
 import zoneinfo
 
+import tornado.ioloop
 import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 
-from pixelserver import digest_runs, links, preferences, queries, storage
+from pixelserver import digest_runs, erasure, links, preferences, queries, storage
 from pixelserver.chart import hits_svg
 from pixelserver.config import DigestConfig
 from pixelserver.networks import mask
@@ -69,6 +70,21 @@ class MessagesPage(BasePage):
         return "&".join(f"{k}={tornado.escape.url_escape(v)}" for k, v in args.items())
 
 
+class ExportPage(BasePage):
+    """The Export button: the same CSV as the API's export, for the logged-in user."""
+
+    async def get(self) -> None:
+        from pixelserver.api import export_rows, write_csv
+
+        filters = queries.Filters(
+            since=_date(self.get_query_argument("since", None)),
+            until=_date(self.get_query_argument("until", None)),
+        )
+        async with self.sessions() as session:
+            rows = await export_rows(session, self.user, filters)
+        write_csv(self, rows)
+
+
 class MessagePage(BasePage):
     async def get(self, message_id: str) -> None:
         async with self.sessions() as session:
@@ -99,12 +115,30 @@ class MessagePage(BasePage):
 
 class RecipientPage(BasePage):
     async def get(self, address: str) -> None:
-        address = tornado.escape.url_unescape(address)
+        # Tornado has decoded the path argument already: decoding it again would turn the
+        # "+" of ana+tag@example.com into a space.
         async with self.sessions() as session:
             history = await queries.recipient_history(session, self.user, address)
         if not history:
             raise tornado.web.HTTPError(404)
         self.render("recipient.html", address=address, history=history)
+
+
+class ForgetRecipientPage(BasePage):
+    """Erase a recipient on their request (GDPR art. 17): everything of theirs in this user's
+    report goes; a keyed hash keeps them from being tracked again."""
+
+    async def post(self, address: str) -> None:
+        # Tornado has decoded the path argument already: decoding it again would turn the
+        # "+" of ana+tag@example.com into a space.
+        if self.get_body_argument("confirm", "") != "yes":  # the page's checkbox
+            raise tornado.web.HTTPError(400)
+        done = await erasure.forget_recipient(
+            self.sessions, address, user=self.user, outbox_dir=self.outbox_dir, vacuum=False
+        )
+        tornado.ioloop.IOLoop.current().spawn_callback(erasure.vacuum_later, self.sessions)
+        log.info("forgot a recipient on request: %s", done.words())
+        self.redirect("/")
 
 
 def _since_words(seconds: float) -> str:
@@ -202,6 +236,7 @@ class SettingsPage(BasePage):
             tokens = await storage.api_tokens(session, self.user)
             prefs = await preferences.load(session, self.user, self.digest_defaults)
             last_digest = await digest_runs.latest(session, self.user)
+            active = await storage.count_user_sessions(session, self.user, self.auth.limits)
         self.render(
             "settings.html",
             tokens=tokens,
@@ -211,6 +246,9 @@ class SettingsPage(BasePage):
             zones=ZONES,
             error=error,
             saved=saved,
+            active_sessions=active,
+            idle_minutes=int(self.auth.limits.idle.total_seconds() // 60),
+            max_hours=int(self.auth.limits.absolute.total_seconds() // 3600),
         )
 
     @property
@@ -231,6 +269,10 @@ class SettingsPage(BasePage):
                     await storage.revoke_api_token(
                         session, self.user, int(self.get_body_argument("token_id", "0") or 0)
                     )
+                elif action == "logout_others":  # ASVS 3.3.4: end the sessions left elsewhere
+                    key = self.session_key()
+                    if key is not None:
+                        await storage.end_other_sessions(session, self.user, key)
                 elif action == "preferences":
                     digest = preferences.check_digest(
                         enabled=self.get_body_argument("digest_enabled", "") == "on",

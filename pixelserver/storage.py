@@ -257,6 +257,155 @@ async def revoke_api_token(session: AsyncSession, user_address: str, token_id: i
     return bool(result.rowcount)
 
 
+class WebSession(Base):
+    """A logged-in browser. The cookie carries a random session key; only its SHA-256 is
+    kept here, so that logging out, removing a user or an administrator's `mailping user
+    logout` ends the session on the server, whatever copies of the cookie exist."""
+
+    __tablename__ = "web_session"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("user_account.id", ondelete="CASCADE"), index=True
+    )
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+SEEN_EVERY = dt.timedelta(seconds=60)  # last_seen_at is written at most once a minute
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """How long a web session lives: `idle` without a request, `absolute` since login."""
+
+    idle: dt.timedelta = dt.timedelta(minutes=30)
+    absolute: dt.timedelta = dt.timedelta(hours=12)
+
+
+async def start_web_session(session: AsyncSession, user_address: str) -> str:
+    """A new session for the user; returns its key (for the cookie), which is not stored."""
+    user = await get_or_create_user(session, user_address)
+    key = secrets.token_urlsafe(32)
+    now = utcnow()
+    session.add(
+        WebSession(user_id=user.id, key_hash=token_hash(key), created_at=now, last_seen_at=now)
+    )
+    await session.flush()
+    return key
+
+
+async def web_session_user(
+    session: AsyncSession, key: str, limits: SessionLimits, now: dt.datetime | None = None
+) -> str | None:
+    """The address of the user whose live session `key` is, or None. A session past either
+    lifetime is deleted on sight; a live one has its last use noted (once a minute, so that
+    reading pages is not a write per request)."""
+    now = now or utcnow()
+    row = (
+        await session.execute(
+            select(WebSession.id, WebSession.created_at, WebSession.last_seen_at, User.address)
+            .join(User, User.id == WebSession.user_id)
+            .where(WebSession.key_hash == token_hash(key))
+        )
+    ).first()
+    if row is None:
+        return None
+    if now - row.created_at > limits.absolute or now - row.last_seen_at > limits.idle:
+        await session.execute(delete(WebSession).where(WebSession.id == row.id))
+        return None
+    if now - row.last_seen_at > SEEN_EVERY:
+        await session.execute(
+            update(WebSession).where(WebSession.id == row.id).values(last_seen_at=now)
+        )
+    return row.address
+
+
+async def user_exists(session: AsyncSession, user_address: str) -> bool:
+    return (await session.execute(select(_user_id(user_address)))).scalar() is not None
+
+
+async def end_web_session(session: AsyncSession, key: str) -> None:
+    await session.execute(delete(WebSession).where(WebSession.key_hash == token_hash(key)))
+
+
+def _user_id(user_address: str) -> Any:
+    return select(User.id).where(User.address == user_address.strip().lower()).scalar_subquery()
+
+
+async def end_user_sessions(session: AsyncSession, user_address: str) -> int:
+    """End every web session of a user (an administrator's action, or part of removing
+    them); returns how many there were."""
+    result = await session.execute(
+        delete(WebSession).where(WebSession.user_id == _user_id(user_address))
+    )
+    return result.rowcount or 0
+
+
+async def count_user_sessions(
+    session: AsyncSession, user_address: str, limits: SessionLimits
+) -> int:
+    """The user's sessions still within both lifetimes."""
+    now = utcnow()
+    return (
+        await session.execute(
+            select(func.count(WebSession.id)).where(
+                WebSession.user_id == _user_id(user_address),
+                WebSession.created_at >= now - limits.absolute,
+                WebSession.last_seen_at >= now - limits.idle,
+            )
+        )
+    ).scalar_one()
+
+
+async def end_other_sessions(session: AsyncSession, user_address: str, keep_key: str) -> int:
+    """End every session of the user but the one with `keep_key` (theirs, in use)."""
+    result = await session.execute(
+        delete(WebSession).where(
+            WebSession.user_id == _user_id(user_address),
+            WebSession.key_hash != token_hash(keep_key),
+        )
+    )
+    return result.rowcount or 0
+
+
+async def revoke_user_tokens(session: AsyncSession, user_address: str) -> int:
+    result = await session.execute(
+        delete(ApiToken).where(ApiToken.user_id == _user_id(user_address))
+    )
+    return result.rowcount or 0
+
+
+async def purge_web_sessions(
+    session: AsyncSession, limits: SessionLimits, now: dt.datetime | None = None
+) -> int:
+    """Delete sessions past either lifetime (they would be refused anyway)."""
+    now = now or utcnow()
+    result = await session.execute(
+        delete(WebSession).where(
+            (WebSession.created_at < now - limits.absolute)
+            | (WebSession.last_seen_at < now - limits.idle)
+        )
+    )
+    return result.rowcount or 0
+
+
+class ForgottenRecipient(Base):
+    """A recipient erased on request: only a keyed hash (HMAC-SHA256 with a secret kept in
+    app_secret) of the address stays, so that they are never tracked again without the
+    address being kept. user_id NULL: forgotten for every user (an administrator's erasure)."""
+
+    __tablename__ = "forgotten_recipient"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("user_account.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    address_hash: Mapped[str] = mapped_column(String(64))
+    forgotten_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class AppSecret(Base):
     """Secrets every MailPing process must share (the session-cookie key), kept in the store."""
 
@@ -435,6 +584,8 @@ def make_engine(url: str) -> AsyncEngine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            # Deleted rows are overwritten, not left in free pages: erasure means erased.
+            cur.execute("PRAGMA secure_delete=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
@@ -746,6 +897,33 @@ async def add_user_network(session: AsyncSession, user_address: str, prefix: str
     )
 
 
+_SECRETS: dict[tuple[str, str], str] = {}
+
+
+async def cached_secret(session: AsyncSession, name: str) -> str:
+    """app_secret, read once per process and store: shared secrets never change."""
+    where = (str(session.bind.url), name)
+    if where not in _SECRETS:
+        _SECRETS[where] = await app_secret(session, name)
+    return _SECRETS[where]
+
+
+async def token_key(session: AsyncSession) -> bytes:
+    """The key tokens are tagged with (pixelserver/tokens.py), shared by every process."""
+    return (await cached_secret(session, "token_key")).encode()
+
+
+async def has_untagged_tokens(session: AsyncSession) -> bool:
+    """Whether any delivery still has a token minted before tags (last character with its
+    four low bits clear: A, Q, g or w)."""
+    row = await session.execute(
+        select(Delivery.id)
+        .where(func.substr(Delivery.token, 22, 1).in_(("A", "Q", "g", "w")))
+        .limit(1)
+    )
+    return row.first() is not None
+
+
 async def app_secret(session: AsyncSession, name: str) -> str:
     """A shared secret, made once by whichever process asks first."""
     await session.execute(
@@ -966,6 +1144,20 @@ async def purge_before(session: AsyncSession, cutoff: dt.datetime) -> tuple[int,
         await session.execute(delete(Message).where(Message.accepted_at < cutoff))
     ).rowcount or 0
     return messages, hits
+
+
+async def purge_people_data(
+    session: AsyncSession, cutoff: dt.datetime, now: dt.datetime
+) -> dict[str, int]:
+    """What retention deletes beside messages and hits: digest ledger rows claimed before
+    `cutoff`, and networks users logged in from that are older than `cutoff` or than the
+    30 days they serve for (SenderNetworks), whichever is sooner."""
+    networks_cutoff = max(cutoff, now - dt.timedelta(days=SENDER_NETWORK_DAYS))
+    networks = await session.execute(
+        delete(UserNetwork).where(UserNetwork.seen_at < networks_cutoff)
+    )
+    digests = await session.execute(delete(DigestRun).where(DigestRun.claimed_at < cutoff))
+    return {"user networks": networks.rowcount or 0, "digest ledger rows": digests.rowcount or 0}
 
 
 # --- reads for the report ------------------------------------------------------------------

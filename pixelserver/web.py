@@ -9,32 +9,32 @@ demo) there is no login and the pages answer only this machine, or the report pa
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import logging
-import time
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import tornado.web
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver import storage
 from pixelserver.networks import Network, client_ip, is_loopback, mask
+from pixelserver.throttle import LoginThrottle, TooManyAttempts
 
 log = logging.getLogger("mailping.web")
 
 SESSION_COOKIE = "mailping_session"
-SESSION_DAYS = 14
 PROXY_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
     "object-src 'none'"
 )
-FAILURE_WINDOW = 600.0
-FAILURES_BEFORE_LOCKOUT = 5
 
 CheckLogin = Callable[[str, str], Awaitable[bool]]
 
@@ -47,25 +47,12 @@ class WebAuth:
     check: CheckLogin | None = None
     report_password: str | None = None
     secure_cookies: bool = False
-    _failures: dict[str, list[float]] = field(default_factory=dict)
+    limits: storage.SessionLimits = field(default_factory=storage.SessionLimits)
+    throttle: LoginThrottle = field(default_factory=lambda: LoginThrottle(None))
 
     @property
     def logins(self) -> bool:
         return self.mode != "none"
-
-    def locked_out(self, ip: str) -> int:
-        """Failures from this address in the window (the caller refuses past the limit)."""
-        now = time.monotonic()
-        recent = [t for t in self._failures.get(ip, []) if now - t < FAILURE_WINDOW]
-        self._failures[ip] = recent
-        return len(recent)
-
-    def failed(self, ip: str) -> int:
-        self._failures.setdefault(ip, []).append(time.monotonic())
-        return len(self._failures[ip])
-
-    def succeeded(self, ip: str) -> None:
-        self._failures.pop(ip, None)
 
 
 class BasePage(tornado.web.RequestHandler):
@@ -91,38 +78,75 @@ class BasePage(tornado.web.RequestHandler):
         self.set_header("Referrer-Policy", "no-referrer")
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("Cache-Control", "no-store")
+        self.clear_header("Server")
 
     @property
     def client(self) -> str:
         return client_ip(self.request.remote_ip or "", self.request.headers, self.trusted_proxies)
 
     def get_current_user(self) -> str | None:
-        if not self.auth.logins:
+        return None  # set by prepare() from the server-side session, if there is one
+
+    def session_key(self) -> str | None:
+        """The session key from the signed cookie (the signature only proves this site made
+        it; whether the session is still alive is the store's answer)."""
+        days = self.auth.limits.absolute.total_seconds() / 86400
+        value = self.get_signed_cookie(SESSION_COOKIE, max_age_days=days)
+        try:
+            return value.decode("ascii") if value else None
+        except UnicodeDecodeError:
             return None
-        value = self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_DAYS)
-        return value.decode() if value else None
+
+    async def _session_user(self) -> str | None:
+        key = self.session_key()
+        if key is None:
+            return None
+        try:
+            async with self.sessions.begin() as session:
+                return await storage.web_session_user(session, key, self.auth.limits)
+        except SQLAlchemyError:
+            log.warning("cannot check a web session: the store is unreachable")
+            raise tornado.web.HTTPError(503) from None
 
     @property
     def user(self) -> str | None:
         """Whose messages to show: the logged-in user, or None (everyone) in the demo mode."""
         return self.current_user
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         if self.auth.logins:
+            self.current_user = await self._session_user()
             if self.current_user is None and self.needs_login:
                 self.redirect(f"/login?next={tornado.escape.url_escape(self.request.uri or '/')}")
             return
-        self._demo_access()
+        await self._demo_access()
 
     needs_login = True
 
-    def _demo_access(self) -> None:
-        """auth = "none": this machine only, or the report password (HTTP Basic)."""
+    async def _demo_access(self) -> None:
+        """auth = "none": this machine only, or the report password (HTTP Basic).
+
+        The Host header must be a name this server is known by: otherwise a page the user
+        visits could point its own name at 127.0.0.1 (DNS rebinding) and read the report
+        with the browser's loopback access. The report password is throttled like logins."""
         if self.auth.report_password:
+            # The browser sends the password with every request, and comparing it is cheap:
+            # only failures are counted here, against the client's network.
+            throttle = self.auth.throttle
+            if await throttle.network_locked(self.client):
+                raise tornado.web.HTTPError(429)
             if not self._password_ok(self.auth.report_password):
+                if self.request.headers.get("Authorization"):
+                    with contextlib.suppress(TooManyAttempts):
+                        await throttle.attempt(None, self.client)
                 self.set_header("WWW-Authenticate", 'Basic realm="MailPing", charset="UTF-8"')
                 raise tornado.web.HTTPError(401)
             return
+        # Loopback only: a page from elsewhere could have rebound its own name to 127.0.0.1.
+        # (With the report password it cannot: the browser keeps credentials per origin.)
+        hosts = self.extra.get("demo_hosts")
+        if hosts is not None and self.request.host.lower() not in hosts:  # type: ignore[operator]
+            raise tornado.web.HTTPError(403, reason="Unknown Host")
         peer = self.request.remote_ip or ""
         ip = self.client
         # Proxy headers from a peer that is not a configured proxy: an unknown proxy forwards
@@ -150,21 +174,67 @@ class BasePage(tornado.web.RequestHandler):
             429: "Too many failed logins from your address. Wait ten minutes and try again.",
             503: "The database cannot be reached right now; the report will be back when it is.",
         }
-        if status_code == 403 and "_xsrf" in str(kwargs.get("exc_info", "")):
+        if status_code == 403 and self._reason == "Unknown Host":
+            text = "This server does not answer to that name. Use the address it listens on."
+        elif status_code == 403 and "_xsrf" in str(kwargs.get("exc_info", "")):
             text = "This form had expired or came from another site. Reload the page and retry."
         else:
             text = messages.get(status_code, "Something went wrong on our side.")
         self.render("error.html", status=status_code, text=text)
 
 
+# What a same-site path may hold, as sent by this site's own login redirect: RFC 3986 path and
+# query characters (no backslash, no space, no control character, nothing beyond ASCII).
+_SAFE_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
+_DANGEROUS_DECODED = re.compile(r"[\\\x00-\x1f\x7f]|^\s*/\s*[/\\]|^[a-zA-Z][a-zA-Z0-9+.-]*:")
+
+
 def safe_next(target: str | None) -> str:
-    """Only paths on this site: an open redirect would make the login page a phishing tool."""
-    if not target:
+    """Only paths on this site: an open redirect would make the login page a phishing tool.
+
+    Browsers read `\\` as `/` and drop tabs and newlines, so `/\\evil`, `/\t/evil` and their
+    percent-encoded forms lead off-site as surely as `//evil` does. The target must be a plain
+    path made of URL characters, and no decoding of it (up to three rounds, for double
+    encoding) may turn up a backslash, a control character, a leading `//`, a scheme or
+    anything beyond ASCII.
+    Anything else is replaced by the report's front page."""
+    if not target or len(target) > 2000 or not _SAFE_PATH.fullmatch(target):
         return "/"
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+    decoded = target
+    for _ in range(3):
+        if _DANGEROUS_DECODED.search(decoded):
+            return "/"
+        parts = urlsplit(decoded)
+        if parts.scheme or parts.netloc:
+            return "/"
+        before = decoded
+        try:
+            decoded = unquote(decoded, errors="strict")
+        except UnicodeDecodeError:
+            return "/"
+        if decoded == before:
+            break
+    else:
+        return "/"  # still encoded after three rounds: nobody writes that in good faith
+    if not decoded.isascii():  # lookalike dots and slashes (U+3002, U+2215) are refused too
         return "/"
     return target
+
+
+def demo_hosts(listen: tuple[str, int], public_url: str) -> frozenset[str]:
+    """The Host header values the loopback demo answers: the listen address, this machine's
+    loopback names on its port, and public_url's host."""
+    host, port = listen
+    names = {f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"}
+    if host not in ("", "0.0.0.0", "::"):
+        names.add(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    public = urlsplit(public_url)
+    if public.netloc:
+        names.add(public.netloc.lower())
+        if public.port is None and public.hostname:
+            default = 443 if public.scheme == "https" else 80
+            names.add(f"{public.hostname}:{default}")
+    return frozenset(n.lower() for n in names)
 
 
 class LoginPage(BasePage):
@@ -186,14 +256,21 @@ class LoginPage(BasePage):
             raise tornado.web.HTTPError(404)
         ip = self.client
         target = safe_next(self.get_body_argument("next", "/"))
-        if self.auth.locked_out(ip) >= FAILURES_BEFORE_LOCKOUT:
-            raise tornado.web.HTTPError(429)
         username = self.get_body_argument("username", "").strip()
         password = self.get_body_argument("password", "")
+        # Counted before the slow check, per username and per network, in the store that the
+        # relay's logins count in too (pixelserver/throttle.py): guesses sent at once, from
+        # many networks or through several processes, at the pages or the relay, all add up.
+        throttle = self.auth.throttle
+        try:
+            attempt = await throttle.attempt(username, ip)
+        except TooManyAttempts:
+            raise tornado.web.HTTPError(429) from None
         try:
             ok = bool(username and password) and await self.auth.check(username, password)
         except Exception:  # the provider could not be asked; say so rather than "wrong password"
             log.warning("could not check a web login", exc_info=True)
+            await throttle.not_checked(attempt)
             self.set_status(503)
             self.render(
                 "login.html",
@@ -204,8 +281,7 @@ class LoginPage(BasePage):
             )
             return
         if not ok:
-            n = self.auth.failed(ip)
-            await tornado.gen.sleep(min(0.3 * n, 3.0))  # each failure costs a little more
+            await tornado.gen.sleep(min(0.3 * attempt.highest, 3.0))  # each failure costs more
             self.set_status(401)
             self.render(
                 "login.html",
@@ -214,13 +290,17 @@ class LoginPage(BasePage):
                 error="That username and password were not accepted.",
             )
             return
-        self.auth.succeeded(ip)
+        await throttle.succeeded(attempt)
+        previous = self.session_key()
         async with self.sessions.begin() as session:
             await storage.add_user_network(session, username, mask(ip))
+            if previous:  # a new login never reuses a session (no fixation)
+                await storage.end_web_session(session, previous)
+            key = await storage.start_web_session(session, username)
         self.set_signed_cookie(
             SESSION_COOKIE,
-            username.lower(),
-            expires_days=SESSION_DAYS,
+            key,
+            expires_days=self.auth.limits.absolute.total_seconds() / 86400,
             httponly=True,
             samesite="Lax",
             secure=self.auth.secure_cookies,
@@ -231,6 +311,11 @@ class LoginPage(BasePage):
 class LogoutPage(BasePage):
     needs_login = False
 
-    def post(self) -> None:
+    async def post(self) -> None:
+        """Ends the session on the server, not only in this browser."""
+        key = self.session_key()
+        if key is not None:
+            async with self.sessions.begin() as session:
+                await storage.end_web_session(session, key)
         self.clear_cookie(SESSION_COOKIE)
         self.redirect("/login" if self.auth.logins else "/")

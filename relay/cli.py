@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from pixelserver import classify, migrate, storage
+from pixelserver import classify, erasure, migrate, storage
 from pixelserver.config import ConfigError
 from pixelserver.networks import mask
 from pixelserver.reclassify import Progress, count_hits, reclassify
@@ -78,13 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("action", choices=["upgrade", "status"])
     add("check-config", help="validate the configuration and say what it would do")
     user = add("user", help='relay logins for relay.auth = "local"')
-    user.add_argument("action", choices=["add", "remove", "list"])
+    user.add_argument(
+        "action",
+        choices=["add", "remove", "list", "logout", "erase"],
+        help="logout: end every web session of the user (remove does that too, and revokes "
+        "their API tokens); erase: delete the user and everything of theirs (GDPR art. 17)",
+    )
     user.add_argument("name", nargs="?", help="login name (usually an email address)")
     user.add_argument(
         "--password-stdin",
         action="store_true",
         help="read the password from standard input instead of asking",
     )
+    forget = add(
+        "forget", help="erase a recipient on their request (GDPR art. 17); never track them again"
+    )
+    forget.add_argument("address", help="the recipient's email address")
+    forget.add_argument("--user", help="only in this user's report (default: every user's)")
     cls = add(
         "classify",
         help="judge pixel fetches: JSON lines on stdin, or one fetch explained in words",
@@ -156,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(db_command(cfg, args.action))
         if args.command == "user":
             return asyncio.run(user_command(cfg, args.action, args.name, args.password_stdin))
+        if args.command == "forget":
+            return asyncio.run(forget_command(cfg, args.address, args.user))
         if args.command == "cert":
             return cert_command(args.host, Path(args.out))
         if args.command == "queue":
@@ -248,14 +260,27 @@ def describe(cfg: Config) -> str:
             f"pixel server: {cfg.pixelserver.listen}, pixel URLs "
             f"{cfg.pixelserver.public_url.rstrip('/')}/{cfg.pixelserver.pixel_path}/<token>.gif",
             f"digest: {_digest_words(cfg)}",
-            "report page: "
-            + (
-                "password protected"
-                if cfg.pixelserver.report_password_env
-                else "only from this machine (no report password set)"
-            ),
+            f"report page: {_report_access(cfg)}",
         ]
     )
+
+
+def _report_access(cfg: Config) -> str:
+    """Who may read the report, as the pages will decide it."""
+    p = cfg.pixelserver
+    if cfg.relay.auth != "none":
+        who = (
+            "their mail account"
+            if cfg.relay.auth == "upstream"
+            else "logins from `mailping user add`"
+        )
+        return (
+            f"users log in with {who} and see their own mail; sessions end after "
+            f"{p.session_idle_minutes} minutes idle and {p.session_max_hours} hours at most"
+        )
+    if p.report_password_env:
+        return "password protected (report password), for everyone's mail"
+    return "only from this machine (no report password set)"
 
 
 def _digest_words(cfg: Config) -> str:
@@ -339,15 +364,39 @@ async def user_command(cfg: Config, action: str, name: str | None, from_stdin: b
         assert name is not None
         if action == "remove":
             async with sessions.begin() as session:
-                if not await storage.remove_local_user(session, name):
+                removed = await storage.remove_local_user(session, name)
+                if not removed and not await storage.user_exists(session, name):
                     raise UsageError(f"no user {name!r}")
-            print(f"removed {name}")
+                ended = await storage.end_user_sessions(session, name)
+                revoked = await storage.revoke_user_tokens(session, name)
+            print(f"removed {name}; ended {ended} web sessions, revoked {revoked} API tokens")
+            if not removed:
+                print(
+                    'note: no local login to remove; with relay.auth = "upstream" they can '
+                    "log in again with their mail account"
+                )
+            return 0
+        if action == "erase":
+            done = await erasure.erase_user(sessions, name, outbox_dir=cfg.outbox_dir)
+            if done is None:
+                raise UsageError(f"no user {name!r}")
+            print(f"erased {name.lower()}: {done.words()}")
+            return 0
+        if action == "logout":
+            async with sessions.begin() as session:
+                ended = await storage.end_user_sessions(session, name)
+            print(f"ended {ended} web sessions of {name.lower()}")
             return 0
         password = read_password(from_stdin)
         digest = await asyncio.to_thread(auth.hash_password, password)
         async with sessions.begin() as session:
             created = await storage.set_local_user(session, name, digest)
+            # A new password ends the sessions opened with the old one (ASVS 3.3.3).
+            ended = 0 if created else await storage.end_user_sessions(session, name)
         print(f"{'added' if created else 'changed the password of'} {name.lower()}")
+        if ended:
+            plural = "s" if ended != 1 else ""
+            print(f"ended {ended} web session{plural} made with the old password")
         if cfg.relay.auth != "local":
             print(
                 f'note: relay.auth is "{cfg.relay.auth}" in {cfg.source}; set it to "local" '
@@ -356,6 +405,20 @@ async def user_command(cfg: Config, action: str, name: str | None, from_stdin: b
         return 0
     finally:
         await engine.dispose()
+
+
+async def forget_command(cfg: Config, address: str, user: str | None) -> int:
+    if "@" not in address.strip("@"):
+        raise UsageError(f"{address!r} is not an email address")
+    engine, sessions = await service.open_store(cfg)
+    try:
+        done = await erasure.forget_recipient(
+            sessions, address, user=user, outbox_dir=cfg.outbox_dir
+        )
+    finally:
+        await engine.dispose()
+    print(f"forgot {address.strip().lower()}: {done.words()}; it will not be tracked again")
+    return 0
 
 
 def read_password(from_stdin: bool) -> str:

@@ -118,14 +118,23 @@ class Config:
     digest: DigestConfig = field(default_factory=DigestConfig)
     upstream_password: str = field(default="", repr=False)
     digest_password: str = field(default="", repr=False)
+    database_password: str = field(default="", repr=False)
     # Set in each process of `--workers N`: its own journal, and ports shared (SO_REUSEPORT).
     worker: int | None = None
     worker_count: int = 1
 
     @property
     def database_url(self) -> str:
-        """The configured URL, or the embedded SQLite file in data_dir."""
-        return self.database.url or f"sqlite+aiosqlite:///{self.data_dir / 'mailping.sqlite3'}"
+        """The configured URL (with the password from database.password_env), or the
+        embedded SQLite file in data_dir."""
+        if not self.database.url:
+            return f"sqlite+aiosqlite:///{self.data_dir / 'mailping.sqlite3'}"
+        if not self.database.password_env:
+            return self.database.url
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.database.url).set(password=self.database_password)
+        return url.render_as_string(hide_password=False)
 
     @property
     def outbox_dir(self) -> Path | None:
@@ -286,6 +295,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         )
     validate_pixelserver(pixel, file)
     validate_database(database, file)
+    database_password = _database_password(database, env, file)
 
     return Config(
         source=file,
@@ -300,6 +310,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         digest=digest,
         upstream_password=password,
         digest_password=digest_password,
+        database_password=database_password,
     )
 
 
@@ -420,6 +431,27 @@ def config_warnings(cfg: Config) -> list[str]:
             f"their addresses ({cfg.source})"
         )
     return warnings
+
+
+def _database_password(database: DatabaseConfig, env: Mapping[str, str], file: str) -> str:
+    """database.password_env: the password of database.url, kept out of the file."""
+    if not database.password_env:
+        return ""
+    if not database.url.startswith("postgresql"):
+        raise ConfigError(file, "database.password_env", "only for a postgresql+asyncpg:// url")
+    from sqlalchemy.engine import make_url
+
+    if make_url(database.url).password:
+        raise ConfigError(
+            file, "database.url", "has a password, and database.password_env names another"
+        )
+    if database.password_env not in env:
+        raise ConfigError(
+            file,
+            "database.password_env",
+            f"environment variable {database.password_env} is not set",
+        )
+    return env[database.password_env]
 
 
 def _login_password(

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver import digest_runs, metrics
@@ -240,9 +239,20 @@ class DigestRunner:
             )
 
     async def run_forever(self, interval: float = 60.0) -> None:
+        """Pass after pass for as long as the process runs. Any error of one pass (the store
+        away: asyncpg's connection errors are OSErrors, not SQLAlchemy's) is logged and the
+        next pass tries again; a digest that fell due meanwhile is sent then."""
+        failing = False
         while True:
             try:
                 await self.tick()
-            except SQLAlchemyError:
-                log.exception("digest pass failed; trying again in %d s", interval)
+                if failing:
+                    log.info("digest passes work again")
+                failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the scheduler must outlive any one failure
+                if not failing:
+                    log.exception("digest pass failed; trying again every %g s", interval)
+                failing = True
             await asyncio.sleep(interval)

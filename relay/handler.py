@@ -12,12 +12,12 @@ from base64 import b64decode
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
+from pixelserver.throttle import LoginThrottle, TooManyAttempts
 from relay import replies
 from relay.auth import Authenticator, SenderPolicy, SenderRefused
 from relay.forward import Credentials
 from relay.rewrite import needs_smtputf8
 from relay.submit import Relay, Submission
-from relay.throttle import LoginThrottle, TooManyAttempts
 
 log = logging.getLogger("mailping.handler")
 

@@ -8,24 +8,10 @@ customer holds, and can spread connections or guesses over. Counts are per proce
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from dataclasses import dataclass, field
 
 from relay import replies
-
-
-def client_network(address: str) -> str:
-    """The /24 or /64 holding `address` (an IPv4-mapped IPv6 address counts as IPv4); a value
-    that is no IP address (a Unix socket peer) stands for itself."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    prefix = 24 if ip.version == 4 else 64
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
 class TooManyConnections(Exception):

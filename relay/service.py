@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import secrets
@@ -24,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from pixelserver import mailbox, migrate, retention, storage
 from pixelserver.app import make_app
 from pixelserver.config import ConfigError, is_loopback_host, parse_listen, parse_networks
-from pixelserver.hits import HitPipeline, Journal, Judge
+from pixelserver.hits import HitPipeline, Journal, Judge, RecordLimits
 from pixelserver.networks import (
     AsnSource,
     MaxMindAsn,
@@ -32,8 +33,11 @@ from pixelserver.networks import (
     Networks,
     PlevinAsn,
     bundled_city_db,
+    mask_addresses_in_logs,
 )
 from pixelserver.pixel import PixelFrontEnd
+from pixelserver.throttle import LoginThrottle
+from pixelserver.tokens import TokenCheck
 from pixelserver.web import WebAuth
 from relay.auth import Authenticator, LocalLogin, SenderPolicy, UpstreamLogin, allowlisted
 from relay.config import Config, config_warnings, resolve_file
@@ -47,7 +51,6 @@ from relay.queue import QueuePolicy, QueueRunner
 from relay.smtp import RelaySMTP
 from relay.spool import Spool
 from relay.submit import Relay, is_google_host
-from relay.throttle import LoginThrottle, TooManyAttempts
 from relay.tracking import STORE_ERRORS
 
 log = logging.getLogger("mailping")
@@ -61,6 +64,16 @@ class ListenError(Exception):
     def __init__(self, key: str, address: str, exc: OSError) -> None:
         reason = exc.strerror or str(exc)
         super().__init__(f"cannot listen on {address} ({key}): {reason.lower()}")
+
+
+# Nothing MailPing serves takes a large body (forms, logins) or a slow one: refuse bigger
+# bodies on their Content-Length instead of buffering Tornado's default 100 MB in memory, and
+# drop connections that dribble headers or bodies.
+REQUEST_LIMITS = {
+    "max_body_size": 256 * 1024,
+    "body_timeout": 30.0,
+    "idle_connection_timeout": 60.0,  # also the wait for a request's headers
+}
 
 
 class SchemaOutOfDate(Exception):
@@ -229,6 +242,7 @@ async def start_relay(
     *,
     with_digests: bool = True,
 ) -> RunningRelay:
+    mask_addresses_in_logs()  # aiosmtpd logs each session's peer in full
     upstream = upstream or make_upstream(cfg)
     hostname = cfg.relay.hostname or socket.getfqdn()
     queue = make_queue(cfg, sessions, upstream, hostname)
@@ -354,6 +368,35 @@ async def _adopt_shared_secret(
     app.settings["cookie_secret"] = secret
 
 
+async def _read_token_check(check: TokenCheck, sessions: async_sessionmaker[AsyncSession]) -> bool:
+    """Fill `check` from the store (the tag key; whether untagged tokens remain)."""
+    try:
+        async with sessions.begin() as session:
+            key = await storage.token_key(session)
+            untagged = await storage.has_untagged_tokens(session)
+    except (SQLAlchemyError, OSError):
+        return False
+    check.key, check.untagged = key, untagged
+    return True
+
+
+async def _keep_token_check(
+    check: TokenCheck, sessions: async_sessionmaker[AsyncSession], every: float = 3600.0
+) -> None:
+    """Until the store has been read, every well-formed token is journaled; afterwards the
+    untagged tokens of earlier versions are accepted only while deliveries still carry one
+    (retention removes them), checked hourly."""
+    delay = 1.0
+    while check.key is None or check.untagged:
+        if await _read_token_check(check, sessions):
+            delay = every
+        else:
+            delay = min(max(delay * 2, 1.0), 60.0)
+        if check.key is not None and not check.untagged:
+            return
+        await asyncio.sleep(delay)
+
+
 def web_auth(cfg: Config, sessions: async_sessionmaker[AsyncSession]) -> WebAuth:
     """The pages log people in with the relay's identities (passed in: pixelserver never
     imports the relay)."""
@@ -363,36 +406,39 @@ def web_auth(cfg: Config, sessions: async_sessionmaker[AsyncSession]) -> WebAuth
         else None
     )
     authenticator = make_authenticator(cfg, sessions, None)
-    throttle = make_throttle(cfg, sessions)
 
     async def check(username: str, password_: str) -> bool:
-        """The account's count is shared with the relay's (the pages count failures per
-        address themselves, in WebAuth); a locked account is refused like a wrong password."""
         assert authenticator is not None
-        try:
-            attempt = await throttle.attempt(username, None)
-        except TooManyAttempts:
-            return False
-        try:
-            ok = await authenticator.check(Credentials(username, password_))
-        except Exception:
-            await throttle.not_checked(attempt)
-            raise
-        if ok:
-            await throttle.succeeded(attempt)
-        return ok
+        return await authenticator.check(Credentials(username, password_))
 
     return WebAuth(
         mode=cfg.relay.auth,
         check=check if authenticator else None,
         report_password=password or None,
         secure_cookies=cfg.pixelserver.public_url.startswith("https://"),
+        limits=session_limits(cfg),
+        throttle=make_throttle(cfg, sessions),  # the relay's: one count for both
+    )
+
+
+def owned_journals(cfg: Config) -> list[Path]:
+    """The journals of every worker of this run: retention never deletes those."""
+    if cfg.worker is None:
+        return [cfg.data_dir / "hits.journal"]
+    return [cfg.data_dir / f"hits-{i}.journal" for i in range(cfg.worker_count)]
+
+
+def session_limits(cfg: Config) -> storage.SessionLimits:
+    return storage.SessionLimits(
+        idle=dt.timedelta(minutes=cfg.pixelserver.session_idle_minutes),
+        absolute=dt.timedelta(hours=cfg.pixelserver.session_max_hours),
     )
 
 
 async def start_pixelserver(
     cfg: Config, sessions: async_sessionmaker[AsyncSession], networks: Networks | None = None
 ) -> RunningPixelServer:
+    mask_addresses_in_logs()  # Tornado logs connection errors with the peer's address
     journal = Journal(
         cfg.journal_path,
         fsync=cfg.pixelserver.journal_fsync,
@@ -403,14 +449,26 @@ async def start_pixelserver(
         upstream_google=is_google_host(cfg.upstream.host),
         geo_precision=cfg.privacy.geo_precision,
     )
-    pipeline = HitPipeline(journal, sessions, judge)
+    limits = RecordLimits(
+        token_burst=cfg.pixelserver.record_burst_per_token,
+        network_burst=cfg.pixelserver.record_burst_per_network,
+    )
+    pipeline = HitPipeline(journal, sessions, judge, limits=limits)
     try:
         await pipeline.flush()  # replay what an earlier run answered but had not stored
     except Exception as exc:  # noqa: BLE001 - the pixel must come up even with the store away
         log.error("cannot replay the hit journal yet (%s); it stays until the store is back", exc)
     pipeline.start()
     purge = asyncio.get_running_loop().create_task(
-        retention.purge_forever(sessions, cfg.privacy.retention_days), name="retention-purge"
+        retention.purge_forever(
+            sessions,
+            cfg.privacy.retention_days,
+            outbox_dir=cfg.outbox_dir,
+            data_dir=cfg.data_dir,
+            keep_journals=[cfg.journal_path, *owned_journals(cfg)],
+            limits=session_limits(cfg),
+        ),
+        name="retention-purge",
     )
     adopted = [
         asyncio.get_running_loop().create_task(_adopt(path, sessions, judge), name=f"adopt {path}")
@@ -433,12 +491,20 @@ async def start_pixelserver(
         asyncio.get_running_loop().create_task(_adopt_shared_secret(app, sessions))
     host, port = parse_listen(cfg.pixelserver.listen, cfg.source, "pixelserver.listen")
     trusted = parse_networks(cfg.pixelserver.trusted_proxies, cfg.source, "trusted_proxies")
-    front = PixelFrontEnd(app, cfg.pixelserver.pixel_path, pipeline, trusted)
-    http = tornado.httpserver.HTTPServer(front, xheaders=False)
+    tokens = TokenCheck()
+    await _read_token_check(tokens, sessions)
+    adopted.append(
+        asyncio.get_running_loop().create_task(
+            _keep_token_check(tokens, sessions), name="token-check"
+        )
+    )
+    front = PixelFrontEnd(app, cfg.pixelserver.pixel_path, pipeline, trusted, tokens)
+    http = tornado.httpserver.HTTPServer(front, xheaders=False, **REQUEST_LIMITS)
     try:
         http.listen(port, address=host, reuse_port=cfg.worker is not None)
     except OSError as exc:
-        purge.cancel()
+        for task in (purge, *adopted):
+            task.cancel()
         await pipeline.close()
         raise ListenError("pixelserver.listen", cfg.pixelserver.listen, exc) from None
     return RunningPixelServer(http, pipeline, purge, adopted, _mailbox_refresher(cfg, sessions))

@@ -22,8 +22,9 @@ from typing import Any, AnyStr
 from aiosmtpd.proxy_protocol import get_proxy
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
+from pixelserver.throttle import client_network
 from relay import replies
-from relay.limits import ConnectionLimits, TooManyConnections, client_network
+from relay.limits import ConnectionLimits, TooManyConnections
 
 log = logging.getLogger("mailping.smtp")
 

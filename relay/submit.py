@@ -119,8 +119,12 @@ class Relay:
             return Receipt(replies.ALREADY_ACCEPTED, Claim(sub.sender, key))
         if claimed == BUSY:  # the same message is being taken on another connection right now
             return Receipt(replies.SAME_MESSAGE_BUSY)
-        exclusions = await self.exclusions.get(self.sessions, sub.user) if prepared.tracked else []
-        plan = tracking.plan_deliveries(recipients, prepared.untracked_reason, exclusions)
+        # Whom the user never tracks (exclusions, forgotten recipients) and the token key, in
+        # one short store read; an untracked message needs only the key, if it is known.
+        facts = await self.exclusions.get(self.sessions, sub.user) if prepared.tracked else None
+        plan = tracking.plan_deliveries(
+            recipients, prepared.untracked_reason, facts, self.exclusions.token_key
+        )
         header = self._header(sub, prepared, plan)
         try:
             entry = await asyncio.to_thread(self.spool.put, header, sub.data)
@@ -162,7 +166,12 @@ class Relay:
             # Gmail files the first copy of a Message-ID in the sender's Sent Mail and ignores
             # later ones: make that first copy one without a pixel, addressed to the sender, so
             # re-reading Sent never looks like a recipient opening the mail.
-            guard = {"rcpt": sub.sender, "token": mint_token(), "tracked": False, "guard": True}
+            guard = {
+                "rcpt": sub.sender,
+                "token": mint_token(self.exclusions.token_key),
+                "tracked": False,
+                "guard": True,
+            }
             copies.insert(0, guard)
         return {
             "user": sub.user,

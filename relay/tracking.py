@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import storage
+from pixelserver import erasure, storage
 from pixelserver.exclusions import excluded
 from pixelserver.tokens import mint_token, pixel_url
 
@@ -27,6 +27,8 @@ __all__ = [
     "record_message",
     "record_outcomes",
     "ExclusionCache",
+    "TrackingFacts",
+    "plan_deliveries",
     "SpooledDelivery",
     "mint_token",
     "pixel_url",
@@ -63,52 +65,95 @@ class SpooledDelivery:
     untracked_reason: str | None
 
 
-class ExclusionCache:
-    """Each user's "never track" list, read with a short deadline and kept for a minute, so a
-    store that is slow or away costs a submission at most `timeout` seconds."""
+@dataclass(frozen=True)
+class TrackingFacts:
+    """What the relay must know from the store before it can mint a message's tokens: whom the
+    user never tracks (their exclusions, and the recipients forgotten on request, as keyed
+    hashes), and the key tokens are tagged with."""
 
-    def __init__(self, ttl: float = 60.0, timeout: float = 3.0) -> None:
+    exclusions: list[str]
+    forgotten_hashes: frozenset[str] = frozenset()
+    erasure_key: str = ""
+    token_key: bytes | None = None
+
+    def never_track(self, recipient: str) -> bool:
+        if excluded(recipient, self.exclusions):
+            return True
+        return bool(self.forgotten_hashes) and (
+            erasure.address_hash(self.erasure_key, recipient) in self.forgotten_hashes
+        )
+
+
+class ExclusionCache:
+    """Each user's "never track" list (exclusions and forgotten recipients) and the token key,
+    read fresh for every message (a change in Settings or a `mailping forget` holds for the
+    very next mail) with a short deadline, in one store read. What was last read is kept only
+    for when the store is slow or away: then the last known list (at most `ttl` seconds old)
+    still holds, and without one the copies go out untracked. The token key never changes,
+    so once read it is kept for good."""
+
+    def __init__(self, ttl: float = 600.0, timeout: float = 3.0) -> None:
         self.ttl = ttl
         self.timeout = timeout
-        self._cache: dict[str, tuple[float, list[str]]] = {}
+        self._cache: dict[str, tuple[float, TrackingFacts]] = {}
+        self.token_key: bytes | None = None
 
-    async def get(self, sessions: async_sessionmaker[AsyncSession], user: str) -> list[str] | None:
-        """The user's exclusions, or None when the store cannot say."""
+    async def get(
+        self, sessions: async_sessionmaker[AsyncSession], user: str
+    ) -> TrackingFacts | None:
+        """The user's facts, or None when the store cannot say."""
         now = time.monotonic()
-        hit = self._cache.get(user)
-        if hit is not None and now - hit[0] < self.ttl:
-            return hit[1]
         try:
-            value = await asyncio.wait_for(_read_exclusions(sessions, user), self.timeout)
+            value = await asyncio.wait_for(_read_facts(sessions, user), self.timeout)
         except STORE_ERRORS:
-            return hit[1] if hit is not None else None
+            hit = self._cache.get(user)
+            return hit[1] if hit is not None and now - hit[0] < self.ttl else None
+        self.token_key = value.token_key
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[user] = (now, value)
         return value
 
 
-async def _read_exclusions(sessions: async_sessionmaker[AsyncSession], user: str) -> list[str]:
-    async with sessions() as session:
-        row = await session.scalar(
-            select(storage.User.exclusions).where(storage.User.address == user.strip().lower())
+async def _read_facts(sessions: async_sessionmaker[AsyncSession], user: str) -> TrackingFacts:
+    async with sessions.begin() as session:  # begin: the first read of a secret makes it
+        row = (
+            await session.execute(
+                select(storage.User.id, storage.User.exclusions).where(
+                    storage.User.address == user.strip().lower()
+                )
+            )
+        ).first()
+        user_id = row.id if row is not None else None
+        hashes = frozenset(await erasure.forgotten_hashes(session, user_id))
+        return TrackingFacts(
+            exclusions=list(row.exclusions or []) if row is not None else [],
+            forgotten_hashes=hashes,
+            erasure_key=await storage.cached_secret(session, erasure.ERASURE_KEY) if hashes else "",
+            token_key=await storage.token_key(session),
         )
-    return list(row or [])
 
 
 def plan_deliveries(
-    recipients: Sequence[str], untracked_reason: str | None, exclusions: list[str] | None
+    recipients: Sequence[str],
+    untracked_reason: str | None,
+    exclusions: TrackingFacts | list[str] | None,
+    token_key: bytes | None = None,
 ) -> list[SpooledDelivery]:
-    """One token per recipient, and whether its copy carries a pixel."""
+    """One token per recipient, and whether its copy carries a pixel. Tokens are tagged with
+    the token key (the pixel admits only tagged ones); without a key (the store away and never
+    read) a copy can only go out untracked, with an untagged token that no pixel carries."""
+    facts = TrackingFacts(list(exclusions)) if isinstance(exclusions, list) else exclusions
+    key = facts.token_key if facts is not None and facts.token_key else token_key
     out = []
     for r in recipients:
         if untracked_reason:
             reason: str | None = untracked_reason
-        elif exclusions is None:
+        elif facts is None or key is None:
             reason = STORE_UNAVAILABLE
         else:
-            reason = EXCLUDED if excluded(r, exclusions) else None
-        out.append(SpooledDelivery(r, mint_token(), reason))
+            reason = EXCLUDED if facts.never_track(r) else None
+        out.append(SpooledDelivery(r, mint_token(key), reason))
     return out
 
 
@@ -192,13 +237,17 @@ async def record_message(
     async with sessions.begin() as session:
         owner = await storage.get_or_create_user(session, user)
         exclusions = owner.exclusions or []
+        # Recipients erased on request are never tracked again (only a keyed hash is kept).
+        forgotten = await erasure.forgotten_among(session, owner.id, recipients)
+        key = await storage.token_key(session)
         new = []
         for r in recipients:
-            reason = untracked_reason or (EXCLUDED if excluded(r, exclusions) else None)
+            never = r in forgotten or excluded(r, exclusions)
+            reason = untracked_reason or (EXCLUDED if never else None)
             new.append(
                 storage.NewDelivery(
                     recipient=r,
-                    token=mint_token(),
+                    token=mint_token(key),
                     tracking="untracked" if reason else "tracked",
                     untracked_reason=reason,
                 )

@@ -356,7 +356,9 @@ async def site(tmp_path: Path, db_url: str, store):
             yield value
 
 
-async def _site(tmp_path: Path, db_url: str, store, upstream: CaptureUpstream):
+async def _site(
+    tmp_path: Path, db_url: str, store, upstream: CaptureUpstream, relay: dict | None = None
+):
     async with store.begin() as s:
         for user, password in USERS.items():
             await storage.set_local_user(s, user, auth.hash_password(password))
@@ -364,7 +366,7 @@ async def _site(tmp_path: Path, db_url: str, store, upstream: CaptureUpstream):
         tmp_path,
         db_url,
         upstream.port,
-        relay={"auth": "local"},
+        relay={"auth": "local", **(relay or {})},
         upstream={"username": "relay@example.com"},
         upstream_password="x",
     )

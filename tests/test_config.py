@@ -144,3 +144,47 @@ def test_cli_check_config_says_what_it_would_do(tmp_path: Path, capsys) -> None:
     assert "smtp.example.com:587 with starttls TLS as me" in out
     assert "postgresql+asyncpg://mp:***@db.internal/mailping" in out
     assert "pw@" not in out
+
+
+def test_the_database_password_comes_from_the_environment(tmp_path: Path, capsys) -> None:
+    import os
+
+    from sqlalchemy.engine import make_url
+
+    base = os.environ.get("MAILPING_TEST_PG_URL")
+    if not base:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but MAILPING_TEST_PG_URL is not")
+        pytest.skip("set MAILPING_TEST_PG_URL to run PostgreSQL tests")
+    url = make_url(base)
+    without = base.replace(f":{url.password}@", "@")
+    path = write(tmp_path, f"[database]\nurl = '{without}'\npassword_env = 'MP_TEST_DB_PASSWORD'\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert err.value.key == "database.password_env"
+    cfg = load_config(path, environ={"MP_TEST_DB_PASSWORD": url.password or ""})
+    assert make_url(cfg.database_url).password == url.password
+    assert cfg.database_url not in repr(cfg)  # the URL with its password is never printed
+    # The password in the URL as well is a mistake worth naming.
+    both = tmp_path / "both.toml"
+    both.write_text(f"[database]\nurl = '{base}'\npassword_env = 'MP_TEST_DB_PASSWORD'\n")
+    with pytest.raises(ConfigError, match="database.url"):
+        load_config(both, environ={"MP_TEST_DB_PASSWORD": "x"})
+    # And the password works: the real server accepts it.
+    os.environ["MP_TEST_DB_PASSWORD"] = url.password or ""
+    try:
+        assert main(["--config", str(path), "db", "status"]) == 0
+    finally:
+        del os.environ["MP_TEST_DB_PASSWORD"]
+    out = capsys.readouterr().out
+    assert "schema" in out and f":{url.password}@" not in out
+
+
+def test_check_config_describes_report_access_with_logins(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path, "[relay]\nauth = 'local'\n")
+    assert main(["--config", str(path), "check-config"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("report page:"))
+    assert "log in" in line and "mailping user add" in line
+    assert "only from this machine" not in line
+    assert "30 minutes" in line and "12 hours" in line

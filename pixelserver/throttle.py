@@ -1,32 +1,52 @@
-"""Login throttling that holds under parallel guessing and across worker processes.
+"""Login throttling, one implementation for the relay's AUTH, the report pages' logins and the
+demo report password; it holds under parallel guessing and across worker processes.
 
 Each attempt is counted *before* its password is checked (a check takes a while: an argon2
 hash, or a login at the upstream), so attempts made at the same moment cannot all slip under
-the limit. Counts are kept per user and per client network (/24, /64) in the store, which
-every relay process shares; a window of `window` seconds starts with a user's or network's
-first attempt, and rows of ended windows are pruned, so the table holds only what the last
-window saw. If the store is unreachable, counting falls back to this process alone rather
-than stopping logins (the mail must not wait on the tracking side).
+the limit. Counts are kept per user and per client network (/24, /64) in the store (table
+login_throttle), which every relay and pixel server process shares; a window of `window`
+seconds starts with a user's or network's first attempt, and rows of ended windows are pruned,
+so the table holds only what the last window saw. Only a hash of the user name is stored. If
+the store is unreachable, counting falls back to this process alone rather than stopping
+logins (the mail must not wait on the tracking side).
+
+It lives in pixelserver so that the pages can use it (pixelserver never imports the relay);
+the relay imports it from here.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver import storage
-from relay.limits import client_network
 
 log = logging.getLogger("mailping.throttle")
 
 USER, NETWORK = "user", "network"
 PRUNE_EVERY = 60.0  # seconds between prunes of ended windows, per process
+RETENTION_WINDOW = 86400  # retention drops windows older than this (the throttle prunes too)
+
+
+def client_network(address: str) -> str:
+    """The /24 or /64 holding `address` (an IPv4-mapped IPv6 address counts as IPv4); a value
+    that is no IP address (a Unix socket peer) stands for itself."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = 24 if ip.version == 4 else 64
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
 class TooManyAttempts(Exception):
@@ -41,6 +61,10 @@ class Attempt:
     network: str
     user_attempts: int
     network_attempts: int
+
+    @property
+    def highest(self) -> int:
+        return max(self.user_attempts, self.network_attempts)
 
 
 def user_key(username: str) -> str:
@@ -58,11 +82,12 @@ class LoginThrottle:
     _local: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     _last_prune: float = 0.0
 
-    async def attempt(self, username: str, client_ip: str | None) -> Attempt:
+    async def attempt(self, username: str | None, client_ip: str | None) -> Attempt:
         """Count an attempt; raises TooManyAttempts when the user or network is over its limit
         (the attempt stays counted: hammering a locked account keeps it locked). Without a
-        client address (the report pages count those themselves) only the user is counted."""
-        user = user_key(username)
+        client address only the user is counted; without a user name (the demo report
+        password) only the network."""
+        user = user_key(username) if username is not None else ""
         network = client_network(client_ip) if client_ip is not None else ""
         now = int(self.clock())
         counts = None
@@ -72,12 +97,36 @@ class LoginThrottle:
             except (SQLAlchemyError, OSError) as exc:
                 log.warning("store unreachable (%s): login attempts counted in this process", exc)
         if counts is None:
+            users = self._count_here(USER, user, now) if user else 0
             nets = self._count_here(NETWORK, network, now) if network else 0
-            counts = (self._count_here(USER, user, now), nets)
+            counts = (users, nets)
         attempt = Attempt(user, network, *counts)
         if attempt.user_attempts > self.per_user or attempt.network_attempts > self.per_network:
             raise TooManyAttempts()
         return attempt
+
+    async def network_locked(self, client_ip: str) -> bool:
+        """Whether the client's network used up its attempts, without counting one (the demo
+        report password is sent with every request: only failures are counted)."""
+        network = client_network(client_ip)
+        now = int(self.clock())
+        if self.sessions is not None:
+            try:
+                async with self.sessions() as session:
+                    n = (
+                        await session.execute(
+                            select(storage.LoginThrottle.attempts).where(
+                                storage.LoginThrottle.scope == NETWORK,
+                                storage.LoginThrottle.key == network,
+                                storage.LoginThrottle.window_start > now - self.window,
+                            )
+                        )
+                    ).scalar_one_or_none()
+                return (n or 0) >= self.per_network
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("store unreachable (%s): login attempts counted in this process", exc)
+        attempts, start = self._local.get((NETWORK, network), (0, now))
+        return start > now - self.window and attempts >= self.per_network
 
     async def succeeded(self, attempt: Attempt) -> None:
         """The password was right: the user's count is cleared, and this attempt no longer
@@ -89,13 +138,18 @@ class LoginThrottle:
         await self._forgive(attempt, whole_user=False)
 
     async def _forgive(self, attempt: Attempt, *, whole_user: bool) -> None:
-        self._forgive_here(USER, attempt.user, whole=whole_user)
-        self._forgive_here(NETWORK, attempt.network, whole=False)
+        if attempt.user:
+            self._forgive_here(USER, attempt.user, whole=whole_user)
+        if attempt.network:
+            self._forgive_here(NETWORK, attempt.network, whole=False)
         if self.sessions is None:
             return
         try:
             async with self.sessions.begin() as session:
-                await storage.forgive_login_attempt(session, USER, attempt.user, all_=whole_user)
+                if attempt.user:
+                    await storage.forgive_login_attempt(
+                        session, USER, attempt.user, all_=whole_user
+                    )
                 if attempt.network:
                     await storage.forgive_login_attempt(
                         session, NETWORK, attempt.network, all_=False
@@ -106,7 +160,11 @@ class LoginThrottle:
     async def _count_in_store(self, user: str, network: str, now: int) -> tuple[int, int]:
         assert self.sessions is not None
         async with self.sessions.begin() as session:
-            users = await storage.count_login_attempt(session, USER, user, now, self.window)
+            users = (
+                await storage.count_login_attempt(session, USER, user, now, self.window)
+                if user
+                else 0
+            )
             nets = (
                 await storage.count_login_attempt(session, NETWORK, network, now, self.window)
                 if network
@@ -136,3 +194,8 @@ class LoginThrottle:
             del self._local[(scope, key)]
         else:
             self._local[(scope, key)] = (entry[0] - 1, entry[1])
+
+
+async def purge(session: AsyncSession, window: int = RETENTION_WINDOW) -> int:
+    """Retention: forget windows that ended long ago (each throttle also prunes its own)."""
+    return await storage.prune_login_attempts(session, int(time.time()) - window)
