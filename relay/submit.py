@@ -131,8 +131,11 @@ class Relay:
             metrics.RELAY_MESSAGES.labels("not_spooled").inc()
             return Receipt(replies.NOT_SPOOLED)
         # From here on the message is ours: nothing below can make the reply a 4xx.
-        if key:
-            await asyncio.to_thread(self.spool.settle_claim, sub.sender, key, entry.id)
+        try:
+            if key:
+                await asyncio.to_thread(self.spool.settle_claim, sub.sender, key, entry.id)
+        except OSError:  # the claim stays unsettled: a re-submission is then sent again
+            log.warning("could not settle the re-submission claim of %s", entry.id)
         attempt = self.queue.take(entry, sub.credentials, sub.data)
         told = False
         try:
@@ -142,9 +145,12 @@ class Relay:
             except TimeoutError:
                 finished = False
             reply, told = replies.reply_for(entry.copies, finished)
+            self._log(sub, entry, prepared, reply)
+        except Exception:  # noqa: BLE001 - spooled is accepted, whatever went wrong after it
+            log.exception("after spooling %s", entry.id)
+            reply, told = replies.QUEUED, False
         finally:
             attempt.tell(told)
-        self._log(sub, entry, prepared, reply)
         if told and key:  # refused outright: nothing was taken, the client may send it again
             await self.forget_claim(Claim(sub.sender, key))
             return Receipt(reply)

@@ -64,24 +64,26 @@ class SpooledDelivery:
 
 
 class ExclusionCache:
-    """Each user's "never track" list, read with a short deadline and kept for a minute, so a
-    store that is slow or away costs a submission at most `timeout` seconds."""
+    """Each user's "never track" list, read fresh for every message (a change in Settings
+    holds for the very next mail) with a short deadline. What was last read is kept only for
+    when the store is slow or away: then the last known list (at most `ttl` seconds old)
+    still holds, and without one the copies go out untracked."""
 
-    def __init__(self, ttl: float = 60.0, timeout: float = 3.0) -> None:
+    def __init__(self, ttl: float = 600.0, timeout: float = 3.0) -> None:
         self.ttl = ttl
         self.timeout = timeout
         self._cache: dict[str, tuple[float, list[str]]] = {}
 
-    async def get(self, sessions: async_sessionmaker[AsyncSession], user: str) -> list[str] | None:
+    async def get(
+        self, sessions: async_sessionmaker[AsyncSession], user: str
+    ) -> list[str] | None:
         """The user's exclusions, or None when the store cannot say."""
         now = time.monotonic()
-        hit = self._cache.get(user)
-        if hit is not None and now - hit[0] < self.ttl:
-            return hit[1]
         try:
             value = await asyncio.wait_for(_read_exclusions(sessions, user), self.timeout)
         except STORE_ERRORS:
-            return hit[1] if hit is not None else None
+            hit = self._cache.get(user)
+            return hit[1] if hit is not None and now - hit[0] < self.ttl else None
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[user] = (now, value)

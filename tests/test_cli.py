@@ -35,6 +35,7 @@ SUBCOMMANDS: dict[str, list[str]] = {
     "digest": ["--user", "me@example.com", "--preview"],
     "cert": ["--out", "certs"],
     "queue": ["list"],
+    "networks": ["update", "--data-dir", "nets"],
 }
 
 
