@@ -314,7 +314,7 @@ class QueueRunner:
         try:
             now = time.time()
             await self._resolve_interrupted(entry, attempt)
-            await self._record(entry)
+            await self._record(entry, fresh=attempt is not None)
             await self._expire(entry, now)
             login, lost = self._login_for(entry)
             if lost:
@@ -554,7 +554,7 @@ class QueueRunner:
         self._store_retry_at = 0.0
         self._store_backoff = 1.0
 
-    async def _record(self, entry: Entry) -> None:
+    async def _record(self, entry: Entry, *, fresh: bool = False) -> None:
         if entry.recorded or time.time() < self._store_retry_at:
             return
         h = entry.header
@@ -575,6 +575,7 @@ class QueueRunner:
                     size=int(h["size"]),
                     sender_prefix=h.get("sender_prefix", ""),
                     accepted_at=dt.datetime.fromtimestamp(entry.arrival, dt.UTC),
+                    maybe_recorded=not fresh,
                 ),
                 self.store_timeout,
             )

@@ -74,9 +74,7 @@ class ExclusionCache:
         self.timeout = timeout
         self._cache: dict[str, tuple[float, list[str]]] = {}
 
-    async def get(
-        self, sessions: async_sessionmaker[AsyncSession], user: str
-    ) -> list[str] | None:
+    async def get(self, sessions: async_sessionmaker[AsyncSession], user: str) -> list[str] | None:
         """The user's exclusions, or None when the store cannot say."""
         now = time.monotonic()
         try:
@@ -125,18 +123,23 @@ async def record_spooled(
     size: int,
     sender_prefix: str,
     accepted_at: dt.datetime,
+    maybe_recorded: bool = True,
 ) -> None:
-    """Write the message and its deliveries unless they are there already."""
+    """Write the message and its deliveries unless they are there already (`maybe_recorded`
+    False: a message this process spooled a moment ago, which cannot be)."""
     async with sessions.begin() as session:
-        if await storage.tokens_recorded(session, [d.token for d in deliveries]):
+        if maybe_recorded and await storage.tokens_recorded(session, [d.token for d in deliveries]):
             return
-        await storage.add_message(
+        owner = await storage.get_or_create_user(session, user)
+        await storage.insert_spooled_message(
             session,
-            user_address=user,
+            user_id=owner.id,
             envelope_from=envelope_from,
             subject=subject[:1000],
             message_id_header=message_id_header[:1000],
             size=size,
+            accepted_at=accepted_at,
+            sender_prefix=sender_prefix,
             deliveries=[
                 storage.NewDelivery(
                     recipient=d.recipient,
@@ -146,9 +149,6 @@ async def record_spooled(
                 )
                 for d in deliveries
             ],
-            sender_prefix=sender_prefix,
-            accepted_at=accepted_at,
-            outcome="queued",
         )
 
 
