@@ -140,6 +140,15 @@ def place_of(hit: HitView) -> str:
     return ", ".join(p for p in (hit.city, hit.region, hit.country) if p)
 
 
+def outcome_state(outcome: str) -> str | None:
+    """The state an outcome decides by itself (None: the hits decide)."""
+    if outcome in FAILED_OUTCOMES:
+        return FAILED
+    if outcome in WAITING_OUTCOMES:
+        return QUEUED
+    return None
+
+
 def state_of(outcome: str, tracking: str, s: HitSummary) -> DeliveryState:
     if outcome in FAILED_OUTCOMES:
         state = FAILED

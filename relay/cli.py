@@ -26,6 +26,7 @@ from pixelserver.reclassify import Progress, count_hits, reclassify
 from relay import auth, certs, queue_admin, service
 from relay.config import Config, config_path, config_warnings, load_config
 from relay.digest_runner import UnknownUser
+from relay.pace import limit_for
 from relay.spool import Spool
 from relay.submit import is_google_host
 from relay.workers import supervise
@@ -257,6 +258,7 @@ def describe(cfg: Config) -> str:
             f"relay: SMTP on {cfg.relay.listen}, TLS {cfg.relay.tls}, {auth}, "
             f"messages up to {cfg.relay.max_message_size} bytes",
             f"upstream: {upstream}",
+            f"queue: {_queue_words(cfg)}",
             f"pixel server: {cfg.pixelserver.listen}, pixel URLs "
             f"{cfg.pixelserver.public_url.rstrip('/')}/{cfg.pixelserver.pixel_path}/<token>.gif",
             f"digest: {_digest_words(cfg)}",
@@ -281,6 +283,21 @@ def _report_access(cfg: Config) -> str:
     if p.report_password_env:
         return "password protected (report password), for everyone's mail"
     return "only from this machine (no report password set)"
+
+
+def _queue_words(cfg: Config) -> str:
+    q = cfg.queue
+    pace = limit_for(cfg.upstream.host, cfg.upstream.max_per_minute)
+    paced = f", {pace} submissions a minute per account" if pace else ""
+    keep = (
+        "waiting copies need the sender's password, kept in memory only: a restart fails them"
+        if cfg.relay.auth == "upstream" and not cfg.upstream.username
+        else "waiting copies survive restarts"
+    )
+    return (
+        f"{cfg.spool_dir}; replies within {q.reply_within} s; retries after "
+        f"{', '.join(map(str, q.retry_seconds))} s until {q.give_up_after}{paced}; {keep}"
+    )
 
 
 def _digest_words(cfg: Config) -> str:

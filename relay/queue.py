@@ -230,13 +230,22 @@ class QueueRunner:
 
     # --- the first attempt, while the client waits -----------------------------------------
 
-    def take(self, entry: Entry, credentials: Credentials | None, data: bytes) -> Attempt:
-        """Work on an entry just spooled (and still locked by this process)."""
+    def take(
+        self,
+        entry: Entry,
+        credentials: Credentials | None,
+        data: bytes,
+        prepared: rewrite.Prepared | None = None,
+    ) -> Attempt:
+        """Work on an entry just spooled (and still locked by this process); `prepared` is the
+        message as the submission already walked it (not walked twice)."""
         loop = asyncio.get_running_loop()
         if credentials is not None:
             self.credentials[entry.id] = credentials
         attempt = Attempt(entry, loop.create_future(), loop.create_future())
-        attempt.task = loop.create_task(self._work(entry, attempt, data), name=f"send {entry.id}")
+        attempt.task = loop.create_task(
+            self._work(entry, attempt, data, prepared=prepared), name=f"send {entry.id}"
+        )
         self.working[entry.id] = attempt.task
         return attempt
 
@@ -309,12 +318,18 @@ class QueueRunner:
     # --- one entry ------------------------------------------------------------------------
 
     async def _work(
-        self, entry: Entry, attempt: Attempt | None, data: bytes | None, *, slot: bool = False
+        self,
+        entry: Entry,
+        attempt: Attempt | None,
+        data: bytes | None,
+        *,
+        slot: bool = False,
+        prepared: rewrite.Prepared | None = None,
     ) -> None:
         try:
             now = time.time()
             await self._resolve_interrupted(entry, attempt)
-            await self._record(entry)
+            await self._record(entry, fresh=attempt is not None)
             await self._expire(entry, now)
             login, lost = self._login_for(entry)
             if lost:
@@ -323,7 +338,7 @@ class QueueRunner:
             if due and not lost:
                 if data is None:
                     data = await asyncio.to_thread(entry.read_data)
-                await self._send(entry, due, login, data)
+                await self._send(entry, due, login, data, prepared or rewrite.prepare(data))
             if attempt is not None:
                 # The report shows the outcome by the time the client hears it (if the store
                 # answers within its deadline; otherwise it catches up later).
@@ -334,7 +349,7 @@ class QueueRunner:
             await self._report(entry, login, lost, data)
             await self._sync(entry)
             if entry.done():
-                await asyncio.to_thread(self.spool.remove, entry)
+                self.spool.remove(entry)
                 self.credentials.pop(entry.id, None)
                 self._report_retry.pop(entry.id, None)
         except asyncio.CancelledError:
@@ -360,8 +375,14 @@ class QueueRunner:
         ]
 
     async def _append(self, entry: Entry, *events: dict, sync: bool = False) -> None:
-        if events:
-            await asyncio.to_thread(self.spool.append, entry, *events, sync=sync)
+        """Events reach the page cache at once (that survives the process being killed);
+        those that must survive a power cut wait for the disk off the event loop."""
+        if not events:
+            return
+        if sync:
+            await asyncio.to_thread(self.spool.append, entry, *events, sync=True)
+        else:
+            self.spool.append(entry, *events)
 
     async def _resolve_interrupted(self, entry: Entry, attempt: Attempt | None) -> None:
         if attempt is not None:
@@ -408,10 +429,14 @@ class QueueRunner:
         await self._append(entry, *events)
 
     async def _send(
-        self, entry: Entry, due: Sequence[CopyState], login: Credentials | None, data: bytes
+        self,
+        entry: Entry,
+        due: Sequence[CopyState],
+        login: Credentials | None,
+        data: bytes,
+        prepared: rewrite.Prepared,
     ) -> None:
         h = entry.header
-        prepared = rewrite.prepare(data)
 
         def render(copy: Copy) -> rewrite.Chunks:
             c = entry.copies[copy.key]
@@ -554,7 +579,7 @@ class QueueRunner:
         self._store_retry_at = 0.0
         self._store_backoff = 1.0
 
-    async def _record(self, entry: Entry) -> None:
+    async def _record(self, entry: Entry, *, fresh: bool = False) -> None:
         if entry.recorded or time.time() < self._store_retry_at:
             return
         h = entry.header
@@ -575,6 +600,7 @@ class QueueRunner:
                     size=int(h["size"]),
                     sender_prefix=h.get("sender_prefix", ""),
                     accepted_at=dt.datetime.fromtimestamp(entry.arrival, dt.UTC),
+                    maybe_recorded=not fresh,
                 ),
                 self.store_timeout,
             )

@@ -32,6 +32,7 @@ NOT_SPOOLED = (
     "451 4.3.0 MailPing cannot queue mail right now (its disk); nothing was sent, please retry"
 )
 SAME_MESSAGE_BUSY = "451 4.3.0 The same message is being accepted on another connection; retry"
+QUEUED = "250 2.0.0 Accepted: queued, MailPing keeps trying"
 ALREADY_ACCEPTED = "250 2.0.0 Already accepted (same Message-ID): not sent again"
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}\s")

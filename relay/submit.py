@@ -84,7 +84,7 @@ class Relay:
         self.exclusions = exclusions or tracking.ExclusionCache()
 
     async def forget_claim(self, claim: Claim) -> None:
-        await asyncio.to_thread(self.spool.unclaim_message_id, claim.sender, claim.key)
+        self.spool.unclaim_message_id(claim.sender, claim.key)  # one unlink: not worth a thread
 
     async def submit(self, sub: Submission) -> Receipt:
         """The SMTP reply for one submission (relay/replies.py).
@@ -107,9 +107,7 @@ class Relay:
             return Receipt(replies.NO_RECIPIENTS)
         key = resubmission_key(prepared.message_id, recipients)
         claimed = (
-            await asyncio.to_thread(
-                self.spool.claim_message_id, sub.sender, key, self.policy.resubmit_window
-            )
+            self.spool.claim_message_id(sub.sender, key, self.policy.resubmit_window)
             if key
             else CLAIMED
         )
@@ -135,9 +133,12 @@ class Relay:
             metrics.RELAY_MESSAGES.labels("not_spooled").inc()
             return Receipt(replies.NOT_SPOOLED)
         # From here on the message is ours: nothing below can make the reply a 4xx.
-        if key:
-            await asyncio.to_thread(self.spool.settle_claim, sub.sender, key, entry.id)
-        attempt = self.queue.take(entry, sub.credentials, sub.data)
+        try:
+            if key:
+                self.spool.settle_claim(sub.sender, key, entry.id)
+        except OSError:  # the claim stays unsettled: a re-submission is then sent again
+            log.warning("could not settle the re-submission claim of %s", entry.id)
+        attempt = self.queue.take(entry, sub.credentials, sub.data, prepared)
         told = False
         try:
             try:
@@ -146,9 +147,12 @@ class Relay:
             except TimeoutError:
                 finished = False
             reply, told = replies.reply_for(entry.copies, finished)
+            self._log(sub, entry, prepared, reply)
+        except Exception:  # noqa: BLE001 - spooled is accepted, whatever went wrong after it
+            log.exception("after spooling %s", entry.id)
+            reply, told = replies.QUEUED, False
         finally:
             attempt.tell(told)
-        self._log(sub, entry, prepared, reply)
         if told and key:  # refused outright: nothing was taken, the client may send it again
             await self.forget_claim(Claim(sub.sender, key))
             return Receipt(reply)

@@ -168,18 +168,23 @@ async def record_spooled(
     size: int,
     sender_prefix: str,
     accepted_at: dt.datetime,
+    maybe_recorded: bool = True,
 ) -> None:
-    """Write the message and its deliveries unless they are there already."""
+    """Write the message and its deliveries unless they are there already (`maybe_recorded`
+    False: a message this process spooled a moment ago, which cannot be)."""
     async with sessions.begin() as session:
-        if await storage.tokens_recorded(session, [d.token for d in deliveries]):
+        if maybe_recorded and await storage.tokens_recorded(session, [d.token for d in deliveries]):
             return
-        await storage.add_message(
+        owner = await storage.get_or_create_user(session, user)
+        await storage.insert_spooled_message(
             session,
-            user_address=user,
+            user_id=owner.id,
             envelope_from=envelope_from,
             subject=subject[:1000],
             message_id_header=message_id_header[:1000],
             size=size,
+            accepted_at=accepted_at,
+            sender_prefix=sender_prefix,
             deliveries=[
                 storage.NewDelivery(
                     recipient=d.recipient,
@@ -189,9 +194,6 @@ async def record_spooled(
                 )
                 for d in deliveries
             ],
-            sender_prefix=sender_prefix,
-            accepted_at=accepted_at,
-            outcome="queued",
         )
 
 

@@ -15,10 +15,12 @@ import threading
 from email.message import EmailMessage
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
-from pixelserver import storage
-from tests.conftest import capture_upstream, free_port
+from pixelserver import migrate, storage
+from relay import service
+from tests.conftest import capture_upstream, free_port, make_config, require_postgres
 from tests.helpers import eventually, smtp_send
 from tests.test_serve import wait_for_line
 
@@ -226,3 +228,51 @@ async def test_an_upstream_dropping_mid_data_gets_the_copy_once(tmp_path, db_url
         await relay.close()
         server.close()
     assert flaky.dropped == 1 and sorted(flaky.delivered) == sorted(rcpts)
+
+
+@pytest.mark.postgres
+async def test_postgresql_stopped_and_started_with_pg_ctlcluster(tmp_path) -> None:
+    """A real PostgreSQL server of its own (pg_createcluster), stopped and started with
+    pg_ctlcluster while mail is sent: mail flows, the records catch up, nothing pending."""
+    require_postgres()
+    version = sorted(os.listdir("/etc/postgresql"), key=float)[-1]
+    name, port = f"mp{os.getpid() % 100000}", free_port()
+
+    def run(*args: str) -> None:
+        subprocess.run(args, check=True, capture_output=True, timeout=120)
+
+    run("pg_createcluster", version, name, "-p", str(port), "--start")
+    try:
+        run("su", "postgres", "-c", f"psql -p {port} -qc \"ALTER USER postgres PASSWORD 'pw'\"")
+        url = f"postgresql+asyncpg://postgres:pw@127.0.0.1:{port}/postgres"
+        engine = storage.make_engine(url)
+        await migrate.upgrade(engine)
+        sessions = storage.make_sessionmaker(engine)
+        async with capture_upstream() as up:
+            cfg = make_config(tmp_path, url, up.port)
+            relay = await service.start_relay(cfg, sessions, with_digests=False)
+            port_smtp = int(cfg.relay.listen.rsplit(":", 1)[1])
+            try:
+                rcpts, raw = message(1)
+                assert (await asyncio.to_thread(smtp_send, port_smtp, ME, rcpts, raw))[:3] == "250"
+                run("pg_ctlcluster", "--skip-systemctl-redirect", version, name, "stop")
+                for n in (2, 3):
+                    rcpts, raw = message(n)
+                    reply = await asyncio.to_thread(
+                        smtp_send, port_smtp, f"u{n}@example.com", rcpts, raw
+                    )
+                    assert reply.startswith("250 2.0.0 Sent to 3"), reply
+                assert len(up.messages) == 9  # the database being down stopped no mail
+                run("pg_ctlcluster", "--skip-systemctl-redirect", version, name, "start")
+                spool = cfg.spool_dir
+                await eventually(lambda: not list(spool.glob("*.spool")), timeout=60)
+            finally:
+                await relay.close()
+        async with sessions() as s:
+            outcomes = list((await s.execute(select(storage.Delivery.outcome))).scalars())
+        await engine.dispose()
+        assert sorted(outcomes) == ["accepted"] * 9
+    finally:
+        subprocess.run(
+            ["pg_dropcluster", "--stop", version, name], capture_output=True, timeout=120
+        )
