@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from relay.spool import ACCEPTED, DROPPED, Entry, EntryBusy, Spool
 
@@ -59,21 +59,30 @@ def _targets(spool: Spool, ids: Sequence[str]) -> list[str]:
     return list(ids)
 
 
-def retry_now(spool: Spool, ids: Sequence[str]) -> list[str]:
-    """Make every waiting copy due now (all messages, or the ones named)."""
+def _each(spool: Spool, ids: Sequence[str], change: Callable[[Entry], str], busy: str) -> list[str]:
+    """Apply `change` to each entry under its lock; one line of words per entry."""
     out = []
-    for entry_id in _targets(spool, ids):
+    for entry_id in ids:
         try:
             with spool.locked(entry_id) as entry:
-                events = [{"e": "retry", "c": c.index} for c in entry.copies if not c.final]
-                if events:
-                    spool.append(entry, *events)
-                out.append(f"{entry_id}: {len(events)} copies will be tried now")
+                out.append(f"{entry_id}: {change(entry)}")
         except EntryBusy:
-            out.append(f"{entry_id}: being sent right now")
+            out.append(f"{entry_id}: {busy}")
         except FileNotFoundError:
             out.append(f"{entry_id}: finished meanwhile")
     return out
+
+
+def retry_now(spool: Spool, ids: Sequence[str]) -> list[str]:
+    """Make every waiting copy due now (all messages, or the ones named)."""
+
+    def retry(entry: Entry) -> str:
+        events = [{"e": "retry", "c": c.index} for c in entry.copies if not c.final]
+        if events:
+            spool.append(entry, *events)
+        return f"{len(events)} copies will be tried now"
+
+    return _each(spool, _targets(spool, ids), retry, "being sent right now")
 
 
 def drop(spool: Spool, ids: Sequence[str]) -> list[str]:
@@ -81,22 +90,15 @@ def drop(spool: Spool, ids: Sequence[str]) -> list[str]:
     the report shows the dropped ones as not delivered."""
     if not ids:
         raise QueueAdminError("name the messages to drop (ids from `mailping queue list`)")
-    out = []
-    for entry_id in _targets(spool, ids):
-        try:
-            with spool.locked(entry_id) as entry:
-                events = []
-                for c in entry.copies:
-                    if not c.final:
-                        events.append(
-                            {"e": "status", "c": c.index, "s": DROPPED, "reply": DROP_REPLY}
-                        )
-                        events.append({"e": "reported", "c": c.index})
-                if events:
-                    spool.append(entry, *events, sync=True)
-                out.append(f"{entry_id}: {len(events) // 2} copies dropped")
-        except EntryBusy:
-            out.append(f"{entry_id}: being sent right now; try again in a moment")
-        except FileNotFoundError:
-            out.append(f"{entry_id}: finished meanwhile")
-    return out
+
+    def stop(entry: Entry) -> str:
+        waiting = [c.index for c in entry.copies if not c.final]
+        events: list[dict] = []
+        for i in waiting:
+            events.append({"e": "status", "c": i, "s": DROPPED, "reply": DROP_REPLY})
+            events.append({"e": "reported", "c": i})
+        if events:
+            spool.append(entry, *events, sync=True)
+        return f"{len(waiting)} copies dropped"
+
+    return _each(spool, _targets(spool, ids), stop, "being sent right now; try again in a moment")
