@@ -349,6 +349,8 @@ class QueueRunner:
             await self._report(entry, login, lost, data)
             await self._sync(entry)
             if entry.done():
+                if entry.header.get("claim"):
+                    self.spool.finish_claim(entry.header["claim"], entry.id)
                 self.spool.remove(entry)
                 self.credentials.pop(entry.id, None)
                 self._report_retry.pop(entry.id, None)

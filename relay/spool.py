@@ -170,11 +170,11 @@ class Spool:
 
     # --- putting a message in -------------------------------------------------------------
 
-    def put(self, header: dict[str, Any], data: bytes) -> Entry:
+    def put(self, header: dict[str, Any], data: bytes, entry_id: str | None = None) -> Entry:
         """Write, fsync, rename into place and fsync the folder; the entry comes back locked.
 
         Only after this returns may the client be told 250."""
-        entry_id = f"{int(time.time() * 1000):013d}-{secrets.token_hex(6)}"
+        entry_id = entry_id or self.new_id()
         header = {**header, "v": FORMAT, "id": entry_id, "size": len(data), "owner": self.owner}
         head = json.dumps(header, separators=(",", ":")).encode() + b"\n"
         final = self.directory / f"{entry_id}{SUFFIX}"
@@ -278,9 +278,10 @@ class Spool:
         a message was spooled under it; BUSY while another live process is spooling it.
 
         O_EXCL makes the claim atomic across the processes that share this spool, so a client
-        re-sending after a lost reply, even to another worker, is recognised. The claim names
-        its process until the message is spooled (`settle_claim`), so a claim left by a process
-        that died before spooling is not mistaken for a message taken."""
+        re-sending after a lost reply, even to another worker, is recognised. A claim names the
+        entry it is for and that entry's process before the entry is written (`settle_claim`),
+        and says `done` once the queue finished it, so a claim whose entry is missing and whose
+        process died was never spooled: it is not mistaken for a message taken."""
         path = self._claim_path(sender, message_id)
         for _ in range(3):
             try:
@@ -288,31 +289,53 @@ class Spool:
             except FileExistsError:
                 try:
                     age = time.time() - path.stat().st_mtime
-                    content = path.read_text()
+                    words = path.read_text().split()
                 except FileNotFoundError:
                     continue
                 if age >= window:
                     path.unlink(missing_ok=True)
                     continue
-                if content.startswith("spooled "):
+                if words[:1] == ["done"]:
                     return TAKEN
-                if content.startswith("owner ") and self.owner_alive(content[6:].strip()):
-                    return BUSY
+                if words[:1] == ["spooled"] and len(words) == 4 and self.path(words[1]).exists():
+                    return TAKEN
+                owner = words[-1] if words else ""
+                if self.owner_alive(owner):
+                    return BUSY  # being spooled right now by a live process
                 path.unlink(missing_ok=True)  # its process died before spooling: not taken
                 continue
             try:
-                _write_all(fd, f"owner {self.owner}".encode())
+                _write_all(fd, f"claimed by {self.owner}".encode())
             finally:
                 os.close(fd)
             return CLAIMED
         return BUSY
 
     def settle_claim(self, sender: str, message_id: str, entry_id: str) -> None:
-        """The claimed message is spooled: from now on a re-submission is answered 250."""
+        """The claim is for entry `entry_id`, written next (before it exists on disk)."""
         path = self._claim_path(sender, message_id)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(f"spooled {entry_id}")
+        tmp.write_text(f"spooled {entry_id} by {self.owner}")
         os.replace(tmp, path)
+
+    def finish_claim(self, claim: str, entry_id: str) -> None:
+        """The queue is done with `entry_id` and removes it: its claim, if the client has not
+        released it meanwhile, now says so (a re-submission is still not sent again)."""
+        path = self.seen_dir / claim
+        try:
+            if path.read_text().split()[:2] != ["spooled", entry_id]:
+                return
+        except (FileNotFoundError, IndexError):
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(f"done {entry_id}")
+        os.replace(tmp, path)
+
+    def claim_name(self, sender: str, message_id: str) -> str:
+        return self._claim_path(sender, message_id).name
+
+    def new_id(self) -> str:
+        return f"{int(time.time() * 1000):013d}-{secrets.token_hex(6)}"
 
     def _claim_path(self, sender: str, message_id: str) -> Path:
         key = hashlib.sha256(f"{sender.lower()}\0{message_id}".encode()).hexdigest()[:40]

@@ -124,20 +124,21 @@ class Relay:
             recipients, prepared.untracked_reason, facts, self.exclusions.token_key
         )
         header = self._header(sub, prepared, plan)
+        entry_id = self.spool.new_id()
         try:
-            entry = await asyncio.to_thread(self.spool.put, header, sub.data)
-        except SpoolError:
+            if key:
+                # Named before the entry is written: a crash between the two leaves a claim
+                # whose entry is missing and whose process is dead, which a retry may take.
+                self.spool.settle_claim(sub.sender, key, entry_id)
+                header["claim"] = self.spool.claim_name(sub.sender, key)
+            entry = await asyncio.to_thread(self.spool.put, header, sub.data, entry_id)
+        except (SpoolError, OSError):
             log.exception("cannot spool a message from %s", sub.user)
             if key:
                 self.spool.unclaim_message_id(sub.sender, key)
             metrics.RELAY_MESSAGES.labels("not_spooled").inc()
             return Receipt(replies.NOT_SPOOLED)
         # From here on the message is ours: nothing below can make the reply a 4xx.
-        try:
-            if key:
-                self.spool.settle_claim(sub.sender, key, entry.id)
-        except OSError:  # the claim stays unsettled: a re-submission is then sent again
-            log.warning("could not settle the re-submission claim of %s", entry.id)
         attempt = self.queue.take(entry, sub.credentials, sub.data, prepared)
         told = False
         try:
