@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import html as _html
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -113,8 +114,13 @@ class Prepared:
         return sum(isinstance(p, HtmlSlot) for p in self.pieces)
 
 
-def prepare(raw: bytes) -> Prepared:
-    """Walk the message once; never raises for bad input (it becomes `unparsable`)."""
+def prepare(raw: bytes, *, own_pixel_prefix: str = "") -> Prepared:
+    """Walk the message once; never raises for bad input (it becomes `unparsable`).
+
+    `own_pixel_prefix` is this MailPing's pixel URL up to the token
+    (`{public_url}/{pixel_path}/`): every image tag of such a pixel already in an HTML body (a
+    forward or a reply quoting an earlier copy) is removed before the new pixel is placed, so
+    the new recipient's opens are never counted as the earlier recipient's."""
     head_end, _ = _split_head(raw, 0, len(raw))
     headers = _parse_headers(raw[:head_end])
     subject = _header_text(headers, "Subject")
@@ -129,7 +135,7 @@ def prepare(raw: bytes) -> Prepared:
 
     if headers.get("DKIM-Signature") is not None or headers.get("ARC-Seal") is not None:
         return untouched(DKIM_SIGNED)
-    walker = _Walker(raw)
+    walker = _Walker(raw, own_pixel_prefix)
     try:
         walker.walk(0, len(raw), 0)
     except Unparsable:
@@ -169,8 +175,8 @@ def untouched_copy(raw: bytes) -> bytes:
     return b"".join(untouched_chunks(raw))
 
 
-def rewrite(raw: bytes, pixel_url: str) -> bytes:
-    return render(prepare(raw), pixel_url)
+def rewrite(raw: bytes, pixel_url: str, *, own_pixel_prefix: str = "") -> bytes:
+    return render(prepare(raw, own_pixel_prefix=own_pixel_prefix), pixel_url)
 
 
 # Header fields of addresses, which the upstream parses (sender checks, From alignment). Bcc is
@@ -209,6 +215,34 @@ def needs_smtputf8(
     )
 
 
+_IMG_RE = re.compile(r"<img\b[^<>]*>", re.I)  # a ">" inside quotes ends it early: then kept
+_SRC_RE = re.compile(r"""[\s"'/]src\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""", re.I)
+_SCHEME_RE = re.compile(r"^(?:https?:)?//", re.I)
+_OWN_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,128}\.gif")
+
+
+def remove_own_pixels(html: str, prefix: str) -> str:
+    """`html` less every image tag whose src is a pixel of this MailPing: `prefix` (its
+    `{public_url}/{pixel_path}/`) followed by a token and `.gif`. The tag may be the one the
+    relay writes (on one line or wrapped) or the same image as a client re-wrote it (attributes
+    in another order, entities in the URL, http for https). Other images are left alone."""
+    if not prefix or "<img" not in html.lower():
+        return html
+    own = _SCHEME_RE.sub("", prefix).lower()
+
+    def keep(m: re.Match[str]) -> str:
+        src = _SRC_RE.search(m.group(0), 4)
+        if src is None:
+            return m.group(0)
+        url = _html.unescape(next(g for g in src.groups() if g is not None)).strip()
+        url = _SCHEME_RE.sub("", url)
+        if url.lower().startswith(own) and _OWN_TOKEN_RE.fullmatch(url[len(own) :]):
+            return ""
+        return m.group(0)
+
+    return _IMG_RE.sub(keep, html)
+
+
 def find_insertion(html: str) -> int:
     """Index of the last `</body>` outside comments, script, style and other raw text; else the
     end, before any final line breaks (a copy must still end with the line break it had)."""
@@ -237,8 +271,9 @@ def find_insertion(html: str) -> int:
 
 
 class _Walker:
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, own_pixel_prefix: str = "") -> None:
         self.raw = raw
+        self.own_pixel_prefix = own_pixel_prefix
         self.slots: list[tuple[int, int, HtmlSlot]] = []
         self.edits: list[tuple[int, int, bytes]] = []  # header fields of re-encoded parts
         self.signed = False
@@ -292,6 +327,7 @@ class _Walker:
         else:
             raise Unparsable(f"unknown Content-Transfer-Encoding {cte!r}")
         codec, text = _decode_html(decoded, msg.get_content_charset())
+        text = remove_own_pixels(text, self.own_pixel_prefix)
         idx = find_insertion(text)
         before, after = text[:idx], text[idx:]
         line_len = 0

@@ -21,8 +21,14 @@ from tests.helpers import (
     mailgem_files,
 )
 
-URL = "http://127.0.0.1:8025/p/AAAAAAAAAAAAAAAAAAAAAA.gif"
+PREFIX = "http://127.0.0.1:8025/p/"
+URL = PREFIX + "AAAAAAAAAAAAAAAAAAAAAA.gif"
 TAG = rewrite.PIXEL_TAG.format(url=URL)
+# Pixels an earlier copy of this MailPing carried (a forward, a reply quoting it).
+OLD = [PREFIX + t + ".gif" for t in ("B" * 22, "C" * 22, "d-_x" * 5 + "yz")]
+OLD_TAGS = [rewrite.PIXEL_TAG.format(url=u) for u in OLD] + [
+    rewrite.PIXEL_TAG_WRAPPED.format(url=u, eol=eol) for u in OLD for eol in ("\r\n", "\n")
+]
 
 
 def html_message(body: bytes, *, cte: str = "8bit", charset: str = "utf-8") -> bytes:
@@ -292,29 +298,99 @@ def test_untracked_reasons() -> None:
     assert rewrite.prepare(b"").untracked_reason == "text_only"
 
 
+@pytest.mark.parametrize(
+    "earlier",
+    [
+        *OLD_TAGS,
+        # the same image as a client re-wrote it: other attribute order, quotes, entities, https
+        f"<IMG style=\"border:0\" SRC='{OLD[0]}' width=1 height=1>",
+        f"<img src={OLD[1]} alt=''>",
+        f'<img alt="" src="{OLD[0].replace("/", "&#x2F;").replace(":", "&colon;")}">',
+        f'<img src="{OLD[1].replace("http:", "https:")}" />',
+        f'<img\r\n  src="{OLD[2]}"\r\n>',
+    ],
+)
+@pytest.mark.parametrize("cte", ["8bit", "quoted-printable", "base64"])
+def test_an_earlier_copys_pixel_is_removed(earlier: str, cte: str) -> None:
+    quoted = (
+        "<html><body><p>See below</p><blockquote><div>---------- Forwarded ----------</div>"
+        f"<div>Hello{earlier}</div></blockquote></body></html>\r\n"
+    )
+    data = quoted.encode()
+    if cte == "quoted-printable":
+        data = quopri.encodestring(data).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    elif cte == "base64":
+        data = base64.encodebytes(data).replace(b"\n", b"\r\n")
+    out = rewrite.rewrite(html_message(data, cte=cte), URL, own_pixel_prefix=PREFIX)
+    (part,) = leaves(out)
+    text = html_text(part)
+    assert PIXEL_RE.findall(text) == [(URL, "A" * 22)]
+    assert PIXEL_RE.sub("", text) == quoted.replace(earlier, "")
+    assert "BBBB" not in text and "CCCC" not in text and "d-_x" not in text
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        '<img src="http://127.0.0.1:8025/p/logo.png">',  # our host, not a pixel
+        '<img src="http://127.0.0.1:8025/static/BBBBBBBBBBBBBBBBBBBBBB.gif">',  # not the path
+        '<img src="http://127.0.0.1:9999/p/BBBBBBBBBBBBBBBBBBBBBB.gif">',  # another MailPing
+        '<img src="https://cdn.example.com/p/BBBBBBBBBBBBBBBBBBBBBB.gif">',
+        '<img src="http://127.0.0.1:8025/p/BBBBBBBBBBBBBBBBBBBBBB.gif?x=1">',
+        '<img src="http://127.0.0.1:8025/p/a/BBBBBBBBBBBBBBBBBBBBBB.gif">',
+        '<img alt="http://127.0.0.1:8025/p/BBBBBBBBBBBBBBBBBBBBBB.gif">',
+        "<p>http://127.0.0.1:8025/p/BBBBBBBBBBBBBBBBBBBBBB.gif</p>",
+    ],
+)
+def test_other_images_are_not_removed(other: str) -> None:
+    html = f"<html><body><p>Hi</p>{other}</body></html>"
+    raw = html_message(html.encode())
+    out = rewrite.rewrite(raw, URL, own_pixel_prefix=PREFIX)
+    assert_unharmed(raw, out, pixels=1, own_prefix=PREFIX)
+    (part,) = leaves(out)
+    assert other in html_text(part)
+
+
+def test_a_message_without_earlier_pixels_is_the_same_with_or_without_the_prefix() -> None:
+    for path in sorted(CORPUS_DIR.glob("*.eml")):
+        raw = path.read_bytes()
+        assert rewrite.rewrite(raw, URL, own_pixel_prefix=PREFIX) == rewrite.rewrite(raw, URL)
+
+
+def test_a_signed_message_keeps_an_earlier_pixel_untouched() -> None:
+    """A message the relay cannot rewrite goes out as it came, earlier pixel included."""
+    raw = (
+        b"DKIM-Signature: v=1; a=rsa-sha256\r\nContent-Type: text/html\r\n\r\n<p>x</p>"
+        + OLD_TAGS[0].encode()
+    )
+    prepared = rewrite.prepare(raw, own_pixel_prefix=PREFIX)
+    assert prepared.untracked_reason == rewrite.DKIM_SIGNED
+    assert rewrite.render(prepared, URL) == raw
+
+
 @pytest.mark.parametrize("name", sorted(corpus()))
 def test_corpus_message(name: str) -> None:
     expect = corpus()[name]
     raw = (CORPUS_DIR / name).read_bytes()
-    prepared = rewrite.prepare(raw)
+    prepared = rewrite.prepare(raw, own_pixel_prefix=PREFIX)
     assert prepared.untracked_reason == expect["untracked"]
     out = rewrite.render(prepared, URL)
     if expect["untracked"]:
         assert out == rewrite.untouched_copy(raw)
     else:
-        assert_unharmed(raw, out, pixels=expect["pixels"])
+        assert_unharmed(raw, out, pixels=expect["pixels"], own_prefix=PREFIX)
 
 
 @pytest.mark.parametrize("path", mailgem_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_mailgem_fixture(path) -> None:
     """Every public fixture: byte-identical when untracked, else one pixel per HTML body part."""
     raw = path.read_bytes()
-    prepared = rewrite.prepare(raw)
+    prepared = rewrite.prepare(raw, own_pixel_prefix=PREFIX)
     out = rewrite.render(prepared, URL)
     if prepared.tracked:
         body_parts = sum(is_body_html(p) for p in leaves(raw))
         assert prepared.html_parts == body_parts
-        assert_unharmed(raw, out, pixels=body_parts)
+        assert_unharmed(raw, out, pixels=body_parts, own_prefix=PREFIX)
     else:
         assert out == raw
         assert not any(is_body_html(p) and PIXEL_RE.search(html_text(p)) for p in leaves(out))
@@ -357,6 +433,53 @@ def test_any_html_gets_exactly_one_pixel_and_loses_nothing(
         assert PIXEL_RE.sub("", text) == data.decode(charset)
     else:  # the pixel alone, on a line of its own
         assert PIXEL_RE.sub("", text) in ("", "\r\n")
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    body=html_texts,
+    earlier=st.lists(st.tuples(st.sampled_from(OLD_TAGS), st.floats(0, 1)), max_size=4),
+    wrap=st.booleans(),
+    cte=st.sampled_from(["8bit", "quoted-printable", "base64"]),
+    charset=st.sampled_from(["utf-8", "iso-8859-1", "shift_jis"]),
+)
+def test_any_html_with_earlier_pixels_leaves_with_ours_alone(
+    body: str, earlier: list[tuple[str, float]], wrap: bool, cte: str, charset: str
+) -> None:
+    """Earlier copies' pixels anywhere (inside text, comments, other tags' neighbours): the
+    copy has exactly one pixel, ours, and its HTML is the original less the earlier pixels."""
+    body = body.encode(charset, "ignore").decode(charset)
+    clean = f"<html><body>{body}</body></html>" if wrap else body
+    html = clean
+    for tag, at in earlier:
+        # between characters of the clean HTML, never inside an earlier pixel tag
+        cut = _boundary(html, int(at * len(html)))
+        html = html[:cut] + tag + html[cut:]
+    data = html.encode(charset).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if cte == "quoted-printable":
+        encoded = quopri.encodestring(data).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    elif cte == "base64":
+        encoded = base64.encodebytes(data).replace(b"\n", b"\r\n")
+    else:
+        encoded = data
+    raw = html_message(encoded, cte=cte, charset=charset)
+    out = rewrite.rewrite(raw, URL, own_pixel_prefix=PREFIX)
+    (part,) = leaves(out)
+    text = html_text(part)
+    assert PIXEL_RE.findall(text) == [(URL, "A" * 22)]
+    expected = clean.encode(charset).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if expected:
+        assert PIXEL_RE.sub("", text) == expected.decode(charset)
+    else:
+        assert PIXEL_RE.sub("", text) in ("", "\r\n")
+
+
+def _boundary(html: str, at: int) -> int:
+    """`at`, moved back before any earlier pixel tag it would fall inside."""
+    for m in PIXEL_RE.finditer(html):
+        if m.start() < at < m.end():
+            return m.start()
+    return at
 
 
 # Lines from empty to several times the limit, so the pixel lands in short and long lines.
