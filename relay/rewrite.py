@@ -59,7 +59,6 @@ _STATEFUL_OR_WIDE = ("utf_16", "utf_32", "iso2022", "utf_7", "hz")
 
 _HEADER_RE = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
 _BLANK_LINE_RE = re.compile(rb"\n(\r?\n)")
-_TOKEN_RE = re.compile(r"<!--|<(script|style|textarea|title|xmp)\b|</body\b[^>]*>", re.I)
 
 
 class Unparsable(Exception):
@@ -243,28 +242,75 @@ def remove_own_pixels(html: str, prefix: str) -> str:
     return _IMG_RE.sub(keep, html)
 
 
+_ATTRS = r"""(?:[^>"']|"[^"]*"|'[^']*')*"""
+_BODY_OPEN_RE = re.compile(rf"<body\b{_ATTRS}>", re.I)
+# What may come before the visible content: white space, a doctype or XML declaration, the
+# html and head tags and what a head holds (raw-text elements and comments are handled apart).
+_PROLOGUE_RE = re.compile(
+    rf"\s+|<!doctype\b[^>]*>|<\?[^>]*>|</?(?:html|head)\b{_ATTRS}>|<(?:meta|link|base)\b{_ATTRS}>",
+    re.I,
+)
+_HEAD_RAW_RE = re.compile(r"<(script|style|title)\b", re.I)
+_HEAD_OPEN_RE = re.compile(r"<head\b", re.I)
+_HEAD_CLOSE_RE = re.compile(r"<!--|<(script|style|textarea|title|xmp)\b|</head\s*>", re.I)
+
+
 def find_insertion(html: str) -> int:
-    """Index of the last `</body>` outside comments, script, style and other raw text; else the
-    end, before any final line breaks (a copy must still end with the line break it had)."""
-    last = None
+    """Where the pixel goes: right after the opening `<body ...>` tag, or, without one, at the
+    start of the visible content (after a doctype, `<html>` and the head). Early, because Gmail
+    shows only the first ~102 KB of a message's HTML and a pixel past that is never fetched.
+    Comments, `<script>`, `<style>` and `<title>` are skipped, so a `<body>` inside them does
+    not count. An HTML part with nothing visible gets it at its end, before any final line
+    breaks (a copy must still end with the line break it had)."""
     pos = 0
-    while m := _TOKEN_RE.search(html, pos):
-        token = m.group(0)
-        if token == "<!--":
+    in_head = False
+    while pos < len(html):
+        if html.startswith("<!--", pos):
             # "-->" may start right after "<!" ("<!-->" is a complete, empty comment in HTML5).
-            close = html.find("-->", m.start() + 2)
+            close = html.find("-->", pos + 2)
             if close < 0:
                 break
             pos = close + 3
-        elif m.group(1):
-            end = re.compile(rf"</{m.group(1)}\s*>", re.I).search(html, m.end())
-            if end is None:
+        elif m := _HEAD_RAW_RE.match(html, pos):
+            close = re.compile(rf"</{m.group(1)}\s*>", re.I).search(html, m.end())
+            if close is None:
                 break
-            pos = end.end()
-        else:
-            last = m.start()
+            pos = close.end()
+        elif m := _BODY_OPEN_RE.match(html, pos):
+            return m.end()
+        elif m := _PROLOGUE_RE.match(html, pos):
+            if _HEAD_OPEN_RE.match(m.group(0)):
+                in_head = True
+            elif m.group(0)[:6].lower() == "</head":
+                in_head = False
             pos = m.end()
-    return len(html.rstrip("\r\n")) if last is None else last
+        elif in_head and (close := _head_end(html, pos)) is not None:
+            # Something a head does not usually hold (Outlook's <o:...> settings): the visible
+            # content starts after the head, not inside it.
+            in_head = False
+            pos = close
+        else:
+            return pos
+    return len(html.rstrip("\r\n")) if pos >= len(html) else pos
+
+
+def _head_end(html: str, pos: int) -> int | None:
+    """The end of the `</head>` closing the head that `pos` is inside, outside comments and
+    raw text; None if there is none."""
+    while m := _HEAD_CLOSE_RE.search(html, pos):
+        if m.group(0) == "<!--":
+            close = html.find("-->", m.start() + 2)
+            if close < 0:
+                return None
+            pos = close + 3
+        elif m.group(1):
+            close = re.compile(rf"</{m.group(1)}\s*>", re.I).search(html, m.end())
+            if close is None:
+                return None
+            pos = close.end()
+        else:
+            return m.end()
+    return None
 
 
 # --- the walk ------------------------------------------------------------------------------
