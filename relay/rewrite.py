@@ -22,6 +22,7 @@ from email.headerregistry import HeaderRegistry
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from typing import overload
 
 # Why these attributes: width/height for clients that ignore CSS, border=0 and alt="" so that a
 # blocked image leaves no frame or text; no display:none, which some clients then never fetch.
@@ -79,9 +80,10 @@ class HtmlSlot:
     trailing_eol: bool
     separator: str = ""  # the blank line a part without a body lacks before its pixel
     final_eol: str = ""  # the line break an empty body ending the message lacks after it
+    pixel: bool = True  # False: a part of an attached message, only cleared of earlier pixels
 
     def encode(self, url: str) -> bytes:
-        tag = PIXEL_TAG.format(url=url)
+        tag = PIXEL_TAG.format(url=url) if self.pixel else ""
         if self.line_len + len(tag) > MAX_LINE:
             tag = PIXEL_TAG_WRAPPED.format(url=url, eol=self.eol)
         html = self.before + tag + self.after
@@ -110,7 +112,7 @@ class Prepared:
 
     @property
     def html_parts(self) -> int:
-        return sum(isinstance(p, HtmlSlot) for p in self.pieces)
+        return sum(isinstance(p, HtmlSlot) and p.pixel for p in self.pieces)
 
 
 def prepare(raw: bytes, *, own_pixel_prefix: str = "") -> Prepared:
@@ -143,7 +145,7 @@ def prepare(raw: bytes, *, own_pixel_prefix: str = "") -> Prepared:
         return untouched(SIGNED)
     if opted_out:
         return untouched(OPTED_OUT)
-    if not walker.slots:
+    if not any(slot.pixel for _, _, slot in walker.slots):
         return untouched(TEXT_ONLY)
     spans: list[tuple[int, int, bytes | HtmlSlot]] = [*drop, *walker.edits, *walker.slots]
     return Prepared(_splice(raw, spans), None, subject, message_id)
@@ -340,6 +342,14 @@ class _Walker:
                 raise Unparsable("multipart without boundary")
             for s, e in _split_multipart(self.raw, body_start, end, boundary):
                 self.walk(s, e, depth + 1)
+        elif ctype == "message/rfc822" and self.own_pixel_prefix:
+            # A message forwarded as an attachment: its HTML loses earlier pixels of ours, and
+            # gets none; anything it cannot be sure of inside stays exactly as it is.
+            slots, edits = len(self.slots), len(self.edits)
+            try:
+                self._clear_attached(body_start, end, depth + 1)
+            except Unparsable:
+                del self.slots[slots:], self.edits[edits:]
         elif ctype == "text/html" and not _is_attachment(msg):
             # An empty HTML body is still the body a client shows: it gets its pixel too.
             slot = self._html_slot(msg, body_start, end)
@@ -352,9 +362,43 @@ class _Walker:
                 # SMTP ends a message with a line break; the pixel line gets it here.
                 slot = replace(slot, final_eol=self.eol)
             self.slots.append((body_start, end, slot))
-        # Everything else, message/rfc822 included, is left exactly as it is.
+        # Everything else is left exactly as it is.
 
-    def _html_slot(self, msg: Message, start: int, end: int) -> HtmlSlot:
+    def _clear_attached(self, start: int, end: int, depth: int) -> None:
+        """Slots that remove earlier pixels of ours from the HTML of the attached message
+        raw[start:end], and add none; a part with no such pixel keeps its bytes."""
+        if depth > MAX_DEPTH:
+            raise Unparsable("MIME nesting too deep")
+        head_end, body_start = _split_head(self.raw, start, end)
+        msg = _parse_headers(self.raw[start:head_end])
+        ctype = msg.get_content_type()
+        if ctype in _SIGNED_TYPES:
+            return
+        if msg.get_content_maintype() == "multipart":
+            boundary = msg.get_boundary()
+            if not boundary:
+                raise Unparsable("multipart without boundary")
+            for s, e in _split_multipart(self.raw, body_start, end, boundary):
+                self._clear_attached(s, e, depth + 1)
+        elif ctype == "message/rfc822":
+            self._clear_attached(body_start, end, depth + 1)
+        elif ctype == "text/html" and not _is_attachment(msg):
+            slot = self._html_slot(msg, body_start, end, pixel=False)
+            if slot is None:
+                return
+            if slot.cte != _cte(msg):
+                self.edits.extend(_set_cte(self.raw, start, head_end, slot.cte, self.eol))
+            self.slots.append((body_start, end, slot))
+
+    @overload
+    def _html_slot(self, msg: Message, start: int, end: int) -> HtmlSlot: ...
+    @overload
+    def _html_slot(self, msg: Message, start: int, end: int, *, pixel: bool) -> HtmlSlot | None: ...
+    def _html_slot(
+        self, msg: Message, start: int, end: int, *, pixel: bool = True
+    ) -> HtmlSlot | None:
+        """The slot of the HTML body raw[start:end]; without `pixel`, None when it holds no
+        earlier pixel of ours (then nothing in it changes)."""
         body = self.raw[start:end]
         cte = _cte(msg)
         b64_line = 76
@@ -373,8 +417,11 @@ class _Walker:
         else:
             raise Unparsable(f"unknown Content-Transfer-Encoding {cte!r}")
         codec, text = _decode_html(decoded, msg.get_content_charset())
-        text = remove_own_pixels(text, self.own_pixel_prefix)
-        idx = find_insertion(text)
+        cleared = remove_own_pixels(text, self.own_pixel_prefix)
+        if not pixel and cleared == text:
+            return None
+        text = cleared
+        idx = find_insertion(text) if pixel else len(text)
         before, after = text[:idx], text[idx:]
         line_len = 0
         if cte in _UNENCODED:
@@ -397,6 +444,7 @@ class _Walker:
             b64_line=b64_line,
             line_len=line_len,
             trailing_eol=body.endswith(b"\n"),
+            pixel=pixel,
         )
 
 

@@ -361,6 +361,51 @@ def test_other_images_are_not_removed(other: str) -> None:
     assert other in html_text(part)
 
 
+def test_a_message_attached_to_a_forward_loses_earlier_pixels_and_gets_none() -> None:
+    """Forward as attachment: the attached copy's HTML (base64, inside its own multipart)
+    loses the earlier recipient's pixel; the body gets the new one; nothing else changes."""
+    attached_html = f"<html><body>{OLD_TAGS[1]}<p>Offer</p></body></html>\r\n"
+    attached_b64 = base64.encodebytes(attached_html.encode()).replace(b"\n", b"\r\n").decode()
+    untouched_inner = f"<p>x</p>{OLD_TAGS[0]}"  # an attached HTML file: not a body, kept
+    raw = (
+        'Subject: Fwd\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="o"\r\n'
+        "\r\n--o\r\nContent-Type: text/html\r\n\r\n<p>See attached</p>\r\n"
+        "--o\r\nContent-Type: message/rfc822\r\n\r\n"
+        "Subject: Offer\r\nDKIM-Signature: v=1; d=example.com\r\n"
+        'Content-Type: multipart/mixed; boundary="i"\r\n\r\n'
+        "--i\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n"
+        f"\r\n{attached_b64}"
+        "--i\r\nContent-Type: text/html\r\nContent-Disposition: attachment\r\n\r\n"
+        f"{untouched_inner}\r\n--i--\r\n"
+        "--o--\r\n"
+    ).encode()
+    prepared = rewrite.prepare(raw, own_pixel_prefix=PREFIX)
+    assert prepared.html_parts == 1
+    out = rewrite.render(prepared, URL)
+    assert out.count(URL.encode()) == 1
+    expected = raw.replace(
+        attached_b64.encode(),
+        base64.encodebytes(attached_html.replace(OLD_TAGS[1], "").encode()).replace(b"\n", b"\r\n"),
+    ).replace(b"<p>See attached</p>", TAG.encode() + b"<p>See attached</p>")
+    assert out == expected
+    assert rewrite.rewrite(raw, URL) == raw.replace(
+        b"<p>See attached</p>", TAG.encode() + b"<p>See attached</p>"
+    )  # without the prefix the attachment is not looked into
+
+
+def test_a_broken_attached_message_is_left_as_it_is() -> None:
+    raw = (
+        'Subject: Fwd\r\nContent-Type: multipart/mixed; boundary="o"\r\n'
+        "\r\n--o\r\nContent-Type: text/html\r\n\r\n<p>See attached</p>\r\n"
+        "--o\r\nContent-Type: message/rfc822\r\n\r\n"
+        'Content-Type: multipart/mixed; boundary="i"\r\n\r\n'
+        f"--i\r\nContent-Type: text/html\r\n\r\n{OLD_TAGS[0]}\r\n"  # never closed
+        "--o--\r\n"
+    ).encode()
+    out = rewrite.rewrite(raw, URL, own_pixel_prefix=PREFIX)
+    assert out == raw.replace(b"<p>See attached</p>", TAG.encode() + b"<p>See attached</p>")
+
+
 def test_a_message_without_earlier_pixels_is_the_same_with_or_without_the_prefix() -> None:
     for path in sorted(CORPUS_DIR.glob("*.eml")):
         if "earlier_pixels" in path.name:
