@@ -167,6 +167,11 @@ class QueueRunner:
         default_factory=lambda: asyncio.Semaphore(MAX_ENTRIES_AT_ONCE)
     )
 
+    @property
+    def pixel_prefix(self) -> str:
+        """This relay's pixel URLs up to the token: earlier copies' pixels are removed by it."""
+        return f"{self.public_url.rstrip('/')}/{self.pixel_path}/"
+
     # --- life cycle -----------------------------------------------------------------------
 
     def start(self) -> None:
@@ -338,7 +343,8 @@ class QueueRunner:
             if due and not lost:
                 if data is None:
                     data = await asyncio.to_thread(entry.read_data)
-                await self._send(entry, due, login, data, prepared or rewrite.prepare(data))
+                prepared = prepared or rewrite.prepare(data, own_pixel_prefix=self.pixel_prefix)
+                await self._send(entry, due, login, data, prepared)
             if attempt is not None:
                 # The report shows the outcome by the time the client hears it (if the store
                 # answers within its deadline; otherwise it catches up later).

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import html as _html
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -21,6 +22,7 @@ from email.headerregistry import HeaderRegistry
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from typing import overload
 
 # Why these attributes: width/height for clients that ignore CSS, border=0 and alt="" so that a
 # blocked image leaves no frame or text; no display:none, which some clients then never fetch.
@@ -58,7 +60,6 @@ _STATEFUL_OR_WIDE = ("utf_16", "utf_32", "iso2022", "utf_7", "hz")
 
 _HEADER_RE = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
 _BLANK_LINE_RE = re.compile(rb"\n(\r?\n)")
-_TOKEN_RE = re.compile(r"<!--|<(script|style|textarea|title|xmp)\b|</body\b[^>]*>", re.I)
 
 
 class Unparsable(Exception):
@@ -79,9 +80,10 @@ class HtmlSlot:
     trailing_eol: bool
     separator: str = ""  # the blank line a part without a body lacks before its pixel
     final_eol: str = ""  # the line break an empty body ending the message lacks after it
+    pixel: bool = True  # False: a part of an attached message, only cleared of earlier pixels
 
     def encode(self, url: str) -> bytes:
-        tag = PIXEL_TAG.format(url=url)
+        tag = PIXEL_TAG.format(url=url) if self.pixel else ""
         if self.line_len + len(tag) > MAX_LINE:
             tag = PIXEL_TAG_WRAPPED.format(url=url, eol=self.eol)
         html = self.before + tag + self.after
@@ -110,11 +112,16 @@ class Prepared:
 
     @property
     def html_parts(self) -> int:
-        return sum(isinstance(p, HtmlSlot) for p in self.pieces)
+        return sum(isinstance(p, HtmlSlot) and p.pixel for p in self.pieces)
 
 
-def prepare(raw: bytes) -> Prepared:
-    """Walk the message once; never raises for bad input (it becomes `unparsable`)."""
+def prepare(raw: bytes, *, own_pixel_prefix: str = "") -> Prepared:
+    """Walk the message once; never raises for bad input (it becomes `unparsable`).
+
+    `own_pixel_prefix` is this MailPing's pixel URL up to the token
+    (`{public_url}/{pixel_path}/`): every image tag of such a pixel already in an HTML body (a
+    forward or a reply quoting an earlier copy) is removed before the new pixel is placed, so
+    the new recipient's opens are never counted as the earlier recipient's."""
     head_end, _ = _split_head(raw, 0, len(raw))
     headers = _parse_headers(raw[:head_end])
     subject = _header_text(headers, "Subject")
@@ -129,7 +136,7 @@ def prepare(raw: bytes) -> Prepared:
 
     if headers.get("DKIM-Signature") is not None or headers.get("ARC-Seal") is not None:
         return untouched(DKIM_SIGNED)
-    walker = _Walker(raw)
+    walker = _Walker(raw, own_pixel_prefix)
     try:
         walker.walk(0, len(raw), 0)
     except Unparsable:
@@ -138,7 +145,7 @@ def prepare(raw: bytes) -> Prepared:
         return untouched(SIGNED)
     if opted_out:
         return untouched(OPTED_OUT)
-    if not walker.slots:
+    if not any(slot.pixel for _, _, slot in walker.slots):
         return untouched(TEXT_ONLY)
     spans: list[tuple[int, int, bytes | HtmlSlot]] = [*drop, *walker.edits, *walker.slots]
     return Prepared(_splice(raw, spans), None, subject, message_id)
@@ -169,8 +176,8 @@ def untouched_copy(raw: bytes) -> bytes:
     return b"".join(untouched_chunks(raw))
 
 
-def rewrite(raw: bytes, pixel_url: str) -> bytes:
-    return render(prepare(raw), pixel_url)
+def rewrite(raw: bytes, pixel_url: str, *, own_pixel_prefix: str = "") -> bytes:
+    return render(prepare(raw, own_pixel_prefix=own_pixel_prefix), pixel_url)
 
 
 # Header fields of addresses, which the upstream parses (sender checks, From alignment). Bcc is
@@ -209,36 +216,112 @@ def needs_smtputf8(
     )
 
 
+_IMG_RE = re.compile(r"<img\b[^<>]*>", re.I)  # a ">" inside quotes ends it early: then kept
+_SRC_RE = re.compile(r"""[\s"'/]src\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""", re.I)
+_SCHEME_RE = re.compile(r"^(?:https?:)?//", re.I)
+_OWN_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,128}\.gif")
+
+
+def remove_own_pixels(html: str, prefix: str) -> str:
+    """`html` less every image tag whose src is a pixel of this MailPing: `prefix` (its
+    `{public_url}/{pixel_path}/`) followed by a token and `.gif`. The tag may be the one the
+    relay writes (on one line or wrapped) or the same image as a client re-wrote it (attributes
+    in another order, entities in the URL, http for https). Other images are left alone."""
+    if not prefix or "<img" not in html.lower():
+        return html
+    own = _SCHEME_RE.sub("", prefix).lower()
+
+    def keep(m: re.Match[str]) -> str:
+        src = _SRC_RE.search(m.group(0), 4)
+        if src is None:
+            return m.group(0)
+        url = _html.unescape(next(g for g in src.groups() if g is not None)).strip()
+        url = _SCHEME_RE.sub("", url)
+        if url.lower().startswith(own) and _OWN_TOKEN_RE.fullmatch(url[len(own) :]):
+            return ""
+        return m.group(0)
+
+    return _IMG_RE.sub(keep, html)
+
+
+_ATTRS = r"""(?:[^>"']|"[^"]*"|'[^']*')*"""
+_BODY_OPEN_RE = re.compile(rf"<body\b{_ATTRS}>", re.I)
+# What may come before the visible content: white space, a doctype or XML declaration, the
+# html and head tags and what a head holds (raw-text elements and comments are handled apart).
+_PROLOGUE_RE = re.compile(
+    rf"\s+|<!doctype\b[^>]*>|<\?[^>]*>|</?(?:html|head)\b{_ATTRS}>|<(?:meta|link|base)\b{_ATTRS}>",
+    re.I,
+)
+_HEAD_RAW_RE = re.compile(r"<(script|style|title)\b", re.I)
+_HEAD_OPEN_RE = re.compile(r"<head\b", re.I)
+_HEAD_CLOSE_RE = re.compile(r"<!--|<(script|style|textarea|title|xmp)\b|</head\s*>", re.I)
+
+
 def find_insertion(html: str) -> int:
-    """Index of the last `</body>` outside comments, script, style and other raw text; else the
-    end, before any final line breaks (a copy must still end with the line break it had)."""
-    last = None
+    """Where the pixel goes: right after the opening `<body ...>` tag, or, without one, at the
+    start of the visible content (after a doctype, `<html>` and the head). Early, because Gmail
+    shows only the first ~102 KB of a message's HTML and a pixel past that is never fetched.
+    Comments, `<script>`, `<style>` and `<title>` are skipped, so a `<body>` inside them does
+    not count. An HTML part with nothing visible gets it at its end, before any final line
+    breaks (a copy must still end with the line break it had)."""
     pos = 0
-    while m := _TOKEN_RE.search(html, pos):
-        token = m.group(0)
-        if token == "<!--":
+    in_head = False
+    while pos < len(html):
+        if html.startswith("<!--", pos):
             # "-->" may start right after "<!" ("<!-->" is a complete, empty comment in HTML5).
-            close = html.find("-->", m.start() + 2)
+            close = html.find("-->", pos + 2)
             if close < 0:
                 break
             pos = close + 3
-        elif m.group(1):
-            end = re.compile(rf"</{m.group(1)}\s*>", re.I).search(html, m.end())
-            if end is None:
+        elif m := _HEAD_RAW_RE.match(html, pos):
+            close = re.compile(rf"</{m.group(1)}\s*>", re.I).search(html, m.end())
+            if close is None:
                 break
-            pos = end.end()
-        else:
-            last = m.start()
+            pos = close.end()
+        elif m := _BODY_OPEN_RE.match(html, pos):
+            return m.end()
+        elif m := _PROLOGUE_RE.match(html, pos):
+            if _HEAD_OPEN_RE.match(m.group(0)):
+                in_head = True
+            elif m.group(0)[:6].lower() == "</head":
+                in_head = False
             pos = m.end()
-    return len(html.rstrip("\r\n")) if last is None else last
+        elif in_head and (close := _head_end(html, pos)) is not None:
+            # Something a head does not usually hold (Outlook's <o:...> settings): the visible
+            # content starts after the head, not inside it.
+            in_head = False
+            pos = close
+        else:
+            return pos
+    return len(html.rstrip("\r\n")) if pos >= len(html) else pos
+
+
+def _head_end(html: str, pos: int) -> int | None:
+    """The end of the `</head>` closing the head that `pos` is inside, outside comments and
+    raw text; None if there is none."""
+    while m := _HEAD_CLOSE_RE.search(html, pos):
+        if m.group(0) == "<!--":
+            close = html.find("-->", m.start() + 2)
+            if close < 0:
+                return None
+            pos = close + 3
+        elif m.group(1):
+            close = re.compile(rf"</{m.group(1)}\s*>", re.I).search(html, m.end())
+            if close is None:
+                return None
+            pos = close.end()
+        else:
+            return m.end()
+    return None
 
 
 # --- the walk ------------------------------------------------------------------------------
 
 
 class _Walker:
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, own_pixel_prefix: str = "") -> None:
         self.raw = raw
+        self.own_pixel_prefix = own_pixel_prefix
         self.slots: list[tuple[int, int, HtmlSlot]] = []
         self.edits: list[tuple[int, int, bytes]] = []  # header fields of re-encoded parts
         self.signed = False
@@ -259,6 +342,14 @@ class _Walker:
                 raise Unparsable("multipart without boundary")
             for s, e in _split_multipart(self.raw, body_start, end, boundary):
                 self.walk(s, e, depth + 1)
+        elif ctype == "message/rfc822" and self.own_pixel_prefix:
+            # A message forwarded as an attachment: its HTML loses earlier pixels of ours, and
+            # gets none; anything it cannot be sure of inside stays exactly as it is.
+            slots, edits = len(self.slots), len(self.edits)
+            try:
+                self._clear_attached(body_start, end, depth + 1)
+            except Unparsable:
+                del self.slots[slots:], self.edits[edits:]
         elif ctype == "text/html" and not _is_attachment(msg):
             # An empty HTML body is still the body a client shows: it gets its pixel too.
             slot = self._html_slot(msg, body_start, end)
@@ -271,9 +362,43 @@ class _Walker:
                 # SMTP ends a message with a line break; the pixel line gets it here.
                 slot = replace(slot, final_eol=self.eol)
             self.slots.append((body_start, end, slot))
-        # Everything else, message/rfc822 included, is left exactly as it is.
+        # Everything else is left exactly as it is.
 
-    def _html_slot(self, msg: Message, start: int, end: int) -> HtmlSlot:
+    def _clear_attached(self, start: int, end: int, depth: int) -> None:
+        """Slots that remove earlier pixels of ours from the HTML of the attached message
+        raw[start:end], and add none; a part with no such pixel keeps its bytes."""
+        if depth > MAX_DEPTH:
+            raise Unparsable("MIME nesting too deep")
+        head_end, body_start = _split_head(self.raw, start, end)
+        msg = _parse_headers(self.raw[start:head_end])
+        ctype = msg.get_content_type()
+        if ctype in _SIGNED_TYPES:
+            return
+        if msg.get_content_maintype() == "multipart":
+            boundary = msg.get_boundary()
+            if not boundary:
+                raise Unparsable("multipart without boundary")
+            for s, e in _split_multipart(self.raw, body_start, end, boundary):
+                self._clear_attached(s, e, depth + 1)
+        elif ctype == "message/rfc822":
+            self._clear_attached(body_start, end, depth + 1)
+        elif ctype == "text/html" and not _is_attachment(msg):
+            slot = self._html_slot(msg, body_start, end, pixel=False)
+            if slot is None:
+                return
+            if slot.cte != _cte(msg):
+                self.edits.extend(_set_cte(self.raw, start, head_end, slot.cte, self.eol))
+            self.slots.append((body_start, end, slot))
+
+    @overload
+    def _html_slot(self, msg: Message, start: int, end: int) -> HtmlSlot: ...
+    @overload
+    def _html_slot(self, msg: Message, start: int, end: int, *, pixel: bool) -> HtmlSlot | None: ...
+    def _html_slot(
+        self, msg: Message, start: int, end: int, *, pixel: bool = True
+    ) -> HtmlSlot | None:
+        """The slot of the HTML body raw[start:end]; without `pixel`, None when it holds no
+        earlier pixel of ours (then nothing in it changes)."""
         body = self.raw[start:end]
         cte = _cte(msg)
         b64_line = 76
@@ -292,7 +417,11 @@ class _Walker:
         else:
             raise Unparsable(f"unknown Content-Transfer-Encoding {cte!r}")
         codec, text = _decode_html(decoded, msg.get_content_charset())
-        idx = find_insertion(text)
+        cleared = remove_own_pixels(text, self.own_pixel_prefix)
+        if not pixel and cleared == text:
+            return None
+        text = cleared
+        idx = find_insertion(text) if pixel else len(text)
         before, after = text[:idx], text[idx:]
         line_len = 0
         if cte in _UNENCODED:
@@ -315,6 +444,7 @@ class _Walker:
             b64_line=b64_line,
             line_len=line_len,
             trailing_eol=body.endswith(b"\n"),
+            pixel=pixel,
         )
 
 

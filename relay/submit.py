@@ -101,7 +101,7 @@ class Relay:
         return await asyncio.shield(asyncio.ensure_future(self._submit(sub)))
 
     async def _submit(self, sub: Submission) -> Receipt:
-        prepared = rewrite.prepare(sub.data)
+        prepared = rewrite.prepare(sub.data, own_pixel_prefix=self.queue.pixel_prefix)
         recipients = unique_recipients(sub.recipients)
         if not recipients:
             return Receipt(replies.NO_RECIPIENTS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import quopri
 import smtplib
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tests.helpers import (
     CORPUS_DIR,
     MAILGEM_COUNT,
     MAILGEM_DIR,
+    PIXEL_RE,
     assert_unharmed,
     corpus,
     eventually,
@@ -118,6 +120,46 @@ async def test_mailgem_fixtures_pass_unharmed(stack: Stack, upstream: CaptureUps
                     assert_unharmed(raw, m.data, pixels=prepared.html_parts)
                 else:
                     assert m.data == raw, path.name
+
+
+async def test_a_forward_carries_only_the_new_recipients_pixel(
+    stack: Stack, upstream: CaptureUpstream
+) -> None:
+    """Ana's copy carries Ana's pixel; the sender forwards that copy (its HTML quoted, once
+    quoted-printable and once nested in a second forward) to Bob: Bob's copy carries Bob's pixel
+    only, so Bob's opens are never counted as Ana's."""
+    first = (
+        b"From: me@example.com\r\nTo: ana@example.org\r\nSubject: Quote\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        b"<html><body><p>The quote</p></body></html>\r\n"
+    )
+    await asyncio.to_thread(send_smtplib, stack.relay_port, "me@example.com", [RCPTS[0]], first)
+    (ana_copy,) = upstream.messages
+    ana_html = ana_copy.data.split(b"\r\n\r\n", 1)[1].decode().strip()
+    (ana_url, ana_token) = PIXEL_RE.findall(ana_html)[0]
+    assert ana_url.startswith(stack.pixel_base)
+    quoted = f"<div>FYI</div><blockquote>{ana_html}</blockquote>"
+    nested = f"<div>Below</div><blockquote>{quoted}</blockquote>"
+    other = '<img src="https://cdn.example.com/p/AAAAAAAAAAAAAAAAAAAAAA.gif" alt="">'
+    qp = quopri.encodestring((quoted + other).encode()).replace(b"\n", b"\r\n").decode()
+    forward = (
+        "From: me@example.com\r\nTo: bob@example.net\r\nSubject: Fwd: Quote\r\n"
+        'MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/html; charset=utf-8\r\n"
+        f"Content-Transfer-Encoding: quoted-printable\r\n\r\n{qp}\r\n"
+        "--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        f"{nested}\r\n--b--\r\n"
+    ).encode()
+    await asyncio.to_thread(send_smtplib, stack.relay_port, "me@example.com", [RCPTS[1]], forward)
+    bob_copy = upstream.for_recipient(RCPTS[1])[0]
+    prefix = ana_url[: -len(ana_token) - len(".gif")]
+    (bob_token,) = set(assert_unharmed(forward, bob_copy.data, pixels=2, own_prefix=prefix))
+    assert bob_token != ana_token
+    assert ana_token.encode() not in bob_copy.data
+    html = email.message_from_bytes(bob_copy.data).get_payload()[0].get_payload(decode=True)
+    assert other.encode() in html  # not this relay's pixel: kept (assert_unharmed checked all)
+    rows = await deliveries(stack.store)
+    assert [r.token for r in rows] == [ana_token, bob_token]
 
 
 async def test_one_upstream_connection_serves_all_copies(

@@ -21,8 +21,15 @@ from tests.helpers import (
     mailgem_files,
 )
 
-URL = "http://127.0.0.1:8025/p/AAAAAAAAAAAAAAAAAAAAAA.gif"
+PREFIX = "http://127.0.0.1:8025/p/"
+URL = PREFIX + "AAAAAAAAAAAAAAAAAAAAAA.gif"
 TAG = rewrite.PIXEL_TAG.format(url=URL)
+GMAIL_CLIP = 102_400  # Gmail shows about the first 102 KB of a message's HTML, then clips
+# Pixels an earlier copy of this MailPing carried (a forward, a reply quoting it).
+OLD = [PREFIX + t + ".gif" for t in ("B" * 22, "C" * 22, "d-_x" * 5 + "yz")]
+OLD_TAGS = [rewrite.PIXEL_TAG.format(url=u) for u in OLD] + [
+    rewrite.PIXEL_TAG_WRAPPED.format(url=u, eol=eol) for u in OLD for eol in ("\r\n", "\n")
+]
 
 
 def html_message(body: bytes, *, cte: str = "8bit", charset: str = "utf-8") -> bytes:
@@ -36,36 +43,42 @@ def html_message(body: bytes, *, cte: str = "8bit", charset: str = "utf-8") -> b
 @pytest.mark.parametrize(
     ("html", "expected"),
     [
-        ("<html><body>x</body></html>", f"<html><body>x{TAG}</body></html>"),
-        ("<HTML><BODY>x</BODY></HTML>", f"<HTML><BODY>x{TAG}</BODY></HTML>"),
-        ("<body>x</body >", f"<body>x{TAG}</body >"),
-        ("<p>no closing tag</p>", f"<p>no closing tag</p>{TAG}"),
-        ("<p>no closing tag</p>\r\n\r\n", f"<p>no closing tag</p>{TAG}\r\n\r\n"),
-        ("<body>a<!-- </body> -->b</body>", f"<body>a<!-- </body> -->b{TAG}</body>"),
-        ("<body>a</body><!-- </body> -->", f"<body>a{TAG}</body><!-- </body> -->"),
+        ("<html><body>x</body></html>", f"<html><body>{TAG}x</body></html>"),
+        ("<HTML><BODY>x</BODY></HTML>", f"<HTML><BODY>{TAG}x</BODY></HTML>"),
         (
-            "<body>a<script>x='</body>'</script></body>",
-            f"<body>a<script>x='</body>'</script>{TAG}</body>",
+            "<body class=\"a>b\" style='x'>x</body >",
+            f"<body class=\"a>b\" style='x'>{TAG}x</body >",
+        ),
+        ("<body>\r\n<p>x</p></body>", f"<body>{TAG}\r\n<p>x</p></body>"),
+        ("<p>no body tag</p>", f"{TAG}<p>no body tag</p>"),
+        ("\r\n\r\n<p>no body tag</p>\r\n", f"\r\n\r\n{TAG}<p>no body tag</p>\r\n"),
+        ("plain words", f"{TAG}plain words"),
+        (
+            "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title><body></title>"
+            '<style>/*<body>*/</style><link rel=x href="y"></head>\n<div>a</div>',
+            "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title><body></title>"
+            f'<style>/*<body>*/</style><link rel=x href="y"></head>\n{TAG}<div>a</div>',
         ),
         (
-            "<style>/*</body>*/</style><body>a</body>",
-            f"<style>/*</body>*/</style><body>a{TAG}</body>",
+            "<html><head><o:settings>x</o:settings><!-- <body> --></head><p>a</p>",
+            f"<html><head><o:settings>x</o:settings><!-- <body> --></head>{TAG}<p>a</p>",
         ),
-        ("<body>1</body><body>2</body>", f"<body>1</body><body>2{TAG}</body>"),
         (
-            "<body><!--[if mso]></body><![endif]-->a</body>",
-            f"<body><!--[if mso]></body><![endif]-->a{TAG}</body>",
+            "<html><head><o:settings>x</o:settings></head><body>a</body>",
+            f"<html><head><o:settings>x</o:settings></head><body>{TAG}a</body>",
         ),
-        ("<body><!-->a</body>", f"<body><!-->a{TAG}</body>"),
-        ("<title></body></title><body>a</body>", f"<title></body></title><body>a{TAG}</body>"),
-        (
-            "<body><textarea></BODY></textarea></body>",
-            f"<body><textarea></BODY></textarea>{TAG}</body>",
-        ),
-        ("<body>a<!-- unterminated </body>", f"<body>a<!-- unterminated </body>{TAG}"),
+        ("<!-- <body> --><body>a</body>", f"<!-- <body> --><body>{TAG}a</body>"),
+        ("<!--[if mso]><body x><![endif]--><p>a", f"<!--[if mso]><body x><![endif]-->{TAG}<p>a"),
+        ("<!--><body>a</body>", f"<!--><body>{TAG}a</body>"),
+        ("<script>x='<body>'</script><body>a", f"<script>x='<body>'</script><body>{TAG}a"),
+        ("<?xml version='1.0'?><html><body>a", f"<?xml version='1.0'?><html><body>{TAG}a"),
+        ("<p>a</p><body>b</body>", f"{TAG}<p>a</p><body>b</body>"),  # content came first
+        ("<body>1</body><body>2</body>", f"<body>{TAG}1</body><body>2</body>"),
+        ("<!-- unterminated <body>", f"{TAG}<!-- unterminated <body>"),
+        ("<html><head></head></html>\r\n", f"<html><head></head></html>{TAG}\r\n"),
     ],
 )
-def test_pixel_goes_before_the_real_closing_body(html: str, expected: str) -> None:
+def test_pixel_goes_right_after_the_opening_body_tag(html: str, expected: str) -> None:
     out = rewrite.rewrite(html_message(html.encode()), URL)
     assert out.split(b"\r\n\r\n", 1)[1] == expected.encode()
 
@@ -76,7 +89,7 @@ def test_quoted_printable_part_stays_quoted_printable() -> None:
     out = rewrite.rewrite(raw, URL)
     body = out.split(b"\r\n\r\n", 1)[1]
     assert all(len(line) <= 76 for line in body.split(b"\r\n"))
-    assert quopri.decodestring(body).decode() == html.replace("</body>", TAG + "</body>")
+    assert quopri.decodestring(body).decode() == html.replace("<body>", "<body>" + TAG)
 
 
 def test_base64_part_keeps_its_line_length() -> None:
@@ -88,11 +101,14 @@ def test_base64_part_keeps_its_line_length() -> None:
     lines = body.split(b"\r\n")
     assert {len(line) for line in lines[:-2]} == {72}
     assert body.endswith(b"\r\n")
-    assert base64.b64decode(body).decode() == html.replace("</body>", TAG + "</body>")
+    assert base64.b64decode(body).decode() == html.replace("<body>", "<body>" + TAG)
 
 
 def test_a_long_line_gets_the_pixel_wrapped_inside_its_tag() -> None:
     html = "<body>" + "y" * 900 + "</body>"
+    assert_unharmed(
+        html_message(html.encode()), rewrite.rewrite(html_message(html.encode()), URL), pixels=1
+    )
     out = rewrite.rewrite(html_message(html.encode()), URL)
     assert all(len(line) <= 998 for line in out.split(b"\r\n"))
     body = out.split(b"\r\n\r\n", 1)[1].decode()
@@ -106,7 +122,7 @@ def test_shift_jis_and_iso_2022_jp_round_trip() -> None:
         raw = html_message(html.encode(charset), cte="7bit", charset=charset)
         out = rewrite.rewrite(raw, URL)
         body = out.split(b"\r\n\r\n", 1)[1].decode(charset)
-        assert body == html.replace("</body>", TAG + "</body>")
+        assert body == html.replace("<body>", "<body>" + TAG)
 
 
 def test_bcc_is_removed_and_nothing_else() -> None:
@@ -207,7 +223,7 @@ def test_an_unencoded_html_part_with_long_lines_is_reencoded_quoted_printable(
     (part,) = leaves(out)
     assert part["Content-Transfer-Encoding"] == "quoted-printable"
     assert len(part.get_all("Content-Transfer-Encoding")) == 1
-    assert html_text(part) == html.replace("</body>", TAG + "</body>")
+    assert html_text(part) == html.replace("<body>", "<body>" + TAG)
     assert_unharmed(raw, out, pixels=1)
 
 
@@ -232,7 +248,7 @@ def test_only_the_rewritten_part_is_reencoded() -> None:
 def test_the_line_the_pixel_lands_in_never_exceeds_998(prefix: int) -> None:
     """The pixel lands inside a line of `prefix` octets before it and the rest after it: the
     tag is wrapped between its attributes, or the part re-encoded when even that cannot fit."""
-    line = "a" * prefix + "</body>" + "b" * (998 - prefix - len("</body>") if prefix < 991 else 0)
+    line = "a" * prefix + "<body>" + "b" * (998 - prefix - len("<body>") if prefix < 992 else 0)
     raw = html_message((line + "\r\n").encode(), cte="8bit")
     out = rewrite.rewrite(raw, URL)
     assert max(len(x) for x in out.split(b"\r\n")) <= 998
@@ -292,29 +308,159 @@ def test_untracked_reasons() -> None:
     assert rewrite.prepare(b"").untracked_reason == "text_only"
 
 
+@pytest.mark.parametrize(
+    "earlier",
+    [
+        *OLD_TAGS,
+        # the same image as a client re-wrote it: other attribute order, quotes, entities, https
+        f"<IMG style=\"border:0\" SRC='{OLD[0]}' width=1 height=1>",
+        f"<img src={OLD[1]} alt=''>",
+        f'<img alt="" src="{OLD[0].replace("/", "&#x2F;").replace(":", "&colon;")}">',
+        f'<img src="{OLD[1].replace("http:", "https:")}" />',
+        f'<img\r\n  src="{OLD[2]}"\r\n>',
+    ],
+)
+@pytest.mark.parametrize("cte", ["8bit", "quoted-printable", "base64"])
+def test_an_earlier_copys_pixel_is_removed(earlier: str, cte: str) -> None:
+    quoted = (
+        "<html><body><p>See below</p><blockquote><div>---------- Forwarded ----------</div>"
+        f"<div>Hello{earlier}</div></blockquote></body></html>\r\n"
+    )
+    data = quoted.encode()
+    if cte == "quoted-printable":
+        data = quopri.encodestring(data).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    elif cte == "base64":
+        data = base64.encodebytes(data).replace(b"\n", b"\r\n")
+    out = rewrite.rewrite(html_message(data, cte=cte), URL, own_pixel_prefix=PREFIX)
+    (part,) = leaves(out)
+    text = html_text(part)
+    assert PIXEL_RE.findall(text) == [(URL, "A" * 22)]
+    assert PIXEL_RE.sub("", text) == quoted.replace(earlier, "")
+    assert "BBBB" not in text and "CCCC" not in text and "d-_x" not in text
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        '<img src="http://127.0.0.1:8025/p/logo.png">',  # our host, not a pixel
+        '<img src="http://127.0.0.1:8025/static/BBBBBBBBBBBBBBBBBBBBBB.gif">',  # not the path
+        '<img src="http://127.0.0.1:9999/p/BBBBBBBBBBBBBBBBBBBBBB.gif">',  # another MailPing
+        '<img src="https://cdn.example.com/p/BBBBBBBBBBBBBBBBBBBBBB.gif">',
+        '<img src="http://127.0.0.1:8025/p/BBBBBBBBBBBBBBBBBBBBBB.gif?x=1">',
+        '<img src="http://127.0.0.1:8025/p/a/BBBBBBBBBBBBBBBBBBBBBB.gif">',
+        '<img alt="http://127.0.0.1:8025/p/BBBBBBBBBBBBBBBBBBBBBB.gif">',
+        "<p>http://127.0.0.1:8025/p/BBBBBBBBBBBBBBBBBBBBBB.gif</p>",
+    ],
+)
+def test_other_images_are_not_removed(other: str) -> None:
+    html = f"<html><body><p>Hi</p>{other}</body></html>"
+    raw = html_message(html.encode())
+    out = rewrite.rewrite(raw, URL, own_pixel_prefix=PREFIX)
+    assert_unharmed(raw, out, pixels=1, own_prefix=PREFIX)
+    (part,) = leaves(out)
+    assert other in html_text(part)
+
+
+def test_a_message_attached_to_a_forward_loses_earlier_pixels_and_gets_none() -> None:
+    """Forward as attachment: the attached copy's HTML (base64, inside its own multipart)
+    loses the earlier recipient's pixel; the body gets the new one; nothing else changes."""
+    attached_html = f"<html><body>{OLD_TAGS[1]}<p>Offer</p></body></html>\r\n"
+    attached_b64 = base64.encodebytes(attached_html.encode()).replace(b"\n", b"\r\n").decode()
+    untouched_inner = f"<p>x</p>{OLD_TAGS[0]}"  # an attached HTML file: not a body, kept
+    raw = (
+        'Subject: Fwd\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="o"\r\n'
+        "\r\n--o\r\nContent-Type: text/html\r\n\r\n<p>See attached</p>\r\n"
+        "--o\r\nContent-Type: message/rfc822\r\n\r\n"
+        "Subject: Offer\r\nDKIM-Signature: v=1; d=example.com\r\n"
+        'Content-Type: multipart/mixed; boundary="i"\r\n\r\n'
+        "--i\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n"
+        f"\r\n{attached_b64}"
+        "--i\r\nContent-Type: text/html\r\nContent-Disposition: attachment\r\n\r\n"
+        f"{untouched_inner}\r\n--i--\r\n"
+        "--o--\r\n"
+    ).encode()
+    prepared = rewrite.prepare(raw, own_pixel_prefix=PREFIX)
+    assert prepared.html_parts == 1
+    out = rewrite.render(prepared, URL)
+    assert out.count(URL.encode()) == 1
+    expected = raw.replace(
+        attached_b64.encode(),
+        base64.encodebytes(attached_html.replace(OLD_TAGS[1], "").encode()).replace(b"\n", b"\r\n"),
+    ).replace(b"<p>See attached</p>", TAG.encode() + b"<p>See attached</p>")
+    assert out == expected
+    assert rewrite.rewrite(raw, URL) == raw.replace(
+        b"<p>See attached</p>", TAG.encode() + b"<p>See attached</p>"
+    )  # without the prefix the attachment is not looked into
+
+
+def test_a_broken_attached_message_is_left_as_it_is() -> None:
+    raw = (
+        'Subject: Fwd\r\nContent-Type: multipart/mixed; boundary="o"\r\n'
+        "\r\n--o\r\nContent-Type: text/html\r\n\r\n<p>See attached</p>\r\n"
+        "--o\r\nContent-Type: message/rfc822\r\n\r\n"
+        'Content-Type: multipart/mixed; boundary="i"\r\n\r\n'
+        f"--i\r\nContent-Type: text/html\r\n\r\n{OLD_TAGS[0]}\r\n"  # never closed
+        "--o--\r\n"
+    ).encode()
+    out = rewrite.rewrite(raw, URL, own_pixel_prefix=PREFIX)
+    assert out == raw.replace(b"<p>See attached</p>", TAG.encode() + b"<p>See attached</p>")
+
+
+def test_a_message_without_earlier_pixels_is_the_same_with_or_without_the_prefix() -> None:
+    for path in sorted(CORPUS_DIR.glob("*.eml")):
+        if "earlier_pixels" in path.name:
+            continue
+        raw = path.read_bytes()
+        assert rewrite.rewrite(raw, URL, own_pixel_prefix=PREFIX) == rewrite.rewrite(raw, URL)
+
+
+def test_a_signed_message_keeps_an_earlier_pixel_untouched() -> None:
+    """A message the relay cannot rewrite goes out as it came, earlier pixel included."""
+    raw = (
+        b"DKIM-Signature: v=1; a=rsa-sha256\r\nContent-Type: text/html\r\n\r\n<p>x</p>"
+        + OLD_TAGS[0].encode()
+    )
+    prepared = rewrite.prepare(raw, own_pixel_prefix=PREFIX)
+    assert prepared.untracked_reason == rewrite.DKIM_SIGNED
+    assert rewrite.render(prepared, URL) == raw
+
+
 @pytest.mark.parametrize("name", sorted(corpus()))
 def test_corpus_message(name: str) -> None:
     expect = corpus()[name]
     raw = (CORPUS_DIR / name).read_bytes()
-    prepared = rewrite.prepare(raw)
+    prepared = rewrite.prepare(raw, own_pixel_prefix=PREFIX)
     assert prepared.untracked_reason == expect["untracked"]
     out = rewrite.render(prepared, URL)
     if expect["untracked"]:
         assert out == rewrite.untouched_copy(raw)
     else:
-        assert_unharmed(raw, out, pixels=expect["pixels"])
+        assert_unharmed(raw, out, pixels=expect["pixels"], own_prefix=PREFIX)
+        assert_pixels_within_the_clip(out)
+
+
+def assert_pixels_within_the_clip(out: bytes) -> None:
+    """Every pixel ends within the first 102,400 bytes of its part's decoded HTML."""
+    for part in leaves(out):
+        if is_body_html(part):
+            text = html_text(part)
+            assert URL in text
+            charset = part.get_content_charset() or "latin-1"
+            at = len(text[: text.index(URL)].encode(charset, "replace"))
+            assert at < GMAIL_CLIP - len(TAG), at
 
 
 @pytest.mark.parametrize("path", mailgem_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_mailgem_fixture(path) -> None:
     """Every public fixture: byte-identical when untracked, else one pixel per HTML body part."""
     raw = path.read_bytes()
-    prepared = rewrite.prepare(raw)
+    prepared = rewrite.prepare(raw, own_pixel_prefix=PREFIX)
     out = rewrite.render(prepared, URL)
     if prepared.tracked:
         body_parts = sum(is_body_html(p) for p in leaves(raw))
         assert prepared.html_parts == body_parts
-        assert_unharmed(raw, out, pixels=body_parts)
+        assert_unharmed(raw, out, pixels=body_parts, own_prefix=PREFIX)
+        assert_pixels_within_the_clip(out)
     else:
         assert out == raw
         assert not any(is_body_html(p) and PIXEL_RE.search(html_text(p)) for p in leaves(out))
@@ -353,10 +499,104 @@ def test_any_html_gets_exactly_one_pixel_and_loses_nothing(
     (part,) = leaves(out)
     text = html_text(part)
     assert len(PIXEL_RE.findall(text)) == 1
+    if wrap:  # right after the opening body tag
+        assert text.startswith("<html><body><img src=")
     if data:
         assert PIXEL_RE.sub("", text) == data.decode(charset)
     else:  # the pixel alone, on a line of its own
         assert PIXEL_RE.sub("", text) in ("", "\r\n")
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    body=html_texts,
+    earlier=st.lists(st.tuples(st.sampled_from(OLD_TAGS), st.floats(0, 1)), max_size=4),
+    wrap=st.booleans(),
+    cte=st.sampled_from(["8bit", "quoted-printable", "base64"]),
+    charset=st.sampled_from(["utf-8", "iso-8859-1", "shift_jis"]),
+)
+def test_any_html_with_earlier_pixels_leaves_with_ours_alone(
+    body: str, earlier: list[tuple[str, float]], wrap: bool, cte: str, charset: str
+) -> None:
+    """Earlier copies' pixels anywhere (inside text, comments, other tags' neighbours): the
+    copy has exactly one pixel, ours, and its HTML is the original less the earlier pixels."""
+    body = body.encode(charset, "ignore").decode(charset)
+    clean = f"<html><body>{body}</body></html>" if wrap else body
+    html = clean
+    for tag, at in earlier:
+        # between characters of the clean HTML, never inside an earlier pixel tag
+        cut = _boundary(html, int(at * len(html)))
+        html = html[:cut] + tag + html[cut:]
+    data = html.encode(charset).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if cte == "quoted-printable":
+        encoded = quopri.encodestring(data).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    elif cte == "base64":
+        encoded = base64.encodebytes(data).replace(b"\n", b"\r\n")
+    else:
+        encoded = data
+    raw = html_message(encoded, cte=cte, charset=charset)
+    out = rewrite.rewrite(raw, URL, own_pixel_prefix=PREFIX)
+    (part,) = leaves(out)
+    text = html_text(part)
+    assert PIXEL_RE.findall(text) == [(URL, "A" * 22)]
+    expected = clean.encode(charset).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if expected:
+        assert PIXEL_RE.sub("", text) == expected.decode(charset)
+    else:
+        assert PIXEL_RE.sub("", text) in ("", "\r\n")
+
+
+prologues = st.sampled_from(
+    [
+        "",
+        "<html><body>",
+        '<!DOCTYPE html>\r\n<html lang="de">\r\n<head>\r\n<meta charset="utf-8">\r\n'
+        "<title>Preisliste</title>\r\n<style>td{padding:2px}</style>\r\n</head>\r\n"
+        '<body style="margin:0">\r\n',
+        "<html><head><!--[if gte mso 9]><xml><o:x/></xml><![endif]--></head>\r\n",
+        '<div dir="ltr">',
+    ]
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    prologue=prologues,
+    row=st.text(alphabet="abcÄöü €<>/ ", min_size=1, max_size=60),
+    size=st.integers(150_000, 300_000),
+    cte=st.sampled_from(["8bit", "quoted-printable", "base64"]),
+    charset=st.sampled_from(["utf-8", "windows-1252"]),
+)
+def test_the_pixel_of_a_long_message_is_within_what_gmail_shows(
+    prologue: str, row: str, size: int, cte: str, charset: str
+) -> None:
+    """A price list of 150-300 KB: the pixel lands within the first 102,400 bytes of the decoded
+    HTML, so a clipped Gmail view still fetches it; nothing else changes."""
+    line = f"<tr><td>{row}</td><td>12,50</td></tr>\r\n"
+    html = prologue + "<table>\r\n" + line * (size // len(line) + 1) + "</table></body></html>\r\n"
+    data = html.encode(charset, "replace")
+    if cte == "quoted-printable":
+        encoded = quopri.encodestring(data).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    elif cte == "base64":
+        encoded = base64.encodebytes(data).replace(b"\n", b"\r\n")
+    else:
+        encoded = data
+    raw = html_message(encoded, cte=cte, charset=charset)
+    out = rewrite.rewrite(raw, URL, own_pixel_prefix=PREFIX)
+    assert_unharmed(raw, out, pixels=1, own_prefix=PREFIX)
+    (part,) = leaves(out)
+    decoded_html = part.get_payload(decode=True)
+    assert len(decoded_html) > GMAIL_CLIP
+    end_of_pixel = decoded_html.index(URL.encode()) + len(URL) + 200
+    assert end_of_pixel <= len(prologue.encode(charset)) + len(TAG) + 200 < GMAIL_CLIP
+
+
+def _boundary(html: str, at: int) -> int:
+    """`at`, moved back before any earlier pixel tag it would fall inside."""
+    for m in PIXEL_RE.finditer(html):
+        if m.start() < at < m.end():
+            return m.start()
+    return at
 
 
 # Lines from empty to several times the limit, so the pixel lands in short and long lines.

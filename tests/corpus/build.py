@@ -1560,5 +1560,86 @@ Content-Transfer-Encoding: 7bit
     untracked="unparsable",
 )
 
+# A forward of a reply: both earlier copies went through this MailPing (pixel URLs under
+# http://127.0.0.1:8025/p/, the rewriter tests' public_url), one tag as the relay wrote it, one
+# wrapped between its attributes; a third-party tracking image stays.
+_EARLIER_A = (
+    '<img src="http://127.0.0.1:8025/p/QkJCQkJCQkJCQkJCQkJCQk.gif" width="1" height="1" alt="" '
+    'border="0" style="border:0;width:1px;height:1px;max-width:1px;max-height:1px">'
+)
+_EARLIER_B = (
+    '<img\nsrc="http://127.0.0.1:8025/p/Q0NDQ0NDQ0NDQ0NDQ0NDQ0.gif"\nwidth="1" height="1" alt="" '
+    'border="0"\nstyle="border:0;width:1px;height:1px;max-width:1px;max-height:1px">'
+)
+_FORWARD_HTML = qp(
+    '<div dir="ltr">Hi Marc, see Ines\'s answer below.<br><br><div class="gmail_quote">'
+    '<div dir="ltr" class="gmail_attr">---------- Forwarded message ---------<br>From: Ines Roth '
+    "&lt;ines@example.de&gt;<br>Subject: Re: Offer 2211<br></div><br><blockquote "
+    'class="gmail_quote" style="margin:0px 0px 0px 0.8ex;border-left:1px solid rgb(204,204,204);'
+    'padding-left:1ex"><div dir="ltr">Thanks, the offer is fine.</div><br><div class="gmail_quote">'
+    '<blockquote class="gmail_quote"><html><body><p>Dear Ines, the offer is attached.</p>'
+    f"{_EARLIER_A}</body></html>{_EARLIER_B}</blockquote></div>"
+    '<img src="https://mailtrack.example/open/xyz.gif" width="0" height="0"></blockquote></div>'
+    "</div>\n"
+)
+write(
+    "gmail_forward_with_earlier_pixels.eml",
+    f"""MIME-Version: 1.0
+Date: Mon, 24 Nov 2025 10:02:11 +0100
+Message-ID: <CAFwd0001earlierpixels@mail.gmail.example>
+Subject: Fwd: Re: Offer 2211
+From: Paul Keller <paul.keller@example.com>
+To: Marc Weber <marc@example.org>
+Content-Type: multipart/alternative; boundary="000000000000fwd2211"
+
+--000000000000fwd2211
+Content-Type: text/plain; charset="UTF-8"
+
+Hi Marc, see Ines's answer below.
+
+---------- Forwarded message ---------
+From: Ines Roth <ines@example.de>
+Subject: Re: Offer 2211
+
+> Thanks, the offer is fine.
+
+--000000000000fwd2211
+Content-Type: text/html; charset="UTF-8"
+Content-Transfer-Encoding: quoted-printable
+
+{_FORWARD_HTML}
+--000000000000fwd2211--
+""",
+    pixels=1,
+)
+
+# A price list of about 240 KB of HTML: Gmail clips after ~102 KB, so the pixel must come first.
+_PRICE_ROWS = "\n".join(
+    f'<tr><td style="padding:2px 6px">{i:05d}</td><td>Schraube M{3 + i % 9} x {10 + i % 50} '
+    f"verzinkt</td><td align=right>{(i % 977) * 0.37:.2f} EUR</td></tr>"
+    for i in range(2600)
+)
+_PRICE_HTML = qp(
+    '<!DOCTYPE html>\n<html lang="de"><head><meta charset="utf-8"><title>Preisliste</title>'
+    "<style>table{border-collapse:collapse}td{font:12px Arial}</style></head>\n"
+    f'<body style="margin:0"><h1>Preisliste 2026</h1><table>\n{_PRICE_ROWS}\n</table>'
+    "<p>Alle Preise zzgl. MwSt.</p></body></html>\n"
+)
+write(
+    "long_price_list_qp.eml",
+    f"""From: Vertrieb <vertrieb@example.de>
+To: einkauf@example.com
+Subject: Preisliste 2026
+Date: Tue, 25 Nov 2025 07:30:00 +0100
+Message-ID: <preisliste-2026@example.de>
+MIME-Version: 1.0
+Content-Type: text/html; charset=utf-8
+Content-Transfer-Encoding: quoted-printable
+
+{_PRICE_HTML}
+""",
+    pixels=1,
+)
+
 (HERE / "expectations.json").write_text(json.dumps(EXPECT, indent=1, sort_keys=True) + "\n")
 print(f"wrote {len(EXPECT)} messages")
