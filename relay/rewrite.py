@@ -26,15 +26,17 @@ from typing import overload
 
 # Why these attributes: width/height for clients that ignore CSS, border=0 and alt="" so that a
 # blocked image leaves no frame or text; no display:none, which some clients then never fetch.
+# display:block because the pixel opens the body: inline, it would sit on a line of its own a
+# text line high above the content; as a block it takes 1 px.
 PIXEL_TAG = (
     '<img src="{url}" width="1" height="1" alt="" border="0" '
-    'style="border:0;width:1px;height:1px;max-width:1px;max-height:1px">'
+    'style="display:block;border:0;width:1px;height:1px;max-width:1px;max-height:1px">'
 )
 # The same tag with line breaks between attributes, for lines that would exceed 998 octets
 # (RFC 5322 2.1.1): the breaks are inside the tag, so the HTML around it stays byte-identical.
 PIXEL_TAG_WRAPPED = (
     '<img{eol}src="{url}"{eol}width="1" height="1" alt="" border="0"{eol}'
-    'style="border:0;width:1px;height:1px;max-width:1px;max-height:1px">'
+    'style="display:block;border:0;width:1px;height:1px;max-width:1px;max-height:1px">'
 )
 MAX_LINE = 998
 MAX_DEPTH = 40
