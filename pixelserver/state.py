@@ -150,10 +150,8 @@ def outcome_state(outcome: str) -> str | None:
 
 
 def state_of(outcome: str, tracking: str, s: HitSummary) -> DeliveryState:
-    if outcome in FAILED_OUTCOMES:
-        state = FAILED
-    elif outcome in WAITING_OUTCOMES:
-        state = QUEUED
+    if (decided := outcome_state(outcome)) is not None:
+        state = decided
     elif tracking == "untracked":
         state = UNTRACKED
     elif s.people and (s.certain is None or s.certain > 0):

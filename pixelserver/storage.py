@@ -48,7 +48,14 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from pixelserver.state import CERTAIN_CONFIDENCE, HitSummary, HitView, outcome_state, state_of
+from pixelserver.state import (
+    CERTAIN_CONFIDENCE,
+    WAITING_OUTCOMES,
+    HitSummary,
+    HitView,
+    outcome_state,
+    state_of,
+)
 
 # BigInteger primary keys that still autoincrement on SQLite (which only does so for INTEGER).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -66,8 +73,6 @@ OUTCOMES = (
     "expired",
     "dropped",
 )
-WAITING_OUTCOMES = ("queued", "deferred")
-FAILED_OUTCOMES = ("rejected", "expired", "dropped")
 TRACKING = ("tracked", "untracked")
 
 
@@ -667,13 +672,8 @@ async def add_message(
     return message, rows
 
 
-async def set_outcomes(
-    session: AsyncSession,
-    outcomes: Iterable[tuple[int, str, str]],
-    finished: Any = None,
-) -> None:
-    """(delivery id, outcome, upstream reply) for each copy that was tried, in one statement.
-    `finished(outcome)` says whether that outcome ends the copy's journey (sets finished_at)."""
+async def set_outcomes(session: AsyncSession, outcomes: Iterable[tuple[int, str, str]]) -> None:
+    """(delivery id, outcome, upstream reply) for each copy that was tried, in one statement."""
     now = utcnow()
     rows = []
     for delivery_id, outcome, reply in outcomes:
@@ -684,7 +684,7 @@ async def set_outcomes(
                 "b_id": delivery_id,
                 "outcome": outcome,
                 "upstream_reply": reply[:2000],
-                "finished_at": now if finished is None or finished(outcome) else None,
+                "finished_at": None if outcome in WAITING_OUTCOMES else now,
             }
         )
     if rows:

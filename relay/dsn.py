@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage, Message
 from email.policy import SMTP
 
-FAILED, DELAYED, DELIVERED = "failed", "delayed", "delivered"
+FAILED, DELAYED = "failed", "delayed"
 _ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 

@@ -79,8 +79,3 @@ class Pacer:
     def pause(self, account: str, seconds: float = THROTTLE_PAUSE) -> None:
         """The provider throttled this account: nothing more goes to it for a while."""
         self._next[account] = max(self._next.get(account, 0.0), time.monotonic() + seconds)
-
-    def resting_until(self, account: str) -> float:
-        """Wall-clock time before which this account should not be tried (0: now)."""
-        at = self._next.get(account, 0.0) - time.monotonic()
-        return time.time() + at if at > 0 else 0.0
