@@ -31,7 +31,7 @@ lint: $(VENV)/.test-deps
 test: lint
 	$(BIN)/pytest -q
 
-# Rebuild the network tables in pixelserver/data from their sources (see docs/classification.md).
+# Rebuild the network tables in pixelserver/verdicts/data from their sources (see docs/classification.md).
 networks: $(BIN)/mailping
 	$(BIN)/python scripts/build_networks.py $(REFERENCE)
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from _common import machine  # noqa: E402
 
-from pixelserver.classify import HitFacts, PriorHit, classify  # noqa: E402
+from pixelserver.verdicts.classify import HitFacts, PriorHit, classify  # noqa: E402
 from relay import service  # noqa: E402
 from relay.config import load_config  # noqa: E402
 

@@ -31,8 +31,8 @@ from _common import fresh_pg_database, machine  # noqa: E402
 from classify_bench import workload  # noqa: E402
 from sqlalchemy import delete, insert  # noqa: E402
 
-from pixelserver import migrate, storage  # noqa: E402
 from pixelserver.hits import MAX_BATCH, HitPipeline, Journal, Judge  # noqa: E402
+from pixelserver.store import migrate, storage  # noqa: E402
 from relay import service  # noqa: E402
 from relay.config import load_config  # noqa: E402
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 def seed(db_url: str, recipients: int = 1) -> list[str]:
     """Real deliveries in the store, so the bench fetches tokens MailPing knows."""
-    from pixelserver import migrate, storage
+    from pixelserver.store import migrate, storage
     from relay import tracking
 
     async def run() -> list[str]:
@@ -53,7 +53,7 @@ def seed(db_url: str, recipients: int = 1) -> list[str]:
 def stored_hits(db_url: str) -> int:
     from sqlalchemy import func, select
 
-    from pixelserver import storage
+    from pixelserver.store import storage
 
     async def run() -> int:
         engine = storage.make_engine(db_url)

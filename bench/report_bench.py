@@ -28,8 +28,8 @@ import tornado.template  # noqa: E402
 from _common import fresh_pg_database, machine  # noqa: E402
 from sqlalchemy import insert, text  # noqa: E402
 
-from pixelserver import migrate, queries, storage  # noqa: E402
-from pixelserver.state import STATE_WORDS, STATES  # noqa: E402
+from pixelserver.store import migrate, queries, storage  # noqa: E402
+from pixelserver.verdicts.state import STATE_WORDS, STATES  # noqa: E402
 
 USER = "busy@example.com"
 PROJECTS = ["Lyon", "Oslo", "Kyoto", "Lima"]
@@ -141,7 +141,7 @@ async def measure(url: str, messages: int) -> dict[str, float]:
     print(f"  seeding took {time.perf_counter() - t:.0f} s")
     sessions = storage.make_sessionmaker(engine)
     loader = tornado.template.Loader(
-        str(ROOT / "pixelserver" / "templates"), autoescape="xhtml_escape"
+        str(ROOT / "pixelserver" / "web" / "templates"), autoescape="xhtml_escape"
     )
     page = loader.load("messages.html")
 

@@ -24,8 +24,10 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import classify, metrics, storage
-from pixelserver.networks import NetworkFacts, Networks
+from pixelserver import metrics
+from pixelserver.store import storage
+from pixelserver.verdicts import classify
+from pixelserver.verdicts.networks import NetworkFacts, Networks
 
 log = logging.getLogger("mailping.hits")
 

@@ -23,7 +23,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from pixelserver.networks import client_ip
+from pixelserver.verdicts.networks import client_ip
 
 PIXEL_REQUESTS = Counter("mailping_pixel_requests_total", "Pixel requests answered")
 HITS = Counter("mailping_hits_total", "Hits stored, by verdict", ["verdict"])

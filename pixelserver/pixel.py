@@ -16,8 +16,8 @@ from tornado import httputil
 
 from pixelserver import metrics
 from pixelserver.hits import HitPipeline
-from pixelserver.networks import Network, client_ip
 from pixelserver.tokens import TokenCheck
+from pixelserver.verdicts.networks import Network, client_ip
 
 log = logging.getLogger("mailping.pixel")
 

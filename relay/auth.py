@@ -25,7 +25,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import storage
+from pixelserver.store import storage
 from relay.forward import Credentials
 
 CHECK_TTL = 600.0

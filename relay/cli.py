@@ -19,13 +19,14 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from pixelserver import classify, erasure, migrate, storage
 from pixelserver.config import ConfigError
-from pixelserver.networks import mask
-from pixelserver.reclassify import Progress, count_hits, reclassify
+from pixelserver.store import erasure, migrate, storage
+from pixelserver.store.reclassify import Progress, count_hits, reclassify
+from pixelserver.verdicts import classify
+from pixelserver.verdicts.networks import mask
 from relay import auth, certs, queue_admin, service
 from relay.config import Config, config_path, config_warnings, load_config
-from relay.digest_runner import UnknownUser
+from relay.digest.runner import UnknownUser
 from relay.pace import limit_for
 from relay.spool import Spool
 from relay.submit import is_google_host
@@ -496,7 +497,7 @@ def classify_command(cfg: Config, args: argparse.Namespace) -> int:
 
 def networks_command(data_dir: str | None) -> int:
     """Rebuild fetcher-networks.txt from the installed packages and the operators' pages."""
-    from pixelserver import netbuild
+    from pixelserver.verdicts import netbuild
 
     path = netbuild.update(Path(data_dir) if data_dir else netbuild.DATA)
     rows = sum(1 for line in path.read_text().splitlines() if line[:1] not in ("#", "@", ""))

@@ -12,7 +12,7 @@ from base64 import b64decode
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
-from pixelserver.throttle import LoginThrottle, TooManyAttempts
+from pixelserver.store.throttle import LoginThrottle, TooManyAttempts
 from relay import replies
 from relay.auth import Authenticator, SenderPolicy, SenderRefused
 from relay.forward import Credentials

@@ -47,7 +47,7 @@ from relay.spool import (
 
 log = logging.getLogger("mailping.queue")
 
-# What the store calls each spool status (pixelserver/storage.py OUTCOMES).
+# What the store calls each spool status (pixelserver/store/ OUTCOMES).
 STORE_OUTCOME = {
     QUEUED: "queued",
     COMMITTING: "queued",

@@ -22,11 +22,14 @@ import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from pixelserver import mailbox, migrate, retention, storage
-from pixelserver.app import make_app
 from pixelserver.config import ConfigError, is_loopback_host, parse_listen, parse_networks
 from pixelserver.hits import HitPipeline, Journal, Judge, RecordLimits
-from pixelserver.networks import (
+from pixelserver.pixel import PixelFrontEnd
+from pixelserver.store import migrate, retention, storage
+from pixelserver.store.throttle import LoginThrottle
+from pixelserver.tokens import TokenCheck
+from pixelserver.verdicts import mailbox
+from pixelserver.verdicts.networks import (
     AsnSource,
     MaxMindAsn,
     MaxMindLocation,
@@ -35,13 +38,11 @@ from pixelserver.networks import (
     bundled_city_db,
     mask_addresses_in_logs,
 )
-from pixelserver.pixel import PixelFrontEnd
-from pixelserver.throttle import LoginThrottle
-from pixelserver.tokens import TokenCheck
-from pixelserver.web import WebAuth
+from pixelserver.web.app import make_app
+from pixelserver.web.base import WebAuth
 from relay.auth import Authenticator, LocalLogin, SenderPolicy, UpstreamLogin, allowlisted
 from relay.config import Config, config_warnings, resolve_file
-from relay.digest_runner import Clock, DigestRunner, system_clock
+from relay.digest.runner import Clock, DigestRunner, system_clock
 from relay.forward import Credentials, OutboxUpstream, SmtpUpstream, Upstream
 from relay.handler import RelayHandler
 from relay.limits import ConnectionLimits

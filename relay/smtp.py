@@ -22,7 +22,7 @@ from typing import Any, AnyStr
 from aiosmtpd.proxy_protocol import get_proxy
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
-from pixelserver.throttle import client_network
+from pixelserver.store.throttle import client_network
 from relay import replies
 from relay.limits import ConnectionLimits, TooManyConnections
 

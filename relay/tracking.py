@@ -17,9 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import erasure, storage
-from pixelserver.exclusions import excluded
+from pixelserver.store import erasure, storage
 from pixelserver.tokens import mint_token, pixel_url
+from pixelserver.verdicts.exclusions import excluded
 
 __all__ = [
     "STORE_ERRORS",

@@ -5,7 +5,7 @@ The lists are X4BNet lists_vpn (MIT) snapshots: Apple's iCloud Private Relay egr
 output file starts with its source, date and licence; every prefix is checked and normalised.
 It then rebuilds fetcher-networks.txt (mail-security vendors, mailbox providers' image proxies,
 company web gateways, cloud networks over IPv4 and IPv6) from the installed plevin-db-network
-package and the operators' pages listed in pixelserver/netbuild.py.
+package and the operators' pages listed in pixelserver/verdicts/netbuild.py.
 Run: python scripts/build_networks.py [REFERENCE_DATA_DIR]   (or `make networks`)
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-OUT = ROOT / "pixelserver" / "data"
+OUT = ROOT / "pixelserver" / "verdicts" / "data"
 SOURCE = "X4BNet lists_vpn, MIT, commit 167937a76d424a1a176eccda7d929e40cedd6b40 (2026-08-22)"
 
 FILES = {
@@ -68,7 +68,7 @@ def main(src: Path) -> None:
     )
     (OUT / "datacenter-asn.txt").write_text(header + "\n".join(asns) + "\n")
     print(f"datacenter-asn.txt: {len(asns)} ASNs")
-    from pixelserver import netbuild
+    from pixelserver.verdicts import netbuild
 
     print(f"{netbuild.update(OUT).name}: rebuilt from plevin-db-network and the operators' pages")
 

@@ -22,8 +22,8 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from pixelserver import migrate, storage
 from pixelserver.config import DatabaseConfig, PixelServerConfig
+from pixelserver.store import migrate, storage
 from relay import auth, service
 from relay.config import Config, QueueConfig, RelayConfig, UpstreamConfig
 

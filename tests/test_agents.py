@@ -7,7 +7,7 @@ from crawleruseragents import CRAWLER_USER_AGENTS_DATA
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pixelserver import agents
+from pixelserver.verdicts import agents
 
 HUMAN_UAS = [
     "Mozilla/5.0",  # Apple Mail Privacy Protection: a machine, but not a bot by its UA

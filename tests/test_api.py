@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from pixelserver import storage
+from pixelserver.store import storage
 from tests.conftest import BOB, XSS, send_as
 from tests.test_classify import THUNDERBIRD
 from tests.test_pixel import fetch

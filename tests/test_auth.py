@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from pixelserver import storage
 from pixelserver.config import ConfigError
-from pixelserver.throttle import PRUNE_EVERY, LoginThrottle
+from pixelserver.store import storage
+from pixelserver.store.throttle import PRUNE_EVERY, LoginThrottle
 from relay import auth as auth_module
 from relay import service
 from relay.certs import make_self_signed

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pixelserver import state, storage
-from pixelserver.classify import RULES
-from pixelserver.state import (
+from pixelserver.store import storage
+from pixelserver.verdicts import state
+from pixelserver.verdicts.classify import RULES
+from pixelserver.verdicts.state import (
     CERTAIN_CONFIDENCE,
     OPENED,
     PROBABLY_OPENED,
@@ -78,7 +79,7 @@ def test_the_threshold_and_the_state_are_documented() -> None:
 
 
 def test_openapi_and_the_api_know_the_state() -> None:
-    spec = json.loads((Path(state.__file__).parent / "openapi.json").read_text())
+    spec = json.loads((Path(state.__file__).parent.parent / "web" / "openapi.json").read_text())
     enums = [
         node["enum"]
         for node in _walk(spec)
@@ -99,14 +100,14 @@ def _walk(node):
 
 
 def test_the_digest_has_words_and_colours_for_it() -> None:
-    from relay import digest
+    from relay.digest import compose
 
-    assert PROBABLY_OPENED in digest.COLOURS and PROBABLY_OPENED in digest.SUMMARY_WORDS
+    assert PROBABLY_OPENED in compose.COLOURS and PROBABLY_OPENED in compose.SUMMARY_WORDS
 
 
 @pytest.mark.parametrize("confidence", [0.5, 0.85])
 async def test_stored_states_follow_the_confidence(store, confidence: float) -> None:
-    from pixelserver import queries
+    from pixelserver.store import queries
 
     async with store.begin() as session:
         _, (delivery,) = await storage.add_message(

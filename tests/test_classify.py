@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from pixelserver import classify
-from pixelserver.classify import HitFacts, PriorHit
-from pixelserver.classify import classify as judge
+from pixelserver.verdicts import classify
+from pixelserver.verdicts.classify import HitFacts, PriorHit
+from pixelserver.verdicts.classify import classify as judge
 from tests.conftest import shared_networks
 
 THUNDERBIRD = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.3.1"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pixelserver import storage
+from pixelserver.store import storage
 from relay import service
 from relay.auth import hash_password
 from relay.certs import make_self_signed

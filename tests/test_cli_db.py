@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pixelserver import migrate
+from pixelserver.store import migrate
 from tests.conftest import free_port
 
 

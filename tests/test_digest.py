@@ -20,10 +20,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select, update
 
-from pixelserver import digest_runs, storage
 from pixelserver.config import DigestConfig
-from pixelserver.digest_query import collect
-from relay import digest, schedule, service, tracking
+from pixelserver.store import digests, storage
+from relay import service, tracking
+from relay.digest import compose, schedule
+from relay.digest.query import collect
 from tests.conftest import SHOTS, capture_upstream, free_port, make_config
 from tests.test_store import hit
 
@@ -219,7 +220,7 @@ async def test_a_failing_upstream_is_retried_with_backoff_then_reported(
     assert "retrying in 60 s" in caplog.text
     assert "not sent after 3 attempts: 451 4.3.0 Mailbox busy" in caplog.text
     async with store() as s:
-        run = await digest_runs.latest(s, ME)
+        run = await digests.latest(s, ME)
     assert (run.status, run.attempts, run.last_error) == (
         "failed",
         3,
@@ -377,7 +378,7 @@ async def test_counts_of_unopened_mail_and_the_cap_on_messages(tmp_path, db_url,
     async with store() as s:
         data = await collect(s, ME, at(2026, 5, 22, 0), at(2026, 5, 23, 0))
     assert [m.subject for m in data.sent] == ["Unread 2"] and data.unopened == 3
-    mail = digest.compose(data, ZoneInfo("UTC"), "https://mp.example", at(2026, 5, 23, 0))
+    mail = compose.compose(data, ZoneInfo("UTC"), "https://mp.example", at(2026, 5, 23, 0))
     assert "3 messages of the last 30 days have no human open yet." in mail.text
 
 

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select, text
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from pixelserver import storage
+from pixelserver.store import storage
 from relay import cli
 from tests.conftest import USERS, send_as
 from tests.test_pixel import fetch, wait_for_hits
@@ -253,7 +253,7 @@ async def test_forgetting_removes_the_copies_in_the_local_outbox(
 async def test_the_relay_plans_forgotten_recipients_untracked_with_tagged_tokens(store) -> None:
     """The relay mints tokens before the store is written (the spool comes first): one short
     read gives it the user's exclusions, the forgotten recipients' hashes and the token key."""
-    from pixelserver import erasure
+    from pixelserver.store import erasure
     from pixelserver.tokens import is_untagged, tag_ok
     from relay import tracking
 

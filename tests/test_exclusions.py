@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pixelserver import exclusions
+from pixelserver.verdicts import exclusions
 
 
 def test_exclusion_entries_are_addresses_or_domains() -> None:

@@ -11,7 +11,7 @@ import socket
 from dataclasses import replace
 from pathlib import Path
 
-from pixelserver.api import csv_cell
+from pixelserver.web.api import csv_cell
 from tests.conftest import Stack, make_config, start_pixelserver
 from tests.test_pixel import a_delivery, fetch
 

@@ -12,7 +12,7 @@ from playwright.async_api import expect
 from sqlalchemy import select
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from pixelserver import storage
+from pixelserver.store import storage
 from tests.conftest import SHOTS, XSS, send_as
 from tests.test_classify import THUNDERBIRD
 from tests.test_pixel import fetch, wait_for_hits

@@ -9,7 +9,7 @@ import contextlib
 import pytest
 from sqlalchemy.engine import make_url
 
-from pixelserver import retention, storage
+from pixelserver.store import retention, storage
 from tests.conftest import capture_upstream
 from tests.test_digest import Clock, at, new_user, runner_for, sent
 from tests.test_scale import CuttableProxy

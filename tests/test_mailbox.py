@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from pixelserver import mailbox, storage
-from pixelserver.mailbox import MailboxRefresher, MxResolver, provider_from_mx
+from pixelserver.store import storage
+from pixelserver.verdicts import mailbox
+from pixelserver.verdicts.mailbox import MailboxRefresher, MxResolver, provider_from_mx
 from tests.dns_server import DnsServer, Zone
 
 ZONE = {
@@ -185,7 +186,7 @@ async def test_migration_0011_goes_down_and_up_again(db_url: str) -> None:
     from alembic import command
     from sqlalchemy import inspect
 
-    from pixelserver import migrate
+    from pixelserver.store import migrate
 
     engine = storage.make_engine(db_url)
     try:

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pixelserver import netbuild
-from pixelserver.networks import Networks, fetcher_table
+from pixelserver.verdicts import netbuild
+from pixelserver.verdicts.networks import Networks, fetcher_table
 from tests.conftest import shared_networks
 
 ROOT = Path(__file__).parent.parent
-SHIPPED = ROOT / "pixelserver" / "data" / netbuild.FILE
+SHIPPED = ROOT / "pixelserver" / "verdicts" / "data" / netbuild.FILE
 
 
 def test_shipped_table_equals_a_rebuild() -> None:
@@ -74,7 +74,7 @@ def test_an_operator_is_known_by_asn_from_any_asn_source(tmp_path: Path) -> None
     from mmdb_writer import MMDBWriter
     from netaddr import IPSet
 
-    from pixelserver.networks import MaxMindAsn
+    from pixelserver.verdicts.networks import MaxMindAsn
 
     writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-ASN")
     writer.insert_network(

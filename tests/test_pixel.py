@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import func, select
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
-from pixelserver import storage
 from pixelserver.pixel import GIF
+from pixelserver.store import storage
 from relay import tracking
 from tests.conftest import Stack, free_port, make_config, start_pixelserver
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 from tornado.httpclient import AsyncHTTPClient
 
-from pixelserver import storage
 from pixelserver.hits import RecordLimits
+from pixelserver.store import storage
 from relay import tracking
 from tests.conftest import Stack, make_config, start_pixelserver
 from tests.test_pixel import a_delivery, assert_pixel, fetch, hits_of, wait_for_hits

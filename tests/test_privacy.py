@@ -21,8 +21,8 @@ import urllib.request
 from email.message import EmailMessage
 from pathlib import Path
 
-from pixelserver import storage
 from pixelserver.hits import Journal
+from pixelserver.store import storage
 from tests.conftest import free_port, make_config, start_pixelserver
 from tests.test_pixel import a_delivery, assert_pixel, fetch, hits_of
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pixelserver.classify import HUMAN, HUMAN_VIA_PROXY, PERSON, HitFacts
-from pixelserver.classify import classify as judge
+from pixelserver.verdicts.classify import HUMAN, HUMAN_VIA_PROXY, PERSON, HitFacts
+from pixelserver.verdicts.classify import classify as judge
 from tests.conftest import shared_networks
 
 CHROME = (

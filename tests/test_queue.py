@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from pixelserver import storage
+from pixelserver.store import storage
 from relay import queue_admin, service
 from relay.spool import Spool
 from tests.conftest import CaptureUpstream, capture_upstream, make_config
@@ -396,8 +396,8 @@ async def test_report_api_and_digest_show_queued_and_deferred_copies(site, store
     import datetime as dt
     from zoneinfo import ZoneInfo
 
-    from pixelserver.digest_query import collect
-    from relay.digest import compose
+    from relay.digest.compose import compose
+    from relay.digest.query import collect
     from tests.conftest import send_as
     from tests.test_api import api, token_for
     from tests.test_pixel import fetch

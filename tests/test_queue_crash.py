@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from pixelserver import migrate, storage
+from pixelserver.store import migrate, storage
 from relay import service
 from tests.conftest import capture_upstream, free_port, make_config, require_postgres
 from tests.helpers import eventually, smtp_send

@@ -7,7 +7,7 @@ import secrets
 
 from sqlalchemy import select
 
-from pixelserver import reclassify, storage
+from pixelserver.store import reclassify, storage
 
 SLACK = "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"
 

@@ -14,7 +14,7 @@ import aiosmtplib
 import pytest
 from sqlalchemy import select
 
-from pixelserver import storage
+from pixelserver.store import storage
 from relay import service
 from relay.rewrite import prepare, untouched_copy
 from tests.conftest import CaptureUpstream, Stack, free_port, make_config

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from pixelserver import storage
+from pixelserver.store import storage
 from relay import rewrite, service
 from tests.conftest import CaptureUpstream, Stack, capture_upstream, make_config
 from tests.helpers import PIXEL_RE, assert_unharmed

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from pixelserver import reclassify, retention, storage
+from pixelserver.store import reclassify, retention, storage
 from relay import tracking
 
 

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from pixelserver import storage
+from pixelserver.store import storage
 from relay import service, tracking
 from tests.conftest import (
     capture_upstream,

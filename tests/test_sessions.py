@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select, update
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
-from pixelserver import storage
+from pixelserver.store import storage
 from relay import cli
 
 

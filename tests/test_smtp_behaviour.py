@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from pixelserver import storage
+from pixelserver.store import storage
 from relay import replies, service
 from relay.certs import make_self_signed
 from relay.handler import RelayHandler

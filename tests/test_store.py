@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.exc import IntegrityError
 
-from pixelserver import migrate, queries, storage
+from pixelserver.store import migrate, queries, storage
 
 
 async def test_migrations_match_the_models(db_url: str, store) -> None:
@@ -132,7 +132,7 @@ async def test_unknown_outcome_is_refused(store) -> None:
 
 async def test_stored_state_agrees_with_the_hits(store) -> None:
     """refresh_states (SQL aggregates) and delivery_state (from the hit list) agree."""
-    from pixelserver.state import HitView, delivery_state
+    from pixelserver.verdicts.state import HitView, delivery_state
 
     _, (b, c, d) = await add(store, ["b@x", "c@x", "d@x"], "states")
     views = [

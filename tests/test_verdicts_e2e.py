@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from pixelserver import retention, storage
+from pixelserver.store import retention, storage
 from relay import tracking
 from tests.conftest import CaptureUpstream, Stack
 from tests.test_classify import CHROME, GMAIL, THUNDERBIRD
@@ -120,7 +120,7 @@ async def test_reclassify_rejudges_stored_hits(stack: Stack, upstream: CaptureUp
     # As if an older rule set had judged them: everything "unknown".
     async with stack.store.begin() as s:
         await s.execute(update(storage.Hit).values(verdict="unknown", rule="old"))
-    from pixelserver.reclassify import reclassify
+    from pixelserver.store.reclassify import reclassify
 
     report = await reclassify(stack.store)
     assert (report.checked, report.changed) == (2, 2)
@@ -264,7 +264,9 @@ def test_network_data_rebuilds_to_what_is_shipped(tmp_path: Path) -> None:
 
         pytest.skip("the shared reference data is not beside this checkout")
     root = Path(__file__).parent.parent
-    shipped = {p.name: p.read_bytes() for p in (root / "pixelserver" / "data").glob("*.txt")}
+    shipped = {
+        p.name: p.read_bytes() for p in (root / "pixelserver" / "verdicts" / "data").glob("*.txt")
+    }
     proc = subprocess.run(
         [sys.executable, str(root / "scripts" / "build_networks.py"), str(reference)],
         capture_output=True,
@@ -272,7 +274,9 @@ def test_network_data_rebuilds_to_what_is_shipped(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    rebuilt = {p.name: p.read_bytes() for p in (root / "pixelserver" / "data").glob("*.txt")}
+    rebuilt = {
+        p.name: p.read_bytes() for p in (root / "pixelserver" / "verdicts" / "data").glob("*.txt")
+    }
     assert rebuilt == shipped
 
 

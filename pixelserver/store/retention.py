@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import storage, throttle
+from pixelserver.store import storage, throttle
 
 log = logging.getLogger("mailping.retention")
 INTERVAL = 3600.0

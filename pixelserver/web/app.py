@@ -11,7 +11,11 @@ from pathlib import Path
 import tornado.web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver.api import (
+from pixelserver.config import DigestConfig, PixelServerConfig, parse_listen, parse_networks
+from pixelserver.metrics import MetricsHandler
+from pixelserver.tokens import pixel_url
+from pixelserver.verdicts.networks import DataSource, Network, client_ip, mask
+from pixelserver.web.api import (
     ExportApi,
     HitsApi,
     MessageApi,
@@ -20,11 +24,9 @@ from pixelserver.api import (
     OpenApiDocument,
     RecipientApi,
 )
-from pixelserver.config import DigestConfig, PixelServerConfig, parse_listen, parse_networks
-from pixelserver.live import EventsHandler
-from pixelserver.metrics import MetricsHandler
-from pixelserver.networks import DataSource, Network, client_ip, mask
-from pixelserver.reports import (
+from pixelserver.web.base import LoginPage, LogoutPage, WebAuth, demo_hosts
+from pixelserver.web.live import EventsHandler
+from pixelserver.web.reports import (
     AboutPage,
     ExportPage,
     ForgetRecipientPage,
@@ -35,8 +37,6 @@ from pixelserver.reports import (
     RecipientPage,
     SettingsPage,
 )
-from pixelserver.tokens import pixel_url
-from pixelserver.web import LoginPage, LogoutPage, WebAuth, demo_hosts
 
 HERE = Path(__file__).parent
 access_log = logging.getLogger("tornado.access")

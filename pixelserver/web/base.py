@@ -22,9 +22,9 @@ import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import storage
-from pixelserver.networks import Network, client_ip, is_loopback, mask
-from pixelserver.throttle import LoginThrottle, TooManyAttempts
+from pixelserver.store import storage
+from pixelserver.store.throttle import LoginThrottle, TooManyAttempts
+from pixelserver.verdicts.networks import Network, client_ip, is_loopback, mask
 
 log = logging.getLogger("mailping.web")
 
@@ -259,7 +259,7 @@ class LoginPage(BasePage):
         username = self.get_body_argument("username", "").strip()
         password = self.get_body_argument("password", "")
         # Counted before the slow check, per username and per network, in the store that the
-        # relay's logins count in too (pixelserver/throttle.py): guesses sent at once, from
+        # relay's logins count in too (pixelserver/store/throttle.py): guesses sent at once, from
         # many networks or through several processes, at the pages or the relay, all add up.
         throttle = self.auth.throttle
         try:

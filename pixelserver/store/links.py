@@ -15,7 +15,7 @@ import tornado.escape
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pixelserver import storage
+from pixelserver.store import storage
 from pixelserver.tokens import mint_token
 
 MANUAL = "manual"

@@ -3,7 +3,7 @@
 Objects, never bare lists; errors are JSON with a code and a message; lists page with an
 opaque cursor. Programs authenticate with a personal token (`Authorization: Bearer …`) made
 on the Settings page; in the loopback demo mode (auth = "none") the API, like the pages,
-answers this machine only. The contract is pixelserver/openapi.json.
+answers this machine only. The contract is pixelserver/web/openapi.json.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import tornado.web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pixelserver import erasure, queries, storage
-from pixelserver.state import STATES
-from pixelserver.web import BasePage
+from pixelserver.store import erasure, queries, storage
+from pixelserver.verdicts.state import STATES
+from pixelserver.web.base import BasePage
 
 OPENAPI = Path(__file__).parent / "openapi.json"
 MAX_LIMIT = 200

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pixelserver.storage import Hit, NewHit, hit_row
+from pixelserver.store.storage import Hit, NewHit, hit_row
 
 COLUMNS = [c for c in Hit.__table__.columns if c.name != "id"]
 NAMES = [c.name for c in COLUMNS]

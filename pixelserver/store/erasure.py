@@ -25,8 +25,8 @@ from pathlib import Path
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import storage
-from pixelserver.storage import (
+from pixelserver.store import storage
+from pixelserver.store.storage import (
     Delivery,
     ForgottenRecipient,
     Hit,

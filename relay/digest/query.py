@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pixelserver.queries import (
+from pixelserver.store.queries import (
     MESSAGE_COLUMNS,
     DeliveryRow,
     MessageRow,
@@ -20,8 +20,8 @@ from pixelserver.queries import (
     owned,
     with_deliveries,
 )
-from pixelserver.state import FAILED, OPENED
-from pixelserver.storage import Delivery, Message, User
+from pixelserver.store.storage import Delivery, Message, User
+from pixelserver.verdicts.state import FAILED, OPENED
 
 MAX_MESSAGES = 100  # in one digest; the rest are counted and linked
 UNOPENED_DAYS = 30

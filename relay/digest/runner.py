@@ -21,12 +21,13 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import digest_runs, metrics
+from pixelserver import metrics
 from pixelserver.config import DigestConfig
-from pixelserver.digest_query import DigestData, collect
-from pixelserver.preferences import DigestPrefs, effective
-from pixelserver.storage import User
-from relay import digest, schedule
+from pixelserver.store import digests
+from pixelserver.store.preferences import DigestPrefs, effective
+from pixelserver.store.storage import User
+from relay.digest import compose, schedule
+from relay.digest.query import DigestData, collect
 from relay.forward import ACCEPTED, Copy, Credentials, Upstream
 
 log = logging.getLogger("mailping.digest")
@@ -87,9 +88,9 @@ class DigestRunner:
     async def tick(self) -> list[Sent]:
         """One pass: claim and send every digest due now, and every retry due now."""
         now = self.clock()
-        claims: list[tuple[digest_runs.Claim, DigestPrefs]] = []
+        claims: list[tuple[digests.Claim, DigestPrefs]] = []
         async with self.sessions.begin() as session:
-            await digest_runs.abandon_interrupted(session, now - INTERRUPTED_AFTER)
+            await digests.abandon_interrupted(session, now - INTERRUPTED_AFTER)
             users = list((await session.execute(select(User))).scalars())
             due = []
             for user in users:
@@ -100,20 +101,20 @@ class DigestRunner:
                 day = schedule.due_day(now, prefs.hour, tz, not_before=user.created_at)
                 if day is not None:
                     due.append((user, prefs, day))
-            taken = await digest_runs.claimed_days(session, [(u.id, d) for u, _, d in due])
+            taken = await digests.claimed_days(session, [(u.id, d) for u, _, d in due])
             prefs_of = {u.id: p for u, p, _ in due}
             for user, prefs, day in due:
                 if (user.id, day) in taken:
                     continue
-                await digest_runs.supersede(session, user.id, day)
+                await digests.supersede(session, user.id, day)
                 start, end = schedule.period(
                     now,
                     day,
                     prefs.hour,
                     ZoneInfo(prefs.timezone),
-                    await digest_runs.next_period_start(session, user.id),
+                    await digests.next_period_start(session, user.id),
                 )
-                c = await digest_runs.claim(
+                c = await digests.claim(
                     session,
                     user_id=user.id,
                     user=user.address,
@@ -125,18 +126,18 @@ class DigestRunner:
                 )
                 if c is not None:
                     claims.append((c, prefs))
-            for c in await digest_runs.claim_retries(session, self.worker, now):
+            for c in await digests.claim_retries(session, self.worker, now):
                 user = next((u for u in users if u.id == c.user_id), None)
                 claims.append((c, prefs_of.get(c.user_id) or effective(user, self.config)))
         # Committed: every claim above is ours alone. Now compose and send, one at a time.
         return [await self._deliver(c, prefs, now) for c, prefs in claims]
 
-    async def _deliver(self, c: digest_runs.Claim, prefs: DigestPrefs, now: dt.datetime) -> Sent:
+    async def _deliver(self, c: digests.Claim, prefs: DigestPrefs, now: dt.datetime) -> Sent:
         async with self.sessions() as session:
             data = await collect(session, c.user, c.start, c.end)
         if data.empty and not prefs.send_empty:
-            await self._finish(c, digest_runs.SKIPPED, now)
-            return Sent(c.user, c.day, digest_runs.SKIPPED)
+            await self._finish(c, digests.SKIPPED, now)
+            return Sent(c.user, c.day, digests.SKIPPED)
         raw = self.render(data, prefs, now)
         try:
             (outcome,) = await self.upstream.send(
@@ -149,15 +150,15 @@ class DigestRunner:
             log.exception("digest for %s could not be sent", c.user)
             return await self._failed(c, now, f"{type(exc).__name__}: {exc}", retry=True)
         if outcome.status == ACCEPTED:
-            await self._finish(c, digest_runs.SENT, now)
+            await self._finish(c, digests.SENT, now)
             log.info("digest for %s (%s) sent", c.user, c.day)
-            return Sent(c.user, c.day, digest_runs.SENT)
+            return Sent(c.user, c.day, digests.SENT)
         reply = f"{outcome.code} {outcome.reply}"
         return await self._failed(c, now, reply, retry=not outcome.uncertain)
 
     def render(self, data: DigestData, prefs: DigestPrefs, now: dt.datetime) -> bytes:
-        mail = digest.compose(data, ZoneInfo(prefs.timezone), self.report_url, now)
-        msg = digest.to_message(
+        mail = compose.compose(data, ZoneInfo(prefs.timezone), self.report_url, now)
+        msg = compose.to_message(
             mail, sender=self.sender, to=data.user, hostname=self.hostname, now=now
         )
         return msg.as_bytes()
@@ -172,13 +173,13 @@ class DigestRunner:
             ).scalar_one_or_none()
             if user is None:
                 raise UnknownUser(address)
-            start = await digest_runs.next_period_start(session, user.id)
+            start = await digests.next_period_start(session, user.id)
             data = await collect(session, user.address, start or now - dt.timedelta(days=1), now)
         return user, effective(user, self.config), data, now
 
-    async def preview(self, address: str) -> tuple[DigestData, digest.DigestMail]:
+    async def preview(self, address: str) -> tuple[DigestData, compose.DigestMail]:
         _, prefs, data, now = await self._current(address)
-        return data, digest.compose(data, ZoneInfo(prefs.timezone), self.report_url, now)
+        return data, compose.compose(data, ZoneInfo(prefs.timezone), self.report_url, now)
 
     async def send_now(self, address: str) -> Sent:
         """Send the digest at once. Not recorded in the ledger: the scheduled digest still
@@ -193,12 +194,10 @@ class DigestRunner:
         )
         day = now.astimezone(ZoneInfo(prefs.timezone)).date()
         if outcome.status == ACCEPTED:
-            return Sent(user.address, day, digest_runs.SENT)
-        return Sent(user.address, day, digest_runs.FAILED, f"{outcome.code} {outcome.reply}")
+            return Sent(user.address, day, digests.SENT)
+        return Sent(user.address, day, digests.FAILED, f"{outcome.code} {outcome.reply}")
 
-    async def _failed(
-        self, c: digest_runs.Claim, now: dt.datetime, error: str, retry: bool
-    ) -> Sent:
+    async def _failed(self, c: digests.Claim, now: dt.datetime, error: str, retry: bool) -> Sent:
         attempt = c.attempts + 1
         if retry and attempt <= len(self.retry_delays):
             delay = self.retry_delays[attempt - 1]
@@ -212,21 +211,21 @@ class DigestRunner:
             )
             await self._finish(
                 c,
-                digest_runs.RETRY,
+                digests.RETRY,
                 now,
                 error=error,
                 next_try_at=now + dt.timedelta(seconds=delay),
             )
-            return Sent(c.user, c.day, digest_runs.RETRY, error)
+            return Sent(c.user, c.day, digests.RETRY, error)
         log.error(
             "digest for %s (%s) not sent after %d attempts: %s", c.user, c.day, attempt, error
         )
-        await self._finish(c, digest_runs.FAILED, now, error=error)
-        return Sent(c.user, c.day, digest_runs.FAILED, error)
+        await self._finish(c, digests.FAILED, now, error=error)
+        return Sent(c.user, c.day, digests.FAILED, error)
 
     async def _finish(
         self,
-        c: digest_runs.Claim,
+        c: digests.Claim,
         status: str,
         now: dt.datetime,
         error: str = "",
@@ -234,7 +233,7 @@ class DigestRunner:
     ) -> None:
         metrics.DIGESTS.labels(status).inc()
         async with self.sessions.begin() as session:
-            await digest_runs.finish(
+            await digests.finish(
                 session, c.run_id, status, now=now, error=error, next_try_at=next_try_at
             )
 

@@ -48,7 +48,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from pixelserver.state import (
+from pixelserver.verdicts.state import (
     CERTAIN_CONFIDENCE,
     WAITING_OUTCOMES,
     HitSummary,
@@ -116,7 +116,7 @@ class User(Base):
     digest_hour: Mapped[int | None] = mapped_column(Integer, nullable=True)
     digest_timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
     digest_empty: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
-    # Recipients never tracked: addresses and domains (pixelserver/exclusions.py).
+    # Recipients never tracked: addresses and domains (pixelserver/verdicts/exclusions.py).
     exclusions: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
 
 
@@ -471,7 +471,7 @@ class Delivery(Base):
     outcome: Mapped[str] = mapped_column(String(16), default="pending")
     upstream_reply: Mapped[str] = mapped_column(Text, default="")
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    # Derived from outcome and hits (pixelserver/state.py), stored so lists can filter by it;
+    # Derived from outcome and hits (pixelserver/verdicts/state.py), stored so lists can filter by it;
     # rewritten whenever a hit arrives or a verdict changes (refresh_states).
     state: Mapped[str] = mapped_column(
         String(20), default="not_opened", server_default="not_opened"
@@ -485,7 +485,7 @@ class Delivery(Base):
     place: Mapped[str] = mapped_column(String(200), default="", server_default="")
     forwarded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     state_changed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    # From the MX of the recipient's domain (pixelserver/mailbox.py): a provider key, "" when
+    # From the MX of the recipient's domain (pixelserver/verdicts/mailbox.py): a provider key, "" when
     # none is known, NULL until the background lookup has answered.
     mailbox_provider: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
@@ -1168,7 +1168,7 @@ async def add_hits(session: AsyncSession, hits: Sequence[NewHit]) -> tuple[int, 
     if missing:
         ids.update(await delivery_ids_for_tokens(session, missing))
     known = [h for h in hits if h.token in ids]
-    from pixelserver.bulk import insert_hits  # it needs the Hit model defined here
+    from pixelserver.store.bulk import insert_hits  # it needs the Hit model defined here
 
     await insert_hits(session, known, ids)
     return len(known), len(hits) - len(known)

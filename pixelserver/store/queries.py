@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import ColumnElement, Row, Select, column, exists, false, select, table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pixelserver.links import MANUAL
-from pixelserver.mailbox import provider_words
-from pixelserver.state import STATES, DeliveryState, chip
-from pixelserver.storage import Delivery, Hit, Message, User, VerdictChange
+from pixelserver.store.links import MANUAL
+from pixelserver.store.storage import Delivery, Hit, Message, User, VerdictChange
+from pixelserver.verdicts.mailbox import provider_words
+from pixelserver.verdicts.state import STATES, DeliveryState, chip
 
 PAGE_SIZE = 50
 

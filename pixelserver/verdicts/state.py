@@ -10,7 +10,14 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pixelserver.classify import BOT, HUMAN, HUMAN_VIA_PROXY, PRIVACY_PREFETCH, SCANNER, SENDER
+from pixelserver.verdicts.classify import (
+    BOT,
+    HUMAN,
+    HUMAN_VIA_PROXY,
+    PRIVACY_PREFETCH,
+    SCANNER,
+    SENDER,
+)
 
 OPENED = "opened"
 PROBABLY_OPENED = "probably_opened"

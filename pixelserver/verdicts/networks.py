@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import Protocol
 
-from pixelserver import agents
+from pixelserver.verdicts import agents
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -234,7 +234,7 @@ class FetcherSource:
 
 
 class FetcherTable:
-    """fetcher-networks.txt (built by pixelserver/netbuild.py): operator labels such as
+    """fetcher-networks.txt (built by pixelserver/verdicts/netbuild.py): operator labels such as
     `scanner:Proofpoint` by prefix (one disjoint table per kind) and by ASN, so a vendor is
     known whichever ASN source is configured."""
 

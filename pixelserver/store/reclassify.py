@@ -20,8 +20,9 @@ from typing import TextIO
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import classify, storage
-from pixelserver.networks import NetworkFacts, Networks, fetcher_table
+from pixelserver.store import storage
+from pixelserver.verdicts import classify
+from pixelserver.verdicts.networks import NetworkFacts, Networks, fetcher_table
 
 
 @dataclass

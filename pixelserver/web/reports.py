@@ -1,6 +1,6 @@
 """The report pages: messages, one message, one recipient, a stored copy, About.
 
-Handlers translate: read the request, call a query (pixelserver/queries.py), render. Every
+Handlers translate: read the request, call a query (pixelserver/store/queries.py), render. Every
 query is for the current user, so someone else's message is simply not found (404).
 """
 
@@ -17,12 +17,12 @@ import tornado.ioloop
 import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 
-from pixelserver import digest_runs, erasure, links, preferences, queries, storage
-from pixelserver.chart import hits_svg
 from pixelserver.config import DigestConfig
-from pixelserver.networks import mask
-from pixelserver.state import STATE_WORDS, STATES, VERDICT_WORDS
-from pixelserver.web import BasePage
+from pixelserver.store import digests, erasure, links, preferences, queries, storage
+from pixelserver.verdicts.networks import mask
+from pixelserver.verdicts.state import STATE_WORDS, STATES, VERDICT_WORDS
+from pixelserver.web.base import BasePage
+from pixelserver.web.chart import hits_svg
 
 log = logging.getLogger("mailping.web")
 
@@ -74,7 +74,7 @@ class ExportPage(BasePage):
     """The Export button: the same CSV as the API's export, for the logged-in user."""
 
     async def get(self) -> None:
-        from pixelserver.api import export_rows, write_csv
+        from pixelserver.web.api import export_rows, write_csv
 
         filters = queries.Filters(
             since=_date(self.get_query_argument("since", None)),
@@ -235,7 +235,7 @@ class SettingsPage(BasePage):
         async with self.sessions() as session:
             tokens = await storage.api_tokens(session, self.user)
             prefs = await preferences.load(session, self.user, self.digest_defaults)
-            last_digest = await digest_runs.latest(session, self.user)
+            last_digest = await digests.latest(session, self.user)
             active = await storage.count_user_sessions(session, self.user, self.auth.limits)
         self.render(
             "settings.html",

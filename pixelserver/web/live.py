@@ -14,8 +14,8 @@ import json
 import tornado.iostream
 from sqlalchemy.exc import SQLAlchemyError
 
-from pixelserver import queries
-from pixelserver.web import BasePage
+from pixelserver.store import queries
+from pixelserver.web.base import BasePage
 
 POLL = 1.0
 KEEPALIVE = 15.0

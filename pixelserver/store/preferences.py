@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pixelserver import exclusions
 from pixelserver.config import DigestConfig, is_timezone
-from pixelserver.storage import User, get_or_create_user
+from pixelserver.store.storage import User, get_or_create_user
+from pixelserver.verdicts import exclusions
 
 
 class PreferenceError(ValueError):

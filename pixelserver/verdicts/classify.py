@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from pixelserver import agents
-from pixelserver.networks import NetworkFacts
+from pixelserver.verdicts import agents
+from pixelserver.verdicts.networks import NetworkFacts
 
 HUMAN = "human"
 HUMAN_VIA_PROXY = "human_via_proxy"

@@ -19,9 +19,8 @@ from email.message import EmailMessage
 from html import escape
 from zoneinfo import ZoneInfo
 
-from pixelserver.digest_query import UNOPENED_DAYS, DigestData
-from pixelserver.queries import DeliveryRow
-from pixelserver.state import (
+from pixelserver.store.queries import DeliveryRow
+from pixelserver.verdicts.state import (
     FAILED,
     NOT_OPENED,
     OPENED,
@@ -31,6 +30,7 @@ from pixelserver.state import (
     SCANNED_ONLY,
     UNTRACKED,
 )
+from relay.digest.query import UNOPENED_DAYS, DigestData
 
 COLOURS = {
     OPENED: ("#dafbe1", "#116329"),
