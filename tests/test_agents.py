@@ -147,7 +147,7 @@ def test_judging_many_user_agents_writes_nothing_to_stderr() -> None:
 
     code = (
         "from crawleruseragents import CRAWLER_USER_AGENTS_DATA as D\n"
-        "from pixelserver import agents\n"
+        "from pixelserver.verdicts import agents\n"
         "uas = [u for r in D for u in r.get('instances', [])]\n"
         "uas += [f'Mozilla/5.0 (X11; Linux) Chrome/{n}.0 Safari/537.36' for n in range(3000)]\n"
         "print(sum(agents.automated_agent(u) is not None for u in uas))\n"

@@ -471,8 +471,8 @@ class Delivery(Base):
     outcome: Mapped[str] = mapped_column(String(16), default="pending")
     upstream_reply: Mapped[str] = mapped_column(Text, default="")
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    # Derived from outcome and hits (pixelserver/verdicts/state.py), stored so lists can filter by it;
-    # rewritten whenever a hit arrives or a verdict changes (refresh_states).
+    # Derived from outcome and hits (pixelserver/verdicts/state.py), stored so lists can filter by
+    # it; rewritten whenever a hit arrives or a verdict changes (refresh_states).
     state: Mapped[str] = mapped_column(
         String(20), default="not_opened", server_default="not_opened"
     )
@@ -485,8 +485,8 @@ class Delivery(Base):
     place: Mapped[str] = mapped_column(String(200), default="", server_default="")
     forwarded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     state_changed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    # From the MX of the recipient's domain (pixelserver/verdicts/mailbox.py): a provider key, "" when
-    # none is known, NULL until the background lookup has answered.
+    # From the MX of the recipient's domain (pixelserver/verdicts/mailbox.py): a provider key, ""
+    # when none is known, NULL until the background lookup has answered.
     mailbox_provider: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     message: Mapped[Message] = relationship(back_populates="deliveries", lazy="raise")

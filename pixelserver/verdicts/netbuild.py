@@ -196,7 +196,8 @@ def build() -> str:
     version = importlib.metadata.version("plevin-db-network")
     lines = [
         "# Networks of known fetchers, with the page behind each operator and when it was checked.",
-        "# Built by `mailping networks update` (pixelserver/verdicts/netbuild.py); do not edit by hand.",
+        "# Built by `mailping networks update` (pixelserver/verdicts/netbuild.py);"
+        " do not edit by hand.",
         f"# prefixes: routes announced by each ASN, plevin-db-network {version}, and the "
         "prefixes the pages publish",
         "# @source kind name asns url checked   /   kind name asn prefix   (tab-separated)",
