@@ -88,6 +88,14 @@ class QueueConfig:
     resubmit_window: str = "1d"  # same Message-ID, sender and recipients: not sent twice
 
 
+@dataclass(frozen=True)
+class ClicksConfig:
+    """Click tracking (relay/clicklinks.py, docs/clicks.md): off unless turned on here; each
+    user may still turn it on or off for their own mail in Settings."""
+
+    enabled: bool = False
+
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -116,6 +124,7 @@ class Config:
     geoip: GeoipConfig = field(default_factory=GeoipConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     digest: DigestConfig = field(default_factory=DigestConfig)
+    clicks: ClicksConfig = field(default_factory=ClicksConfig)
     upstream_password: str = field(default="", repr=False)
     digest_password: str = field(default="", repr=False)
     database_password: str = field(default="", repr=False)
@@ -212,6 +221,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         "geoip",
         "privacy",
         "digest",
+        "clicks",
     }
     for key in raw:
         if key not in sections | {"data_dir"}:
@@ -233,6 +243,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
     privacy = build_section(PrivacyConfig, raw.get("privacy"), file, "privacy")
     digest = build_section(DigestConfig, raw.get("digest"), file, "digest")
     validate_digest(digest, file)
+    clicks = build_section(ClicksConfig, raw.get("clicks"), file, "clicks")
     _require_files(geoip, "geoip", ("city_db", "asn_db"), base, file)
     if privacy.retention_days < 1:
         raise ConfigError(file, "privacy.retention_days", "must be at least 1 day")
@@ -308,6 +319,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         geoip=geoip,
         privacy=privacy,
         digest=digest,
+        clicks=clicks,
         upstream_password=password,
         digest_password=digest_password,
         database_password=database_password,

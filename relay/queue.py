@@ -20,14 +20,16 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver import metrics
-from relay import rewrite, spool, tracking
+from pixelserver.store.appsecrets import token_key
+from pixelserver.tokens import click_tag, click_url
+from relay import clicklinks, rewrite, spool, tracking
 from relay.config import QueueConfig, parse_duration
 from relay.dsn import DELAYED, FAILED, Item, build_dsn
 from relay.forward import ACCEPTED, REJECTED, Copy, Credentials, Outcome, Upstream
@@ -161,6 +163,7 @@ class QueueRunner:
     _store_backoff: float = 1.0
     _report_retry: dict[str, float] = field(default_factory=dict)
     _broken: dict[str, float] = field(default_factory=dict)  # entries that raised: rest them
+    token_key: bytes | None = None  # tags rewritten links; read from the store when needed
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task | None = None
     _slots: asyncio.Semaphore = field(
@@ -374,6 +377,35 @@ class QueueRunner:
             if slot:
                 self._slots.release()
 
+    async def _links(self, entry: Entry, data: bytes, prepared: rewrite.Prepared) -> _Links:
+        """The message's links as the spool entry says (relay/clicklinks.py): earlier links of
+        ours put back, and with clicks on each copy's own links. Without the token key (the
+        store away since this process started) or with links that differ from those recorded
+        (a MailPing upgraded between two attempts), copies keep the original addresses."""
+        h = entry.header
+        plan = clicklinks.plan(
+            prepared,
+            data,
+            public_url=self.public_url,
+            restore=h.get("restore") or {},
+            track=bool(h.get("clicks")),
+        )
+        if not plan.links:
+            return _Links(plan)
+        if list(plan.links) != list(h.get("links") or []):
+            log.warning(
+                "queue: the links of %s differ from those recorded; not rewritten", entry.id
+            )
+            return _Links(plan)
+        if self.token_key is None:
+            try:
+                async with self.sessions.begin() as session:
+                    self.token_key = await asyncio.wait_for(token_key(session), self.store_timeout)
+            except tracking.STORE_ERRORS as exc:
+                log.warning("queue: no token key for the links of %s (%s)", entry.id, exc)
+                return _Links(plan)
+        return _Links(plan, self.public_url, self.token_key)
+
     def _told_events(self, entry: Entry) -> list[dict]:
         """The client heard the refusals in its reply: no report is needed for them."""
         return [
@@ -445,12 +477,13 @@ class QueueRunner:
         prepared: rewrite.Prepared,
     ) -> None:
         h = entry.header
+        links = await self._links(entry, data, prepared)
 
         def render(copy: Copy) -> rewrite.Chunks:
             c = entry.copies[copy.key]
             if c.tracked and prepared.tracked:
                 url = tracking.pixel_url(self.public_url, self.pixel_path, c.token)
-                return rewrite.render_chunks(prepared, url)
+                return clicklinks.render_chunks(links.plan, url, links.for_token(c.token))
             return rewrite.untouched_chunks(data)
 
         async def on_commit(copy: Copy) -> None:
@@ -609,6 +642,7 @@ class QueueRunner:
                     sender_prefix=h.get("sender_prefix", ""),
                     accepted_at=dt.datetime.fromtimestamp(entry.arrival, dt.UTC),
                     maybe_recorded=not fresh,
+                    links=h.get("links") or (),
                 ),
                 self.store_timeout,
             )
@@ -638,6 +672,22 @@ class QueueRunner:
             return
         self._store_ok()
         await self._append(entry, {"e": "synced", "s": {str(k): v for k, v in changed.items()}})
+
+
+@dataclass(frozen=True)
+class _Links:
+    """A message's click plan and what each copy's links are made with."""
+
+    plan: clicklinks.ClickPlan
+    public_url: str = ""
+    key: bytes | None = None
+
+    def for_token(self, token: str) -> Callable[[int], str] | None:
+        """Link n of the copy with `token`, or None: the original addresses."""
+        if self.key is None:
+            return None
+        key, links, public = self.key, self.plan.links, self.public_url
+        return lambda n: click_url(public, token, n, click_tag(key, token, n, links[n]))
 
 
 def _span(seconds: float) -> str:

@@ -39,6 +39,9 @@ PIXEL_TAG_WRAPPED = (
     'style="display:block;border:0;width:1px;height:1px;max-width:1px;max-height:1px">'
 )
 MAX_LINE = 998
+# Header fields no copy carries: Bcc, and MailPing's own per-message switches (X-MailPing: off,
+# X-MailPing-Clicks: off), which are for the relay, not the recipient.
+DROPPED_FIELDS = {b"bcc", b"x-mailping", b"x-mailping-clicks"}
 MAX_DEPTH = 40
 
 # Untracked reasons (DESIGN.md vocabulary).
@@ -130,7 +133,7 @@ def prepare(raw: bytes, *, own_pixel_prefix: str = "") -> Prepared:
     message_id = _header_text(headers, "Message-ID")
     # Bcc must never reach a recipient; a client that left it in the submission relies on the
     # submission server to drop it (as Postfix's cleanup does). X-MailPing is ours to consume.
-    drop = _header_spans(raw, 0, head_end, {b"bcc", b"x-mailping"})
+    drop = _header_spans(raw, 0, head_end, DROPPED_FIELDS)
     opted_out = (headers.get("X-MailPing") or "").strip().lower() == "off"
 
     def untouched(reason: str) -> Prepared:
@@ -171,7 +174,7 @@ def render(prepared: Prepared, pixel_url: str) -> bytes:
 def untouched_chunks(raw: bytes) -> Chunks:
     """The message as submitted, less the header fields no recipient may see."""
     head_end, _ = _split_head(raw, 0, len(raw))
-    return list(_splice(raw, _header_spans(raw, 0, head_end, {b"bcc", b"x-mailping"})))  # type: ignore[arg-type]
+    return list(_splice(raw, _header_spans(raw, 0, head_end, DROPPED_FIELDS)))  # type: ignore[arg-type]
 
 
 def untouched_copy(raw: bytes) -> bytes:

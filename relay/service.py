@@ -250,7 +250,7 @@ async def start_relay(
     upstream = upstream or make_upstream(cfg)
     hostname = cfg.relay.hostname or socket.getfqdn()
     queue = make_queue(cfg, sessions, upstream, hostname)
-    relay = Relay(sessions, queue, guard_sent_copy=guard_sent_copy(cfg))
+    relay = Relay(sessions, queue, guard_sent_copy=guard_sent_copy(cfg), clicks=cfg.clicks.enabled)
     for warning in config_warnings(cfg):
         log.warning("%s", warning)
     authenticator = make_authenticator(cfg, sessions, upstream)
@@ -487,6 +487,7 @@ async def start_pixelserver(
         outbox_dir=cfg.outbox_dir,
         data_sources=judge.networks.sources(),
         digest=cfg.digest,
+        networks=judge.networks,
     )
     if cookie_secret is None:
         # The store is down: pixels must still be served. Sessions use a temporary key until

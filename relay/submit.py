@@ -9,6 +9,7 @@ first attempt found every recipient refused for good.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import Sequence
@@ -17,9 +18,10 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver import metrics
-from pixelserver.tokens import mint_token
+from pixelserver.store import clickrecords
+from pixelserver.tokens import click_tag, mint_token
 from pixelserver.verdicts.networks import mask
-from relay import replies, rewrite, tracking
+from relay import clicklinks, replies, rewrite, tracking
 from relay.forward import Credentials
 from relay.providers import is_google_host as is_google_host  # its callers import it here
 from relay.queue import QueueRunner
@@ -75,6 +77,7 @@ class Relay:
         *,
         guard_sent_copy: bool = False,
         exclusions: tracking.ExclusionCache | None = None,
+        clicks: bool = False,
     ) -> None:
         self.sessions = sessions
         self.queue = queue
@@ -82,6 +85,7 @@ class Relay:
         self.policy = queue.policy
         self.guard_sent_copy = guard_sent_copy
         self.exclusions = exclusions or tracking.ExclusionCache()
+        self.clicks = clicks  # [clicks] enabled: the default of users who never chose
 
     async def forget_claim(self, claim: Claim) -> None:
         self.spool.unclaim_message_id(claim.sender, claim.key)  # one unlink: not worth a thread
@@ -123,7 +127,7 @@ class Relay:
         plan = tracking.plan_deliveries(
             recipients, prepared.untracked_reason, facts, self.exclusions.token_key
         )
-        header = self._header(sub, prepared, plan)
+        header = self._header(sub, prepared, plan) | await self._clicks(sub, prepared, facts)
         entry_id = self.spool.new_id()
         try:
             if key:
@@ -158,6 +162,46 @@ class Relay:
             await self.forget_claim(Claim(sub.sender, key))
             return Receipt(reply)
         return Receipt(reply, Claim(sub.sender, key) if key else None)
+
+    async def _clicks(
+        self, sub: Submission, prepared: rewrite.Prepared, facts: tracking.TrackingFacts | None
+    ) -> dict:
+        """What the spool entry says about links (relay/clicklinks.py): whether this
+        message's links are rewritten, the original addresses of links of ours it quotes,
+        and the links to record."""
+        if not prepared.tracked or facts is None or facts.token_key is None:
+            return {}
+        on = self.clicks if facts.clicks is None else facts.clicks
+        on = on and not clicklinks.clicks_off(sub.data)
+        public_url = self.queue.public_url
+        found = clicklinks.own_links(prepared, clicklinks.own_prefix(public_url))
+        restore = await self._originals(found, facts.token_key) if found else {}
+        if not on and not restore:
+            return {}
+        plan = clicklinks.plan(prepared, sub.data, public_url=public_url, restore=restore, track=on)
+        if on:
+            self.queue.token_key = facts.token_key
+        return {"clicks": on, "restore": restore, "links": list(plan.links)}
+
+    async def _originals(self, found: list[tuple[str, int, str]], key: bytes) -> dict[str, str]:
+        """ "token/n/tag" -> original address, for the links of ours the message quotes whose
+        tag is right; those the store cannot say (away, or retention removed them) stay."""
+
+        async def read() -> dict[tuple[str, int], str]:
+            async with self.sessions() as session:
+                return await clickrecords.original_urls(session, [(t, n) for t, n, _ in found])
+
+        try:
+            urls = await asyncio.wait_for(read(), self.exclusions.timeout)
+        except tracking.STORE_ERRORS:
+            log.warning("earlier links in a message could not be put back: store unreachable")
+            return {}
+        out = {}
+        for token, n, tag in found:
+            url = urls.get((token, n))
+            if url is not None and hmac.compare_digest(click_tag(key, token, n, url), tag):
+                out[f"{token}/{n}/{tag}"] = url
+        return out
 
     def _header(
         self, sub: Submission, prepared: rewrite.Prepared, plan: list[tracking.SpooledDelivery]

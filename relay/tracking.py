@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver.store import appsecrets, erasure
+from pixelserver.store import appsecrets, clickrecords, erasure
 from pixelserver.store.accounts import get_or_create_user
 from pixelserver.store.messages import (
     NewDelivery,
@@ -85,6 +85,7 @@ class TrackingFacts:
     forgotten_hashes: frozenset[str] = frozenset()
     erasure_key: str = ""
     token_key: bytes | None = None
+    clicks: bool | None = None  # the user's click-tracking choice (None: the config's default)
 
     def never_track(self, recipient: str) -> bool:
         if excluded(recipient, self.exclusions):
@@ -129,7 +130,9 @@ async def _read_facts(sessions: async_sessionmaker[AsyncSession], user: str) -> 
     async with sessions.begin() as session:  # begin: the first read of a secret makes it
         row = (
             await session.execute(
-                select(User.id, User.exclusions).where(User.address == user.strip().lower())
+                select(User.id, User.exclusions, User.clicks_enabled).where(
+                    User.address == user.strip().lower()
+                )
             )
         ).first()
         user_id = row.id if row is not None else None
@@ -141,6 +144,7 @@ async def _read_facts(sessions: async_sessionmaker[AsyncSession], user: str) -> 
             if hashes
             else "",
             token_key=await appsecrets.token_key(session),
+            clicks=row.clicks_enabled if row is not None else None,
         )
 
 
@@ -179,6 +183,7 @@ async def record_spooled(
     sender_prefix: str,
     accepted_at: dt.datetime,
     maybe_recorded: bool = True,
+    links: Sequence[str] = (),
 ) -> None:
     """Write the message and its deliveries unless they are there already (`maybe_recorded`
     False: a message this process spooled a moment ago, which cannot be)."""
@@ -205,6 +210,8 @@ async def record_spooled(
                 for d in deliveries
             ],
         )
+        if links and deliveries:  # the addresses rewritten links lead to (relay/clicklinks.py)
+            await clickrecords.add_links(session, deliveries[0].token, links)
 
 
 async def sync_outcomes(

@@ -84,6 +84,7 @@ def delivery_row(d: Delivery) -> DeliveryRow:
             d.client,
             d.place,
             d.forwarded,
+            d.human_clicks,
         ),
         d.mailbox_provider,
     )

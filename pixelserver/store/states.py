@@ -46,6 +46,7 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
                     Delivery.id,
                     Delivery.outcome,
                     Delivery.tracking,
+                    Delivery.human_clicks,
                     func.count(Hit.id).filter(person),
                     func.count(Hit.id).filter(Hit.verdict.in_(MACHINE_VERDICTS)),
                     func.count(Hit.id).filter(Hit.verdict == "privacy_prefetch"),
@@ -61,10 +62,10 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
                 )
                 .outerjoin(Hit, Hit.delivery_id == Delivery.id)
                 .where(Delivery.id.in_(chunk))
-                .group_by(Delivery.id, Delivery.outcome, Delivery.tracking)
+                .group_by(Delivery.id, Delivery.outcome, Delivery.tracking, Delivery.human_clicks)
             )
         ).all()
-        last_ids = [r[8] for r in summary if r[8] is not None]
+        last_ids = [r[9] for r in summary if r[9] is not None]
         lasts = {
             h.delivery_id: HitView(
                 h.at, h.verdict, h.rule, h.ip_prefix, h.client, h.country, h.region, h.city
@@ -91,6 +92,7 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
             delivery_id,
             outcome,
             tracking,
+            clicks,
             people,
             machines,
             prefetches,
@@ -114,6 +116,7 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
                     direct_networks=nets,
                     direct_clients=clients,
                     certain=certain,
+                    clicks=clicks,
                 ),
             )
             values.append(

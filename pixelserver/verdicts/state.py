@@ -108,6 +108,7 @@ class DeliveryState:
     client: str
     place: str
     possibly_forwarded: bool
+    human_clicks: int = 0  # a person's clicks on rewritten links (issue 16): these prove a read
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class HitSummary:
     direct_networks: int = 0
     direct_clients: int = 0
     certain: int | None = None  # person-like hits at CERTAIN_CONFIDENCE or above (None: all)
+    clicks: int = 0  # a person's clicks on the copy's links: read, even with images blocked
 
 
 def summarize(hits: Sequence[HitView]) -> HitSummary:
@@ -161,7 +163,7 @@ def state_of(outcome: str, tracking: str, s: HitSummary) -> DeliveryState:
         state = decided
     elif tracking == "untracked":
         state = UNTRACKED
-    elif s.people and (s.certain is None or s.certain > 0):
+    elif s.clicks or (s.people and (s.certain is None or s.certain > 0)):
         state = OPENED
     elif s.people:
         state = PROBABLY_OPENED
@@ -183,6 +185,7 @@ def state_of(outcome: str, tracking: str, s: HitSummary) -> DeliveryState:
         place=place_of(last) if last else "",
         # Read from several networks or programs of its own: likely passed on to someone else.
         possibly_forwarded=s.direct_networks > 1 or s.direct_clients > 1,
+        human_clicks=s.clicks,
     )
 
 
@@ -203,6 +206,8 @@ def chip(s: DeliveryState, untracked_reason: str | None = None, outcome: str | N
     if s.state in (OPENED, PROBABLY_OPENED):
         word = "Read" if s.state == OPENED else "Probably read"
         bits = [f"{word} {s.human_hits}×" if s.human_hits > 1 else word]
+        if s.human_clicks:
+            bits.append("clicked" if s.human_clicks == 1 else f"clicked {s.human_clicks}×")
         bits += [b for b in (s.client, s.place) if b]
         return " · ".join(bits)
     words = {

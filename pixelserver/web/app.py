@@ -11,10 +11,11 @@ from pathlib import Path
 import tornado.web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from pixelserver.clicks import CLICK_ROUTE, ClickHandler
 from pixelserver.config import DigestConfig, PixelServerConfig, parse_listen, parse_networks
 from pixelserver.metrics import MetricsHandler
 from pixelserver.tokens import pixel_url
-from pixelserver.verdicts.networks import DataSource, Network, client_ip, mask
+from pixelserver.verdicts.networks import DataSource, Network, Networks, client_ip, mask
 from pixelserver.web.api import (
     ExportApi,
     HitsApi,
@@ -77,6 +78,7 @@ def make_app(
     outbox_dir: Path | None = None,
     data_sources: Sequence[DataSource] = (),
     digest: DigestConfig | None = None,
+    networks: Networks | None = None,
 ) -> tornado.web.Application:
     trusted = parse_networks(config.trusted_proxies, "-", "pixelserver.trusted_proxies")
     pages = {
@@ -93,6 +95,7 @@ def make_app(
     return tornado.web.Application(
         [
             (r"/", MessagesPage, pages),
+            (CLICK_ROUTE, ClickHandler, {**pages, "networks": networks}),
             (r"/export\.csv", ExportPage, pages),
             (r"/messages/([0-9]{1,18})", MessagePage, pages),
             (r"/recipients/([^/]{1,400})", RecipientPage, pages),

@@ -1,0 +1,452 @@
+"""Clicks on rewritten links: the links of each message, every click with its verdict, and the
+delivery's count of a person's clicks that makes it read.
+
+A message's links are stored once (not once per copy): every copy carries the same links,
+told apart by its delivery's token in the URL. A click is judged when it arrives and the
+clicks around it are judged again with it, because some signals only show afterwards: the
+second link of a burst makes the first one a scanner's too, and the third recipient clicked
+from one network makes the first two a gateway's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    and_,
+    bindparam,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from pixelserver.store.schema import (
+    Base,
+    BigId,
+    Delivery,
+    Message,
+    UserNetwork,
+    UTCDateTime,
+    insert_ignore,
+)
+from pixelserver.store.states import refresh_states
+from pixelserver.verdicts import clickjudge
+from pixelserver.verdicts.classify import HUMAN, PERSON
+from pixelserver.verdicts.networks import NetworkFacts
+
+MAX_URL = 8000  # longer href values are left as they are by the relay
+SENDER_NETWORK_DAYS = 30
+
+
+class ClickLink(Base):
+    """Link `n` of a message, as the sender wrote it (the address a click is sent on to)."""
+
+    __tablename__ = "click_link"
+
+    message_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("message.id", ondelete="CASCADE"), primary_key=True
+    )
+    n: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+
+
+class Click(Base):
+    """One request for a rewritten link, with what it was judged from (never the address: its
+    /24 or /48 and the lists it was in, as for pixel fetches)."""
+
+    __tablename__ = "click"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(BigId, ForeignKey("delivery.id", ondelete="CASCADE"))
+    n: Mapped[int] = mapped_column(Integer)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    method: Mapped[str] = mapped_column(String(8))
+    ip_prefix: Mapped[str] = mapped_column(String(64))
+    user_agent: Mapped[str] = mapped_column(Text)
+    seconds_after_send: Mapped[float | None] = mapped_column(Float, nullable=True)
+    net_lists: Mapped[list[str]] = mapped_column(JSON)
+    asn: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    org: Mapped[str] = mapped_column(String(200))
+    hosting: Mapped[bool] = mapped_column(Boolean)
+    verdict: Mapped[str] = mapped_column(String(24))
+    rule: Mapped[str] = mapped_column(String(40))
+    confidence: Mapped[float] = mapped_column(Float)
+    reasons: Mapped[list[Any]] = mapped_column(JSON)
+
+    __table_args__ = (
+        Index("ix_click_delivery_at", "delivery_id", "at"),
+        Index("ix_click_prefix_at", "ip_prefix", "at"),
+    )
+
+
+# --- the relay's side ---------------------------------------------------------------------------
+
+
+async def add_links(session: AsyncSession, token: str, urls: Sequence[str]) -> None:
+    """The links of the message that the delivery with `token` belongs to (idempotent)."""
+    if not urls:
+        return
+    message_id = (
+        await session.execute(select(Delivery.message_id).where(Delivery.token == token))
+    ).scalar_one_or_none()
+    if message_id is None:
+        return
+    await session.execute(
+        insert_ignore(session, ClickLink.__table__),
+        [{"message_id": message_id, "n": n, "url": url} for n, url in enumerate(urls)],
+    )
+
+
+async def original_urls(
+    session: AsyncSession, wanted: Iterable[tuple[str, int]]
+) -> dict[tuple[str, int], str]:
+    """(token, n) -> the address link n of that copy led to, for the links of this MailPing
+    that a forward or a reply quotes (the relay puts the original address back)."""
+    pairs = sorted(set(wanted))
+    if not pairs:
+        return {}
+    tokens = sorted({t for t, _ in pairs})
+    rows = await session.execute(
+        select(Delivery.token, ClickLink.n, ClickLink.url)
+        .join(ClickLink, ClickLink.message_id == Delivery.message_id)
+        .where(Delivery.token.in_(tokens))
+    )
+    want = set(pairs)
+    return {(t, n): url for t, n, url in rows if (t, n) in want}
+
+
+# --- the pixel server's side --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a rewritten link names, found by its token and number."""
+
+    delivery_id: int
+    message_id: int
+    url: str
+    accepted_at: dt.datetime
+    sender_prefix: str
+    user_id: int
+
+
+async def find_target(session: AsyncSession, token: str, n: int) -> Target | None:
+    row = (
+        await session.execute(
+            select(
+                Delivery.id,
+                Delivery.message_id,
+                ClickLink.url,
+                Message.accepted_at,
+                Message.sender_prefix,
+                Message.user_id,
+            )
+            .join(Message, Message.id == Delivery.message_id)
+            .join(
+                ClickLink,
+                and_(ClickLink.message_id == Delivery.message_id, ClickLink.n == n),
+            )
+            .where(Delivery.token == token)
+        )
+    ).first()
+    return Target(*row) if row is not None else None
+
+
+@dataclass(frozen=True)
+class NewClick:
+    n: int
+    at: dt.datetime
+    method: str
+    network: NetworkFacts
+    user_agent: str
+
+
+async def add_click(session: AsyncSession, target: Target, click: NewClick) -> str:
+    """Store one click, judge it and the clicks its arrival sheds light on, and bring the
+    deliveries concerned up to date; returns the new click's verdict."""
+    seconds = max(0.0, (click.at - target.accepted_at).total_seconds())
+    net = click.network
+    new_id = (
+        await session.execute(
+            Click.__table__.insert()
+            .values(
+                delivery_id=target.delivery_id,
+                n=click.n,
+                at=click.at,
+                method=click.method[:8],
+                ip_prefix=net.prefix,
+                user_agent=click.user_agent[:512],
+                seconds_after_send=seconds,
+                net_lists=sorted(net.lists),
+                asn=net.asn,
+                org=net.org[:200],
+                hosting=net.hosting,
+                verdict="unknown",
+                rule="",
+                confidence=0.0,
+                reasons=[],
+            )
+            .returning(Click.__table__.c.id)
+        )
+    ).scalar_one()
+    senders = await _sender_prefixes(session, target)
+    rows = await _related(session, target)
+    verdicts = _judge(rows, senders)
+    changed = [
+        {"c_id": r.id, "verdict": v.kind, "rule": v.rule, "confidence": v.confidence,
+         "reasons": v.as_json()["reasons"]}
+        for r in rows
+        if (v := verdicts[r.id]).kind != r.verdict or v.rule != r.rule or r.id == new_id
+    ]  # fmt: skip
+    if changed:
+        table = Click.__table__
+        await session.execute(update(table).where(table.c.id == bindparam("c_id")), changed)
+    touched = {r.delivery_id for r in rows if r.id in {c["c_id"] for c in changed}}
+    await _count_person_clicks(session, touched | {target.delivery_id})
+    await refresh_states(session, touched | {target.delivery_id})
+    return verdicts[new_id].kind
+
+
+async def _sender_prefixes(session: AsyncSession, target: Target) -> frozenset[str]:
+    since = target.accepted_at - dt.timedelta(days=SENDER_NETWORK_DAYS)
+    prefixes = (
+        await session.execute(
+            select(UserNetwork.prefix).where(
+                UserNetwork.user_id == target.user_id, UserNetwork.seen_at >= since
+            )
+        )
+    ).scalars()
+    return frozenset({*prefixes, target.sender_prefix} - {""})
+
+
+async def _related(session: AsyncSession, target: Target) -> list[Any]:
+    """This copy's clicks, and the clicks on other copies of the message from the same
+    networks around the same time (what the burst and many-recipients signals look at)."""
+    cols = (
+        Click.id,
+        Click.delivery_id,
+        Click.n,
+        Click.at,
+        Click.method,
+        Click.ip_prefix,
+        Click.user_agent,
+        Click.seconds_after_send,
+        Click.net_lists,
+        Click.asn,
+        Click.org,
+        Click.hosting,
+        Click.verdict,
+        Click.rule,
+    )
+    own = list(await session.execute(select(*cols).where(Click.delivery_id == target.delivery_id)))
+    prefixes = sorted({r.ip_prefix for r in own if r.ip_prefix})
+    if not prefixes:
+        return own
+    window = dt.timedelta(seconds=clickjudge.NETWORK_WINDOW)
+    start = min(r.at for r in own) - window
+    end = max(r.at for r in own) + window
+    copies = select(Delivery.id).where(Delivery.message_id == target.message_id)
+    others = (
+        await session.execute(
+            select(*cols).where(
+                Click.delivery_id != target.delivery_id,
+                Click.delivery_id.in_(copies),
+                Click.ip_prefix.in_(prefixes),
+                Click.at >= start,
+                Click.at <= end,
+            )
+        )
+    ).all()
+    return own + list(others)
+
+
+def _judge(rows: Sequence[Any], senders: frozenset[str]) -> dict[int, Any]:
+    """Pure over the loaded rows: each click judged with its copy's other clicks and the
+    copies clicked from its network within the window."""
+    by_delivery: dict[int, list[Any]] = defaultdict(list)
+    for r in rows:
+        by_delivery[r.delivery_id].append(r)
+    window = clickjudge.NETWORK_WINDOW
+    out = {}
+    for r in rows:
+        at = _aware(r.at)
+        copies = {
+            o.delivery_id
+            for o in rows
+            if o.ip_prefix == r.ip_prefix and abs((_aware(o.at) - at).total_seconds()) <= window
+        }
+        facts = clickjudge.ClickFacts(
+            network=NetworkFacts(
+                prefix=r.ip_prefix,
+                asn=r.asn,
+                org=r.org,
+                hosting=r.hosting,
+                lists=frozenset(r.net_lists or ()),
+            ),
+            ua=r.user_agent,
+            method=r.method,
+            seconds_after_send=r.seconds_after_send,
+            n=r.n,
+            others=[
+                clickjudge.OtherClick(o.seconds_after_send or 0.0, o.n, o.method)
+                for o in by_delivery[r.delivery_id]
+                if o.id != r.id
+            ],
+            recipients_from_network=len(copies) if r.ip_prefix else 1,
+            sender_prefixes=senders,
+        )
+        out[r.id] = clickjudge.judge(facts)
+    return out
+
+
+async def _count_person_clicks(session: AsyncSession, delivery_ids: set[int]) -> None:
+    ids = sorted(delivery_ids)
+    counts = dict(
+        (
+            await session.execute(
+                select(Click.delivery_id, func.count(Click.id))
+                .where(Click.delivery_id.in_(ids), Click.verdict == HUMAN)
+                .group_by(Click.delivery_id)
+            )
+        ).all()
+    )
+    table = Delivery.__table__
+    await session.execute(
+        update(table).where(table.c.id == bindparam("d_id")),
+        [{"d_id": i, "human_clicks": counts.get(i, 0)} for i in ids],
+    )
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+# --- the report's side --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinkClicks:
+    """The clicks of one recipient on one link."""
+
+    n: int
+    url: str
+    people: int
+    machines: int
+    first_person: dt.datetime | None
+    last_verdict: str
+    last_rule: str
+
+
+async def message_links(session: AsyncSession, message_id: int) -> list[tuple[int, str]]:
+    rows = await session.execute(
+        select(ClickLink.n, ClickLink.url)
+        .where(ClickLink.message_id == message_id)
+        .order_by(ClickLink.n)
+    )
+    return [(n, url) for n, url in rows]
+
+
+async def clicks_by_delivery(
+    session: AsyncSession, delivery_ids: Sequence[int]
+) -> dict[int, list[LinkClicks]]:
+    """Per delivery, per link clicked: how many clicks a person made and how many machines."""
+    if not delivery_ids:
+        return {}
+    rows = (
+        await session.execute(
+            select(
+                Click.delivery_id,
+                Click.n,
+                ClickLink.url,
+                Click.verdict,
+                Click.rule,
+                Click.at,
+            )
+            .join(Delivery, Delivery.id == Click.delivery_id)
+            .join(
+                ClickLink,
+                and_(ClickLink.message_id == Delivery.message_id, ClickLink.n == Click.n),
+            )
+            .where(Click.delivery_id.in_(sorted(set(delivery_ids))))
+            .order_by(Click.delivery_id, Click.n, Click.at)
+        )
+    ).all()
+    grouped: dict[tuple[int, int], list[Any]] = defaultdict(list)
+    for r in rows:
+        grouped[(r.delivery_id, r.n)].append(r)
+    out: dict[int, list[LinkClicks]] = defaultdict(list)
+    for (delivery_id, n), clicks in grouped.items():
+        people = [c for c in clicks if c.verdict in PERSON]
+        out[delivery_id].append(
+            LinkClicks(
+                n=n,
+                url=clicks[0].url,
+                people=len(people),
+                machines=len(clicks) - len(people),
+                first_person=_aware(people[0].at) if people else None,
+                last_verdict=clicks[-1].verdict,
+                last_rule=clicks[-1].rule,
+            )
+        )
+    return dict(out)
+
+
+async def clicks_of_delivery(session: AsyncSession, delivery_id: int) -> list[Click]:
+    return list(
+        (
+            await session.execute(
+                select(Click).where(Click.delivery_id == delivery_id).order_by(Click.at)
+            )
+        ).scalars()
+    )
+
+
+async def person_clicks_between(
+    session: AsyncSession, user_id: int | None, start: dt.datetime, end: dt.datetime
+) -> list[Any]:
+    """A person's clicks in [start, end): for the digest (recipient, subject, link)."""
+    q = (
+        select(Delivery.recipient, Message.subject, ClickLink.url, Click.at)
+        .join(Delivery, Delivery.id == Click.delivery_id)
+        .join(Message, Message.id == Delivery.message_id)
+        .join(
+            ClickLink,
+            and_(ClickLink.message_id == Delivery.message_id, ClickLink.n == Click.n),
+        )
+        .where(Click.verdict.in_(PERSON), Click.at >= start, Click.at < end)
+        .order_by(Click.at)
+    )
+    if user_id is not None:
+        q = q.where(Message.user_id == user_id)
+    return list((await session.execute(q)).all())
+
+
+__all__ = [
+    "Click",
+    "ClickLink",
+    "LinkClicks",
+    "NewClick",
+    "Target",
+    "add_click",
+    "add_links",
+    "clicks_by_delivery",
+    "clicks_of_delivery",
+    "find_target",
+    "message_links",
+    "original_urls",
+    "person_clicks_between",
+]

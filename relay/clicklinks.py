@@ -1,0 +1,277 @@
+"""Click tracking on the relay's side: which links of a message are rewritten, and how.
+
+Opt-in (docs/clicks.md). Only `<a href>` links to http/https addresses in the HTML parts that
+get a pixel are rewritten, to `{public_url}/c/<token>/<n>/<tag>` (short, on the tracking
+domain, no query: long opaque links are what filters dislike). The visible text stays as it
+is. Never rewritten: mailto:, tel:, anchors, any other scheme, the unsubscribe link (a
+List-Unsubscribe target, or a link whose address or text says unsubscribe), links to the
+tracking domain itself, text parts, and every message the relay leaves untouched.
+
+Links of this MailPing already in the HTML (the quoted text of a forward or a reply) are put
+back to their original address first, so a forward's new reader never clicks as an earlier
+recipient; the relay looks those addresses up in the store before the message is spooled and
+keeps them in the spool entry, so every later attempt renders the same copy.
+
+The work is split like the pixel's (relay/rewrite.py): `plan` walks the HTML once per
+message; `render_chunks` fills in each recipient's links.
+"""
+
+from __future__ import annotations
+
+import html as _html
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from urllib.parse import urlsplit
+
+from relay.rewrite import MAX_LINE, PIXEL_TAG, Chunks, HtmlSlot, Prepared
+
+HEADER = "X-MailPing-Clicks"  # "off": no click tracking for this message (removed on the way)
+MAX_URL = 8000
+TAG_LEN = 12
+_ATTRS = r"""(?:[^>"']|"[^"]*"|'[^']*')*"""
+_A_RE = re.compile(rf"<a\b{_ATTRS}>", re.I)
+_HREF_RE = re.compile(r"""[\s"'/]href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""", re.I)
+_CLOSE_A_RE = re.compile(r"</a\s*>", re.I)
+_TAG_RE = re.compile(r"<[^>]*>")
+_SCHEME_RE = re.compile(r"^(?:https?:)?//", re.I)
+_OWN_RE = re.compile(r"([A-Za-z0-9_-]{22})/([0-9]{1,4})/([A-Za-z0-9_-]{12})/?")
+# Words for "unsubscribe" in an address or a link's text (English, German, French, Spanish,
+# Italian, Dutch, Portuguese): such a link is never rewritten.
+_UNSUBSCRIBE_RE = re.compile(
+    r"unsubscri|unsub\b|opt[-_ ]?out|abmelden|abbestellen|d[ée]sabonn|d[ée]sinscri|"
+    r"darse de baja|dar de baja|annulla l.iscrizione|disiscriv|afmelden|uitschrijven|"
+    r"cancelar (?:a )?(?:inscri|assinatura)|descadastr",
+    re.I,
+)
+
+
+def clicks_off(raw: bytes) -> bool:
+    """Whether the sender's header turns click tracking off for this message."""
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    msg = BytesHeaderParser(policy=compat32).parsebytes(head)
+    return (msg.get(HEADER) or "").strip().lower() == "off"
+
+
+def unsubscribe_targets(raw: bytes) -> frozenset[str]:
+    """The addresses List-Unsubscribe names (RFC 2369: <...> entries)."""
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    msg = BytesHeaderParser(policy=compat32).parsebytes(head)
+    found = set()
+    for value in msg.get_all("List-Unsubscribe") or []:
+        found.update(u.strip() for u in re.findall(r"<([^>]+)>", str(value)))
+    return frozenset(found)
+
+
+def own_prefix(public_url: str) -> str:
+    return f"{public_url.rstrip('/')}/c/"
+
+
+def _own_key(url: str, prefix: str) -> str | None:
+    """ "token/n/tag" if `url` is a link of this MailPing (http or https alike), else None."""
+    bare = _SCHEME_RE.sub("", url)
+    own = _SCHEME_RE.sub("", prefix).lower()
+    if not bare.lower().startswith(own):
+        return None
+    m = _OWN_RE.fullmatch(bare[len(own) :])
+    return f"{m.group(1)}/{m.group(2)}/{m.group(3)}" if m else None
+
+
+def own_links(prepared: Prepared, prefix: str) -> list[tuple[str, int, str]]:
+    """(token, n, tag) of every link of this MailPing in the HTML that gets a pixel."""
+    found = []
+    for slot in _slots(prepared):
+        for text in (slot.before, slot.after):
+            if prefix.split("//", 1)[-1].lower() not in text.lower():
+                continue
+            for m in _A_RE.finditer(text):
+                href = _HREF_RE.search(m.group(0), 2)
+                if href is None:
+                    continue
+                key = _own_key(_value(href), prefix)
+                if key is not None:
+                    token, n, tag = key.split("/")
+                    found.append((token, int(n), tag))
+    return found
+
+
+def _slots(prepared: Prepared) -> list[HtmlSlot]:
+    return [p for p in prepared.pieces if isinstance(p, HtmlSlot) and p.pixel]
+
+
+def _value(m: re.Match[str]) -> str:
+    return _html.unescape(next(g for g in m.groups() if g is not None)).strip()
+
+
+@dataclass(frozen=True)
+class ClickSlot(HtmlSlot):
+    """An HTML slot whose text is cut where the rewritten links go: ints are link numbers."""
+
+    before_parts: tuple[str | int, ...] = ()
+    after_parts: tuple[str | int, ...] = ()
+
+    def encode_links(self, url: str, link_url: Callable[[int], str]) -> bytes:
+        def fill(parts: tuple[str | int, ...]) -> str:
+            return "".join(p if isinstance(p, str) else link_url(p) for p in parts)
+
+        base = HtmlSlot(**{f: getattr(self, f) for f in HtmlSlot.__dataclass_fields__})
+        return replace(base, before=fill(self.before_parts), after=fill(self.after_parts)).encode(
+            url
+        )
+
+
+@dataclass(frozen=True)
+class ClickPlan:
+    prepared: Prepared
+    links: tuple[str, ...]  # link n of the message, as the sender wrote it
+
+
+def plan(
+    prepared: Prepared,
+    raw: bytes,
+    *,
+    public_url: str,
+    restore: Mapping[str, str],
+    track: bool,
+) -> ClickPlan:
+    """The message's HTML with earlier links of ours put back (`restore`: "token/n/tag" ->
+    original address) and, with `track`, every link to be rewritten cut out for each copy."""
+    if not prepared.tracked:
+        return ClickPlan(prepared, ())
+    prefix = own_prefix(public_url)
+    unsubscribe = unsubscribe_targets(raw) if track else frozenset()
+    # The longest link we write: the pixel's line check below counts with it.
+    longest = len(own_prefix(public_url)) + 22 + 1 + 4 + 1 + TAG_LEN
+    links: dict[str, int] = {}
+    pieces = []
+    for piece in prepared.pieces:
+        if not (isinstance(piece, HtmlSlot) and piece.pixel):
+            pieces.append(piece)
+            continue
+        parts = []
+        for text in (piece.before, piece.after):
+            parts.append(
+                _cut(
+                    text,
+                    prefix=prefix,
+                    public_url=public_url,
+                    restore=restore,
+                    track=track,
+                    unsubscribe=unsubscribe,
+                    links=links,
+                    unencoded=piece.cte in ("7bit", "8bit", "binary"),
+                    longest=longest,
+                )
+            )
+        before, after = parts
+        if all(isinstance(p, str) for p in (*before, *after)):
+            pieces.append(replace(piece, before="".join(before), after="".join(after)))  # type: ignore[arg-type]
+        else:
+            fields = {f: getattr(piece, f) for f in HtmlSlot.__dataclass_fields__}
+            pieces.append(ClickSlot(**fields, before_parts=tuple(before), after_parts=tuple(after)))
+    ordered = tuple(sorted(links, key=links.__getitem__))
+    return ClickPlan(replace(prepared, pieces=tuple(pieces)), ordered)
+
+
+def _cut(
+    text: str,
+    *,
+    prefix: str,
+    public_url: str,
+    restore: Mapping[str, str],
+    track: bool,
+    unsubscribe: frozenset[str],
+    links: dict[str, int],
+    unencoded: bool,
+    longest: int,
+) -> list[str | int]:
+    """`text` as pieces: strings, and link numbers where an href value is to be rewritten."""
+    if "<a" not in text.lower():
+        return [text]
+    out: list[str | int] = []
+    pos = 0
+    public = _SCHEME_RE.sub("", public_url.rstrip("/")).lower()
+    for m in _A_RE.finditer(text):
+        href = _HREF_RE.search(m.group(0), 2)
+        if href is None:
+            continue
+        group = next(i for i, g in enumerate(href.groups(), 1) if g is not None)
+        start, end = m.start() + href.start(group), m.start() + href.end(group)
+        url = _value(href)
+        key = _own_key(url, prefix)
+        if key is not None and key in restore:
+            url = restore[key]
+            new: str | int = _html.escape(url, quote=True)
+        else:
+            new = text[start:end]
+        if (
+            track
+            and _rewritable(url, public, unsubscribe, _anchor_text(text, m.end()))
+            and (not unencoded or _fits(text, start, end, longest))
+        ):
+            new = links.setdefault(url, len(links))
+        if isinstance(new, str) and new == text[start:end]:
+            continue
+        if group == 3 and isinstance(new, str):  # an unquoted value gets quotes it may need
+            new = f'"{new}"'
+        out += [text[pos:start], new]
+        pos = end
+    out.append(text[pos:])
+    return out
+
+
+def _anchor_text(text: str, start: int) -> str:
+    close = _CLOSE_A_RE.search(text, start, start + 4000)
+    inner = text[start : close.start()] if close else ""
+    return _html.unescape(_TAG_RE.sub(" ", inner))
+
+
+def _rewritable(url: str, public: str, unsubscribe: frozenset[str], anchor: str) -> bool:
+    if not url or len(url) > MAX_URL or any(c.isspace() or ord(c) < 0x20 for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return False
+    if _SCHEME_RE.sub("", url).lower().startswith(public):
+        return False  # our own pages, and links of ours we could not put back
+    return not (url in unsubscribe or _UNSUBSCRIBE_RE.search(url) or _UNSUBSCRIBE_RE.search(anchor))
+
+
+def _fits(text: str, start: int, end: int, longest: int) -> bool:
+    """Whether the line holding text[start:end] stays within 998 octets (RFC 5322 2.1.1) with
+    the href replaced by the longest link we write and room for the pixel tag, for parts sent
+    without a transfer encoding (others are re-wrapped by their encoding)."""
+    line_start = max(text.rfind("\n", 0, start), text.rfind("\r", 0, start)) + 1
+    nl = text.find("\n", end)
+    line_end = len(text) if nl < 0 else nl
+    line = text[line_start:line_end]
+    # Every link on the line may grow to `longest` (counted without their old values).
+    hrefs = max(1, line.lower().count("href"))
+    return len(line) + hrefs * longest + len(PIXEL_TAG) + longest <= MAX_LINE
+
+
+def render_chunks(
+    plan_: ClickPlan, pixel_url: str, link_url: Callable[[int], str] | None
+) -> Chunks:
+    """One recipient's copy: `link_url(n)` is that copy's address for link n."""
+    out: Chunks = []
+    for p in plan_.prepared.pieces:
+        if isinstance(p, ClickSlot):
+            if link_url is None:
+                out.append(p.encode_links(pixel_url, lambda n: plan_.links[n]))
+            else:
+                out.append(p.encode_links(pixel_url, link_url))
+        elif isinstance(p, HtmlSlot):
+            out.append(p.encode(pixel_url))
+        else:
+            out.append(p)
+    return out
+
+
+def restore_keys(found: Sequence[tuple[str, int, str]]) -> list[str]:
+    return [f"{t}/{n}/{tag}" for t, n, tag in found]

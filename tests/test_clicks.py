@@ -1,0 +1,272 @@
+"""Click tracking end to end: the relay over SMTP rewrites links, the capture upstream gets the
+copies, the pixel server answers the rewritten URLs over HTTP, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import re
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from pixelserver.store.clickrecords import Click, clicks_by_delivery
+from pixelserver.store.schema import Delivery, Message, User
+from relay import service
+from relay.config import ClicksConfig
+from tests.conftest import CaptureUpstream, make_config, start_pixelserver
+from tests.helpers import eventually, smtp_send
+from tests.test_pixel import fetch
+
+PERSON_UA = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36"
+)
+LINKS = {
+    "shop": "https://shop.example.com/spring?utm_source=mail&id=7#offers",
+    "docs": "http://docs.example.org/guide",
+    "unsub": "https://news.example.com/u/3f9a",
+    "optout": "https://news.example.com/preferences/opt-out?u=1",
+}
+HTML = f"""<html><body>
+<p>Hello! See <a href="{LINKS["shop"].replace("&", "&amp;")}">our spring offers</a> and
+<a href='{LINKS["docs"]}'>the guide</a>.</p>
+<p><a href="mailto:sales@example.com">Write to us</a> or <a href="tel:+15551234">call</a>,
+<a href="#top">back to top</a>.</p>
+<p><a href="{LINKS["unsub"]}">Unsubscribe</a> | <a href="{LINKS["optout"]}">preferences</a></p>
+</body></html>
+"""
+
+
+def message(html: str = HTML, **headers: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "me@example.com", "ana@example.org", "Spring"
+    msg["Message-ID"] = f"<{id(html)}.{len(headers)}@example.com>"
+    msg["List-Unsubscribe"] = f"<{LINKS['unsub']}>, <mailto:u@news.example.com>"
+    for k, v in headers.items():
+        msg[k] = v
+    msg.set_content("See https://shop.example.com/spring in the text part too.")
+    msg.add_alternative(html, subtype="html")
+    return msg.as_bytes()
+
+
+def html_of(raw: bytes) -> str:
+    msg = message_from_bytes(raw, policy=policy.default)
+    part = msg.get_body(("html",))
+    assert part is not None
+    return part.get_content()
+
+
+def text_of(raw: bytes) -> str:
+    msg = message_from_bytes(raw, policy=policy.default)
+    part = msg.get_body(("plain",))
+    assert part is not None
+    return part.get_content()
+
+
+HREF = re.compile(r"""href=["']([^"']*)["']""")
+
+
+@pytest.fixture
+async def clicks_stack(tmp_path: Path, db_url: str, store, upstream: CaptureUpstream):
+    cfg = make_config(tmp_path, db_url, upstream.port)
+    cfg = dataclasses.replace(cfg, clicks=ClicksConfig(enabled=True))
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    relay = await service.start_relay(cfg, store)
+    pixel = await start_pixelserver(cfg, store)
+    yield cfg, store, upstream
+    await relay.close()
+    await pixel.close()
+
+
+async def send(cfg, upstream: CaptureUpstream, raw: bytes, rcpts: list[str]) -> list[bytes]:
+    port = int(cfg.relay.listen.rsplit(":", 1)[1])
+    before = len(upstream.messages)
+    reply = await asyncio.to_thread(smtp_send, port, "me@example.com", rcpts, raw)
+    assert reply.startswith("250"), reply
+    await eventually(lambda: len(upstream.messages) >= before + len(rcpts))
+    return [m.data for m in upstream.messages[before:]]
+
+
+def click_links(html: str, base: str) -> list[str]:
+    return [u for u in HREF.findall(html) if u.startswith(f"{base}/c/")]
+
+
+async def backdate(store, seconds: float) -> None:
+    """As if the mail had been sent `seconds` ago (clicks at delivery are a gateway's)."""
+    async with store.begin() as s:
+        await s.execute(
+            update(Message).values(
+                accepted_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
+            )
+        )
+
+
+async def click(url: str, ip: str, *, method: str = "GET", ua: str = PERSON_UA):
+    return await fetch(
+        url,
+        method=method,
+        follow_redirects=False,
+        headers={"X-Forwarded-For": ip, "User-Agent": ua},
+        network_interface="127.0.0.2",
+    )
+
+
+async def delivery(store, recipient: str) -> Delivery:
+    async with store() as s:
+        return (
+            await s.execute(select(Delivery).where(Delivery.recipient == recipient))
+        ).scalar_one()
+
+
+async def test_rewritten_links_redirect_to_exactly_the_original(clicks_stack) -> None:
+    cfg, store, upstream = clicks_stack
+    base = cfg.pixelserver.public_url
+    (copy,) = await send(cfg, upstream, message(), ["ana@example.org"])
+    html = html_of(copy)
+    ours = click_links(html, base)
+    assert len(ours) == 2, html  # the offer and the guide; nothing else
+    for keep in ("mailto:sales@example.com", "tel:+15551234", "#top", *LINKS.values()):
+        if keep not in (LINKS["shop"], LINKS["docs"]):
+            assert f'"{keep}"' in html, keep
+    assert ">our spring offers</a>" in html and ">the guide</a>" in html  # visible text kept
+    assert "https://shop.example.com/spring" in text_of(copy)  # text part untouched
+    assert b"X-MailPing-Clicks" not in copy
+    for url in ours:
+        assert re.fullmatch(
+            rf"{re.escape(base)}/c/[A-Za-z0-9_-]{{22}}/\d+/[A-Za-z0-9_-]{{12}}", url
+        )
+
+    await backdate(store, 3600)
+    answers = [await click(u, "73.15.20.9") for u in ours]
+    assert [a.code for a in answers] == [302, 302]
+    assert {a.headers["Location"] for a in answers} == {LINKS["shop"], LINKS["docs"]}
+
+
+async def test_tampered_unknown_and_foreign_links_never_redirect(clicks_stack) -> None:
+    cfg, store, upstream = clicks_stack
+    base = cfg.pixelserver.public_url
+    (copy,) = await send(cfg, upstream, message(), ["ana@example.org"])
+    url = click_links(html_of(copy), base)[0]
+    token, n, tag = url.rsplit("/", 3)[1:]
+    flipped = ("A" if tag[0] != "A" else "B") + tag[1:]
+    bad = [
+        f"{base}/c/{token}/{n}/{flipped}",  # tag changed
+        f"{base}/c/{token}/{int(n) + 1}/{tag}",  # another link number
+        f"{base}/c/{token}/9/{tag}",  # a link that does not exist
+        f"{base}/c/{'x' * 22}/{n}/{tag}",  # a token of nobody
+        f"{base}/c/{token}/{n}/{tag}?to=https://evil.example",  # a query is not a target
+    ]
+    for b in bad[:4]:
+        r = await click(b, "73.15.20.9")
+        assert r.code in (400, 404), (b, r.code)
+        assert "Location" not in r.headers
+        assert r.headers["Content-Type"].startswith("text/html")
+    r = await click(bad[4], "73.15.20.9")
+    assert r.headers.get("Location") == LINKS["shop"]  # the stored address, not the query's
+    async with store() as s:
+        assert len((await s.execute(select(Click))).all()) == 1  # only the real one recorded
+
+
+async def test_scanner_clicks_are_labelled_and_a_person_click_makes_it_read(clicks_stack) -> None:
+    cfg, store, upstream = clicks_stack
+    base = cfg.pixelserver.public_url
+    rcpts = ["ana@example.org", "bob@example.net", "cy@example.net", "di@example.com"]
+    copies = await send(cfg, upstream, message(), rcpts)
+    links = {m.rcpt_tos[0]: click_links(html_of(m.data), base) for m in upstream.messages}
+    assert all(len(v) == 2 for v in links.values())
+    assert len(copies) == 4
+
+    # At delivery, seconds after sending: a gateway (Defender-like) follows ana's links.
+    await click(links["ana@example.org"][0], "73.15.20.9", method="HEAD")
+    await click(links["ana@example.org"][0], "73.15.20.9")
+    # Later: bob's copy has both links clicked within a second (a link walker).
+    await backdate(store, 3600)
+    await click(links["bob@example.net"][0], "198.51.100.7")
+    await click(links["bob@example.net"][1], "198.51.100.7")
+    # A known gateway network (Microsoft EOP) clicks cy's link.
+    await click(links["cy@example.net"][1], "40.107.22.5")
+    # A library, not a browser.
+    await click(links["cy@example.net"][0], "203.0.113.50", ua="python-requests/2.32.3")
+    # A person clicks di's offer link.
+    r = await click(links["di@example.com"][0], "73.15.20.9")
+    assert r.code == 302
+
+    async with store() as s:
+        rows = (await s.execute(select(Click).order_by(Click.id))).scalars().all()
+    rules = [(c.method, c.verdict, c.rule) for c in rows]
+    assert rules == [
+        ("HEAD", "scanner", "click-head"),
+        ("GET", "scanner", "click-at-delivery"),
+        ("GET", "scanner", "click-burst"),
+        ("GET", "scanner", "click-burst"),  # the first of the pair, re-judged by the second
+        ("GET", "scanner", "click-gateway-network"),
+        ("GET", "bot", "click-automated-agent"),
+        ("GET", "human", "click-person"),
+    ]
+    for c in rows:
+        assert c.reasons and all({"code", "text"} <= set(r) for r in c.reasons)
+    for scanned in ("ana@example.org", "bob@example.net", "cy@example.net"):
+        d = await delivery(store, scanned)
+        assert (d.state, d.human_clicks) == ("not_opened", 0), scanned  # not counted
+    di = await delivery(store, "di@example.com")
+    assert (di.state, di.human_clicks, di.human_hits) == ("opened", 1, 0)  # no image fetched
+    async with store() as s:
+        per_link = await clicks_by_delivery(s, [di.id])
+    (only,) = per_link[di.id]
+    assert (only.url, only.people, only.machines) == (LINKS["shop"], 1, 0)
+
+
+async def test_one_network_for_many_recipients_is_a_gateway(clicks_stack) -> None:
+    cfg, store, upstream = clicks_stack
+    base = cfg.pixelserver.public_url
+    rcpts = [f"r{i}@corp.example" for i in range(3)]
+    await send(cfg, upstream, message(), rcpts)
+    await backdate(store, 3600)
+    for m in upstream.messages:
+        await click(click_links(html_of(m.data), base)[0], "192.0.2.80")
+        await asyncio.sleep(0.05)
+    async with store() as s:
+        rows = (await s.execute(select(Click).order_by(Click.id))).scalars().all()
+    assert [c.rule for c in rows] == ["click-many-recipients"] * 3
+    for r in rcpts:
+        assert (await delivery(store, r)).state == "not_opened"
+
+
+async def test_off_by_header_by_user_and_for_untouched_mail(clicks_stack) -> None:
+    cfg, store, upstream = clicks_stack
+    base = cfg.pixelserver.public_url
+    (copy,) = await send(cfg, upstream, message(**{"X-MailPing-Clicks": "off"}), ["a@x.example"])
+    assert click_links(html_of(copy), base) == [] and b"X-MailPing-Clicks" not in copy
+    assert LINKS["docs"] in HREF.findall(html_of(copy))
+    (copy,) = await send(cfg, upstream, message(**{"X-MailPing": "off"}), ["b@x.example"])
+    assert click_links(html_of(copy), base) == []
+    async with store.begin() as s:
+        await s.execute(update(User).values(clicks_enabled=False))
+    (copy,) = await send(cfg, upstream, message(), ["c@x.example"])
+    assert click_links(html_of(copy), base) == []
+
+
+async def test_links_of_an_earlier_copy_are_put_back_before_rewriting(clicks_stack) -> None:
+    cfg, store, upstream = clicks_stack
+    base = cfg.pixelserver.public_url
+    (first,) = await send(cfg, upstream, message(), ["ana@example.org"])
+    quoted = html_of(first)
+    old = click_links(quoted, base)
+    forward = f"<html><body><p>Look at this:</p><blockquote>{quoted}</blockquote></body></html>"
+    (second,) = await send(cfg, upstream, message(forward), ["eve@example.com"])
+    html = html_of(second)
+    assert not set(old) & set(HREF.findall(html))  # none of ana's links travel on
+    new = click_links(html, base)
+    assert len(new) == 2
+    await backdate(store, 3600)
+    answers = {(await click(u, "73.15.20.9")).headers["Location"] for u in new}
+    assert answers == {LINKS["shop"], LINKS["docs"]}
+    eve = await delivery(store, "eve@example.com")
+    async with store() as s:
+        clicked = (await s.execute(select(Click.delivery_id))).scalars().all()
+    assert clicked == [eve.id, eve.id]  # eve's copy, never ana's
