@@ -488,6 +488,7 @@ async def start_pixelserver(
         data_sources=judge.networks.sources(),
         digest=cfg.digest,
         networks=judge.networks,
+        clicks_default=cfg.clicks.enabled,
     )
     if cookie_secret is None:
         # The store is down: pixels must still be served. Sessions use a temporary key until

@@ -34,11 +34,13 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
+from pixelserver.store.accounts import get_or_create_user
 from pixelserver.store.schema import (
     Base,
     BigId,
     Delivery,
     Message,
+    User,
     UserNetwork,
     UTCDateTime,
     insert_ignore,
@@ -127,6 +129,23 @@ async def original_urls(
     )
     want = set(pairs)
     return {(t, n): url for t, n, url in rows if (t, n) in want}
+
+
+# --- the user's choice ----------------------------------------------------------------------
+
+
+async def click_choice(session: AsyncSession, address: str) -> bool | None:
+    """True or False as the user chose in Settings; None: the [clicks] default."""
+    return (
+        await session.execute(
+            select(User.clicks_enabled).where(User.address == address.strip().lower())
+        )
+    ).scalar_one_or_none()
+
+
+async def set_click_choice(session: AsyncSession, address: str, choice: bool | None) -> None:
+    user = await get_or_create_user(session, address)
+    await session.execute(update(User).where(User.id == user.id).values(clicks_enabled=choice))
 
 
 # --- the pixel server's side --------------------------------------------------------------------
@@ -302,7 +321,9 @@ def _judge(rows: Sequence[Any], senders: frozenset[str]) -> dict[int, Any]:
             seconds_after_send=r.seconds_after_send,
             n=r.n,
             others=[
-                clickjudge.OtherClick(o.seconds_after_send or 0.0, o.n, o.method)
+                clickjudge.OtherClick(
+                    o.seconds_after_send or 0.0, o.n, o.method, o.ip_prefix, o.user_agent
+                )
                 for o in by_delivery[r.delivery_id]
                 if o.id != r.id
             ],
@@ -360,6 +381,16 @@ async def message_links(session: AsyncSession, message_id: int) -> list[tuple[in
     return [(n, url) for n, url in rows]
 
 
+async def links_of_delivery(session: AsyncSession, delivery_id: int) -> list[tuple[int, str]]:
+    rows = await session.execute(
+        select(ClickLink.n, ClickLink.url)
+        .join(Delivery, Delivery.message_id == ClickLink.message_id)
+        .where(Delivery.id == delivery_id)
+        .order_by(ClickLink.n)
+    )
+    return [(n, url) for n, url in rows]
+
+
 async def clicks_by_delivery(
     session: AsyncSession, delivery_ids: Sequence[int]
 ) -> dict[int, list[LinkClicks]]:
@@ -405,14 +436,19 @@ async def clicks_by_delivery(
     return dict(out)
 
 
-async def clicks_of_delivery(session: AsyncSession, delivery_id: int) -> list[Click]:
-    return list(
-        (
-            await session.execute(
-                select(Click).where(Click.delivery_id == delivery_id).order_by(Click.at)
-            )
-        ).scalars()
+async def clicks_of_deliveries(
+    session: AsyncSession, delivery_ids: Sequence[int]
+) -> dict[int, list[Click]]:
+    """Every click of these deliveries, oldest first, with its verdict and reasons."""
+    out: dict[int, list[Click]] = defaultdict(list)
+    if not delivery_ids:
+        return {}
+    rows = await session.execute(
+        select(Click).where(Click.delivery_id.in_(sorted(set(delivery_ids)))).order_by(Click.at)
     )
+    for c in rows.scalars():
+        out[c.delivery_id].append(c)
+    return dict(out)
 
 
 async def person_clicks_between(
@@ -443,10 +479,13 @@ __all__ = [
     "Target",
     "add_click",
     "add_links",
+    "click_choice",
+    "set_click_choice",
     "clicks_by_delivery",
-    "clicks_of_delivery",
+    "clicks_of_deliveries",
     "find_target",
     "message_links",
+    "links_of_delivery",
     "original_urls",
     "person_clicks_between",
 ]

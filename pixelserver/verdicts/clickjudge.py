@@ -54,6 +54,8 @@ class OtherClick:
     seconds_after_send: float
     n: int
     method: str = "GET"
+    prefix: str = ""
+    ua: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,11 +95,15 @@ def _timing(f: ClickFacts) -> Reason:
 
 
 def _burst(f: ClickFacts) -> OtherClick | None:
-    """Another link of the copy clicked within CLICK_BURST seconds of this click."""
+    """Another link of the copy clicked within CLICK_BURST seconds of this click from the same
+    network (a person clicking while a gateway checks another link elsewhere is a coincidence,
+    not a burst; a browser's User-Agent is too common to tell them apart)."""
     if f.seconds_after_send is None:
         return None
     for o in f.others:
-        if o.n != f.n and abs(o.seconds_after_send - f.seconds_after_send) <= CLICK_BURST:
+        same = o.prefix == f.network.prefix
+        near = abs(o.seconds_after_send - f.seconds_after_send) <= CLICK_BURST
+        if o.n != f.n and near and same:
             return o
     return None
 

@@ -74,6 +74,14 @@ VERDICT_WORDS = {
     "unknown": "Not judged yet",
 }
 
+CLICK_WORDS = {
+    "human": "Clicked",
+    "scanner": "Link scanner",
+    "bot": "Bot",
+    "sender": "You (the sender)",
+    "unknown": "Not judged yet",
+}
+
 PROXY_NAMES = {
     "gmail-proxy-mailbox": "Gmail",
     "gmail-proxy": "Gmail",

@@ -21,7 +21,7 @@ import tornado.web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pixelserver.store import erasure, queries
+from pixelserver.store import clickrecords, erasure, queries
 from pixelserver.store.accounts import api_token_user
 from pixelserver.store.schema import Hit
 from pixelserver.verdicts.state import STATES
@@ -163,6 +163,7 @@ def delivery_json(d: queries.DeliveryRow) -> dict:
         "client": st.client or None,
         "place": st.place or None,
         "possibly_forwarded": st.possibly_forwarded,
+        "clicks": st.human_clicks,
     }
 
 
@@ -191,9 +192,57 @@ class MessageApi(ApiHandler):
     async def get(self, message_id: str) -> None:
         async with self.sessions() as session:
             detail = await queries.message_detail(session, self.api_user, int(message_id))
-        if detail is None:
-            raise ApiError(404, "not_found", "no such message")
-        self.write({"message": message_json(detail.message)})
+            if detail is None:
+                raise ApiError(404, "not_found", "no such message")
+            per_link = await clickrecords.clicks_by_delivery(
+                session, [d.id for d in detail.message.deliveries]
+            )
+        body = message_json(detail.message)
+        for d in body["deliveries"]:
+            d["links"] = [
+                {
+                    "n": lc.n,
+                    "url": lc.url,
+                    "people": lc.people,
+                    "machines": lc.machines,
+                    "first_click": _when(lc.first_person),
+                }
+                for lc in per_link.get(d["id"], [])
+            ]
+        self.write({"message": body})
+
+
+class ClicksApi(ApiHandler):
+    """Every click on a delivery's rewritten links, with its verdict and reasons."""
+
+    async def get(self, delivery_id: str) -> None:
+        async with self.sessions() as session:
+            if not await queries.delivery_owned(session, self.api_user, int(delivery_id)):
+                raise ApiError(404, "not_found", "no such delivery")
+            rows = await clickrecords.clicks_of_deliveries(session, [int(delivery_id)])
+            links = dict(await clickrecords.links_of_delivery(session, int(delivery_id)))
+        self.write(
+            {
+                "clicks": [
+                    {
+                        "id": c.id,
+                        "at": _when(c.at),
+                        "link": c.n,
+                        "url": links.get(c.n),
+                        "method": c.method,
+                        "verdict": c.verdict,
+                        "confidence": c.confidence,
+                        "rule": c.rule,
+                        "reasons": c.reasons,
+                        "seconds_after_send": c.seconds_after_send,
+                        "network": c.ip_prefix,
+                        "asn": c.asn,
+                        "organisation": c.org or None,
+                    }
+                    for c in rows.get(int(delivery_id), [])
+                ]
+            }
+        )
 
 
 class HitsApi(ApiHandler):

@@ -17,6 +17,7 @@ from pixelserver.metrics import MetricsHandler
 from pixelserver.tokens import pixel_url
 from pixelserver.verdicts.networks import DataSource, Network, Networks, client_ip, mask
 from pixelserver.web.api import (
+    ClicksApi,
     ExportApi,
     HitsApi,
     MessageApi,
@@ -79,6 +80,7 @@ def make_app(
     data_sources: Sequence[DataSource] = (),
     digest: DigestConfig | None = None,
     networks: Networks | None = None,
+    clicks_default: bool = False,
 ) -> tornado.web.Application:
     trusted = parse_networks(config.trusted_proxies, "-", "pixelserver.trusted_proxies")
     pages = {
@@ -88,6 +90,7 @@ def make_app(
         "outbox_dir": outbox_dir,
         "pixel_url": functools.partial(pixel_url, config.public_url, config.pixel_path),
         "digest_defaults": digest or DigestConfig(),
+        "clicks_default": clicks_default,
         "demo_hosts": demo_hosts(
             parse_listen(config.listen, "-", "pixelserver.listen"), config.public_url
         ),
@@ -105,6 +108,7 @@ def make_app(
             (r"/api/v1/messages", MessagesApi, pages),
             (r"/api/v1/messages/([0-9]{1,18})", MessageApi, pages),
             (r"/api/v1/deliveries/([0-9]{1,18})/hits", HitsApi, pages),
+            (r"/api/v1/deliveries/([0-9]{1,18})/clicks", ClicksApi, pages),
             (r"/api/v1/export", ExportApi, pages),
             (r"/api/v1/recipients/([^/]+)", RecipientApi, pages),
             (r"/api/v1/openapi.json", OpenApiDocument, pages),

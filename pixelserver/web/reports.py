@@ -18,11 +18,11 @@ import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 
 from pixelserver.config import DigestConfig
-from pixelserver.store import digests, erasure, links, preferences, queries
+from pixelserver.store import clickrecords, digests, erasure, links, preferences, queries
 from pixelserver.store.accounts import api_tokens, create_api_token, revoke_api_token
 from pixelserver.store.websessions import count_user_sessions, end_other_sessions
 from pixelserver.verdicts.networks import mask
-from pixelserver.verdicts.state import STATE_WORDS, STATES, VERDICT_WORDS
+from pixelserver.verdicts.state import CLICK_WORDS, STATE_WORDS, STATES, VERDICT_WORDS
 from pixelserver.web.base import BasePage
 from pixelserver.web.chart import hits_svg
 
@@ -101,15 +101,22 @@ class MessagePage(BasePage):
             for d in detail.message.deliveries
         }
         urls = {d: self.extra["pixel_url"](t) for d, t in detail.link_tokens.items()}
+        ids = [d.id for d in detail.message.deliveries]
+        async with self.sessions() as session:
+            click_summary = await clickrecords.clicks_by_delivery(session, ids)
+            clicks = await clickrecords.clicks_of_deliveries(session, ids)
         self.render(
             "message.html",
             m=detail.message,
             link_urls=urls,
             snippet=links.snippet,
             hits=detail.hits,
+            clicks=clicks,
+            click_summary=click_summary,
             changes=detail.changes,
             charts=charts,
             verdict_words=VERDICT_WORDS,
+            click_words=CLICK_WORDS,
             since=_since_words,
             outbox=self.outbox_dir is not None,
         )
@@ -239,6 +246,7 @@ class SettingsPage(BasePage):
             prefs = await preferences.load(session, self.user, self.digest_defaults)
             last_digest = await digests.latest(session, self.user)
             active = await count_user_sessions(session, self.user, self.auth.limits)
+            clicks_choice = await clickrecords.click_choice(session, self.user)
         self.render(
             "settings.html",
             tokens=tokens,
@@ -249,6 +257,8 @@ class SettingsPage(BasePage):
             error=error,
             saved=saved,
             active_sessions=active,
+            clicks_choice=clicks_choice,
+            clicks_default=bool(self.extra.get("clicks_default")),
             idle_minutes=int(self.auth.limits.idle.total_seconds() // 60),
             max_hours=int(self.auth.limits.absolute.total_seconds() // 3600),
         )
@@ -271,6 +281,13 @@ class SettingsPage(BasePage):
                     await revoke_api_token(
                         session, self.user, int(self.get_body_argument("token_id", "0") or 0)
                     )
+                elif action == "clicks":
+                    choice = self.get_body_argument("clicks", "")
+                    if choice not in CLICK_CHOICES:
+                        raise preferences.PreferenceError(
+                            "Click tracking: choose one of the three."
+                        )
+                    await clickrecords.set_click_choice(session, self.user, CLICK_CHOICES[choice])
                 elif action == "logout_others":  # ASVS 3.3.4: end the sessions left elsewhere
                     key = self.session_key()
                     if key is not None:
@@ -291,7 +308,8 @@ class SettingsPage(BasePage):
             self.set_status(400)
             await self.get(error=str(exc))
             return
-        await self.get(new_token=token, saved=action == "preferences")
+        await self.get(new_token=token, saved=action in ("preferences", "clicks"))
 
 
+CLICK_CHOICES = {"default": None, "on": True, "off": False}
 ZONES = sorted(zoneinfo.available_timezones())
