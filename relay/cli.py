@@ -31,7 +31,7 @@ from pixelserver.store.accounts import (
 from pixelserver.store.reclassify import Progress, count_hits, reclassify
 from pixelserver.store.schema import make_engine
 from pixelserver.store.websessions import end_user_sessions
-from pixelserver.verdicts import classify
+from pixelserver.verdicts import classify, clickjudge
 from pixelserver.verdicts.networks import mask
 from relay import auth, certs, queue_admin, service
 from relay.config import Config, config_path, config_warnings, load_config
@@ -108,12 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--user", help="only in this user's report (default: every user's)")
     cls = add(
         "classify",
-        help="judge pixel fetches: JSON lines on stdin, or one fetch explained in words",
+        help='judge pixel fetches or link clicks ("kind": "click"): JSON lines on stdin, '
+        "or one explained in words",
     )
     cls.add_argument("--ip", help="the fetching address")
     cls.add_argument("--ua", default="", help="its User-Agent")
     cls.add_argument("--after", help="time since sending: 40m, 2h, 3s, 1d")
     cls.add_argument("--method", default="GET")
+    cls.add_argument(
+        "--kind",
+        choices=("fetch", "click"),
+        default="fetch",
+        help="judge a pixel fetch (default) or a click on a rewritten link",
+    )
     cls.add_argument("--recipient", default="", help="the copy's recipient address")
     cls.add_argument(
         "--mailbox",
@@ -473,15 +480,27 @@ def classify_command(cfg: Config, args: argparse.Namespace) -> int:
     upstream_google = is_google_host(cfg.upstream.host)
     if args.ip:
         after = parse_duration(args.after) if args.after else None
-        verdict = classify.classify(
-            classify.HitFacts(
-                network=networks.facts(args.ip),
-                ua=args.ua,
-                method=args.method,
-                seconds_after_send=after,
-                recipient=args.recipient,
-                upstream_google=upstream_google,
-                mailbox_provider=args.mailbox,
+        judge = clickjudge.judge if args.kind == "click" else None
+        verdict = (
+            judge(
+                clickjudge.ClickFacts(
+                    network=networks.facts(args.ip),
+                    ua=args.ua,
+                    method=args.method,
+                    seconds_after_send=after,
+                )
+            )
+            if judge
+            else classify.classify(
+                classify.HitFacts(
+                    network=networks.facts(args.ip),
+                    ua=args.ua,
+                    method=args.method,
+                    seconds_after_send=after,
+                    recipient=args.recipient,
+                    upstream_google=upstream_google,
+                    mailbox_provider=args.mailbox,
+                )
             )
         )
         print(f"{verdict.kind} (confidence {verdict.confidence:.2f}, rule {verdict.rule})")
@@ -495,7 +514,14 @@ def classify_command(cfg: Config, args: argparse.Namespace) -> int:
         if not line.strip():
             continue
         try:
-            facts = hit_facts_from_json(json.loads(line), networks, upstream_google)
+            obj = json.loads(line)
+            if isinstance(obj, dict) and obj.get("kind") == "click":
+                verdict = clickjudge.judge(click_facts_from_json(obj, networks))
+                print(json.dumps({"kind": "click", **verdict.as_json()}), flush=True)
+                continue
+            if isinstance(obj, dict) and obj.get("kind", "fetch") != "fetch":
+                raise ValueError('"kind" must be "fetch" or "click"')
+            facts = hit_facts_from_json(obj, networks, upstream_google)
         except (ValueError, TypeError, KeyError) as exc:
             bad += 1
             print(json.dumps({"error": f"line {number}: {exc}"}), flush=True)
@@ -542,6 +568,42 @@ def hit_facts_from_json(obj: object, networks, upstream_google: bool) -> classif
         recipient=str(obj.get("recipient") or ""),
         upstream_google=upstream_google,
         mailbox_provider=str(obj.get("mailbox_provider") or ""),
+    )
+
+
+def click_facts_from_json(obj: dict, networks) -> clickjudge.ClickFacts:
+    """One `"kind": "click"` line of `mailping classify`: the click ("ip", "ua", "method",
+    "seconds_after_send", "link"), the copy's other clicks ("other_clicks": each with "link",
+    "seconds_after_send" and "ip") and how many recipients' copies its network clicked lately
+    ("recipients_from_network"); raises ValueError naming what is wrong."""
+    if not isinstance(obj.get("ip"), str):
+        raise ValueError('"ip" (a string) is required')
+    seconds = obj.get("seconds_after_send")
+    if seconds is not None and not isinstance(seconds, int | float):
+        raise ValueError('"seconds_after_send" must be a number')
+    others = []
+    for o in obj.get("other_clicks") or []:
+        if not isinstance(o, dict) or not isinstance(o.get("seconds_after_send"), int | float):
+            raise ValueError('each of "other_clicks" needs "seconds_after_send"')
+        others.append(
+            clickjudge.OtherClick(
+                float(o["seconds_after_send"]),
+                int(o.get("link", -1)),
+                str(o.get("method") or "GET"),
+                mask(str(o.get("ip") or obj["ip"])),
+            )
+        )
+    many = obj.get("recipients_from_network", 1)
+    if not isinstance(many, int) or many < 1:
+        raise ValueError('"recipients_from_network" must be a whole number of at least 1')
+    return clickjudge.ClickFacts(
+        network=networks.facts(obj["ip"]),
+        ua=str(obj.get("ua") or ""),
+        method=str(obj.get("method") or "GET"),
+        seconds_after_send=seconds,
+        n=int(obj.get("link") or 0),
+        others=others,
+        recipients_from_network=many,
     )
 
 

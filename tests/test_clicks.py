@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import json
 import re
+import subprocess
+import sys
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -270,3 +273,44 @@ async def test_links_of_an_earlier_copy_are_put_back_before_rewriting(clicks_sta
     async with store() as s:
         clicked = (await s.execute(select(Click.delivery_id))).scalars().all()
     assert clicked == [eve.id, eve.id]  # eve's copy, never ana's
+
+
+def test_classify_command_judges_click_events() -> None:
+    """`mailping classify` takes clicks ("kind": "click") beside fetches, as JSON lines."""
+    lines = [
+        {"kind": "click", "ip": "73.15.20.9", "ua": PERSON_UA, "method": "HEAD",
+         "seconds_after_send": 3600, "link": 0},
+        {"kind": "click", "ip": "73.15.20.9", "ua": PERSON_UA, "seconds_after_send": 4,
+         "link": 0},
+        {"kind": "click", "ip": "198.51.100.7", "ua": PERSON_UA, "seconds_after_send": 3600,
+         "link": 1, "other_clicks": [{"link": 0, "seconds_after_send": 3599.4}]},
+        {"kind": "click", "ip": "40.107.22.5", "ua": PERSON_UA, "seconds_after_send": 3600},
+        {"kind": "click", "ip": "192.0.2.80", "ua": PERSON_UA, "seconds_after_send": 3600,
+         "recipients_from_network": 5},
+        {"kind": "click", "ip": "73.15.20.9", "ua": "curl/8.5.0", "seconds_after_send": 3600},
+        {"kind": "click", "ip": "73.15.20.9", "ua": PERSON_UA, "seconds_after_send": 3600,
+         "link": 1, "other_clicks": [{"link": 0, "seconds_after_send": 3000}]},
+        {"kind": "click", "ua": PERSON_UA},
+        {"kind": "print", "ip": "73.15.20.9"},
+    ]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "relay.cli", "classify"],
+        input="\n".join(json.dumps(x) for x in lines) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert [(o.get("kind"), o.get("verdict"), o.get("rule")) for o in out[:7]] == [
+        ("click", "scanner", "click-head"),
+        ("click", "scanner", "click-at-delivery"),
+        ("click", "scanner", "click-burst"),
+        ("click", "scanner", "click-gateway-network"),
+        ("click", "scanner", "click-many-recipients"),
+        ("click", "bot", "click-automated-agent"),
+        ("click", "human", "click-person"),
+    ]
+    assert all({"code", "text"} <= set(r) for o in out[:7] for r in o["reasons"])
+    assert out[7]["error"].startswith("line 8:") and "ip" in out[7]["error"]
+    assert out[8]["error"].startswith("line 9:") and "kind" in out[8]["error"]
+    assert proc.returncode == 1

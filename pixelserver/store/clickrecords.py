@@ -47,8 +47,8 @@ from pixelserver.store.schema import (
 )
 from pixelserver.store.states import refresh_states
 from pixelserver.verdicts import clickjudge
-from pixelserver.verdicts.classify import HUMAN, PERSON
 from pixelserver.verdicts.networks import NetworkFacts
+from pixelserver.vocabulary import PERSON_VERDICTS, Verdict
 
 MAX_URL = 8000  # longer href values are left as they are by the relay
 SENDER_NETWORK_DAYS = 30
@@ -214,7 +214,7 @@ async def add_click(session: AsyncSession, target: Target, click: NewClick) -> s
                 asn=net.asn,
                 org=net.org[:200],
                 hosting=net.hosting,
-                verdict="unknown",
+                verdict=Verdict.UNKNOWN,
                 rule="",
                 confidence=0.0,
                 reasons=[],
@@ -340,7 +340,7 @@ async def _count_person_clicks(session: AsyncSession, delivery_ids: set[int]) ->
         (
             await session.execute(
                 select(Click.delivery_id, func.count(Click.id))
-                .where(Click.delivery_id.in_(ids), Click.verdict == HUMAN)
+                .where(Click.delivery_id.in_(ids), Click.verdict == Verdict.HUMAN)
                 .group_by(Click.delivery_id)
             )
         ).all()
@@ -421,7 +421,7 @@ async def clicks_by_delivery(
         grouped[(r.delivery_id, r.n)].append(r)
     out: dict[int, list[LinkClicks]] = defaultdict(list)
     for (delivery_id, n), clicks in grouped.items():
-        people = [c for c in clicks if c.verdict in PERSON]
+        people = [c for c in clicks if c.verdict in PERSON_VERDICTS]
         out[delivery_id].append(
             LinkClicks(
                 n=n,
@@ -463,7 +463,7 @@ async def person_clicks_between(
             ClickLink,
             and_(ClickLink.message_id == Delivery.message_id, ClickLink.n == Click.n),
         )
-        .where(Click.verdict.in_(PERSON), Click.at >= start, Click.at < end)
+        .where(Click.verdict.in_(PERSON_VERDICTS), Click.at >= start, Click.at < end)
         .order_by(Click.at)
     )
     if user_id is not None:

@@ -65,11 +65,11 @@ VERDICT_WORDS = {
 }
 
 CLICK_WORDS = {
-    "human": "Clicked",
-    "scanner": "Link scanner",
-    "bot": "Bot",
-    "sender": "You (the sender)",
-    "unknown": "Not judged yet",
+    Verdict.HUMAN: "Clicked",
+    Verdict.SCANNER: "Link scanner",
+    Verdict.BOT: "Bot",
+    Verdict.SENDER: "You (the sender)",
+    Verdict.UNKNOWN: "Not judged yet",
 }
 
 PROXY_NAMES = {
