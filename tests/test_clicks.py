@@ -314,3 +314,22 @@ def test_classify_command_judges_click_events() -> None:
     assert out[7]["error"].startswith("line 8:") and "ip" in out[7]["error"]
     assert out[8]["error"].startswith("line 9:") and "kind" in out[8]["error"]
     assert proc.returncode == 1
+
+
+async def test_the_digest_lists_a_persons_clicks_not_a_scanners(clicks_stack) -> None:
+    cfg, store, upstream = clicks_stack
+    base = cfg.pixelserver.public_url
+    await send(cfg, upstream, message(), ["ana@example.org", "bob@example.net"])
+    ana, bob = (click_links(html_of(m.data), base) for m in upstream.messages)
+    await click(bob[1], "40.107.22.5")  # a gateway: not news
+    await backdate(store, 3600)
+    await click(ana[1], "73.15.20.9")  # a person: news
+    runner = service.make_digest_runner(cfg, store)
+    before = len(upstream.messages)
+    assert (await runner.send_now("me@example.com")).status == "sent"
+    digest = upstream.messages[before].data
+    text = message_from_bytes(digest, policy=policy.default).get_body(("plain",)).get_content()
+    assert "LINKS CLICKED" in text
+    assert f"* ana@example.org clicked {LINKS['docs']} in Spring" in text
+    assert "bob@example.net clicked" not in text
+    assert "ana@example.org: Read · clicked" in text

@@ -451,12 +451,23 @@ async def clicks_of_deliveries(
     return dict(out)
 
 
+@dataclass(frozen=True)
+class PersonClick:
+    """A person's click, for the digest."""
+
+    message_id: int
+    subject: str
+    recipient: str
+    url: str
+    at: dt.datetime
+
+
 async def person_clicks_between(
-    session: AsyncSession, user_id: int | None, start: dt.datetime, end: dt.datetime
-) -> list[Any]:
-    """A person's clicks in [start, end): for the digest (recipient, subject, link)."""
+    session: AsyncSession, user: str | None, start: dt.datetime, end: dt.datetime, limit: int = 100
+) -> list[PersonClick]:
+    """A person's clicks in [start, end) on the mail of `user` (None: everyone's)."""
     q = (
-        select(Delivery.recipient, Message.subject, ClickLink.url, Click.at)
+        select(Message.id, Message.subject, Delivery.recipient, ClickLink.url, Click.at)
         .join(Delivery, Delivery.id == Click.delivery_id)
         .join(Message, Message.id == Delivery.message_id)
         .join(
@@ -465,10 +476,13 @@ async def person_clicks_between(
         )
         .where(Click.verdict.in_(PERSON_VERDICTS), Click.at >= start, Click.at < end)
         .order_by(Click.at)
+        .limit(limit)
     )
-    if user_id is not None:
-        q = q.where(Message.user_id == user_id)
-    return list((await session.execute(q)).all())
+    if user is not None:
+        owner = select(User.id).where(User.address == user.lower()).scalar_subquery()
+        q = q.where(Message.user_id == owner)
+    rows = await session.execute(q)
+    return [PersonClick(i, subj, r, url, _aware(at)) for i, subj, r, url, at in rows]
 
 
 __all__ = [

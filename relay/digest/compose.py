@@ -185,6 +185,19 @@ def compose(data: DigestData, tz: ZoneInfo, report_url: str, now: dt.datetime) -
                 )
             )
         text.append("")
+    if data.clicks:
+        text.append("LINKS CLICKED")
+        html.append(_heading("Links clicked"))
+        for c in data.clicks:
+            line = f"{c.recipient} clicked {c.url} in {c.subject or '(no subject)'}"
+            text.append(f"* {line} — {when(c.at)}")
+            html.append(
+                f'<p style="margin:0 0 8px;word-break:break-all">'
+                f'<a href="{escape(base)}/messages/{c.message_id}" style="color:#0969da;'
+                f'text-decoration:none">{escape(line)}</a> '
+                f'<span style="color:#57606a;font-size:13px">{escape(when(c.at))}</span></p>'
+            )
+        text.append("")
     failed = data.failed
     if failed:
         text.append("NOT DELIVERED")

@@ -7,11 +7,12 @@ what a state means: both show DeliveryRow.chip.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from pixelserver.store.clickrecords import PersonClick, person_clicks_between
 from pixelserver.store.queries import (
     MESSAGE_COLUMNS,
     DeliveryRow,
@@ -47,6 +48,7 @@ class DigestData:
     more_sent: int  # beyond MAX_MESSAGES
     late_opens: list[LateOpen]
     unopened: int  # messages of the last UNOPENED_DAYS days that nobody has read yet
+    clicks: list[PersonClick] = field(default_factory=list)  # a person's, in the period
 
     @property
     def failed(self) -> list[tuple[MessageRow, DeliveryRow]]:
@@ -55,7 +57,7 @@ class DigestData:
     @property
     def empty(self) -> bool:
         """Nothing sent and nothing opened: a day worth no email unless asked for."""
-        return not self.sent and not self.late_opens
+        return not self.sent and not self.late_opens and not self.clicks
 
 
 async def collect(
@@ -108,4 +110,5 @@ async def collect(
             LateOpen(i, subject, sent, delivery_row(d)) for i, subject, sent, d in late.all()
         ],
         unopened=unopened,
+        clicks=await person_clicks_between(session, user, start, end, MAX_MESSAGES),
     )
