@@ -4,7 +4,8 @@ Opt-in (docs/clicks.md). Only `<a href>` links to http/https addresses in the HT
 get a pixel are rewritten, to `{public_url}/c/<token>/<n>/<tag>` (short, on the tracking
 domain, no query: long opaque links are what filters dislike). The visible text stays as it
 is. Never rewritten: mailto:, tel:, anchors, any other scheme, the unsubscribe link (a
-List-Unsubscribe target, or a link whose address or text says unsubscribe), links to the
+List-Unsubscribe target, or a link whose address or text says unsubscribe), a link whose
+visible text is an address (it would show one address and lead to another), links to the
 tracking domain itself, text parts, and every message the relay leaves untouched.
 
 Links of this MailPing already in the HTML (the quoted text of a forward or a reply) are put
@@ -228,7 +229,15 @@ def _anchor_text(text: str, start: int) -> str:
     return _html.unescape(_TAG_RE.sub(" ", inner))
 
 
+# A link's visible text that is itself an address ("https://example.com/x", "www.example.com",
+# "example.com/offers"): rewritten, it would show one address and lead to another, which is
+# what phishing filters score and careful readers distrust; such links stay as they are.
+_URL_TEXT_RE = re.compile(r"(?:https?://|www\.)\S+|[\w-]+(?:\.[\w-]+)*\.[a-z]{2,}(?:/\S*)?", re.I)
+
+
 def _rewritable(url: str, public: str, unsubscribe: frozenset[str], anchor: str) -> bool:
+    if _URL_TEXT_RE.fullmatch(anchor.strip()):
+        return False
     if not url or len(url) > MAX_URL or any(c.isspace() or ord(c) < 0x20 for c in url):
         return False
     try:
