@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from pixelserver.store.clickrecords import Click, clicks_by_delivery
+from pixelserver.store import erasure
+from pixelserver.store.clickrecords import Click, ClickLink, clicks_by_delivery
 from pixelserver.store.schema import Delivery, Message, User
 from relay import service
 from relay.config import ClicksConfig
@@ -333,3 +334,20 @@ async def test_the_digest_lists_a_persons_clicks_not_a_scanners(clicks_stack) ->
     assert f"* ana@example.org clicked {LINKS['docs']} in Spring" in text
     assert "bob@example.net clicked" not in text
     assert "ana@example.org: Read · clicked" in text
+
+
+async def test_forgetting_a_recipient_erases_their_clicks_and_personal_links(clicks_stack) -> None:
+    cfg, store, upstream = clicks_stack
+    base = cfg.pixelserver.public_url
+    personal = "https://news.example.com/read?who=zoe%40example.com&n=1"
+    html = f'<html><body><p><a href="{personal}">Read it</a></p></body></html>'
+    (copy,) = await send(cfg, upstream, message(html), ["zoe@example.com"])
+    (link,) = click_links(html_of(copy), base)
+    await backdate(store, 3600)
+    assert (await click(link, "73.15.20.9")).headers["Location"] == personal
+    await erasure.forget_recipient(store, "zoe@example.com", user=None, vacuum=False)
+    async with store() as s:
+        assert (await s.execute(select(Click))).all() == []
+        assert (await s.execute(select(ClickLink))).all() == []
+    r = await click(link, "73.15.20.9")
+    assert r.code == 404 and "Location" not in r.headers

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver.store.accounts import get_or_create_user
 from pixelserver.store.appsecrets import app_secret
+from pixelserver.store.clickrecords import Click, ClickLink
 from pixelserver.store.messages import search_text
 from pixelserver.store.schema import (
     ApiToken,
@@ -125,6 +126,7 @@ async def forget_recipient(
         delivery_ids = [r.id for r in rows]
         done.deliveries = len(delivery_ids)
         done.messages = await _drop_deliveries(session, delivery_ids, {r.message_id for r in rows})
+        await _drop_links_naming(session, address, {r.message_id for r in rows})
         await _drop_rule(session, address, user_id)
         key = await app_secret(session, ERASURE_KEY)
         digest = address_hash(key, address)
@@ -175,6 +177,8 @@ async def erase_user(
             # Hits and deliveries explicitly (not only by cascade): SQLite enforces foreign
             # keys only where the connection asked for it.
             await session.execute(delete(Hit).where(Hit.delivery_id.in_(delivery_ids)))
+            await session.execute(delete(Click).where(Click.delivery_id.in_(delivery_ids)))
+            await session.execute(delete(ClickLink).where(ClickLink.message_id.in_(messages)))
             await session.execute(delete(Delivery).where(Delivery.id.in_(delivery_ids)))
             done.messages = (
                 await session.execute(delete(Message).where(Message.user_id == user_id))
@@ -194,6 +198,23 @@ async def erase_user(
     return done
 
 
+async def _drop_links_naming(session: AsyncSession, address: str, message_ids: set[int]) -> None:
+    """Rewritten links of these messages whose address names the recipient (a personalised
+    link such as ?email=ana@example.org, plain or percent-encoded): their clicks then find no
+    link and are answered "not found", which is what forgetting asks."""
+    if not message_ids or "@" not in address:
+        return
+    forms = {address, address.replace("@", "%40")}
+    for form in forms:
+        like = "%" + form.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        await session.execute(
+            delete(ClickLink).where(
+                ClickLink.message_id.in_(sorted(message_ids)),
+                func.lower(ClickLink.url).like(like.lower(), escape="\\"),
+            )
+        )
+
+
 async def _drop_deliveries(
     session: AsyncSession, delivery_ids: list[int], message_ids: set[int]
 ) -> int:
@@ -202,6 +223,7 @@ async def _drop_deliveries(
     if not delivery_ids:
         return 0
     await session.execute(delete(Hit).where(Hit.delivery_id.in_(delivery_ids)))
+    await session.execute(delete(Click).where(Click.delivery_id.in_(delivery_ids)))
     await session.execute(delete(Delivery).where(Delivery.id.in_(delivery_ids)))
     gone = 0
     for message_id in sorted(message_ids):

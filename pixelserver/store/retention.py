@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from pixelserver.store import throttle
+from pixelserver.store.clickrecords import Click, ClickLink
 from pixelserver.store.hitrecords import SENDER_NETWORK_DAYS
 from pixelserver.store.schema import Delivery, DigestRun, Hit, Message, UserNetwork
 from pixelserver.store.websessions import SessionLimits, purge_web_sessions
@@ -109,12 +110,19 @@ async def purge_before(session: AsyncSession, cutoff: dt.datetime) -> tuple[int,
     """Delete messages accepted before `cutoff` (with their deliveries and hits) and any hit
     older than it; returns (messages, hits) deleted."""
     hits = (await session.execute(delete(Hit).where(Hit.at < cutoff))).rowcount or 0
+    await session.execute(delete(Click).where(Click.at < cutoff))  # clicks age like hits
     old = select(Message.id).where(Message.accepted_at < cutoff)
     await session.execute(
         delete(Hit).where(
             Hit.delivery_id.in_(select(Delivery.id).where(Delivery.message_id.in_(old)))
         )
     )
+    await session.execute(
+        delete(Click).where(
+            Click.delivery_id.in_(select(Delivery.id).where(Delivery.message_id.in_(old)))
+        )
+    )
+    await session.execute(delete(ClickLink).where(ClickLink.message_id.in_(old)))
     await session.execute(delete(Delivery).where(Delivery.message_id.in_(old)))
     messages = (
         await session.execute(delete(Message).where(Message.accepted_at < cutoff))
