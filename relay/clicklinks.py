@@ -34,7 +34,8 @@ MAX_URL = 8000
 TAG_LEN = 12
 _ATTRS = r"""(?:[^>"']|"[^"]*"|'[^']*')*"""
 _A_RE = re.compile(rf"<a\b{_ATTRS}>", re.I)
-_HREF_RE = re.compile(r"""[\s"'/]href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""", re.I)
+# An unquoted value runs to white space or ">" (as browsers read it, "=" and quotes included).
+_HREF_RE = re.compile(r"""[\s"'/]href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
 _CLOSE_A_RE = re.compile(r"</a\s*>", re.I)
 _TAG_RE = re.compile(r"<[^>]*>")
 _SCHEME_RE = re.compile(r"^(?:https?:)?//", re.I)
