@@ -442,7 +442,31 @@ def config_warnings(cfg: Config) -> list[str]:
             f'through this relay. List your people: allowed_senders = ["@your-domain"] or '
             f"their addresses ({cfg.source})"
         )
+    if cfg.clicks.enabled:
+        warnings.extend(click_warnings(cfg.pixelserver.public_url, cfg.source))
     return warnings
+
+
+def click_warnings(public_url: str, source: str) -> list[str]:
+    """Rewritten links through an address filters and readers distrust (docs/clicks.md)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(public_url)
+    host = parts.hostname or ""
+    odd = []
+    if parts.scheme != "https":
+        odd.append("not https")
+    if parts.port not in (None, 443, 80):
+        odd.append(f"port {parts.port}")
+    if host.replace(".", "").isdigit() or ":" in host or host == "localhost":
+        odd.append("an IP address or localhost, not a name")
+    if not odd:
+        return []
+    return [
+        f"WARNING: clicks.enabled rewrites links to pixelserver.public_url = {public_url!r}, "
+        f"which is {', '.join(odd)}: links through it hurt deliverability and look suspicious "
+        f"({source}; docs/clicks.md)"
+    ]
 
 
 def _database_password(database: DatabaseConfig, env: Mapping[str, str], file: str) -> str:

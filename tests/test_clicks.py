@@ -351,3 +351,29 @@ async def test_forgetting_a_recipient_erases_their_clicks_and_personal_links(cli
         assert (await s.execute(select(ClickLink))).all() == []
     r = await click(link, "73.15.20.9")
     assert r.code == 404 and "Location" not in r.headers
+
+
+def test_config_loads_clicks_and_warns_of_addresses_filters_distrust(tmp_path: Path) -> None:
+    from relay.config import config_warnings, load_config
+
+    path = tmp_path / "mailping.toml"
+    base = '[relay]\nlisten = "127.0.0.1:2525"\n'
+    path.write_text(base)
+    assert load_config(path).clicks.enabled is False  # off by default
+    path.write_text(
+        base + '[clicks]\nenabled = true\n[pixelserver]\npublic_url = "http://127.0.0.1:8025"\n'
+    )
+    cfg = load_config(path)
+    assert cfg.clicks.enabled is True
+    (warning,) = [w for w in config_warnings(cfg) if "clicks.enabled" in w]
+    assert "not https" in warning and "port 8025" in warning and str(path) in warning
+    path.write_text(
+        base + '[clicks]\nenabled = true\n[pixelserver]\npublic_url = "https://t.example.com"\n'
+    )
+    assert not [w for w in config_warnings(load_config(path)) if "clicks" in w]
+    path.write_text(base + "[clicks]\nenabled = 1\n")
+    with pytest.raises(Exception, match="clicks.enabled"):
+        load_config(path)
+    path.write_text(base + "[clicks]\nenable = true\n")
+    with pytest.raises(Exception, match="clicks.enable"):
+        load_config(path)
