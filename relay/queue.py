@@ -26,11 +26,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import metrics
 from pixelserver.store.appsecrets import token_key
 from pixelserver.tokens import click_tag, click_url
 from pixelserver.vocabulary import Outcome as StoreOutcome
-from relay import clicklinks, rewrite, spool, tracking
+from relay import clicklinks, metrics, rewrite, spool, tracking
 from relay.config import QueueConfig, parse_duration
 from relay.dsn import DELAYED, FAILED, Item, build_dsn
 from relay.forward import ACCEPTED, REJECTED, Copy, CopyKind, Credentials, Outcome, Upstream

@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import select, update
 
 from pixelserver.store import erasure
-from pixelserver.store.clickrecords import Click, ClickLink, clicks_by_delivery
+from pixelserver.store.clickrecords import Click, ClickLink
+from pixelserver.store.clickreports import clicks_by_delivery
 from pixelserver.store.schema import Delivery, Message, User
 from relay import service
 from relay.config import ClicksConfig

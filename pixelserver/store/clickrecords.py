@@ -48,7 +48,7 @@ from pixelserver.store.schema import (
 from pixelserver.store.states import refresh_states
 from pixelserver.verdicts import clickjudge
 from pixelserver.verdicts.networks import NetworkFacts
-from pixelserver.vocabulary import PERSON_VERDICTS, Verdict
+from pixelserver.vocabulary import Verdict
 
 MAX_URL = 8000  # longer href values are left as they are by the relay
 SENDER_NETWORK_DAYS = 30
@@ -356,150 +356,15 @@ def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
-# --- the report's side --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LinkClicks:
-    """The clicks of one recipient on one link."""
-
-    n: int
-    url: str
-    people: int
-    machines: int
-    first_person: dt.datetime | None
-    last_verdict: str
-    last_rule: str
-
-
-async def message_links(session: AsyncSession, message_id: int) -> list[tuple[int, str]]:
-    rows = await session.execute(
-        select(ClickLink.n, ClickLink.url)
-        .where(ClickLink.message_id == message_id)
-        .order_by(ClickLink.n)
-    )
-    return [(n, url) for n, url in rows]
-
-
-async def links_of_delivery(session: AsyncSession, delivery_id: int) -> list[tuple[int, str]]:
-    rows = await session.execute(
-        select(ClickLink.n, ClickLink.url)
-        .join(Delivery, Delivery.message_id == ClickLink.message_id)
-        .where(Delivery.id == delivery_id)
-        .order_by(ClickLink.n)
-    )
-    return [(n, url) for n, url in rows]
-
-
-async def clicks_by_delivery(
-    session: AsyncSession, delivery_ids: Sequence[int]
-) -> dict[int, list[LinkClicks]]:
-    """Per delivery, per link clicked: how many clicks a person made and how many machines."""
-    if not delivery_ids:
-        return {}
-    rows = (
-        await session.execute(
-            select(
-                Click.delivery_id,
-                Click.n,
-                ClickLink.url,
-                Click.verdict,
-                Click.rule,
-                Click.at,
-            )
-            .join(Delivery, Delivery.id == Click.delivery_id)
-            .join(
-                ClickLink,
-                and_(ClickLink.message_id == Delivery.message_id, ClickLink.n == Click.n),
-            )
-            .where(Click.delivery_id.in_(sorted(set(delivery_ids))))
-            .order_by(Click.delivery_id, Click.n, Click.at)
-        )
-    ).all()
-    grouped: dict[tuple[int, int], list[Any]] = defaultdict(list)
-    for r in rows:
-        grouped[(r.delivery_id, r.n)].append(r)
-    out: dict[int, list[LinkClicks]] = defaultdict(list)
-    for (delivery_id, n), clicks in grouped.items():
-        people = [c for c in clicks if c.verdict in PERSON_VERDICTS]
-        out[delivery_id].append(
-            LinkClicks(
-                n=n,
-                url=clicks[0].url,
-                people=len(people),
-                machines=len(clicks) - len(people),
-                first_person=_aware(people[0].at) if people else None,
-                last_verdict=clicks[-1].verdict,
-                last_rule=clicks[-1].rule,
-            )
-        )
-    return dict(out)
-
-
-async def clicks_of_deliveries(
-    session: AsyncSession, delivery_ids: Sequence[int]
-) -> dict[int, list[Click]]:
-    """Every click of these deliveries, oldest first, with its verdict and reasons."""
-    out: dict[int, list[Click]] = defaultdict(list)
-    if not delivery_ids:
-        return {}
-    rows = await session.execute(
-        select(Click).where(Click.delivery_id.in_(sorted(set(delivery_ids)))).order_by(Click.at)
-    )
-    for c in rows.scalars():
-        out[c.delivery_id].append(c)
-    return dict(out)
-
-
-@dataclass(frozen=True)
-class PersonClick:
-    """A person's click, for the digest."""
-
-    message_id: int
-    subject: str
-    recipient: str
-    url: str
-    at: dt.datetime
-
-
-async def person_clicks_between(
-    session: AsyncSession, user: str | None, start: dt.datetime, end: dt.datetime, limit: int = 100
-) -> list[PersonClick]:
-    """A person's clicks in [start, end) on the mail of `user` (None: everyone's)."""
-    q = (
-        select(Message.id, Message.subject, Delivery.recipient, ClickLink.url, Click.at)
-        .join(Delivery, Delivery.id == Click.delivery_id)
-        .join(Message, Message.id == Delivery.message_id)
-        .join(
-            ClickLink,
-            and_(ClickLink.message_id == Delivery.message_id, ClickLink.n == Click.n),
-        )
-        .where(Click.verdict.in_(PERSON_VERDICTS), Click.at >= start, Click.at < end)
-        .order_by(Click.at)
-        .limit(limit)
-    )
-    if user is not None:
-        owner = select(User.id).where(User.address == user.lower()).scalar_subquery()
-        q = q.where(Message.user_id == owner)
-    rows = await session.execute(q)
-    return [PersonClick(i, subj, r, url, _aware(at)) for i, subj, r, url, at in rows]
-
-
 __all__ = [
     "Click",
     "ClickLink",
-    "LinkClicks",
     "NewClick",
     "Target",
     "add_click",
     "add_links",
     "click_choice",
     "set_click_choice",
-    "clicks_by_delivery",
-    "clicks_of_deliveries",
     "find_target",
-    "message_links",
-    "links_of_delivery",
     "original_urls",
-    "person_clicks_between",
 ]

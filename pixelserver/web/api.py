@@ -21,7 +21,7 @@ import tornado.web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pixelserver.store import clickrecords, erasure, queries
+from pixelserver.store import clickreports, erasure, queries
 from pixelserver.store.accounts import api_token_user
 from pixelserver.store.schema import Hit
 from pixelserver.verdicts.state import STATES
@@ -195,7 +195,7 @@ class MessageApi(ApiHandler):
             detail = await queries.message_detail(session, self.api_user, int(message_id))
             if detail is None:
                 raise ApiError(404, "not_found", "no such message")
-            per_link = await clickrecords.clicks_by_delivery(
+            per_link = await clickreports.clicks_by_delivery(
                 session, [d.id for d in detail.message.deliveries]
             )
         body = message_json(detail.message)
@@ -220,8 +220,8 @@ class ClicksApi(ApiHandler):
         async with self.sessions() as session:
             if not await queries.delivery_owned(session, self.api_user, int(delivery_id)):
                 raise ApiError(404, "not_found", "no such delivery")
-            rows = await clickrecords.clicks_of_deliveries(session, [int(delivery_id)])
-            links = dict(await clickrecords.links_of_delivery(session, int(delivery_id)))
+            rows = await clickreports.clicks_of_deliveries(session, [int(delivery_id)])
+            links = dict(await clickreports.links_of_delivery(session, int(delivery_id)))
         self.write(
             {
                 "clicks": [

@@ -11,7 +11,6 @@ from pathlib import Path
 import tornado.web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver.clicks import CLICK_ROUTE, ClickHandler
 from pixelserver.config import DigestConfig, PixelServerConfig, parse_listen, parse_networks
 from pixelserver.metrics import MetricsHandler
 from pixelserver.tokens import pixel_url
@@ -27,6 +26,7 @@ from pixelserver.web.api import (
     RecipientApi,
 )
 from pixelserver.web.base import LoginPage, LogoutPage, WebAuth, demo_hosts
+from pixelserver.web.clicks import CLICK_ROUTE, ClickHandler
 from pixelserver.web.live import EventsHandler
 from pixelserver.web.reports import (
     AboutPage,

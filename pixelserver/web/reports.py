@@ -18,7 +18,15 @@ import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 
 from pixelserver.config import DigestConfig
-from pixelserver.store import clickrecords, digests, erasure, links, preferences, queries
+from pixelserver.store import (
+    clickrecords,
+    clickreports,
+    digests,
+    erasure,
+    links,
+    preferences,
+    queries,
+)
 from pixelserver.store.accounts import api_tokens, create_api_token, revoke_api_token
 from pixelserver.store.websessions import count_user_sessions, end_other_sessions
 from pixelserver.verdicts.networks import mask
@@ -103,8 +111,8 @@ class MessagePage(BasePage):
         urls = {d: self.extra["pixel_url"](t) for d, t in detail.link_tokens.items()}
         ids = [d.id for d in detail.message.deliveries]
         async with self.sessions() as session:
-            click_summary = await clickrecords.clicks_by_delivery(session, ids)
-            clicks = await clickrecords.clicks_of_deliveries(session, ids)
+            click_summary = await clickreports.clicks_by_delivery(session, ids)
+            clicks = await clickreports.clicks_of_deliveries(session, ids)
         self.render(
             "message.html",
             m=detail.message,

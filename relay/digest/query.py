@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pixelserver.store.clickrecords import PersonClick, person_clicks_between
+from pixelserver.store.clickreports import PersonClick, person_clicks_between
 from pixelserver.store.queries import (
     MESSAGE_COLUMNS,
     DeliveryRow,
