@@ -212,6 +212,8 @@ def validate_pixelserver(cfg: PixelServerConfig, file: str) -> None:
         raise ConfigError(file, "pixelserver.public_url", "must start with http:// or https://")
     if not cfg.pixel_path or not all(c.isalnum() or c in "-_" for c in cfg.pixel_path):
         raise ConfigError(file, "pixelserver.pixel_path", "letters, digits, - and _ only")
+    if cfg.pixel_path == "c":  # pixelserver/tokens.py CLICK_PATH
+        raise ConfigError(file, "pixelserver.pixel_path", '"c" is the path of click links')
     if not 1 <= cfg.workers <= 64:
         raise ConfigError(file, "pixelserver.workers", "from 1 to 64 processes")
     if cfg.record_burst_per_token < 1:

@@ -378,3 +378,15 @@ def test_config_loads_clicks_and_warns_of_addresses_filters_distrust(tmp_path: P
     path.write_text(base + "[clicks]\nenable = true\n")
     with pytest.raises(Exception, match="clicks.enable"):
         load_config(path)
+
+
+def test_the_pixel_path_cannot_take_the_click_links_path(tmp_path: Path) -> None:
+    from pixelserver.tokens import CLICK_PATH
+    from relay.config import load_config
+
+    path = tmp_path / "mailping.toml"
+    path.write_text(
+        f'[relay]\nlisten = "127.0.0.1:2525"\n[pixelserver]\npixel_path = "{CLICK_PATH}"\n'
+    )
+    with pytest.raises(Exception, match="pixelserver.pixel_path"):
+        load_config(path)
