@@ -56,7 +56,7 @@ def message(html: str = HTML, **headers: str) -> bytes:
         msg[k] = v
     msg.set_content("See https://shop.example.com/spring in the text part too.")
     msg.add_alternative(html, subtype="html")
-    return msg.as_bytes()
+    return msg.as_bytes(policy=policy.SMTP)  # CRLF, as a mail client sends it
 
 
 def html_of(raw: bytes) -> str:
@@ -390,3 +390,28 @@ def test_the_pixel_path_cannot_take_the_click_links_path(tmp_path: Path) -> None
     )
     with pytest.raises(Exception, match="pixelserver.pixel_path"):
         load_config(path)
+
+
+async def test_a_scanner_clicking_every_link_at_once_is_answered_and_labelled(clicks_stack) -> None:
+    """Gateways follow links in parallel: every request is answered with its redirect, and
+    the clicks, arriving together, are judged together (none left a person's)."""
+    cfg, store, upstream = clicks_stack
+    base = cfg.pixelserver.public_url
+    html = (
+        "<html><body>"
+        + "".join(f'<p><a href="https://shop.example.com/p/{i}">item {i}</a></p>' for i in range(6))
+        + "</body></html>"
+    )
+    (copy,) = await send(cfg, upstream, message(html), ["ana@example.org"])
+    links = click_links(html_of(copy), base)
+    assert len(links) == 6
+    await backdate(store, 3600)
+    answers = await asyncio.gather(*(click(u, "198.51.100.7") for u in links))
+    assert [a.code for a in answers] == [302] * 6
+    assert sorted(a.headers["Location"] for a in answers) == [
+        f"https://shop.example.com/p/{i}" for i in range(6)
+    ]
+    async with store() as s:
+        rows = (await s.execute(select(Click))).scalars().all()
+    assert sorted(c.rule for c in rows) == ["click-burst"] * 6
+    assert (await delivery(store, "ana@example.org")).human_clicks == 0

@@ -9,6 +9,7 @@ import dataclasses
 import datetime as dt
 import re
 import shutil
+from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -37,7 +38,7 @@ def _mail(subject: str, html: str, text: str, **headers: str) -> bytes:
         msg[k] = v
     msg.set_content(text)
     msg.add_alternative(html, subtype="html")
-    return msg.as_bytes()
+    return msg.as_bytes(policy=policy.SMTP)  # CRLF, as a mail client sends it
 
 
 NOTE = _mail(

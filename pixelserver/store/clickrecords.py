@@ -197,6 +197,13 @@ class NewClick:
 async def add_click(session: AsyncSession, target: Target, click: NewClick) -> str:
     """Store one click, judge it and the clicks its arrival sheds light on, and bring the
     deliveries concerned up to date; returns the new click's verdict."""
+    # Clicks on one copy are judged one after another: a gateway follows all links at once,
+    # and two transactions that cannot see each other's click would each judge theirs alone.
+    # (PostgreSQL: this row lock, across processes; SQLite serialises writers anyway, and the
+    # handler serialises its own transactions.)
+    await session.execute(
+        select(Delivery.id).where(Delivery.id == target.delivery_id).with_for_update()
+    )
     seconds = max(0.0, (click.at - target.accepted_at).total_seconds())
     net = click.network
     new_id = (

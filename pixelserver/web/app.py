@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -98,7 +99,11 @@ def make_app(
     return tornado.web.Application(
         [
             (r"/", MessagesPage, pages),
-            (CLICK_ROUTE, ClickHandler, {**pages, "networks": networks}),
+            (
+                CLICK_ROUTE,
+                ClickHandler,
+                {**pages, "networks": networks, "click_lock": asyncio.Lock()},
+            ),
             (r"/export\.csv", ExportPage, pages),
             (r"/messages/([0-9]{1,18})", MessagePage, pages),
             (r"/recipients/([^/]{1,400})", RecipientPage, pages),

@@ -11,6 +11,7 @@ are told where the link could not be followed.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hmac
 import logging
@@ -59,8 +60,12 @@ class ClickHandler(tornado.web.RequestHandler):
         sessions: async_sessionmaker[AsyncSession],
         trusted_proxies: Sequence[Network],
         networks: Networks | None,
+        click_lock: asyncio.Lock,
         **_: object,
     ) -> None:
+        # The app's click transactions, one at a time: clicks are few, and judged together
+        # they must see each other (SQLite would refuse a second writer's stale snapshot).
+        self.one_at_a_time = click_lock
         self.sessions = sessions
         self.trusted_proxies = trusted_proxies
         self.networks = networks
@@ -82,7 +87,7 @@ class ClickHandler(tornado.web.RequestHandler):
 
     async def _click(self, token: str, n: int, tag: str) -> None:
         try:
-            async with self.sessions.begin() as session:
+            async with self.one_at_a_time, self.sessions.begin() as session:
                 key = await token_key(session)
                 if not tag_ok(token, key):  # forged or random: no lookup, no record
                     metrics.FORGED_TOKENS.inc()
