@@ -415,3 +415,48 @@ async def test_a_scanner_clicking_every_link_at_once_is_answered_and_labelled(cl
         rows = (await s.execute(select(Click))).scalars().all()
     assert sorted(c.rule for c in rows) == ["click-burst"] * 6
     assert (await delivery(store, "ana@example.org")).human_clicks == 0
+
+
+async def test_a_persons_first_click_per_link_is_told_apart(store) -> None:
+    """What a `delivery.clicked` event needs: the first click a person makes on each link."""
+    from pixelserver.store import clickrecords
+    from pixelserver.verdicts.networks import NetworkFacts
+    from relay import tracking
+
+    recorded = await tracking.record_message(
+        store,
+        user="me@example.com",
+        envelope_from="me@example.com",
+        recipients=["ana@example.org"],
+        subject="s",
+        message_id_header="<s@x>",
+        size=10,
+        untracked_reason=None,
+    )
+    token = recorded.deliveries[0].token
+    async with store.begin() as s:
+        await clickrecords.add_links(s, token, ["https://a.example/", "https://b.example/"])
+    await backdate(store, 3600)
+
+    async def one(n: int, ip: str, minutes: float, ua: str = PERSON_UA):
+        at = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=minutes)
+        async with store.begin() as s:
+            target = await clickrecords.find_target(s, token, n)
+            assert target is not None
+            net = NetworkFacts(prefix=ip)
+            return await clickrecords.add_click(
+                s, target, clickrecords.NewClick(n, at, "GET", net, ua)
+            )
+
+    results = [
+        await one(0, "198.51.100.0/24", 0, ua="python-requests/2.32"),
+        await one(0, "73.15.20.0/24", 1),
+        await one(0, "73.15.20.0/24", 5),
+        await one(1, "73.15.20.0/24", 9),
+    ]
+    assert [(r.verdict, r.first_by_person) for r in results] == [
+        ("bot", False),
+        ("human", True),
+        ("human", False),
+        ("human", True),
+    ]

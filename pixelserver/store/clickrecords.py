@@ -194,9 +194,16 @@ class NewClick:
     user_agent: str
 
 
-async def add_click(session: AsyncSession, target: Target, click: NewClick) -> str:
+@dataclass(frozen=True)
+class ClickResult:
+    verdict: str
+    # A person's first click on this link of this copy (what a `delivery.clicked` event is).
+    first_by_person: bool
+
+
+async def add_click(session: AsyncSession, target: Target, click: NewClick) -> ClickResult:
     """Store one click, judge it and the clicks its arrival sheds light on, and bring the
-    deliveries concerned up to date; returns the new click's verdict."""
+    deliveries concerned up to date."""
     # Clicks on one copy are judged one after another: a gateway follows all links at once,
     # and two transactions that cannot see each other's click would each judge theirs alone.
     # (PostgreSQL: this row lock, across processes; SQLite serialises writers anyway, and the
@@ -244,7 +251,14 @@ async def add_click(session: AsyncSession, target: Target, click: NewClick) -> s
     touched = {r.delivery_id for r in rows if r.id in {c["c_id"] for c in changed}}
     await _count_person_clicks(session, touched | {target.delivery_id})
     await refresh_states(session, touched | {target.delivery_id})
-    return verdicts[new_id].kind
+    kind = verdicts[new_id].kind
+    earlier = [
+        r
+        for r in rows
+        if r.delivery_id == target.delivery_id and r.n == click.n and r.id != new_id
+        and verdicts[r.id].kind == Verdict.HUMAN
+    ]  # fmt: skip
+    return ClickResult(kind, kind == Verdict.HUMAN and not earlier)
 
 
 async def _sender_prefixes(session: AsyncSession, target: Target) -> frozenset[str]:
@@ -366,6 +380,7 @@ def _aware(value: dt.datetime) -> dt.datetime:
 __all__ = [
     "Click",
     "ClickLink",
+    "ClickResult",
     "NewClick",
     "Target",
     "add_click",
