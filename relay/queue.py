@@ -387,6 +387,8 @@ class QueueRunner:
         store away since this process started) or with links that differ from those recorded
         (a MailPing upgraded between two attempts), copies keep the original addresses."""
         h = entry.header
+        if not h.get("clicks") and not h.get("restore"):  # nearly always: nothing to walk
+            return _Links(clicklinks.ClickPlan(prepared, ()))
         plan = clicklinks.plan(
             prepared,
             data,
