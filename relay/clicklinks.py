@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from html.entities import html5 as _html5
 from urllib.parse import urlsplit
 
 from relay.rewrite import MAX_LINE, PIXEL_TAG, Chunks, HtmlSlot, Prepared
@@ -104,7 +105,27 @@ def _slots(prepared: Prepared) -> list[HtmlSlot]:
 
 
 def _value(m: re.Match[str]) -> str:
-    return _html.unescape(next(g for g in m.groups() if g is not None)).strip()
+    return attribute_unescape(next(g for g in m.groups() if g is not None)).strip()
+
+
+_REF_RE = re.compile(r"&(?:#[0-9]+;?|#[xX][0-9a-fA-F]+;?|([A-Za-z][A-Za-z0-9]*)(;?))")
+
+
+def attribute_unescape(value: str) -> str:
+    """An attribute value as a browser reads it (HTML 13.2.5.72): like html.unescape, except
+    that a named reference without ";" followed by "=" or a letter or digit stays as written,
+    so "?a=1&copy=2" is the query it looks like, not "?a=1©=2"."""
+
+    def one(m: re.Match[str]) -> str:
+        name, semi = m.group(1), m.group(2)
+        if name is None or semi:
+            return _html.unescape(m.group(0))
+        after = m.string[m.end() : m.end() + 1]
+        if after == "=" or f"{name};" not in _html5 or name not in _html5:
+            return m.group(0)  # not a whole legacy name, or followed by "=": kept
+        return _html5[name]
+
+    return _REF_RE.sub(one, value)
 
 
 @dataclass(frozen=True)

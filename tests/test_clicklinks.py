@@ -155,3 +155,12 @@ def test_the_corpus_check_above_sees_links() -> None:
     assert len(with_links) >= 3, with_links
     for name in ("dkim_signed_html.eml", "smime_signed.eml", "opt_out_header.eml"):
         assert name not in with_links
+
+
+def test_a_query_that_looks_like_an_entity_is_read_as_a_browser_reads_it() -> None:
+    html = (
+        '<p><a href="https://a.example/?a=1&copy=2&amp;times=3&para">x</a> '
+        '<a href="https://b.example/?q=&notit=1&#38;r=&lt;">y</a></p>'
+    )
+    _, _, links = copies(mail(html))
+    assert links == ("https://a.example/?a=1&copy=2&times=3¶", "https://b.example/?q=&notit=1&r=<")
