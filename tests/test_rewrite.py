@@ -763,3 +763,22 @@ def test_a_soft_line_break_inside_the_url_stays_where_it_was() -> None:
         (slot,) = (p for p in prepared.pieces if isinstance(p, rewrite.HtmlSlot))
         breaks_in_url.update(slot._templates[len(url)].cuts)
     assert breaks_in_url == set(range(1, len(url)))
+
+
+@settings(max_examples=500)
+@given(
+    raw=st.lists(st.sampled_from([b"--", b"b=1", b"-", b"\r\n", b"\n", b" ", b"\t", b"x"])).map(
+        b"".join
+    ),
+    cut=st.integers(0, 3),
+)
+def test_delimiters_are_found_where_the_line_anchored_regex_finds_them(
+    raw: bytes, cut: int
+) -> None:
+    import re
+
+    start, end = min(cut, len(raw)), max(len(raw) - cut, min(cut, len(raw)))
+    regex = re.compile(rb"^--b=1(--)?[ \t]*(?:\r?\n|\Z)", re.M)
+    expected = [(m.start(), m.end(), m.group(1)) for m in regex.finditer(raw, start, end)]
+    found = [(s, m.end(), m.group(1)) for s, m in rewrite._delimiters(raw, start, end, b"b=1")]
+    assert found == expected
