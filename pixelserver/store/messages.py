@@ -29,6 +29,7 @@ from pixelserver.verdicts.state import (
     WAITING_OUTCOMES,
     outcome_state,
 )
+from pixelserver.vocabulary import Outcome, Source, State, Tracking
 
 
 def search_text(subject: str, recipients: Iterable[str]) -> str:
@@ -56,10 +57,10 @@ async def add_message(
     message_id_header: str,
     size: int,
     deliveries: Sequence[NewDelivery],
-    source: str = "relay",
+    source: str = Source.RELAY,
     owner: User | None = None,
     accepted_at: dt.datetime | None = None,
-    outcome: str = "pending",
+    outcome: str = Outcome.PENDING,
 ) -> tuple[Message, list[Delivery]]:
     """`owner`: the user row when the caller has read it already (one query less);
     `accepted_at`: when the relay took the message, if it is recorded later than that."""
@@ -85,7 +86,7 @@ async def add_message(
             tracking=d.tracking,
             untracked_reason=d.untracked_reason,
             outcome=outcome,
-            state="untracked" if d.tracking == "untracked" else "not_opened",
+            state=State.UNTRACKED if d.tracking == Tracking.UNTRACKED else State.NOT_OPENED,
         )
         for d in deliveries
     ]
@@ -141,7 +142,7 @@ async def set_outcomes_by_token(
     for token, outcome, reply in outcomes:
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
-        if outcome == "uncertain":
+        if outcome == Outcome.UNCERTAIN:
             uncertain.append(token)
         tokens.append(token)
         words.append(outcome)
@@ -168,7 +169,10 @@ async def set_outcomes_by_token(
 
 # The state an outcome leaves when it decides none: the copy's tracking says (as in
 # verdicts/state.py: an untracked copy is "untracked", a tracked one not opened yet).
-_OPENED_STATE = "CASE WHEN tracking = 'untracked' THEN 'untracked' ELSE 'not_opened' END"
+_OPENED_STATE = (
+    f"CASE WHEN tracking = '{Tracking.UNTRACKED.value}' THEN '{State.UNTRACKED.value}' "
+    f"ELSE '{State.NOT_OPENED.value}' END"
+)
 _PG_OUTCOMES = (
     "UPDATE delivery SET outcome = v.outcome, upstream_reply = v.reply, "
     "finished_at = v.finished, state = COALESCE(v.state, "
@@ -245,7 +249,7 @@ async def insert_spooled_message(
     accepted_at: dt.datetime,
     sender_prefix: str,
     deliveries: Sequence[NewDelivery],
-    outcome: str = "queued",
+    outcome: str = Outcome.QUEUED,
 ) -> int:
     """A relayed message and its deliveries, below the ORM, in as few statements as the
     database allows: on PostgreSQL one (INSERT of the message feeding an INSERT ... SELECT
@@ -270,7 +274,7 @@ async def insert_spooled_message(
             d.token,
             d.tracking,
             d.untracked_reason,
-            waiting or ("untracked" if d.tracking == "untracked" else "not_opened"),
+            waiting or (State.UNTRACKED if d.tracking == Tracking.UNTRACKED else State.NOT_OPENED),
         )
         for d in deliveries
     ]
@@ -323,7 +327,8 @@ _DELIVERY_COLUMNS = (
 _PG_MESSAGE = (
     f"INSERT INTO message ({_MESSAGE_COLUMNS}) "
     "SELECT u.id, $1::varchar, $2::text, $3::text, $4::integer, $5::timestamptz, $6::varchar, "
-    "$7::text, 'relay' FROM user_account AS u WHERE u.address = $8::varchar RETURNING id"
+    f"$7::text, '{Source.RELAY.value}' FROM user_account AS u WHERE u.address = $8::varchar "
+    "RETURNING id"
 )
 _PG_RECORD = (
     f"WITH m AS ({_PG_MESSAGE}) "
@@ -336,7 +341,8 @@ _PG_RECORD = (
 )
 _SQLITE_MESSAGE = (
     f"INSERT INTO message ({_MESSAGE_COLUMNS}) "
-    "SELECT id, ?, ?, ?, ?, ?, ?, ?, 'relay' FROM user_account WHERE address = ? RETURNING id"
+    f"SELECT id, ?, ?, ?, ?, ?, ?, ?, '{Source.RELAY.value}' FROM user_account "
+    "WHERE address = ? RETURNING id"
 )
 _SQLITE_DELIVERY = f"INSERT INTO delivery ({_DELIVERY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, '', ?)"
 
