@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import hashlib
 import json
@@ -186,21 +187,24 @@ class GroupCommit:
         number, fds, folder = self._gathering, self._fds, self._folder
         self._gathering, self._fds, self._folder = number + 1, [], False
         self._cond.release()
-        error = None
+        error: BaseException | None = None
         try:
             _flush(self.directory, fds, folder)
-        except OSError as exc:
+        except BaseException as exc:  # noqa: BLE001 - the batch is told, then it is re-raised
             error = exc
         finally:
             self._cond.acquire()
         self.flushes += 1
         if error is not None:
-            self._failed[number] = error
+            failed = error if isinstance(error, OSError) else OSError(errno.EIO, repr(error))
+            self._failed[number] = failed
         for old in [n for n in self._failed if n < number - 1000]:
             del self._failed[old]
         self._done = number
-        self._leading = False
+        self._leading = False  # whatever happened: the next batch must find no leader
         self._cond.notify_all()
+        if error is not None and not isinstance(error, OSError):
+            raise error
 
 
 def _flush(directory: Path, fds: list[int], folder: bool) -> None:

@@ -10,6 +10,8 @@ import signal
 import threading
 from pathlib import Path
 
+import pytest
+
 from relay import spool as spool_module
 from relay.spool import Spool
 from tests.conftest import capture_upstream, free_port
@@ -156,3 +158,28 @@ async def test_killed_right_after_250_replies_to_messages_spooled_together_loses
             proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(proc.wait, 20)
     assert [len(up.for_recipient(r)) for r in everyone] == [1] * len(everyone)
+
+
+def test_after_a_flush_that_raised_the_next_batch_still_gets_a_leader(
+    tmp_path, monkeypatch
+) -> None:
+    """Whatever a flush raises, its batch is woken with an error and the spool goes on."""
+    real_flush = spool_module._flush
+    monkeypatch.setattr(
+        spool_module, "_flush", lambda *a: (_ for _ in ()).throw(RuntimeError("bug"))
+    )
+    spool = Spool(tmp_path / "spool")
+    spool.open()
+    with pytest.raises(RuntimeError):
+        spool.put(header(0), b"x\r\n")
+    monkeypatch.setattr(spool_module, "_flush", real_flush)
+    done: list[str] = []
+    threads = [
+        threading.Thread(target=lambda n=n: done.append(spool.put(header(n), b"y\r\n").id))
+        for n in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert sorted(done) == spool.ids() and len(done) == 3
