@@ -19,6 +19,7 @@ message; `render_chunks` fills in each recipient's links.
 
 from __future__ import annotations
 
+import dataclasses
 import html as _html
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -139,10 +140,15 @@ class ClickSlot(HtmlSlot):
         def fill(parts: tuple[str | int, ...]) -> str:
             return "".join(p if isinstance(p, str) else link_url(p) for p in parts)
 
-        base = HtmlSlot(**{f: getattr(self, f) for f in HtmlSlot.__dataclass_fields__})
+        base = HtmlSlot(**_slot_fields(self))
         return replace(base, before=fill(self.before_parts), after=fill(self.after_parts)).encode(
             url
         )
+
+
+def _slot_fields(slot: HtmlSlot) -> dict:
+    """What an HtmlSlot is made from (not its per-message caches)."""
+    return {f.name: getattr(slot, f.name) for f in dataclasses.fields(HtmlSlot) if f.init}
 
 
 @dataclass(frozen=True)
@@ -192,8 +198,11 @@ def plan(
         if all(isinstance(p, str) for p in (*before, *after)):
             pieces.append(replace(piece, before="".join(before), after="".join(after)))  # type: ignore[arg-type]
         else:
-            fields = {f: getattr(piece, f) for f in HtmlSlot.__dataclass_fields__}
-            pieces.append(ClickSlot(**fields, before_parts=tuple(before), after_parts=tuple(after)))
+            pieces.append(
+                ClickSlot(
+                    **_slot_fields(piece), before_parts=tuple(before), after_parts=tuple(after)
+                )
+            )
     ordered = tuple(sorted(links, key=links.__getitem__))
     return ClickPlan(replace(prepared, pieces=tuple(pieces)), ordered)
 
@@ -298,7 +307,7 @@ def render_chunks(
             else:
                 out.append(p.encode_links(pixel_url, link_url))
         elif isinstance(p, HtmlSlot):
-            out.append(p.encode(pixel_url))
+            out += p.chunks(pixel_url)  # encoded once per message, the pixel URL spliced in
         else:
             out.append(p)
     return out

@@ -13,7 +13,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -23,11 +22,11 @@ from pixelserver.store.messages import (
     NewDelivery,
     add_message,
     insert_spooled_message,
+    sender_facts,
     set_outcomes,
     set_outcomes_by_token,
     tokens_recorded,
 )
-from pixelserver.store.schema import User
 from pixelserver.tokens import mint_token, pixel_url
 from pixelserver.verdicts.exclusions import excluded
 from pixelserver.vocabulary import Tracking, UntrackedReason
@@ -131,23 +130,15 @@ class ExclusionCache:
 
 async def _read_facts(sessions: async_sessionmaker[AsyncSession], user: str) -> TrackingFacts:
     async with sessions.begin() as session:  # begin: the first read of a secret makes it
-        row = (
-            await session.execute(
-                select(User.id, User.exclusions, User.clicks_enabled).where(
-                    User.address == user.strip().lower()
-                )
-            )
-        ).first()
-        user_id = row.id if row is not None else None
-        hashes = frozenset(await erasure.forgotten_hashes(session, user_id))
+        facts = await sender_facts(session, user)
         return TrackingFacts(
-            exclusions=list(row.exclusions or []) if row is not None else [],
-            forgotten_hashes=hashes,
+            exclusions=facts.exclusions,
+            forgotten_hashes=facts.forgotten_hashes,
             erasure_key=await appsecrets.cached_secret(session, erasure.ERASURE_KEY)
-            if hashes
+            if facts.forgotten_hashes
             else "",
             token_key=await appsecrets.token_key(session),
-            clicks=row.clicks_enabled if row is not None else None,
+            clicks=facts.clicks,
         )
 
 
@@ -193,10 +184,9 @@ async def record_spooled(
     async with sessions.begin() as session:
         if maybe_recorded and await tokens_recorded(session, [d.token for d in deliveries]):
             return
-        owner = await get_or_create_user(session, user)
-        await insert_spooled_message(
+        message_id = await insert_spooled_message(
             session,
-            user_id=owner.id,
+            user_address=user,
             envelope_from=envelope_from,
             subject=subject[:1000],
             message_id_header=message_id_header[:1000],
@@ -213,8 +203,8 @@ async def record_spooled(
                 for d in deliveries
             ],
         )
-        if links and deliveries:  # the addresses rewritten links lead to (relay/clicklinks.py)
-            await clickrecords.add_links(session, deliveries[0].token, links)
+        if links:  # the addresses rewritten links lead to (relay/clicklinks.py)
+            await clickrecords.add_links(session, message_id, links)
 
 
 async def sync_outcomes(

@@ -435,7 +435,7 @@ async def test_a_persons_first_click_per_link_is_told_apart(store) -> None:
     )
     token = recorded.deliveries[0].token
     async with store.begin() as s:
-        await clickrecords.add_links(s, token, ["https://a.example/", "https://b.example/"])
+        await clickrecords.add_links(s, recorded.id, ["https://a.example/", "https://b.example/"])
     await backdate(store, 3600)
 
     async def one(n: int, ip: str, minutes: float, ua: str = PERSON_UA):

@@ -98,14 +98,9 @@ class Click(Base):
 # --- the relay's side ---------------------------------------------------------------------------
 
 
-async def add_links(session: AsyncSession, token: str, urls: Sequence[str]) -> None:
-    """The links of the message that the delivery with `token` belongs to (idempotent)."""
+async def add_links(session: AsyncSession, message_id: int, urls: Sequence[str]) -> None:
+    """The links of a message, numbered as its copies name them (idempotent)."""
     if not urls:
-        return
-    message_id = (
-        await session.execute(select(Delivery.message_id).where(Delivery.token == token))
-    ).scalar_one_or_none()
-    if message_id is None:
         return
     await session.execute(
         insert_ignore(session, ClickLink.__table__),
