@@ -1,0 +1,556 @@
+"""Signed webhooks in the store: endpoints, the events waiting to be sent, and the ledger.
+
+Events are written here by the code that notices them (the hit pipeline, outcomes, message
+recording, clicks), in the same transaction as what they report, so an event is never lost
+between "it happened" and "it is queued". Each (endpoint, event) row exists at most once
+(unique key), however many processes notice it. Sending is relay/webhooks.py's job; it claims
+rows here by compare-and-set on their status, like digests (pixelserver/store/digests.py).
+Nothing here opens a network connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import json
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import and_, delete, exists, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from pixelserver.store.accounts import get_or_create_user
+from pixelserver.store.schema import Delivery, Hit, Message, User, insert_ignore, utcnow
+from pixelserver.store.webhookschema import WebhookAttempt, WebhookEndpoint, WebhookMessage
+from pixelserver.verdicts.state import OPENED, PROBABLY_OPENED
+
+OPENED_EVENT = "delivery.opened"  # first human open or probable open, once per delivery
+CLICKED_EVENT = "delivery.clicked"  # first human click per link of a delivery
+FAILED_EVENT = "delivery.failed"  # the copy will never arrive (rejected, expired, dropped)
+UNTRACKED_EVENT = "message.untracked"  # a copy left without a pixel (one event per recipient)
+EVENT_TYPES = (OPENED_EVENT, CLICKED_EVENT, FAILED_EVENT, UNTRACKED_EVENT)
+
+PENDING = "pending"  # queued, never tried
+SENDING = "sending"  # claimed by one process, being posted
+RETRY = "retry"  # the last attempt failed; next_try_at says when to try again
+SENT = "sent"  # the receiver answered 2xx
+FAILED = "failed"  # given up (a day of retries, or the endpoint's URL is refused)
+
+MAX_URL = 2000
+MAX_ENDPOINTS = 10  # per user
+RESPONSE_KEPT = 500  # characters of a receiver's answer kept per attempt
+PERSON_VERDICTS = ("human", "human_via_proxy")
+
+
+class WebhookError(ValueError):
+    """An endpoint the user cannot have; the message says why, for a form, the API or the CLI."""
+
+
+def new_secret() -> str:
+    """A Standard Webhooks signing secret: whsec_ and 24 random bytes in base64."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def check_url(url: str, *, allow_private: bool) -> str:
+    """The URL as it will be posted to, or WebhookError. Only what can be seen without the
+    network is checked here; the addresses the host resolves to are checked at every send
+    (relay/webhooks.py), because a name can be pointed elsewhere after it was added."""
+    url = url.strip()
+    if not url or len(url) > MAX_URL:
+        raise WebhookError(f"URL: give an https:// address of at most {MAX_URL} characters.")
+    parts = urlsplit(url)
+    schemes = ("https", "http") if allow_private else ("https",)
+    if parts.scheme not in schemes:
+        raise WebhookError(
+            "URL: only https:// addresses can receive webhooks"
+            + ("" if allow_private else " (http:// needs [webhooks] allow_private = true)")
+            + "."
+        )
+    if not parts.hostname:
+        raise WebhookError("URL: it names no host.")
+    if parts.username or parts.password:
+        raise WebhookError("URL: a login in the URL is not allowed; use the signature instead.")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise WebhookError("URL: the port is not a number from 1 to 65535.") from None
+    if not allow_private:
+        refused = refused_address(parts.hostname)
+        if refused or parts.hostname.lower().rstrip(".") in ("localhost", "localhost.localdomain"):
+            raise WebhookError(
+                f"URL: {parts.hostname} is {refused or 'a loopback name'}; only public addresses "
+                "receive webhooks unless [webhooks] allow_private = true."
+            )
+    return url
+
+
+def refused_address(host: str) -> str:
+    """Why this IP address may not receive webhooks ("" when it may, or is not an address)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return "a loopback address"
+    if not ip.is_global or ip.is_multicast:
+        return "a private or reserved address"
+    return ""
+
+
+def check_events(events: Iterable[str]) -> list[str]:
+    chosen = sorted({e.strip() for e in events if e.strip()})
+    unknown = [e for e in chosen if e not in EVENT_TYPES]
+    if unknown:
+        raise WebhookError(f"Events: {', '.join(unknown)} unknown; choose from {EVENT_TYPES}.")
+    return chosen
+
+
+# --- endpoints ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: int
+    user: str
+    url: str
+    events: tuple[str, ...]  # empty: every event
+    created_at: dt.datetime
+
+
+async def add_endpoint(
+    session: AsyncSession,
+    address: str,
+    url: str,
+    *,
+    allow_private: bool,
+    events: Iterable[str] = (),
+) -> tuple[Endpoint, str]:
+    """A new endpoint and its signing secret (to be shown once)."""
+    url = check_url(url, allow_private=allow_private)
+    chosen = check_events(events)
+    user = await get_or_create_user(session, address)
+    count = len(
+        (
+            await session.execute(
+                select(WebhookEndpoint.id).where(WebhookEndpoint.user_id == user.id)
+            )
+        ).all()
+    )
+    if count >= MAX_ENDPOINTS:
+        raise WebhookError(f"Webhooks: at most {MAX_ENDPOINTS} per user; remove one first.")
+    secret = new_secret()
+    row = WebhookEndpoint(user_id=user.id, url=url, secret=secret, events=chosen)
+    session.add(row)
+    await session.flush()
+    return Endpoint(row.id, user.address, url, tuple(chosen), row.created_at), secret
+
+
+async def endpoints(session: AsyncSession, address: str | None = None) -> list[Endpoint]:
+    """A user's endpoints (all users' when address is None: the administrator's list)."""
+    query = (
+        select(WebhookEndpoint, User.address)
+        .join(User, User.id == WebhookEndpoint.user_id)
+        .order_by(WebhookEndpoint.id)
+    )
+    if address is not None:
+        query = query.where(User.address == address.strip().lower())
+    return [
+        Endpoint(e.id, a, e.url, tuple(e.events or ()), e.created_at)
+        for e, a in (await session.execute(query)).all()
+    ]
+
+
+async def remove_endpoint(session: AsyncSession, endpoint_id: int, address: str | None) -> bool:
+    """Remove one endpoint with its ledger; only the owner's when address is given."""
+    query = delete(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id)
+    if address is not None:
+        owner = select(User.id).where(User.address == address.strip().lower())
+        query = query.where(WebhookEndpoint.user_id.in_(owner.scalar_subquery()))
+    return ((await session.execute(query)).rowcount or 0) > 0
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def body(event_type: str, at: dt.datetime | None, data: dict[str, Any]) -> str:
+    """The JSON posted: the Standard Webhooks shape (type, timestamp, data)."""
+    return json.dumps(
+        {"type": event_type, "timestamp": _iso(at or utcnow()), "data": data},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+async def _enqueue(
+    session: AsyncSession,
+    event_type: str,
+    items: Sequence[tuple[int, str, dict[str, Any], dt.datetime | None, int, int | None]],
+) -> int:
+    """(user id, event key, data, time, message id, delivery id) -> one ledger row per
+    endpoint of that user that takes this event. Existing rows are left alone."""
+    users = {u for u, *_ in items}
+    if not users:
+        return 0
+    by_user: dict[int, list[WebhookEndpoint]] = {}
+    for e in (
+        await session.execute(select(WebhookEndpoint).where(WebhookEndpoint.user_id.in_(users)))
+    ).scalars():
+        if not e.events or event_type in e.events:
+            by_user.setdefault(e.user_id, []).append(e)
+    rows = []
+    now = utcnow()
+    for user_id, key, data, at, message_id, delivery_id in items:
+        for e in by_user.get(user_id, ()):
+            rows.append(
+                {
+                    "endpoint_id": e.id,
+                    "msg_id": "msg_" + secrets.token_hex(16),
+                    "event_type": event_type,
+                    "event_key": key[:200],
+                    "message_id": message_id,
+                    "delivery_id": delivery_id,
+                    "payload": body(event_type, at, data),
+                    "created_at": now,
+                    "status": PENDING,
+                    "attempts": 0,
+                    "next_try_at": now,
+                    "claimed_by": "",
+                    "last_error": "",
+                }
+            )
+    if rows:
+        await session.execute(insert_ignore(session, WebhookMessage.__table__), rows)
+    return len(rows)
+
+
+def _delivery_data(d: Any, verdict: str | None, at: dt.datetime | None) -> dict[str, Any]:
+    return {
+        "message": d.message_id,
+        "delivery": d.id,
+        "recipient": d.recipient,
+        "subject": d.subject,
+        "state": d.state,
+        "verdict": verdict,
+        "time": _iso(at),
+    }
+
+
+def _deliveries_with_endpoints(event_type: str | None, delivery_ids: Iterable[int]) -> Any:
+    """Deliveries among these whose user has an endpoint and (with an event type) that have
+    no row for this event yet: nothing more is read for users without webhooks."""
+    has_endpoint = exists().where(WebhookEndpoint.user_id == Message.user_id)
+    query = (
+        select(
+            Delivery.id,
+            Delivery.message_id,
+            Delivery.recipient,
+            Delivery.state,
+            Delivery.first_open,
+            Delivery.finished_at,
+            Delivery.upstream_reply,
+            Delivery.untracked_reason,
+            Message.subject,
+            Message.user_id,
+            Message.accepted_at,
+        )
+        .join(Message, Message.id == Delivery.message_id)
+        .where(Delivery.id.in_(sorted(set(delivery_ids))), has_endpoint)
+    )
+    if event_type is None:
+        return query
+    already = exists().where(
+        and_(WebhookMessage.delivery_id == Delivery.id, WebhookMessage.event_type == event_type)
+    )
+    return query.where(~already)
+
+
+async def enqueue_opens(session: AsyncSession, delivery_ids: Iterable[int]) -> int:
+    """delivery.opened for each of these deliveries that is now read or probably read, once
+    per delivery. Called by the hit pipeline in the transaction of the hits that did it."""
+    ids = list(delivery_ids)
+    if not ids:
+        return 0
+    found = (
+        await session.execute(
+            _deliveries_with_endpoints(OPENED_EVENT, ids).where(
+                Delivery.state.in_((OPENED, PROBABLY_OPENED))
+            )
+        )
+    ).all()
+    if not found:
+        return 0
+    verdicts: dict[int, str] = {}
+    for delivery_id, verdict in (
+        await session.execute(
+            select(Hit.delivery_id, Hit.verdict)
+            .where(Hit.delivery_id.in_([d.id for d in found]), Hit.verdict.in_(PERSON_VERDICTS))
+            .order_by(Hit.at.desc())
+        )
+    ).all():
+        verdicts[delivery_id] = verdict  # the earliest person's hit wins (read last)
+    return await _enqueue(
+        session,
+        OPENED_EVENT,
+        [
+            (
+                d.user_id,
+                f"{OPENED_EVENT}:{d.id}",
+                _delivery_data(d, verdicts.get(d.id), d.first_open),
+                d.first_open,
+                d.message_id,
+                d.id,
+            )
+            for d in found
+        ],
+    )
+
+
+async def enqueue_failures(session: AsyncSession, delivery_ids: Iterable[int]) -> int:
+    """delivery.failed for each of these deliveries whose copy will never arrive."""
+    ids = list(delivery_ids)
+    if not ids:
+        return 0
+    found = (
+        await session.execute(
+            _deliveries_with_endpoints(FAILED_EVENT, ids).where(Delivery.state == "failed")
+        )
+    ).all()
+    return await _enqueue(
+        session,
+        FAILED_EVENT,
+        [
+            (
+                d.user_id,
+                f"{FAILED_EVENT}:{d.id}",
+                {**_delivery_data(d, None, d.finished_at), "reply": d.upstream_reply[:500]},
+                d.finished_at,
+                d.message_id,
+                d.id,
+            )
+            for d in found
+        ],
+    )
+
+
+async def enqueue_failures_by_token(session: AsyncSession, tokens: Iterable[str]) -> int:
+    ids = (
+        await session.execute(select(Delivery.id).where(Delivery.token.in_(list(tokens))))
+    ).scalars()
+    return await enqueue_failures(session, list(ids))
+
+
+async def enqueue_untracked(session: AsyncSession, tokens: Iterable[str]) -> int:
+    """message.untracked for each of these copies that left without a pixel (one event per
+    recipient, with the reason: the sender's header, an exclusion, the store away...)."""
+    wanted = list(tokens)
+    if not wanted:
+        return 0
+    ids = (
+        await session.execute(
+            select(Delivery.id).where(Delivery.token.in_(wanted), Delivery.tracking == "untracked")
+        )
+    ).scalars()
+    found = (await session.execute(_deliveries_with_endpoints(UNTRACKED_EVENT, list(ids)))).all()
+    return await _enqueue(
+        session,
+        UNTRACKED_EVENT,
+        [
+            (
+                d.user_id,
+                f"{UNTRACKED_EVENT}:{d.id}",
+                # "untracked" whatever the queue says yet: the event is about tracking.
+                {
+                    **_delivery_data(d, None, d.accepted_at),
+                    "state": "untracked",
+                    "reason": d.untracked_reason,
+                },
+                d.accepted_at,
+                d.message_id,
+                d.id,
+            )
+            for d in found
+        ],
+    )
+
+
+async def enqueue_click(
+    session: AsyncSession,
+    delivery_id: int,
+    *,
+    link: str,
+    url: str,
+    at: dt.datetime,
+    verdict: str,
+) -> int:
+    """delivery.clicked, for the click-tracking code to call in the transaction that stores a
+    click judged a person's (verdict human): once per (delivery, link) — `link` is the link's
+    stable identifier in the copy, `url` its original address (sent in the body). Returns how
+    many endpoints take clicks (a link already reported adds no second row)."""
+    key = f"{CLICKED_EVENT}:{delivery_id}:{link}"
+    # Per link, not per delivery: the unique (endpoint, key) keeps a link's repeat out.
+    found = (await session.execute(_deliveries_with_endpoints(None, [delivery_id]))).all()
+    return await _enqueue(
+        session,
+        CLICKED_EVENT,
+        [
+            (
+                d.user_id,
+                key,
+                {**_delivery_data(d, verdict, at), "link": link, "url": url[:MAX_URL]},
+                at,
+                d.message_id,
+                d.id,
+            )
+            for d in found
+        ],
+    )
+
+
+# --- the ledger --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: int
+    msg_id: str
+    event_type: str
+    url: str
+    secret: str
+    payload: str
+    attempts: int
+    created_at: dt.datetime
+
+
+async def claim_due(
+    session: AsyncSession, worker: str, now: dt.datetime, limit: int = 50
+) -> list[Claim]:
+    """Rows whose (next) try is due, each taken by compare-and-set on its status: when two
+    processes race for a row, one update matches and the other's matches nothing."""
+    due = (
+        await session.execute(
+            select(WebhookMessage, WebhookEndpoint.url, WebhookEndpoint.secret)
+            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookMessage.endpoint_id)
+            .where(WebhookMessage.status.in_((PENDING, RETRY)), WebhookMessage.next_try_at <= now)
+            .order_by(WebhookMessage.next_try_at, WebhookMessage.id)
+            .limit(limit)
+        )
+    ).all()
+    claims = []
+    for row, url, secret in due:
+        taken = await session.execute(
+            update(WebhookMessage)
+            .where(WebhookMessage.id == row.id, WebhookMessage.status == row.status)
+            .values(status=SENDING, claimed_by=worker[:100], claimed_at=now)
+        )
+        if taken.rowcount == 1:
+            claims.append(
+                Claim(
+                    row.id,
+                    row.msg_id,
+                    row.event_type,
+                    url,
+                    secret,
+                    row.payload,
+                    row.attempts,
+                    row.created_at,
+                )
+            )
+    return claims
+
+
+async def record_attempt(
+    session: AsyncSession,
+    claim: Claim,
+    *,
+    at: dt.datetime,
+    status: str,
+    status_code: int | None,
+    response: str,
+    error: str,
+    seconds: float,
+    next_try_at: dt.datetime | None,
+) -> None:
+    """One attempt and its answer, and the row's new status, in one transaction."""
+    session.add(
+        WebhookAttempt(
+            webhook_message_id=claim.id,
+            at=at,
+            status_code=status_code,
+            response=response[:RESPONSE_KEPT],
+            error=error[:1000],
+            seconds=round(seconds, 3),
+        )
+    )
+    values: dict[str, Any] = {
+        "status": status,
+        "attempts": WebhookMessage.attempts + 1,
+        "next_try_at": next_try_at,
+        "last_error": error[:1000] if error else ("" if status == SENT else f"HTTP {status_code}"),
+    }
+    if status == SENT:
+        values["sent_at"] = at
+    await session.execute(
+        update(WebhookMessage)
+        .where(WebhookMessage.id == claim.id, WebhookMessage.status == SENDING)
+        .values(**values)
+    )
+
+
+async def release_interrupted(session: AsyncSession, older_than: dt.datetime) -> int:
+    """Rows left "sending" by a process that died: tried again, with the same webhook-id (a
+    receiver following Standard Webhooks drops a repeat it already has)."""
+    result = await session.execute(
+        update(WebhookMessage)
+        .where(WebhookMessage.status == SENDING, WebhookMessage.claimed_at < older_than)
+        .values(
+            status=RETRY,
+            next_try_at=utcnow(),
+            last_error="interrupted while sending; tried again",
+        )
+    )
+    return result.rowcount or 0
+
+
+@dataclass(frozen=True)
+class AttemptView:
+    event_type: str
+    msg_id: str
+    status: str
+    at: dt.datetime
+    status_code: int | None
+    response: str
+    error: str
+    url: str
+
+
+async def recent_attempts(
+    session: AsyncSession, address: str, limit: int = 20
+) -> list[AttemptView]:
+    """The user's latest attempts, newest first, for Settings."""
+    rows = (
+        await session.execute(
+            select(WebhookAttempt, WebhookMessage, WebhookEndpoint.url)
+            .join(WebhookMessage, WebhookMessage.id == WebhookAttempt.webhook_message_id)
+            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookMessage.endpoint_id)
+            .join(User, User.id == WebhookEndpoint.user_id)
+            .where(User.address == address.strip().lower())
+            .order_by(WebhookAttempt.id.desc())
+            .limit(limit)
+        )
+    ).all()
+    return [
+        AttemptView(m.event_type, m.msg_id, m.status, a.at, a.status_code, a.response, a.error, url)
+        for a, m, url in rows
+    ]
