@@ -503,6 +503,7 @@ async def start_pixelserver(
         outbox_dir=cfg.outbox_dir,
         data_sources=judge.networks.sources(),
         digest=cfg.digest,
+        webhooks=cfg.webhooks,
     )
     if cookie_secret is None:
         # The store is down: pixels must still be served. Sessions use a temporary key until

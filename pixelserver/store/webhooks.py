@@ -41,13 +41,17 @@ SENT = "sent"  # the receiver answered 2xx
 FAILED = "failed"  # given up (a day of retries, or the endpoint's URL is refused)
 
 MAX_URL = 2000
-MAX_ENDPOINTS = 10  # per user
+MAX_ENDPOINTS = 20  # per user
 RESPONSE_KEPT = 500  # characters of a receiver's answer kept per attempt
 PERSON_VERDICTS = ("human", "human_via_proxy")
 
 
 class WebhookError(ValueError):
     """An endpoint the user cannot have; the message says why, for a form, the API or the CLI."""
+
+
+class TooManyEndpoints(WebhookError):
+    """The user has MAX_ENDPOINTS already."""
 
 
 def new_secret() -> str:
@@ -80,7 +84,7 @@ def check_url(url: str, *, allow_private: bool) -> str:
         raise WebhookError("URL: the port is not a number from 1 to 65535.") from None
     if not allow_private:
         refused = refused_address(parts.hostname)
-        if refused or parts.hostname.lower().rstrip(".") in ("localhost", "localhost.localdomain"):
+        if refused or parts.hostname.lower().rstrip(".") == "localhost":
             raise WebhookError(
                 f"URL: {parts.hostname} is {refused or 'a loopback name'}; only public addresses "
                 "receive webhooks unless [webhooks] allow_private = true."
@@ -143,7 +147,7 @@ async def add_endpoint(
         ).all()
     )
     if count >= MAX_ENDPOINTS:
-        raise WebhookError(f"Webhooks: at most {MAX_ENDPOINTS} per user; remove one first.")
+        raise TooManyEndpoints(f"Webhooks: at most {MAX_ENDPOINTS} per user; remove one first.")
     secret = new_secret()
     row = WebhookEndpoint(user_id=user.id, url=url, secret=secret, events=chosen)
     session.add(row)
