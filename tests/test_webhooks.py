@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import json
 import re
 import socket
 import subprocess
@@ -28,10 +29,12 @@ from pixelserver.store.schema import make_engine, make_sessionmaker
 from pixelserver.store.webhookschema import WebhookAttempt, WebhookMessage
 from relay import service, tracking
 from relay.webhooks import GuardedResolver, RefusedTarget, WebhookRunner
-from tests.conftest import capture_upstream, free_port, make_config, start_pixelserver
+from tests.conftest import SHOTS, capture_upstream, free_port, make_config, start_pixelserver
 from tests.helpers import eventually, smtp_send
+from tests.test_api import token_for
 from tests.test_classify import THUNDERBIRD
 from tests.test_pixel import fetch
+from tests.test_web import login
 
 # "Now" for the runners: a minute ahead of the clock, so rows queued by the test are due.
 T0 = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
@@ -368,3 +371,89 @@ def test_webhook_command_add_list_remove(tmp_path: Path) -> None:
     assert other.returncode == 2 and "no webhook" in other.stderr
     assert mailping(cfg, "webhook", "remove", wid).returncode == 0
     assert "no webhooks" in mailping(cfg, "webhook", "list").stdout
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_settings_page_adds_webhooks_and_shows_each_attempt(
+    site, browser, store, receiver: Receiver
+) -> None:
+    cfg, _, _ = site
+    base = cfg.pixelserver.public_url
+    page = await browser.new_page(viewport={"width": 1000, "height": 900})
+    await login(page, base, "ana@example.org", "ana-password-1")
+    await page.wait_for_url(base + "/")
+    await page.goto(base + "/settings")
+    form = page.locator("#webhook-add")
+    await form.get_by_label("URL").fill("http://127.0.0.1:9/hook")
+    await form.get_by_role("button", name="Add webhook").click()
+    assert "only https" in await page.get_by_role("alert").inner_text()
+    await form.get_by_label("URL").fill("https://hooks.example.com/mailping")
+    await form.get_by_label("delivery.opened").check()
+    await form.get_by_role("button", name="Add webhook").click()
+    secret = await page.locator("#new-secret").inner_text()
+    assert secret.startswith("whsec_")
+    Webhook(secret)
+    assert "https://hooks.example.com/mailping" in await page.locator("#webhook-list").inner_text()
+    await page.goto(base + "/settings")
+    assert await page.locator("#new-secret").count() == 0  # shown once
+
+    # Posts of an endpoint an administrator allowed on loopback, one refused then accepted.
+    await add(store, receiver.url, user="ana@example.org", events=["delivery.failed"])
+    receiver.answers = [500]
+    await a_failed_delivery(store, user="ana@example.org")
+    for when in (T0, T0 + dt.timedelta(seconds=10)):
+        runner = WebhookRunner(store, allow_private=True, clock=lambda w=when: w)
+        await runner.tick()
+        runner.close()
+    await page.goto(base + "/settings")
+    rows = page.locator("#webhook-attempts tr.attempt")
+    assert await rows.count() == 2
+    newest, oldest = await rows.nth(0).inner_text(), await rows.nth(1).inner_text()
+    assert "HTTP 200" in newest and "accepted" in newest and "event delivered" in newest
+    assert "HTTP 500" in oldest and "not accepted" in oldest
+    await page.screenshot(path=str(SHOTS / "settings-webhooks.png"), full_page=True)
+    await (
+        page.get_by_role("row", name=re.compile("hooks.example.com"))
+        .get_by_role("button", name="Remove")
+        .click()
+    )
+    assert "hooks.example.com" not in await page.locator("main").inner_text()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_webhooks_api(site, store) -> None:
+    cfg, _, _ = site
+    base = cfg.pixelserver.public_url
+    ana, bob = await token_for(store, "ana@example.org"), await token_for(store, "bob@example.org")
+
+    async def call(method: str, path: str, token: str, body: object = None):
+        resp = await fetch(
+            base + path,
+            method=method,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            body=None if body is None else json.dumps(body),
+            allow_nonstandard_methods=True,
+        )
+        text = resp.body.decode()
+        return resp.code, json.loads(text) if text else None
+
+    code, made = await call("POST", "/api/v1/webhooks", ana, {"url": "https://hooks.example.com/a"})
+    assert code == 201 and made["secret"].startswith("whsec_")
+    assert made["webhook"]["events"] == list(webhooks.EVENT_TYPES)
+    for bad in ({"url": "http://hooks.example.com/a"}, {"url": "https://10.0.0.1/"}, {"x": 1}):
+        code, err = await call("POST", "/api/v1/webhooks", ana, bad)
+        assert code == 400 and err["error"]["code"] in ("bad_url", "bad_request"), bad
+    code, listed = await call("GET", "/api/v1/webhooks", ana)
+    assert [w["url"] for w in listed["webhooks"]] == ["https://hooks.example.com/a"]
+    assert "secret" not in json.dumps(listed)
+    code, theirs = await call("GET", "/api/v1/webhooks", bob)
+    assert theirs == {"webhooks": []}
+    wid = made["webhook"]["id"]
+    code, _ = await call("DELETE", f"/api/v1/webhooks/{wid}", bob)
+    assert code == 404  # not Bob's
+    code, _ = await call("DELETE", f"/api/v1/webhooks/{wid}", ana)
+    assert code == 204
+    code, _ = await call("DELETE", f"/api/v1/webhooks/{wid}", ana)
+    assert code == 404
+    code, attempts = await call("GET", "/api/v1/webhooks/attempts", ana)
+    assert code == 200 and attempts == {"attempts": []}
