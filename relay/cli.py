@@ -275,6 +275,13 @@ def describe(cfg: Config) -> str:
             f"pixel server: {cfg.pixelserver.listen}, pixel URLs "
             f"{cfg.pixelserver.public_url.rstrip('/')}/{cfg.pixelserver.pixel_path}/<token>.gif",
             f"digest: {_digest_words(cfg)}",
+            "webhooks: "
+            + (
+                "any http(s) target, private addresses included ([webhooks] allow_private)"
+                if cfg.webhooks.allow_private
+                else "https targets resolving to public addresses only"
+            )
+            + f", {cfg.webhooks.timeout_seconds} s to answer",
             f"report page: {_report_access(cfg)}",
         ]
     )

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from standardwebhooks import Webhook
 
 from pixelserver.config import WebhooksConfig
-from pixelserver.store import webhooks
+from pixelserver.store import erasure, webhooks
 from pixelserver.store.schema import make_engine, make_sessionmaker
 from pixelserver.store.webhookschema import WebhookAttempt, WebhookMessage
 from relay import service, tracking
@@ -36,8 +36,10 @@ from tests.test_classify import THUNDERBIRD
 from tests.test_pixel import fetch
 from tests.test_web import login
 
-# "Now" for the runners: a minute ahead of the clock, so rows queued by the test are due.
-T0 = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+
+def soon() -> dt.datetime:
+    """ "Now" for the runners: a minute ahead of the clock, so rows the test queued are due."""
+    return dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
 
 
 @dataclass
@@ -177,6 +179,7 @@ async def test_first_open_through_relay_and_pixel_is_posted_once_and_verifies(
 async def test_a_500_is_retried_by_a_new_runner_and_every_attempt_is_kept(
     store, receiver: Receiver
 ) -> None:
+    T0 = soon()
     secret = await add(store, receiver.url, events=["delivery.failed"])
     receiver.answers = [500, 302]
     delivery_id, _ = await a_failed_delivery(store)
@@ -212,18 +215,34 @@ async def test_a_500_is_retried_by_a_new_runner_and_every_attempt_is_kept(
 async def test_a_send_interrupted_by_a_crash_is_sent_by_the_next_runner(
     store, receiver: Receiver
 ) -> None:
+    T0 = soon()
     secret = await add(store, receiver.url)
     await a_failed_delivery(store)
     async with store.begin() as s:  # a process claims the row, then dies before posting
         (claim,) = await webhooks.claim_due(s, "dead:1", T0)
-    soon = WebhookRunner(store, allow_private=True, clock=lambda: T0 + dt.timedelta(minutes=1))
-    assert await soon.tick() == []  # the claim is still fresh: nobody else sends it
+    early = WebhookRunner(store, allow_private=True, clock=lambda: T0 + dt.timedelta(minutes=1))
+    assert await early.tick() == []  # the claim is still fresh: nobody else sends it
     later = WebhookRunner(store, allow_private=True, clock=lambda: T0 + dt.timedelta(minutes=6))
     (a,) = await later.tick()
-    soon.close()
+    early.close()
     later.close()
     assert a.status == "sent" and receiver.got[0].headers["Webhook-Id"] == claim.msg_id
     verified(secret, receiver.got[0])
+
+
+async def test_forgetting_a_recipient_erases_the_events_naming_them(
+    store, receiver: Receiver
+) -> None:
+    T0 = soon()
+    await add(store, receiver.url)
+    await a_failed_delivery(store)
+    runner = WebhookRunner(store, allow_private=True, clock=lambda: T0)
+    assert len(await runner.tick()) == 1
+    runner.close()
+    await erasure.forget_recipient(store, "gone@example.net", user=None, vacuum=False)
+    async with store() as s:
+        assert (await s.execute(select(WebhookMessage))).all() == []
+        assert (await s.execute(select(WebhookAttempt))).all() == []
 
 
 async def test_retries_stop_after_a_day(store, receiver: Receiver) -> None:
@@ -275,6 +294,7 @@ async def test_two_runners_on_one_store_never_post_an_event_twice(
 async def test_loopback_private_and_http_targets_are_refused_without_allow_private(
     store, receiver: Receiver
 ) -> None:
+    T0 = soon()
     for url, why in (
         ("http://hooks.example.com/x", "only https"),
         ("https://127.0.0.1/x", "loopback"),
@@ -310,6 +330,7 @@ async def test_loopback_private_and_http_targets_are_refused_without_allow_priva
 async def test_clicked_event_once_per_link(store, receiver: Receiver) -> None:
     """The click-tracking code calls enqueue_click for a person's click; each link of a copy
     is reported once."""
+    T0 = soon()
     secret = await add(store, receiver.url, events=["delivery.clicked"])
     rec = await tracking.record_message(
         store,
@@ -371,12 +392,15 @@ def test_webhook_command_add_list_remove(tmp_path: Path) -> None:
     assert other.returncode == 2 and "no webhook" in other.stderr
     assert mailping(cfg, "webhook", "remove", wid).returncode == 0
     assert "no webhooks" in mailping(cfg, "webhook", "list").stdout
+    described = mailping(cfg, "check-config").stdout
+    assert "webhooks: https targets resolving to public addresses only, 10 s" in described
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_settings_page_adds_webhooks_and_shows_each_attempt(
     site, browser, store, receiver: Receiver
 ) -> None:
+    T0 = soon()
     cfg, _, _ = site
     base = cfg.pixelserver.public_url
     page = await browser.new_page(viewport={"width": 1000, "height": 900})
