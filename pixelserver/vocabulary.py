@@ -24,9 +24,9 @@ class Verdict(StrEnum):
 
 
 # A person opened the mail (directly or through the provider's image proxy).
-PERSON_VERDICTS = frozenset({Verdict.HUMAN, Verdict.HUMAN_VIA_PROXY})
+PERSON_VERDICTS = (Verdict.HUMAN, Verdict.HUMAN_VIA_PROXY)
 # A machine fetched it for nobody's eyes; the sender's own fetches are neither.
-MACHINE_VERDICTS = frozenset({Verdict.PRIVACY_PREFETCH, Verdict.SCANNER, Verdict.BOT})
+MACHINE_VERDICTS = (Verdict.PRIVACY_PREFETCH, Verdict.SCANNER, Verdict.BOT)
 
 
 class State(StrEnum):
@@ -60,9 +60,10 @@ class Outcome(StrEnum):
     DROPPED = "dropped"
 
 
-# A copy still in the relay's queue, and one that will never arrive.
-WAITING_OUTCOMES = frozenset({Outcome.QUEUED, Outcome.DEFERRED})
-FAILED_OUTCOMES = frozenset({Outcome.REJECTED, Outcome.EXPIRED, Outcome.DROPPED})
+# A copy still in the relay's queue, and one that will never arrive. Tuples: they go into
+# SQL IN lists as they are.
+WAITING_OUTCOMES = (Outcome.QUEUED, Outcome.DEFERRED)
+FAILED_OUTCOMES = (Outcome.REJECTED, Outcome.EXPIRED, Outcome.DROPPED)
 
 
 class Tracking(StrEnum):

@@ -26,9 +26,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import metrics
 from pixelserver.vocabulary import Outcome as StoreOutcome
-from relay import rewrite, spool, tracking
+from relay import metrics, rewrite, spool, tracking
 from relay.config import QueueConfig, parse_duration
 from relay.dsn import DELAYED, FAILED, Item, build_dsn
 from relay.forward import ACCEPTED, REJECTED, Copy, CopyKind, Credentials, Outcome, Upstream

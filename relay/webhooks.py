@@ -32,7 +32,8 @@ from tornado.httpclient import HTTPRequest
 from tornado.netutil import DefaultLoopResolver, Resolver
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
-from pixelserver.store import webhooks as ledger
+from pixelserver.store import webhookledger as ledger
+from pixelserver.store import webhooks
 from pixelserver.store.webhooks import refused_address
 
 log = logging.getLogger("mailping.webhooks")
@@ -136,7 +137,7 @@ class WebhookRunner:
 
     async def post(self, claim: ledger.Claim) -> tuple[int | None, str, str]:
         """(status code, start of the answer, error) of one signed POST."""
-        url = ledger.check_url(claim.url, allow_private=self.allow_private)
+        url = webhooks.check_url(claim.url, allow_private=self.allow_private)
         body = claim.payload.encode()
         stamp = int(time.time())  # the real send time, whatever clock schedules retries
         kept = bytearray()
@@ -173,20 +174,20 @@ class WebhookRunner:
         at = self.clock()
         try:
             code, answer, error = await self.post(claim)
-        except ledger.WebhookError as exc:
+        except webhooks.WebhookError as exc:
             code, answer, error = None, "", str(exc)
         except Exception as exc:  # noqa: BLE001 - one failed post is recorded and retried
             code, answer, error = None, "", f"{type(exc).__name__}: {exc}"
         seconds = time.perf_counter() - started
         if code is not None and 200 <= code < 300:
-            status, next_try = ledger.SENT, None
+            status, next_try = webhooks.SENT, None
         else:
             delay = self.retry_delays[min(claim.attempts, len(self.retry_delays) - 1)]
             next_try = at + dt.timedelta(seconds=delay)
             if next_try > claim.created_at + self.give_up_after:
-                status, next_try = ledger.FAILED, None
+                status, next_try = webhooks.FAILED, None
             else:
-                status = ledger.RETRY
+                status = webhooks.RETRY
             if code is not None and not error:
                 error = f"HTTP {code}" + (" (redirects are not followed)" if code < 400 else "")
         async with self.sessions.begin() as session:
@@ -201,14 +202,14 @@ class WebhookRunner:
                 seconds=seconds,
                 next_try_at=next_try,
             )
-        if status != ledger.SENT:
+        if status != webhooks.SENT:
             log.warning(
                 "webhook %s (%s) to %s: %s; %s",
                 claim.msg_id,
                 claim.event_type,
                 claim.url.split("?")[0],
                 error,
-                "given up" if status == ledger.FAILED else f"next try at {next_try:%H:%M:%S}",
+                "given up" if status == webhooks.FAILED else f"next try at {next_try:%H:%M:%S}",
             )
         return Attempt(claim.msg_id, claim.event_type, status, code, error)
 

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from standardwebhooks import Webhook
 
 from pixelserver.config import WebhooksConfig
-from pixelserver.store import erasure, webhooks
+from pixelserver.store import erasure, webhookledger, webhooks
 from pixelserver.store.schema import make_engine, make_sessionmaker
 from pixelserver.store.webhookschema import WebhookAttempt, WebhookMessage
 from relay import service, tracking
@@ -206,9 +206,9 @@ async def test_a_500_is_retried_by_a_new_runner_and_every_attempt_is_kept(
     async with store() as s:
         attempts = (await s.execute(select(WebhookAttempt).order_by(WebhookAttempt.id))).scalars()
         kept = [(x.status_code, x.response) for x in attempts]
-        views = await webhooks.recent_attempts(s, "me@example.com")
+        views = await webhookledger.recent_attempts(s, "me@example.com")
     assert [k[0] for k in kept] == [500, 302, 200]
-    assert len(kept[2][1]) == webhooks.RESPONSE_KEPT  # a long answer is cut
+    assert len(kept[2][1]) == webhookledger.RESPONSE_KEPT  # a long answer is cut
     assert [v.status_code for v in views] == [200, 302, 500] and views[0].status == "sent"
 
 
@@ -219,7 +219,7 @@ async def test_a_send_interrupted_by_a_crash_is_sent_by_the_next_runner(
     secret = await add(store, receiver.url)
     await a_failed_delivery(store)
     async with store.begin() as s:  # a process claims the row, then dies before posting
-        (claim,) = await webhooks.claim_due(s, "dead:1", T0)
+        (claim,) = await webhookledger.claim_due(s, "dead:1", T0)
     early = WebhookRunner(store, allow_private=True, clock=lambda: T0 + dt.timedelta(minutes=1))
     assert await early.tick() == []  # the claim is still fresh: nobody else sends it
     later = WebhookRunner(store, allow_private=True, clock=lambda: T0 + dt.timedelta(minutes=6))

@@ -367,8 +367,3 @@ def insert_ignore(session: AsyncSession, table: Any) -> Any:
     dialect = session.bind.dialect.name
     ins = pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)
     return ins.on_conflict_do_nothing()
-
-
-# Tables declared in their own modules, imported here so that Base.metadata (migrations, the
-# schema test) always sees them.
-from pixelserver.store import webhookschema  # noqa: E402, F401

@@ -4,7 +4,7 @@ Events are written here by the code that notices them (the hit pipeline, outcome
 recording, clicks), in the same transaction as what they report, so an event is never lost
 between "it happened" and "it is queued". Each (endpoint, event) row exists at most once
 (unique key), however many processes notice it. Sending is relay/webhooks.py's job; it claims
-rows here by compare-and-set on their status, like digests (pixelserver/store/digests.py).
+rows by compare-and-set on their status (pixelserver/store/webhookledger.py), like digests.
 Nothing here opens a network connection.
 """
 
@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import and_, delete, exists, select, update
+from sqlalchemy import and_, delete, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixelserver.store.accounts import get_or_create_user
 from pixelserver.store.schema import Delivery, Hit, Message, User, insert_ignore, utcnow
-from pixelserver.store.webhookschema import WebhookAttempt, WebhookEndpoint, WebhookMessage
-from pixelserver.verdicts.state import OPENED, PROBABLY_OPENED
+from pixelserver.store.webhookschema import WebhookEndpoint, WebhookMessage
+from pixelserver.vocabulary import PERSON_VERDICTS, State, Tracking
 
 OPENED_EVENT = "delivery.opened"  # first human open or probable open, once per delivery
 CLICKED_EVENT = "delivery.clicked"  # first human click per link of a delivery
@@ -42,8 +42,6 @@ FAILED = "failed"  # given up (a day of retries, or the endpoint's URL is refuse
 
 MAX_URL = 2000
 MAX_ENDPOINTS = 20  # per user
-RESPONSE_KEPT = 500  # characters of a receiver's answer kept per attempt
-PERSON_VERDICTS = ("human", "human_via_proxy")
 
 
 class WebhookError(ValueError):
@@ -289,7 +287,7 @@ async def enqueue_opens(session: AsyncSession, delivery_ids: Iterable[int]) -> i
     found = (
         await session.execute(
             _deliveries_with_endpoints(OPENED_EVENT, ids).where(
-                Delivery.state.in_((OPENED, PROBABLY_OPENED))
+                Delivery.state.in_((State.OPENED, State.PROBABLY_OPENED))
             )
         )
     ).all()
@@ -328,7 +326,7 @@ async def enqueue_failures(session: AsyncSession, delivery_ids: Iterable[int]) -
         return 0
     found = (
         await session.execute(
-            _deliveries_with_endpoints(FAILED_EVENT, ids).where(Delivery.state == "failed")
+            _deliveries_with_endpoints(FAILED_EVENT, ids).where(Delivery.state == State.FAILED)
         )
     ).all()
     return await _enqueue(
@@ -363,7 +361,9 @@ async def enqueue_untracked(session: AsyncSession, tokens: Iterable[str]) -> int
         return 0
     ids = (
         await session.execute(
-            select(Delivery.id).where(Delivery.token.in_(wanted), Delivery.tracking == "untracked")
+            select(Delivery.id).where(
+                Delivery.token.in_(wanted), Delivery.tracking == Tracking.UNTRACKED
+            )
         )
     ).scalars()
     found = (await session.execute(_deliveries_with_endpoints(UNTRACKED_EVENT, list(ids)))).all()
@@ -377,7 +377,7 @@ async def enqueue_untracked(session: AsyncSession, tokens: Iterable[str]) -> int
                 # "untracked" whatever the queue says yet: the event is about tracking.
                 {
                     **_delivery_data(d, None, d.accepted_at),
-                    "state": "untracked",
+                    "state": State.UNTRACKED,
                     "reason": d.untracked_reason,
                 },
                 d.accepted_at,
@@ -420,141 +420,3 @@ async def enqueue_click(
             for d in found
         ],
     )
-
-
-# --- the ledger --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Claim:
-    id: int
-    msg_id: str
-    event_type: str
-    url: str
-    secret: str
-    payload: str
-    attempts: int
-    created_at: dt.datetime
-
-
-async def claim_due(
-    session: AsyncSession, worker: str, now: dt.datetime, limit: int = 50
-) -> list[Claim]:
-    """Rows whose (next) try is due, each taken by compare-and-set on its status: when two
-    processes race for a row, one update matches and the other's matches nothing."""
-    due = (
-        await session.execute(
-            select(WebhookMessage, WebhookEndpoint.url, WebhookEndpoint.secret)
-            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookMessage.endpoint_id)
-            .where(WebhookMessage.status.in_((PENDING, RETRY)), WebhookMessage.next_try_at <= now)
-            .order_by(WebhookMessage.next_try_at, WebhookMessage.id)
-            .limit(limit)
-        )
-    ).all()
-    claims = []
-    for row, url, secret in due:
-        taken = await session.execute(
-            update(WebhookMessage)
-            .where(WebhookMessage.id == row.id, WebhookMessage.status == row.status)
-            .values(status=SENDING, claimed_by=worker[:100], claimed_at=now)
-        )
-        if taken.rowcount == 1:
-            claims.append(
-                Claim(
-                    row.id,
-                    row.msg_id,
-                    row.event_type,
-                    url,
-                    secret,
-                    row.payload,
-                    row.attempts,
-                    row.created_at,
-                )
-            )
-    return claims
-
-
-async def record_attempt(
-    session: AsyncSession,
-    claim: Claim,
-    *,
-    at: dt.datetime,
-    status: str,
-    status_code: int | None,
-    response: str,
-    error: str,
-    seconds: float,
-    next_try_at: dt.datetime | None,
-) -> None:
-    """One attempt and its answer, and the row's new status, in one transaction."""
-    session.add(
-        WebhookAttempt(
-            webhook_message_id=claim.id,
-            at=at,
-            status_code=status_code,
-            response=response[:RESPONSE_KEPT],
-            error=error[:1000],
-            seconds=round(seconds, 3),
-        )
-    )
-    values: dict[str, Any] = {
-        "status": status,
-        "attempts": WebhookMessage.attempts + 1,
-        "next_try_at": next_try_at,
-        "last_error": error[:1000] if error else ("" if status == SENT else f"HTTP {status_code}"),
-    }
-    if status == SENT:
-        values["sent_at"] = at
-    await session.execute(
-        update(WebhookMessage)
-        .where(WebhookMessage.id == claim.id, WebhookMessage.status == SENDING)
-        .values(**values)
-    )
-
-
-async def release_interrupted(session: AsyncSession, older_than: dt.datetime) -> int:
-    """Rows left "sending" by a process that died: tried again, with the same webhook-id (a
-    receiver following Standard Webhooks drops a repeat it already has)."""
-    result = await session.execute(
-        update(WebhookMessage)
-        .where(WebhookMessage.status == SENDING, WebhookMessage.claimed_at < older_than)
-        .values(
-            status=RETRY,
-            next_try_at=utcnow(),
-            last_error="interrupted while sending; tried again",
-        )
-    )
-    return result.rowcount or 0
-
-
-@dataclass(frozen=True)
-class AttemptView:
-    event_type: str
-    msg_id: str
-    status: str
-    at: dt.datetime
-    status_code: int | None
-    response: str
-    error: str
-    url: str
-
-
-async def recent_attempts(
-    session: AsyncSession, address: str, limit: int = 20
-) -> list[AttemptView]:
-    """The user's latest attempts, newest first, for Settings."""
-    rows = (
-        await session.execute(
-            select(WebhookAttempt, WebhookMessage, WebhookEndpoint.url)
-            .join(WebhookMessage, WebhookMessage.id == WebhookAttempt.webhook_message_id)
-            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookMessage.endpoint_id)
-            .join(User, User.id == WebhookEndpoint.user_id)
-            .where(User.address == address.strip().lower())
-            .order_by(WebhookAttempt.id.desc())
-            .limit(limit)
-        )
-    ).all()
-    return [
-        AttemptView(m.event_type, m.msg_id, m.status, a.at, a.status_code, a.response, a.error, url)
-        for a, m, url in rows
-    ]

@@ -15,11 +15,12 @@ import tornado.iostream
 from sqlalchemy.exc import SQLAlchemyError
 
 from pixelserver.store import queries
+from pixelserver.vocabulary import State
 from pixelserver.web.base import BasePage
 
 POLL = 1.0
 KEEPALIVE = 15.0
-FIRST_OPEN_STATES = ("opened", "probably_opened")
+FIRST_OPEN_STATES = (State.OPENED, State.PROBABLY_OPENED)
 # A first open at most this long before the page was opened still notifies (the hit pipeline
 # writes hits some 100 ms after the fetch).
 FIRST_OPEN_GRACE = dt.timedelta(seconds=10)

@@ -18,7 +18,15 @@ import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 
 from pixelserver.config import DigestConfig
-from pixelserver.store import digests, erasure, links, preferences, queries, webhooks
+from pixelserver.store import (
+    digests,
+    erasure,
+    links,
+    preferences,
+    queries,
+    webhookledger,
+    webhooks,
+)
 from pixelserver.store.accounts import api_tokens, create_api_token, revoke_api_token
 from pixelserver.store.websessions import count_user_sessions, end_other_sessions
 from pixelserver.verdicts.networks import mask
@@ -244,7 +252,7 @@ class SettingsPage(BasePage):
         async with self.sessions() as session:
             tokens = await api_tokens(session, self.user)
             hooks = await webhooks.endpoints(session, self.user)
-            attempts = await webhooks.recent_attempts(session, self.user, 20)
+            attempts = await webhookledger.recent_attempts(session, self.user, 20)
             prefs = await preferences.load(session, self.user, self.digest_defaults)
             last_digest = await digests.latest(session, self.user)
             active = await count_user_sessions(session, self.user, self.auth.limits)

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixelserver.config import WebhooksConfig
-from pixelserver.store import webhooks
+from pixelserver.store import webhookledger, webhooks
 from pixelserver.web.api import ApiError, ApiHandler
 
 # As openapi.json's addWebhook url: https and a host name, no port (an address, a port or
@@ -38,7 +38,7 @@ def endpoint_json(e: webhooks.Endpoint) -> dict[str, Any]:
     }
 
 
-def attempt_json(a: webhooks.AttemptView) -> dict[str, Any]:
+def attempt_json(a: webhookledger.AttemptView) -> dict[str, Any]:
     return {
         "webhook_id": a.msg_id,
         "event": a.event_type,
@@ -131,5 +131,5 @@ class WebhookAttemptsApi(WebhookApiBase):
     async def get(self) -> None:
         limit = self.limit(50)
         async with self.sessions() as session:
-            rows = await webhooks.recent_attempts(session, self.owner(), limit)
+            rows = await webhookledger.recent_attempts(session, self.owner(), limit)
         self.write({"attempts": [attempt_json(a) for a in rows]})

@@ -21,11 +21,11 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import metrics
 from pixelserver.config import DigestConfig
 from pixelserver.store import digests
 from pixelserver.store.preferences import DigestPrefs, effective
 from pixelserver.store.schema import User
+from relay import metrics
 from relay.digest import compose, schedule
 from relay.digest.query import DigestData, collect
 from relay.forward import ACCEPTED, Copy, CopyKind, Credentials, Upstream
