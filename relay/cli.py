@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue = add("queue", help="the outbound queue: list waiting mail, retry it now, or drop it")
     queue.add_argument("action", choices=["list", "retry", "drop"], nargs="?", default="list")
     queue.add_argument("ids", nargs="*", help="message ids from `mailping queue list`")
-    webhook_cli.add_parser(add)
+    webhook_cli.add_parser(add, common)
     cert = add("cert", help="make a self-signed TLS certificate and key for testing")
     cert.add_argument("--host", default="localhost", help="name or address the certificate is for")
     cert.add_argument("--out", default=".", help="folder for cert.pem and key.pem")

@@ -17,10 +17,13 @@ class WebhookUsageError(ValueError):
     """A webhook command that cannot be done; the message is the CLI's one line."""
 
 
-def add_parser(add: Any) -> None:
+def add_parser(add: Any, common: argparse.ArgumentParser) -> None:
+    """`common` (--config, --log-level) is taken after each action too."""
     hook = add("webhook", help="signed webhooks of a user: add, list or remove")
     actions = hook.add_subparsers(dest="action", required=True)
-    new = actions.add_parser("add", help="post a user's events to a URL; prints its secret once")
+    new = actions.add_parser(
+        "add", parents=[common], help="post a user's events to a URL; prints its secret once"
+    )
     new.add_argument("--user", required=True, help="the user's address")
     new.add_argument("target", metavar="URL", help="https:// address of the receiver")
     new.add_argument(
@@ -28,9 +31,9 @@ def add_parser(add: Any) -> None:
         default="",
         help=f"comma-separated events (default: all of {', '.join(webhooks.EVENT_TYPES)})",
     )
-    listing = actions.add_parser("list", help="every webhook, or one user's")
+    listing = actions.add_parser("list", parents=[common], help="every webhook, or one user's")
     listing.add_argument("--user", help="only this user's")
-    remove = actions.add_parser("remove", help="remove a webhook and its history")
+    remove = actions.add_parser("remove", parents=[common], help="remove a webhook and its history")
     remove.add_argument("target", metavar="ID", help="the id `mailping webhook list` shows")
     remove.add_argument("--user", help="only if it is this user's")
 
