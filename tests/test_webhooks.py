@@ -121,9 +121,10 @@ async def test_first_open_through_relay_and_pixel_is_posted_once_and_verifies(
 ) -> None:
     """Mail through the relay, a person's open on the pixel server, and the relay's own
     webhook runner posts delivery.opened once; a message sent untracked posts
-    message.untracked."""
+    message.untracked; a copy the upstream refuses posts delivery.failed."""
     secret = await add(store, receiver.url)
     async with capture_upstream() as upstream:
+        upstream.refuse["nobody@example.org"] = "550 5.1.1 No such user"
         cfg = make_config(tmp_path, db_url, upstream.port)
         cfg = dataclasses.replace(cfg, webhooks=WebhooksConfig(allow_private=True))
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -144,6 +145,11 @@ async def test_first_open_through_relay_and_pixel_is_posted_once_and_verifies(
             await asyncio.to_thread(
                 smtp_send, port, "me@example.com", ["bo@example.org"], msg.as_bytes()
             )
+            msg.replace_header("Subject", "To nobody")
+            del msg["X-MailPing"]
+            await asyncio.to_thread(
+                smtp_send, port, "me@example.com", ["nobody@example.org"], msg.as_bytes()
+            )
             await eventually(lambda: len(upstream.messages) == 2)
             url = re.search(rb'src="(http://[^"]+\.gif)"', upstream.messages[0].data).group(1)
             for _ in range(2):  # the second open is not a first open: no second event
@@ -153,13 +159,17 @@ async def test_first_open_through_relay_and_pixel_is_posted_once_and_verifies(
                     network_interface="127.0.0.2",
                 )
                 await asyncio.sleep(0.3)
-            await eventually(lambda: len(receiver.got) >= 2, timeout=20)
+            await eventually(lambda: len(receiver.got) >= 3, timeout=30)
             await asyncio.sleep(2.5)  # a further pass of the runner would post a repeat
         finally:
             await relay.close()
             await pixel.close()
     bodies = {verified(secret, r)["type"]: verified(secret, r) for r in receiver.got}
-    assert len(receiver.got) == 2 and set(bodies) == {"delivery.opened", "message.untracked"}
+    assert len(receiver.got) == 3, [verified(secret, r)["type"] for r in receiver.got]
+    assert set(bodies) == {"delivery.opened", "message.untracked", "delivery.failed"}
+    failed = bodies["delivery.failed"]["data"]
+    assert (failed["recipient"], failed["state"]) == ("nobody@example.org", "failed")
+    assert "No such user" in failed["reply"] and failed["subject"] == "To nobody"
     opened = bodies["delivery.opened"]["data"]
     assert opened["recipient"] == "ann@example.org" and opened["subject"] == "Plan"
     assert (opened["state"], opened["verdict"]) == ("opened", "human")

@@ -347,9 +347,10 @@ async def enqueue_failures(session: AsyncSession, delivery_ids: Iterable[int]) -
 
 
 async def enqueue_failures_by_token(session: AsyncSession, tokens: Iterable[str]) -> int:
-    ids = (
-        await session.execute(select(Delivery.id).where(Delivery.token.in_(list(tokens))))
-    ).scalars()
+    tokens = list(tokens)
+    if not tokens:  # the relay's usual case: every copy accepted, nothing read
+        return 0
+    ids = (await session.execute(select(Delivery.id).where(Delivery.token.in_(tokens)))).scalars()
     return await enqueue_failures(session, list(ids))
 
 
