@@ -183,6 +183,21 @@ class DigestConfig:
     password_env: str = ""
 
 
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """Signed webhooks each user sets up in Settings (pixelserver/store/webhooks.py)."""
+
+    # Let webhooks go to http:// URLs and to loopback or private addresses (an intranet CRM,
+    # tests). Off: only https:// URLs that resolve to public addresses, checked at every send.
+    allow_private: bool = False
+    timeout_seconds: int = 10
+
+
+def validate_webhooks(cfg: WebhooksConfig, file: str) -> None:
+    if not 1 <= cfg.timeout_seconds <= 60:
+        raise ConfigError(file, "webhooks.timeout_seconds", "from 1 to 60 seconds")
+
+
 def validate_digest(cfg: DigestConfig, file: str) -> None:
     if not 0 <= cfg.hour <= 23:
         raise ConfigError(file, "digest.hour", f"an hour from 0 to 23, got {cfg.hour}")

@@ -33,7 +33,7 @@ from pixelserver.store.schema import make_engine
 from pixelserver.store.websessions import end_user_sessions
 from pixelserver.verdicts import classify
 from pixelserver.verdicts.networks import mask
-from relay import auth, certs, queue_admin, service
+from relay import auth, certs, queue_admin, service, webhook_cli
 from relay.config import Config, config_path, config_warnings, load_config
 from relay.digest.runner import UnknownUser
 from relay.pace import limit_for
@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue = add("queue", help="the outbound queue: list waiting mail, retry it now, or drop it")
     queue.add_argument("action", choices=["list", "retry", "drop"], nargs="?", default="list")
     queue.add_argument("ids", nargs="*", help="message ids from `mailping queue list`")
+    webhook_cli.add_parser(add, common)
     cert = add("cert", help="make a self-signed TLS certificate and key for testing")
     cert.add_argument("--host", default="localhost", help="name or address the certificate is for")
     cert.add_argument("--out", default=".", help="folder for cert.pem and key.pem")
@@ -197,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "digest":
             return asyncio.run(digest_command(cfg, args))
+        if args.command == "webhook":
+            return asyncio.run(webhook_cli.webhook_command(cfg, args))
         if args.command == "classify":
             return classify_command(cfg, args)
         if args.command == "reclassify":
@@ -222,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_RUNTIME
-    except UsageError as exc:
+    except (UsageError, webhook_cli.WebhookUsageError) as exc:
         print(f"mailping: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except OSError as exc:
@@ -272,6 +275,13 @@ def describe(cfg: Config) -> str:
             f"pixel server: {cfg.pixelserver.listen}, pixel URLs "
             f"{cfg.pixelserver.public_url.rstrip('/')}/{cfg.pixelserver.pixel_path}/<token>.gif",
             f"digest: {_digest_words(cfg)}",
+            "webhooks: "
+            + (
+                "any http(s) target, private addresses included ([webhooks] allow_private)"
+                if cfg.webhooks.allow_private
+                else "https targets resolving to public addresses only"
+            )
+            + f", {cfg.webhooks.timeout_seconds} s to answer",
             f"report page: {_report_access(cfg)}",
         ]
     )

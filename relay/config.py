@@ -20,6 +20,7 @@ from pixelserver.config import (
     GeoipConfig,
     PixelServerConfig,
     PrivacyConfig,
+    WebhooksConfig,
     build_section,
     choices,
     is_loopback_host,
@@ -27,6 +28,7 @@ from pixelserver.config import (
     validate_database,
     validate_digest,
     validate_pixelserver,
+    validate_webhooks,
 )
 
 ENV_VAR = "MAILPING_CONFIG"
@@ -116,6 +118,7 @@ class Config:
     geoip: GeoipConfig = field(default_factory=GeoipConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     digest: DigestConfig = field(default_factory=DigestConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     upstream_password: str = field(default="", repr=False)
     digest_password: str = field(default="", repr=False)
     database_password: str = field(default="", repr=False)
@@ -212,6 +215,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         "geoip",
         "privacy",
         "digest",
+        "webhooks",
     }
     for key in raw:
         if key not in sections | {"data_dir"}:
@@ -233,6 +237,8 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
     privacy = build_section(PrivacyConfig, raw.get("privacy"), file, "privacy")
     digest = build_section(DigestConfig, raw.get("digest"), file, "digest")
     validate_digest(digest, file)
+    webhooks = build_section(WebhooksConfig, raw.get("webhooks"), file, "webhooks")
+    validate_webhooks(webhooks, file)
     _require_files(geoip, "geoip", ("city_db", "asn_db"), base, file)
     if privacy.retention_days < 1:
         raise ConfigError(file, "privacy.retention_days", "must be at least 1 day")
@@ -308,6 +314,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         geoip=geoip,
         privacy=privacy,
         digest=digest,
+        webhooks=webhooks,
         upstream_password=password,
         digest_password=digest_password,
         database_password=database_password,

@@ -41,6 +41,7 @@ from relay.smtp import RelaySMTP
 from relay.spool import Spool
 from relay.submit import Relay, is_google_host
 from relay.tracking import STORE_ERRORS
+from relay.webhooks import WebhookRunner
 
 log = logging.getLogger("mailping")
 
@@ -121,12 +122,14 @@ class RunningRelay:
     handler: RelayHandler
     queue: QueueRunner
     digests: asyncio.Task | None = None
+    webhooks: asyncio.Task | None = None
 
     async def close(self) -> None:
-        if self.digests is not None:
-            self.digests.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.digests
+        for task in (self.digests, self.webhooks):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.server.close()
         await self.server.wait_closed()
         await self.queue.close()
@@ -176,6 +179,16 @@ def make_digest_runner(
         hostname=cfg.relay.hostname or socket.getfqdn(),
         credentials=Credentials(*login) if login else None,
         clock=clock,
+    )
+
+
+def make_webhook_runner(cfg: Config, sessions: async_sessionmaker[AsyncSession]) -> WebhookRunner:
+    """Webhooks are posted by every relay process; the ledger's claims keep them from posting
+    one event twice."""
+    return WebhookRunner(
+        sessions,
+        allow_private=cfg.webhooks.allow_private,
+        timeout=cfg.webhooks.timeout_seconds,
     )
 
 
@@ -276,7 +289,10 @@ async def start_relay(
     if with_digests:
         runner = make_digest_runner(cfg, sessions)
         digests = asyncio.get_running_loop().create_task(runner.run_forever())
-    return RunningRelay(server, handler, queue, digests)
+    hooks = asyncio.get_running_loop().create_task(
+        make_webhook_runner(cfg, sessions).run_forever(), name="webhooks"
+    )
+    return RunningRelay(server, handler, queue, digests, hooks)
 
 
 def make_networks(cfg: Config) -> Networks:
@@ -333,6 +349,7 @@ def pixel_site(cfg: Config) -> server.PixelSite:
         orphan_journals=tuple(cfg.orphan_journals()),
         reuse_port=cfg.worker is not None,
         upstream_google=is_google_host(cfg.upstream.host),
+        webhooks=cfg.webhooks,
     )
 
 

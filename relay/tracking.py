@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver.store import appsecrets, erasure
+from pixelserver.store import appsecrets, erasure, webhooks
 from pixelserver.store.accounts import get_or_create_user
 from pixelserver.store.messages import (
     NewDelivery,
@@ -29,6 +29,7 @@ from pixelserver.store.messages import (
 )
 from pixelserver.tokens import mint_token, pixel_url
 from pixelserver.verdicts.exclusions import excluded
+from pixelserver.verdicts.state import FAILED_OUTCOMES
 from pixelserver.vocabulary import Tracking, UntrackedReason
 
 __all__ = [
@@ -200,6 +201,9 @@ async def record_spooled(
                 for d in deliveries
             ],
         )
+        await webhooks.enqueue_untracked(
+            session, [d.token for d in deliveries if d.untracked_reason]
+        )
 
 
 async def sync_outcomes(
@@ -208,6 +212,9 @@ async def sync_outcomes(
     """(token, outcome, reply) as the spool has them."""
     async with sessions.begin() as session:
         await set_outcomes_by_token(session, outcomes)
+        await webhooks.enqueue_failures_by_token(
+            session, [token for token, outcome, _ in outcomes if outcome in FAILED_OUTCOMES]
+        )
 
 
 # Recording without the spool: the deliveries of a message made elsewhere (benchmarks and
@@ -270,6 +277,7 @@ async def record_message(
             sender_prefix=sender_prefix,
             owner=owner,
         )
+        await webhooks.enqueue_untracked(session, [d.token for d in rows if d.untracked_reason])
         return RecordedMessage(
             id=message.id,
             deliveries=tuple(
@@ -284,3 +292,6 @@ async def record_outcomes(
 ) -> None:
     async with sessions.begin() as session:
         await set_outcomes(session, outcomes)
+        await webhooks.enqueue_failures(
+            session, [d for d, outcome, _ in outcomes if outcome in FAILED_OUTCOMES]
+        )

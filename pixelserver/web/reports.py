@@ -18,13 +18,22 @@ import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 
 from pixelserver.config import DigestConfig
-from pixelserver.store import digests, erasure, links, preferences, queries
+from pixelserver.store import (
+    digests,
+    erasure,
+    links,
+    preferences,
+    queries,
+    webhookledger,
+    webhooks,
+)
 from pixelserver.store.accounts import api_tokens, create_api_token, revoke_api_token
 from pixelserver.store.websessions import count_user_sessions, end_other_sessions
 from pixelserver.verdicts.networks import mask
 from pixelserver.verdicts.state import STATE_WORDS, STATES, VERDICT_WORDS
 from pixelserver.web.base import BasePage
 from pixelserver.web.chart import hits_svg
+from pixelserver.web.webhookpages import add_for, webhook_config
 
 log = logging.getLogger("mailping.web")
 
@@ -83,7 +92,7 @@ class ExportPage(BasePage):
             until=_date(self.get_query_argument("until", None)),
         )
         async with self.sessions() as session:
-            rows = await export_rows(session, self.user, filters)
+            rows = await export_rows(session, self.user, filters, self.local)
         write_csv(self, rows)
 
 
@@ -231,11 +240,19 @@ class NewLinkPage(BasePage):
 class SettingsPage(BasePage):
     """The user's digest, whom never to track, and personal API tokens (shown once)."""
 
-    async def get(self, new_token: str | None = None, error: str = "", saved: bool = False) -> None:
+    async def get(
+        self,
+        new_token: str | None = None,
+        error: str = "",
+        saved: bool = False,
+        new_secret: str | None = None,
+    ) -> None:
         if self.user is None:
             raise tornado.web.HTTPError(404)  # the demo mode has no users to keep settings for
         async with self.sessions() as session:
             tokens = await api_tokens(session, self.user)
+            hooks = await webhooks.endpoints(session, self.user)
+            attempts = await webhookledger.recent_attempts(session, self.user, 20)
             prefs = await preferences.load(session, self.user, self.digest_defaults)
             last_digest = await digests.latest(session, self.user)
             active = await count_user_sessions(session, self.user, self.auth.limits)
@@ -251,6 +268,10 @@ class SettingsPage(BasePage):
             active_sessions=active,
             idle_minutes=int(self.auth.limits.idle.total_seconds() // 60),
             max_hours=int(self.auth.limits.absolute.total_seconds() // 3600),
+            hooks=hooks,
+            attempts=attempts,
+            new_secret=new_secret,
+            event_types=webhooks.EVENT_TYPES,
         )
 
     @property
@@ -261,7 +282,7 @@ class SettingsPage(BasePage):
         if self.user is None:
             raise tornado.web.HTTPError(404)
         action = self.get_body_argument("action", "")
-        token = None
+        token = secret = None
         try:
             async with self.sessions.begin() as session:
                 if action == "create":
@@ -285,13 +306,25 @@ class SettingsPage(BasePage):
                     await preferences.save(
                         session, self.user, digest, self.get_body_argument("exclusions", "")
                     )
+                elif action == "webhook_add":
+                    _, secret = await add_for(
+                        session,
+                        self.user,
+                        self.get_body_argument("url", ""),
+                        self.get_body_arguments("events"),
+                        webhook_config(self),
+                    )
+                elif action == "webhook_remove":
+                    await webhooks.remove_endpoint(
+                        session, int(self.get_body_argument("webhook_id", "0") or 0), self.user
+                    )
                 else:
                     raise tornado.web.HTTPError(400)
-        except preferences.PreferenceError as exc:
+        except (preferences.PreferenceError, webhooks.WebhookError) as exc:
             self.set_status(400)
             await self.get(error=str(exc))
             return
-        await self.get(new_token=token, saved=action == "preferences")
+        await self.get(new_token=token, saved=action == "preferences", new_secret=secret)
 
 
 ZONES = sorted(zoneinfo.available_timezones())
