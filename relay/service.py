@@ -43,9 +43,11 @@ from pixelserver.web.base import WebAuth
 from relay.auth import Authenticator, LocalLogin, SenderPolicy, UpstreamLogin, allowlisted
 from relay.config import Config, config_warnings, resolve_file
 from relay.digest.runner import Clock, DigestRunner, system_clock
-from relay.forward import Credentials, OutboxUpstream, SmtpUpstream, Upstream
+from relay.forward import Credentials, OAuthLogin, OutboxUpstream, SmtpUpstream, Upstream
 from relay.handler import RelayHandler
 from relay.limits import ConnectionLimits
+from relay.oauth import ClientCredentials, TokenSource
+from relay.oauth_cert import CertificateError, certificate_assertion
 from relay.pace import Pacer, limit_for
 from relay.providers import files_sent_copy
 from relay.queue import QueuePolicy, QueueRunner
@@ -105,11 +107,45 @@ async def open_store(cfg: Config) -> tuple[AsyncEngine, async_sessionmaker[Async
     return engine, storage.make_sessionmaker(engine)
 
 
+def make_token_source(cfg: Config) -> TokenSource:
+    """The relay account's access tokens (upstream.auth = "xoauth2")."""
+    o = cfg.upstream.oauth
+    assertion = None
+    if o.certificate_file:
+        try:
+            assertion = certificate_assertion(
+                resolve_file(cfg, o.certificate_file),
+                resolve_file(cfg, o.certificate_key_file),
+                o.client_id,
+                o.token_url,
+            )
+        except CertificateError as exc:
+            raise ConfigError(cfg.source, "upstream.oauth.certificate_file", str(exc)) from None
+    return TokenSource(
+        ClientCredentials(
+            token_url=o.token_url,
+            client_id=o.client_id,
+            client_secret=cfg.oauth_client_secret,
+            scope=o.scope,
+            client_auth=o.client_auth,
+            verify_certificate=o.verify_certificate,
+            ca_file=str(resolve_file(cfg, o.ca_file)) if o.ca_file else "",
+            timeout=cfg.upstream.timeout,
+            assertion=assertion,
+        )
+    )
+
+
 def make_upstream(cfg: Config) -> Upstream:
     if cfg.outbox_dir is not None:
         return OutboxUpstream(cfg.outbox_dir)
+    oauth = None
+    if cfg.upstream.auth == "xoauth2":
+        oauth = OAuthLogin(cfg.upstream.username, make_token_source(cfg))
     creds = (
-        Credentials(cfg.upstream.username, cfg.upstream_password) if cfg.upstream.username else None
+        Credentials(cfg.upstream.username, cfg.upstream_password)
+        if cfg.upstream.username and oauth is None
+        else None
     )
     return SmtpUpstream(
         cfg.upstream.host,
@@ -119,6 +155,7 @@ def make_upstream(cfg: Config) -> Upstream:
         timeout=cfg.upstream.timeout,
         verify_certificate=cfg.upstream.verify_certificate,
         local_hostname=cfg.relay.hostname or None,
+        oauth=oauth,
     )
 
 

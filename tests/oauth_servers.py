@@ -1,0 +1,208 @@
+"""Real stand-ins for a provider's OAuth 2.0 parts, started on loopback ports by the tests.
+
+- TokenEndpoint: an HTTP token endpoint (tornado) issuing expiring bearer tokens for the
+  client-credentials grant (client secret in the form body or in HTTP Basic).
+- OAuthSmtp: an aiosmtpd submission server that advertises and accepts only XOAUTH2 and
+  OAUTHBEARER, with tokens its TokenEndpoint issued and that have not expired; anything else
+  gets Google's style of refusal (a 334 JSON challenge, then 535).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import secrets
+import time
+import urllib.parse
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import tornado.httpserver
+import tornado.web
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+from tests.conftest import Captured, LenientSMTP, free_port
+
+
+@dataclass
+class Issued:
+    user_hint: str
+    expires: float
+
+
+@dataclass
+class TokenEndpoint:
+    port: int
+    clients: dict[str, str]  # client_id -> secret
+    lifetime: float = 3600.0
+    scope: str = "https://outlook.office365.com/.default"
+    tokens: dict[str, Issued] = field(default_factory=dict)
+    grants: int = 0
+    requests: int = 0
+    basic_only: bool = False  # refuse secrets in the form body (RFC 6749's MUST is Basic)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/oauth2/v2.0/token"
+
+    def valid(self, token: str) -> bool:
+        issued = self.tokens.get(token)
+        return issued is not None and issued.expires > time.time()
+
+    def revoke_all(self) -> None:
+        self.tokens.clear()
+
+
+class _TokenHandler(tornado.web.RequestHandler):
+    def initialize(self, endpoint: TokenEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def _error(self, status: int, error: str, description: str) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": error, "error_description": description}))
+
+    def post(self) -> None:
+        ep = self.endpoint
+        ep.requests += 1
+        form = urllib.parse.parse_qs(self.request.body.decode())
+        one = {k: v[0] for k, v in form.items()}
+        client_id, secret = one.get("client_id"), one.get("client_secret")
+        auth = self.request.headers.get("Authorization", "")
+        if auth.startswith("Basic "):
+            pair = base64.b64decode(auth[6:]).decode()
+            cid, _, sec = pair.partition(":")
+            client_id, secret = urllib.parse.unquote_plus(cid), urllib.parse.unquote_plus(sec)
+        elif ep.basic_only:
+            secret = None
+        if one.get("grant_type") != "client_credentials":
+            return self._error(400, "unsupported_grant_type", "only client_credentials here")
+        if client_id not in ep.clients or ep.clients[client_id] != secret:
+            return self._error(401, "invalid_client", "AADSTS7000215: Invalid client secret.")
+        if one.get("scope") != ep.scope:
+            return self._error(400, "invalid_scope", f"scope must be {ep.scope}")
+        token = "eyJ" + secrets.token_urlsafe(40)
+        ep.tokens[token] = Issued(client_id, time.time() + ep.lifetime)
+        ep.grants += 1
+        self.set_header("Content-Type", "application/json")
+        self.finish(
+            {
+                "token_type": "Bearer",
+                "expires_in": int(ep.lifetime) if ep.lifetime >= 1 else ep.lifetime,
+                "access_token": token,
+            }
+        )
+
+
+@contextlib.asynccontextmanager
+async def token_endpoint(clients: dict[str, str], **kw: object) -> AsyncIterator[TokenEndpoint]:
+    ep = TokenEndpoint(port=free_port(), clients=clients, **kw)  # type: ignore[arg-type]
+    app = tornado.web.Application([(r"/oauth2/v2.0/token", _TokenHandler, {"endpoint": ep})])
+    server = tornado.httpserver.HTTPServer(app)
+    server.listen(ep.port, "127.0.0.1")
+    try:
+        yield ep
+    finally:
+        server.stop()
+        await server.close_all_connections()
+
+
+@dataclass
+class OAuthSmtp:
+    """Accepts mail only after XOAUTH2/OAUTHBEARER with a live token for `mailbox`."""
+
+    port: int
+    tokens: TokenEndpoint
+    mailbox: str
+    messages: list[Captured] = field(default_factory=list)
+    logins: list[str] = field(default_factory=list)  # "ok" / "refused", in order
+    seen_tokens: list[str] = field(default_factory=list)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
+    ) -> str:
+        if not session.authenticated:
+            return "530 5.7.0 Authentication required"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.messages.append(
+            Captured(
+                envelope.mail_from,
+                list(envelope.rcpt_tos),
+                envelope.original_content,
+                list(envelope.mail_options),
+                session.auth_data if isinstance(session.auth_data, str) else None,
+            )
+        )
+        return "250 2.0.0 OK queued"
+
+    async def _check(self, server: SMTP, user: str, token: str) -> AuthResult:
+        self.seen_tokens.append(token)
+        if user == self.mailbox and self.tokens.valid(token):
+            self.logins.append("ok")
+            return AuthResult(success=True, auth_data=user, message=None)
+        self.logins.append("refused")
+        # Google's and Microsoft's way: a JSON challenge, the client answers empty, then 535.
+        error = json.dumps({"status": "401", "schemes": "bearer", "scope": "SMTP.Send"})
+        await server.challenge_auth(error.encode())
+        await server.push("535 5.7.3 Authentication unsuccessful")
+        return AuthResult(success=False, handled=True)
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        blob = args[1] if len(args) > 1 else ""
+        if not blob:
+            got = await server.challenge_auth("", encode_to_b64=False)
+            blob = got.decode() if isinstance(got, bytes) else ""
+            raw = got if isinstance(got, bytes) else b""
+        else:
+            try:
+                raw = base64.b64decode(blob, validate=True)
+            except (binascii.Error, ValueError):
+                return AuthResult(success=False, message="501 5.5.2 Cannot decode")
+        fields = dict(
+            part.split("=", 1)
+            for part in raw.decode("utf-8", "replace").split("\x01")
+            if "=" in part
+        )
+        bearer = fields.get("auth", "")
+        token = bearer[7:] if bearer.startswith("Bearer ") else ""
+        return await self._check(server, fields.get("user", ""), token)
+
+    async def auth_OAUTHBEARER(self, server: SMTP, args: list[str]) -> AuthResult:
+        """RFC 7628: n,a=user,^Aauth=Bearer token^A^A."""
+        try:
+            raw = base64.b64decode(args[1] if len(args) > 1 else "", validate=True).decode()
+        except (binascii.Error, ValueError):
+            return AuthResult(success=False, message="501 5.5.2 Cannot decode")
+        gs2, _, rest = raw.partition("\x01")
+        user = next((p[2:] for p in gs2.split(",") if p.startswith("a=")), "")
+        fields = dict(part.split("=", 1) for part in rest.split("\x01") if "=" in part)
+        bearer = fields.get("auth", "")
+        return await self._check(server, user, bearer[7:] if bearer.startswith("Bearer ") else "")
+
+
+@contextlib.asynccontextmanager
+async def oauth_smtp(tokens: TokenEndpoint, mailbox: str) -> AsyncIterator[OAuthSmtp]:
+    up = OAuthSmtp(port=free_port(), tokens=tokens, mailbox=mailbox)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: LenientSMTP(
+            up,
+            decode_data=False,
+            hostname="oauth-upstream.test",
+            auth_require_tls=False,
+            auth_exclude_mechanism=["PLAIN", "LOGIN"],
+        ),
+        "127.0.0.1",
+        up.port,
+    )
+    try:
+        yield up
+    finally:
+        server.close()
+        await server.wait_closed()
