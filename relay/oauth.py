@@ -117,13 +117,16 @@ class TokenSource:
         basic_first = self._use_basic
         try:
             body = await self._request(basic=basic_first)
-        except _InvalidClient as exc:
-            if self.client.client_auth != "auto" or basic_first:
-                raise TokenError(str(exc)) from None
+        except _Refused as first:
+            # "auto": some endpoints take the secret only in the Authorization header (RFC
+            # 6749 makes Basic the one every server must support); try that once.
+            if self.client.client_auth != "auto" or basic_first or self.client.assertion:
+                raise TokenError(str(first)) from None
             try:
                 body = await self._request(basic=True)
-            except _InvalidClient:
-                raise TokenError(str(exc)) from None  # the first refusal says it best
+            except _Refused as second:
+                best = first if first.error == "invalid_client" else second
+                raise TokenError(str(best)) from None
             self._use_basic = True
         token = body.get("access_token")
         if not isinstance(token, str) or not token:
@@ -191,14 +194,21 @@ class TokenSource:
             words = f"the token endpoint refused the client: {error}"
             if isinstance(detail, str) and detail.strip():
                 words += f" ({_one_line(detail, MAX_DETAIL)})"
-            if error == "invalid_client" or response.code == 401:
-                raise _InvalidClient(words)
+            if response.code in (400, 401):
+                raise _Refused(words, error)
             raise TokenError(words)
-        raise TokenError(f"the token endpoint {host} answered HTTP {response.code}")
+        words = f"the token endpoint {host} answered HTTP {response.code}"
+        if response.code in (400, 401):
+            raise _Refused(words, "")
+        raise TokenError(words)
 
 
-class _InvalidClient(Exception):
-    """invalid_client: the secret was not accepted in the way it was sent."""
+class _Refused(Exception):
+    """A 400/401 refusal: perhaps only of the way the secret was sent."""
+
+    def __init__(self, words: str, error: str) -> None:
+        super().__init__(words)
+        self.error = error
 
 
 def _lifetime(value: object) -> float:

@@ -23,6 +23,10 @@ from dataclasses import dataclass, field
 import tornado.httpserver
 import tornado.web
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.conftest import Captured, LenientSMTP, free_port
 
@@ -43,6 +47,7 @@ class TokenEndpoint:
     grants: int = 0
     requests: int = 0
     basic_only: bool = False  # refuse secrets in the form body (RFC 6749's MUST is Basic)
+    certificates: dict[str, x509.Certificate] = field(default_factory=dict)  # client_id -> cert
 
     @property
     def url(self) -> str:
@@ -80,7 +85,11 @@ class _TokenHandler(tornado.web.RequestHandler):
             secret = None
         if one.get("grant_type") != "client_credentials":
             return self._error(400, "unsupported_grant_type", "only client_credentials here")
-        if client_id not in ep.clients or ep.clients[client_id] != secret:
+        if "client_assertion" in one:
+            problem = _assertion_problem(ep, client_id or "", one["client_assertion"], self)
+            if problem:
+                return self._error(401, "invalid_client", problem)
+        elif client_id not in ep.clients or ep.clients[client_id] != secret:
             return self._error(401, "invalid_client", "AADSTS7000215: Invalid client secret.")
         if one.get("scope") != ep.scope:
             return self._error(400, "invalid_scope", f"scope must be {ep.scope}")
@@ -95,6 +104,38 @@ class _TokenHandler(tornado.web.RequestHandler):
                 "access_token": token,
             }
         )
+
+
+def _b64url_decode(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def _assertion_problem(
+    ep: TokenEndpoint, client_id: str, assertion: str, handler: tornado.web.RequestHandler
+) -> str:
+    """What is wrong with a client assertion (RFC 7523), or "" if it is good."""
+    cert = ep.certificates.get(client_id)
+    if cert is None:
+        return "no certificate registered for this client"
+    try:
+        head, body, sig = assertion.split(".")
+        header = json.loads(_b64url_decode(head))
+        claims = json.loads(_b64url_decode(body))
+        public = cert.public_key()
+        assert isinstance(public, rsa.RSAPublicKey)
+        public.verify(
+            _b64url_decode(sig), f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256()
+        )
+    except (ValueError, InvalidSignature):
+        return "AADSTS700027: signature verification failed"
+    thumb = base64.urlsafe_b64encode(cert.fingerprint(hashes.SHA256())).rstrip(b"=").decode()
+    if header.get("x5t#S256") != thumb:
+        return "unknown certificate thumbprint"
+    if claims.get("aud") != ep.url or claims.get("iss") != client_id != claims.get("sub"):
+        return "wrong audience or issuer"
+    if not claims.get("exp", 0) > time.time():
+        return "assertion expired"
+    return ""
 
 
 @contextlib.asynccontextmanager

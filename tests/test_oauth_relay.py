@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import email
 import logging
 import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from sqlalchemy import text
 
 from relay import queue_admin, service
@@ -202,6 +207,56 @@ async def test_an_unreachable_token_endpoint_defers_with_words(tmp_path, db_url,
         finally:
             await relay.close()
     assert "could not reach the token endpoint 127.0.0.1" in listing
+
+
+def rsa_certificate(tmp_path: Path) -> tuple[Path, Path, x509.Certificate]:
+    """What an administrator uploads to the app registration (certificate) and keeps (key)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailping relay")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "app.crt", tmp_path / "app.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path, cert
+
+
+async def test_a_certificate_instead_of_a_secret(tmp_path, db_url, store) -> None:
+    cert_path, key_path, cert = rsa_certificate(tmp_path)
+    async with (
+        token_endpoint({}, scope=SCOPE, certificates={CLIENT: cert}) as ep,
+        oauth_smtp(ep, MAILBOX) as up,
+    ):
+        cfg = oauth_config(tmp_path, db_url, up.port, ep.url, secret="")
+        oauth = dataclasses.replace(
+            cfg.upstream.oauth,
+            client_secret_env="",
+            certificate_file=str(cert_path),
+            certificate_key_file=str(key_path),
+        )
+        cfg = dataclasses.replace(cfg, upstream=dataclasses.replace(cfg.upstream, oauth=oauth))
+        relay = await service.start_relay(cfg, store, with_digests=False)
+        try:
+            assert (await send(relay_port(cfg), [A], "Signed")).startswith("250")
+            await eventually(lambda: len(up.messages) == 1)
+        finally:
+            await relay.close()
+    assert ep.grants == 1 and up.logins == ["ok"]
 
 
 # --- configuration ---------------------------------------------------------------------------
