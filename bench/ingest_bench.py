@@ -29,10 +29,11 @@ sys.path.insert(0, str(ROOT))
 
 from _common import fresh_pg_database, machine  # noqa: E402
 from classify_bench import workload  # noqa: E402
-from sqlalchemy import delete, insert  # noqa: E402
+from sqlalchemy import delete, insert, select  # noqa: E402
 
 from pixelserver.hits import MAX_BATCH, HitPipeline, Journal, Judge  # noqa: E402
-from pixelserver.store import migrate, storage  # noqa: E402
+from pixelserver.store import migrate  # noqa: E402
+from pixelserver.store.schema import Delivery, Hit, Message, User, make_engine, make_sessionmaker  # noqa: E402
 from relay import service  # noqa: E402
 from relay.config import load_config  # noqa: E402
 
@@ -43,11 +44,11 @@ async def seed(engine, now: dt.datetime) -> list[str]:
     tokens = [secrets.token_urlsafe(16) for _ in range(DELIVERIES)]
     async with engine.begin() as conn:
         await conn.execute(
-            insert(storage.User.__table__),
+            insert(User.__table__),
             [{"id": 1, "address": "b@example.com", "created_at": now}],
         )
         await conn.execute(
-            insert(storage.Message.__table__),
+            insert(Message.__table__),
             [
                 {
                     "id": m,
@@ -61,7 +62,7 @@ async def seed(engine, now: dt.datetime) -> list[str]:
             ],
         )
         await conn.execute(
-            insert(storage.Delivery.__table__),
+            insert(Delivery.__table__),
             [
                 {
                     "id": i + 1,
@@ -95,13 +96,13 @@ def write_journal(path: Path, tokens: list[str], n: int, now: dt.datetime) -> No
 
 
 async def measure(url: str, judge: Judge, hits: int, tmp: Path) -> tuple[float, float]:
-    engine = storage.make_engine(url)
+    engine = make_engine(url)
     await migrate.upgrade(engine)
     now = dt.datetime.now(dt.UTC)
     tokens = await seed(engine, now)
     journal_path = tmp / f"{engine.dialect.name}.journal"
     write_journal(journal_path, tokens, hits, now)
-    sessions = storage.make_sessionmaker(engine)
+    sessions = make_sessionmaker(engine)
     pipeline = HitPipeline(Journal(journal_path, fsync="batch"), sessions, judge)
     start = time.perf_counter()
     taken = await pipeline.flush()
@@ -111,16 +112,16 @@ async def measure(url: str, judge: Judge, hits: int, tmp: Path) -> tuple[float, 
     # Baseline: the same rows, already judged, inserted bare (after emptying the table).
     async with engine.begin() as conn:
         rows = [
-            {c.name: getattr(h, c.name) for c in storage.Hit.__table__.columns if c.name != "id"}
-            for h in (await conn.execute(storage.select(storage.Hit))).all()
+            {c.name: getattr(h, c.name) for c in Hit.__table__.columns if c.name != "id"}
+            for h in (await conn.execute(select(Hit))).all()
         ]
-        await conn.execute(delete(storage.Hit.__table__))
+        await conn.execute(delete(Hit.__table__))
     for r in rows:
         r["uid"] = secrets.token_hex(12)
     start = time.perf_counter()
     for i in range(0, len(rows), MAX_BATCH):
         async with engine.begin() as conn:
-            await conn.execute(insert(storage.Hit.__table__), rows[i : i + MAX_BATCH])
+            await conn.execute(insert(Hit.__table__), rows[i : i + MAX_BATCH])
     bare_rate = len(rows) / (time.perf_counter() - start)
     pipeline.journal.close()
     await engine.dispose()

@@ -28,14 +28,15 @@ sys.path.insert(0, str(ROOT))
 
 def seed(db_url: str, recipients: int = 1) -> list[str]:
     """Real deliveries in the store, so the bench fetches tokens MailPing knows."""
-    from pixelserver.store import migrate, storage
+    from pixelserver.store import migrate
+    from pixelserver.store.schema import make_engine, make_sessionmaker
     from relay import tracking
 
     async def run() -> list[str]:
-        engine = storage.make_engine(db_url)
+        engine = make_engine(db_url)
         await migrate.upgrade(engine)
         recorded = await tracking.record_message(
-            storage.make_sessionmaker(engine),
+            make_sessionmaker(engine),
             user="bench@example.com",
             envelope_from="bench@example.com",
             recipients=[f"reader{i}@example.org" for i in range(recipients)],
@@ -53,12 +54,12 @@ def seed(db_url: str, recipients: int = 1) -> list[str]:
 def stored_hits(db_url: str) -> int:
     from sqlalchemy import func, select
 
-    from pixelserver.store import storage
+    from pixelserver.store.schema import Hit, make_engine, make_sessionmaker
 
     async def run() -> int:
-        engine = storage.make_engine(db_url)
-        async with storage.make_sessionmaker(engine)() as s:
-            n = (await s.execute(select(func.count(storage.Hit.id)))).scalar_one()
+        engine = make_engine(db_url)
+        async with make_sessionmaker(engine)() as s:
+            n = (await s.execute(select(func.count(Hit.id)))).scalar_one()
         await engine.dispose()
         return n
 

@@ -28,7 +28,9 @@ import tornado.template  # noqa: E402
 from _common import fresh_pg_database, machine  # noqa: E402
 from sqlalchemy import insert, text  # noqa: E402
 
-from pixelserver.store import migrate, queries, storage  # noqa: E402
+from pixelserver.store import migrate, queries  # noqa: E402
+from pixelserver.store.messages import search_text  # noqa: E402
+from pixelserver.store.schema import Delivery, Hit, Message, User, make_engine, make_sessionmaker  # noqa: E402
 from pixelserver.verdicts.state import STATE_WORDS, STATES  # noqa: E402
 
 USER = "busy@example.com"
@@ -41,7 +43,7 @@ async def seed(engine, messages: int) -> None:
     start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     async with engine.begin() as conn:
         await conn.execute(
-            insert(storage.User.__table__),
+            insert(User.__table__),
             [
                 {"id": 1, "address": USER, "created_at": start},
                 {"id": 2, "address": "other@example.com", "created_at": start},
@@ -122,10 +124,10 @@ async def seed(engine, messages: int) -> None:
             for d in dels:
                 recipients.setdefault(d["message_id"], []).append(d["recipient"])
             for m in msgs:
-                m["search_text"] = storage.search_text(m["subject"], recipients[m["id"]])
-            await conn.execute(insert(storage.Message.__table__), msgs)
-            await conn.execute(insert(storage.Delivery.__table__), dels)
-            await conn.execute(insert(storage.Hit.__table__), hits)
+                m["search_text"] = search_text(m["subject"], recipients[m["id"]])
+            await conn.execute(insert(Message.__table__), msgs)
+            await conn.execute(insert(Delivery.__table__), dels)
+            await conn.execute(insert(Hit.__table__), hits)
         counts = (messages, delivery_id, hit_id)
         if engine.dialect.name == "postgresql":
             # What autovacuum does minutes after a bulk load; without it the planner guesses.
@@ -134,12 +136,12 @@ async def seed(engine, messages: int) -> None:
 
 
 async def measure(url: str, messages: int) -> dict[str, float]:
-    engine = storage.make_engine(url)
+    engine = make_engine(url)
     await migrate.upgrade(engine)
     t = time.perf_counter()
     await seed(engine, messages)
     print(f"  seeding took {time.perf_counter() - t:.0f} s")
-    sessions = storage.make_sessionmaker(engine)
+    sessions = make_sessionmaker(engine)
     loader = tornado.template.Loader(
         str(ROOT / "pixelserver" / "web" / "templates"), autoescape="xhtml_escape"
     )

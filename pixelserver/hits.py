@@ -25,7 +25,8 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver import metrics
-from pixelserver.store import storage
+from pixelserver.store.hitrecords import HitContext, NewHit, SenderNetworks, add_hits, hit_contexts
+from pixelserver.store.states import refresh_states
 from pixelserver.verdicts import classify
 from pixelserver.verdicts.networks import NetworkFacts, Networks
 
@@ -289,8 +290,8 @@ class Judge:
     geo_precision: str = "city"  # city | region | country | off
 
     def hit(
-        self, record: dict, ctx: storage.HitContext, prior: list[classify.PriorHit] | None = None
-    ) -> storage.NewHit:
+        self, record: dict, ctx: HitContext, prior: list[classify.PriorHit] | None = None
+    ) -> NewHit:
         """One journaled fetch judged; `prior` (oldest first) grows by this hit."""
         if prior is None:
             prior = [classify.PriorHit(p, u, s) for p, u, s in ctx.prior]
@@ -319,7 +320,7 @@ class Judge:
         country, region, city = (
             self._precise(net) if verdict.kind == classify.HUMAN else ("", "", "")
         )
-        return storage.NewHit(
+        return NewHit(
             uid=record["u"],
             token=record["t"],
             at=at,
@@ -353,9 +354,7 @@ class Judge:
             return net.country, net.region, ""
         return net.country, net.region, net.city
 
-    def batch(
-        self, records: list[dict], contexts: dict[str, storage.HitContext]
-    ) -> list[storage.NewHit]:
+    def batch(self, records: list[dict], contexts: dict[str, HitContext]) -> list[NewHit]:
         ordered = sorted(records, key=lambda r: r["at"])
         priors = {
             token: [classify.PriorHit(p, u, s) for p, u, s in ctx.prior]
@@ -386,7 +385,7 @@ class HitPipeline:
         self.unknown = 0
         self._task: asyncio.Task | None = None
         self._failing = False
-        self.sender_networks = storage.SenderNetworks()
+        self.sender_networks = SenderNetworks()
         self.limits = limits or RecordLimits()
 
     def record(self, ip: str, token: str, method: str, ua: str, headers: Mapping[str, str]) -> None:
@@ -431,7 +430,7 @@ class HitPipeline:
                 # Earlier hits matter only within the burst window of this batch's first one.
                 start = min((r["at"] for r in batch), default=0) - classify.BURST_WINDOW
                 async with self.sessions.begin() as session:
-                    contexts = await storage.hit_contexts(
+                    contexts = await hit_contexts(
                         session,
                         (r["t"] for r in batch),
                         dt.datetime.fromtimestamp(start, dt.UTC),
@@ -440,10 +439,8 @@ class HitPipeline:
                     # Network lookups can take milliseconds when cold: keep them off the loop
                     # that answers pixels.
                     hits = await asyncio.to_thread(self.judge.batch, batch, contexts)
-                    stored, _ = await storage.add_hits(session, hits)
-                    await storage.refresh_states(
-                        session, {c.delivery_id for c in contexts.values()}
-                    )
+                    stored, _ = await add_hits(session, hits)
+                    await refresh_states(session, {c.delivery_id for c in contexts.values()})
                 self.stored += stored
                 self.unknown += len(batch) - len(hits)
                 metrics.BATCH_SECONDS.observe(time.perf_counter() - started)

@@ -25,7 +25,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver.store import storage
+from pixelserver.store.accounts import local_user_hash
 from relay.forward import Credentials
 
 CHECK_TTL = 600.0
@@ -80,7 +80,7 @@ class LocalLogin(Authenticator):
 
     async def check(self, creds: Credentials) -> bool:
         async with self.sessions() as session:
-            stored = await storage.local_user_hash(session, creds.username)
+            stored = await local_user_hash(session, creds.username)
         # Verify even for an unknown user, so timing does not tell which names exist.
         target = stored or _DUMMY_HASH
         ok = await asyncio.to_thread(_verify, target, creds.password)

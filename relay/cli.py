@@ -21,8 +21,17 @@ import aiosmtplib
 from sqlalchemy.exc import SQLAlchemyError
 
 from pixelserver.config import ConfigError
-from pixelserver.store import erasure, migrate, storage
+from pixelserver.store import erasure, migrate
+from pixelserver.store.accounts import (
+    local_usernames,
+    remove_local_user,
+    revoke_user_tokens,
+    set_local_user,
+    user_exists,
+)
 from pixelserver.store.reclassify import Progress, count_hits, reclassify
+from pixelserver.store.schema import make_engine
+from pixelserver.store.websessions import end_user_sessions
 from pixelserver.verdicts import classify
 from pixelserver.verdicts.networks import mask
 from relay import auth, certs, queue_admin, service
@@ -373,7 +382,7 @@ def _safe_url(url: str) -> str:
 async def db_command(cfg: Config, action: str) -> int:
     if not cfg.database.url:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = storage.make_engine(cfg.database_url)
+    engine = make_engine(cfg.database_url)
     try:
         if action == "upgrade":
             await migrate.upgrade(engine)
@@ -418,17 +427,17 @@ async def user_command(cfg: Config, action: str, name: str | None, from_stdin: b
     try:
         if action == "list":
             async with sessions() as session:
-                for username in await storage.local_usernames(session):
+                for username in await local_usernames(session):
                     print(username)
             return 0
         assert name is not None
         if action == "remove":
             async with sessions.begin() as session:
-                removed = await storage.remove_local_user(session, name)
-                if not removed and not await storage.user_exists(session, name):
+                removed = await remove_local_user(session, name)
+                if not removed and not await user_exists(session, name):
                     raise UsageError(f"no user {name!r}")
-                ended = await storage.end_user_sessions(session, name)
-                revoked = await storage.revoke_user_tokens(session, name)
+                ended = await end_user_sessions(session, name)
+                revoked = await revoke_user_tokens(session, name)
             print(f"removed {name}; ended {ended} web sessions, revoked {revoked} API tokens")
             if not removed:
                 print(
@@ -444,15 +453,15 @@ async def user_command(cfg: Config, action: str, name: str | None, from_stdin: b
             return 0
         if action == "logout":
             async with sessions.begin() as session:
-                ended = await storage.end_user_sessions(session, name)
+                ended = await end_user_sessions(session, name)
             print(f"ended {ended} web sessions of {name.lower()}")
             return 0
         password = read_password(from_stdin)
         digest = await asyncio.to_thread(auth.hash_password, password)
         async with sessions.begin() as session:
-            created = await storage.set_local_user(session, name, digest)
+            created = await set_local_user(session, name, digest)
             # A new password ends the sessions opened with the old one (ASVS 3.3.3).
-            ended = 0 if created else await storage.end_user_sessions(session, name)
+            ended = 0 if created else await end_user_sessions(session, name)
         print(f"{'added' if created else 'changed the password of'} {name.lower()}")
         if ended:
             plural = "s" if ended != 1 else ""

@@ -25,8 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from pixelserver.config import ConfigError, is_loopback_host, parse_listen, parse_networks
 from pixelserver.hits import HitPipeline, Journal, Judge, RecordLimits
 from pixelserver.pixel import PixelFrontEnd
-from pixelserver.store import migrate, retention, storage
+from pixelserver.store import migrate, retention
+from pixelserver.store.appsecrets import app_secret, has_untagged_tokens, token_key
+from pixelserver.store.schema import make_engine, make_sessionmaker
 from pixelserver.store.throttle import LoginThrottle
+from pixelserver.store.websessions import SessionLimits
 from pixelserver.tokens import TokenCheck
 from pixelserver.verdicts import mailbox
 from pixelserver.verdicts.networks import (
@@ -87,7 +90,7 @@ async def open_store(cfg: Config) -> tuple[AsyncEngine, async_sessionmaker[Async
     """SQLite is upgraded in place on start; a shared PostgreSQL is upgraded by an operator."""
     if not cfg.database.url:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = storage.make_engine(cfg.database_url)
+    engine = make_engine(cfg.database_url)
     if engine.dialect.name == "sqlite":
         await migrate.upgrade(engine)
     else:
@@ -97,14 +100,14 @@ async def open_store(cfg: Config) -> tuple[AsyncEngine, async_sessionmaker[Async
             # Mail must flow while the database is away: the relay spools and catches up, the
             # pixel journals. The schema is checked by the first process started with it up.
             log.warning("database unreachable at start (%s); starting without it", exc)
-            return engine, storage.make_sessionmaker(engine)
+            return engine, make_sessionmaker(engine)
         if current != migrate.head_revision():
             await engine.dispose()
             raise SchemaOutOfDate(
                 f"database schema is at {current or 'nothing'}, this MailPing needs "
                 f"{migrate.head_revision()}: run `mailping db upgrade`"
             )
-    return engine, storage.make_sessionmaker(engine)
+    return engine, make_sessionmaker(engine)
 
 
 def make_token_source(cfg: Config) -> TokenSource:
@@ -390,7 +393,7 @@ async def _shared_secret(sessions: async_sessionmaker[AsyncSession]) -> str | No
     """The session-cookie key all processes share (kept in the store), or None if it is down."""
     try:
         async with sessions.begin() as session:
-            return await storage.app_secret(session, "cookie_secret")
+            return await app_secret(session, "cookie_secret")
     except (SQLAlchemyError, OSError) as exc:
         log.warning("store unreachable at start (%s); serving pixels, logins wait for it", exc)
         return None
@@ -410,8 +413,8 @@ async def _read_token_check(check: TokenCheck, sessions: async_sessionmaker[Asyn
     """Fill `check` from the store (the tag key; whether untagged tokens remain)."""
     try:
         async with sessions.begin() as session:
-            key = await storage.token_key(session)
-            untagged = await storage.has_untagged_tokens(session)
+            key = await token_key(session)
+            untagged = await has_untagged_tokens(session)
     except (SQLAlchemyError, OSError):
         return False
     check.key, check.untagged = key, untagged
@@ -466,8 +469,8 @@ def owned_journals(cfg: Config) -> list[Path]:
     return [cfg.data_dir / f"hits-{i}.journal" for i in range(cfg.worker_count)]
 
 
-def session_limits(cfg: Config) -> storage.SessionLimits:
-    return storage.SessionLimits(
+def session_limits(cfg: Config) -> SessionLimits:
+    return SessionLimits(
         idle=dt.timedelta(minutes=cfg.pixelserver.session_idle_minutes),
         absolute=dt.timedelta(hours=cfg.pixelserver.session_max_hours),
     )

@@ -17,7 +17,17 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver.store import erasure, storage
+from pixelserver.store import appsecrets, erasure
+from pixelserver.store.accounts import get_or_create_user
+from pixelserver.store.messages import (
+    NewDelivery,
+    add_message,
+    insert_spooled_message,
+    set_outcomes,
+    set_outcomes_by_token,
+    tokens_recorded,
+)
+from pixelserver.store.schema import User
 from pixelserver.tokens import mint_token, pixel_url
 from pixelserver.verdicts.exclusions import excluded
 
@@ -119,9 +129,7 @@ async def _read_facts(sessions: async_sessionmaker[AsyncSession], user: str) -> 
     async with sessions.begin() as session:  # begin: the first read of a secret makes it
         row = (
             await session.execute(
-                select(storage.User.id, storage.User.exclusions).where(
-                    storage.User.address == user.strip().lower()
-                )
+                select(User.id, User.exclusions).where(User.address == user.strip().lower())
             )
         ).first()
         user_id = row.id if row is not None else None
@@ -129,8 +137,10 @@ async def _read_facts(sessions: async_sessionmaker[AsyncSession], user: str) -> 
         return TrackingFacts(
             exclusions=list(row.exclusions or []) if row is not None else [],
             forgotten_hashes=hashes,
-            erasure_key=await storage.cached_secret(session, erasure.ERASURE_KEY) if hashes else "",
-            token_key=await storage.token_key(session),
+            erasure_key=await appsecrets.cached_secret(session, erasure.ERASURE_KEY)
+            if hashes
+            else "",
+            token_key=await appsecrets.token_key(session),
         )
 
 
@@ -173,10 +183,10 @@ async def record_spooled(
     """Write the message and its deliveries unless they are there already (`maybe_recorded`
     False: a message this process spooled a moment ago, which cannot be)."""
     async with sessions.begin() as session:
-        if maybe_recorded and await storage.tokens_recorded(session, [d.token for d in deliveries]):
+        if maybe_recorded and await tokens_recorded(session, [d.token for d in deliveries]):
             return
-        owner = await storage.get_or_create_user(session, user)
-        await storage.insert_spooled_message(
+        owner = await get_or_create_user(session, user)
+        await insert_spooled_message(
             session,
             user_id=owner.id,
             envelope_from=envelope_from,
@@ -186,7 +196,7 @@ async def record_spooled(
             accepted_at=accepted_at,
             sender_prefix=sender_prefix,
             deliveries=[
-                storage.NewDelivery(
+                NewDelivery(
                     recipient=d.recipient,
                     token=d.token,
                     tracking="untracked" if d.untracked_reason else "tracked",
@@ -202,7 +212,7 @@ async def sync_outcomes(
 ) -> None:
     """(token, outcome, reply) as the spool has them."""
     async with sessions.begin() as session:
-        await storage.set_outcomes_by_token(session, outcomes)
+        await set_outcomes_by_token(session, outcomes)
 
 
 # Recording without the spool: the deliveries of a message made elsewhere (benchmarks and
@@ -237,24 +247,24 @@ async def record_message(
     sender_prefix: str = "",
 ) -> RecordedMessage:
     async with sessions.begin() as session:
-        owner = await storage.get_or_create_user(session, user)
+        owner = await get_or_create_user(session, user)
         exclusions = owner.exclusions or []
         # Recipients erased on request are never tracked again (only a keyed hash is kept).
         forgotten = await erasure.forgotten_among(session, owner.id, recipients)
-        key = await storage.token_key(session)
+        key = await appsecrets.token_key(session)
         new = []
         for r in recipients:
             never = r in forgotten or excluded(r, exclusions)
             reason = untracked_reason or (EXCLUDED if never else None)
             new.append(
-                storage.NewDelivery(
+                NewDelivery(
                     recipient=r,
                     token=mint_token(key),
                     tracking="untracked" if reason else "tracked",
                     untracked_reason=reason,
                 )
             )
-        message, rows = await storage.add_message(
+        message, rows = await add_message(
             session,
             user_address=user,
             envelope_from=envelope_from,
@@ -277,4 +287,4 @@ async def record_outcomes(
     sessions: async_sessionmaker[AsyncSession], outcomes: Sequence[tuple[int, str, str]]
 ) -> None:
     async with sessions.begin() as session:
-        await storage.set_outcomes(session, outcomes)
+        await set_outcomes(session, outcomes)

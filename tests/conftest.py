@@ -23,7 +23,9 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from pixelserver.config import DatabaseConfig, PixelServerConfig
-from pixelserver.store import migrate, storage
+from pixelserver.store import migrate
+from pixelserver.store.accounts import set_local_user
+from pixelserver.store.schema import Message, make_engine, make_sessionmaker
 from relay import auth, service
 from relay.config import Config, QueueConfig, RelayConfig, UpstreamConfig
 
@@ -108,9 +110,9 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 @pytest.fixture
 async def store(db_url: str):
-    engine = storage.make_engine(db_url)
+    engine = make_engine(db_url)
     await migrate.upgrade(engine)
-    yield storage.make_sessionmaker(engine)
+    yield make_sessionmaker(engine)
     await engine.dispose()
 
 
@@ -361,7 +363,7 @@ async def _site(
 ):
     async with store.begin() as s:
         for user, password in USERS.items():
-            await storage.set_local_user(s, user, auth.hash_password(password))
+            await set_local_user(s, user, auth.hash_password(password))
     cfg = make_config(
         tmp_path,
         db_url,
@@ -380,7 +382,7 @@ async def _site(
         send_as, port, "bob@example.org", "Bob's private plans", ["eve@example.com"]
     )
     async with store() as s:
-        ids = {m.subject: m.id for m in (await s.execute(select(storage.Message))).scalars()}
+        ids = {m.subject: m.id for m in (await s.execute(select(Message))).scalars()}
     yield cfg, ids, upstream
     await relay.close()
     await pixel.close()

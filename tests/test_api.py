@@ -13,8 +13,10 @@ import subprocess
 import sys
 
 import pytest
+from sqlalchemy import select
 
-from pixelserver.store import storage
+from pixelserver.store.accounts import create_api_token
+from pixelserver.store.schema import Delivery
 from tests.conftest import BOB, XSS, send_as
 from tests.test_classify import THUNDERBIRD
 from tests.test_pixel import fetch
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 async def token_for(store, user: str) -> str:
     async with store.begin() as s:
-        return await storage.create_api_token(s, user, "test")
+        return await create_api_token(s, user, "test")
 
 
 async def api(base: str, path: str, token: str | None = None):
@@ -53,9 +55,7 @@ async def test_tokens_and_isolation(site, store) -> None:
     assert code == 404 and body == {"error": {"code": "not_found", "message": "no such message"}}
     async with store() as s:
         bob_delivery = (
-            await s.execute(
-                storage.select(storage.Delivery.id).where(storage.Delivery.message_id == ids[BOB])
-            )
+            await s.execute(select(Delivery.id).where(Delivery.message_id == ids[BOB]))
         ).scalar_one()
     code, _ = await api(base, f"/api/v1/deliveries/{bob_delivery}/hits", ana)
     assert code == 404

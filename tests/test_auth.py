@@ -22,7 +22,8 @@ import pytest
 from sqlalchemy import func, select
 
 from pixelserver.config import ConfigError
-from pixelserver.store import storage
+from pixelserver.store.accounts import set_local_user
+from pixelserver.store.schema import LoginThrottle as AttemptRow
 from pixelserver.store.throttle import PRUNE_EVERY, LoginThrottle
 from relay import auth as auth_module
 from relay import service
@@ -411,7 +412,7 @@ def swaks_at(server: str, port: int, *args: str) -> subprocess.CompletedProcess:
 
 async def add_local_user(store, name: str, password: str) -> None:
     async with store.begin() as s:
-        await storage.set_local_user(s, name, auth_module.hash_password(password))
+        await set_local_user(s, name, auth_module.hash_password(password))
 
 
 @pytest.mark.parametrize(("tls", "flag"), [("starttls", "--tls"), ("implicit", "--tlsc")])
@@ -795,7 +796,7 @@ async def test_parallel_guesses_across_worker_processes_are_counted_before_the_c
     assert user == [454] * 3 + [535] * 3, out
     assert right == 454
     async with store() as s:
-        rows = (await s.execute(select(func.count()).select_from(storage.LoginThrottle))).scalar()
+        rows = (await s.execute(select(func.count()).select_from(AttemptRow))).scalar()
     assert rows == 4 + 1 + 2  # u0..u3 and ana, two networks: nothing else is kept
 
 
@@ -807,7 +808,7 @@ async def test_the_throttle_table_keeps_only_the_last_window(store) -> None:
     now[0] += 600 + PRUNE_EVERY
     await throttle.attempt("late@example.org", "203.0.113.9")
     async with store() as s:
-        rows = (await s.execute(select(storage.LoginThrottle.key))).scalars().all()
+        rows = (await s.execute(select(AttemptRow.key))).scalars().all()
     assert len(rows) == 2  # the late user and its network; the ended window is gone
 
 

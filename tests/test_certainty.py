@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pixelserver.store import storage
+from pixelserver.store.messages import NewDelivery, add_message, set_outcomes
+from pixelserver.store.schema import Hit, utcnow
+from pixelserver.store.states import refresh_states
 from pixelserver.verdicts import state
 from pixelserver.verdicts.classify import RULES
 from pixelserver.verdicts.state import (
@@ -110,23 +112,21 @@ async def test_stored_states_follow_the_confidence(store, confidence: float) -> 
     from pixelserver.store import queries
 
     async with store.begin() as session:
-        _, (delivery,) = await storage.add_message(
+        _, (delivery,) = await add_message(
             session,
             user_address="me@example.com",
             envelope_from="me@example.com",
             subject="s",
             message_id_header=f"<{secrets.token_hex(4)}@x>",
             size=1,
-            deliveries=[
-                storage.NewDelivery("ana@gmail.com", secrets.token_hex(8), "tracked", None)
-            ],
+            deliveries=[NewDelivery("ana@gmail.com", secrets.token_hex(8), "tracked", None)],
         )
-        await storage.set_outcomes(session, [(delivery.id, "accepted", "250 ok")])
+        await set_outcomes(session, [(delivery.id, "accepted", "250 ok")])
         session.add(
-            storage.Hit(
+            Hit(
                 uid=secrets.token_hex(8),
                 delivery_id=delivery.id,
-                at=storage.utcnow(),
+                at=utcnow(),
                 method="GET",
                 ip_prefix="66.249.93.0/24",
                 user_agent="GoogleImageProxy",
@@ -147,7 +147,7 @@ async def test_stored_states_follow_the_confidence(store, confidence: float) -> 
             )
         )
         await session.flush()
-        await storage.refresh_states(session, [delivery.id])
+        await refresh_states(session, [delivery.id])
     expected = PROBABLY_OPENED if confidence < CERTAIN_CONFIDENCE else OPENED
     async with store() as session:
         listed = await queries.list_messages(session, None, queries.Filters(state=expected))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pixelserver.store import storage
+from pixelserver.store.accounts import set_local_user
 from relay import service
 from relay.auth import hash_password
 from relay.certs import make_self_signed
@@ -154,7 +154,7 @@ async def test_the_printed_swaks_command_sends_through_a_relay_that_needs_tls_an
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     make_self_signed("127.0.0.1", cert, key)
     async with store() as session, session.begin():
-        await storage.set_local_user(session, "you@example.com", hash_password("a long password"))
+        await set_local_user(session, "you@example.com", hash_password("a long password"))
     async with capture_upstream() as cap:
         cfg = make_config(
             tmp_path,

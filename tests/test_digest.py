@@ -21,7 +21,11 @@ import pytest
 from sqlalchemy import select, update
 
 from pixelserver.config import DigestConfig
-from pixelserver.store import digests, storage
+from pixelserver.store import digests
+from pixelserver.store.accounts import get_or_create_user
+from pixelserver.store.hitrecords import add_hits
+from pixelserver.store.schema import DigestRun, Message, User, make_engine, make_sessionmaker
+from pixelserver.store.states import refresh_states
 from relay import service, tracking
 from relay.digest import compose, schedule
 from relay.digest.query import collect
@@ -91,12 +95,8 @@ JOINED = at(2026, 1, 1)
 
 async def new_user(store, address: str = ME, joined: dt.datetime = JOINED, **prefs):
     async with store.begin() as s:
-        user = await storage.get_or_create_user(s, address)
-        await s.execute(
-            update(storage.User)
-            .where(storage.User.id == user.id)
-            .values(created_at=joined, **prefs)
-        )
+        user = await get_or_create_user(s, address)
+        await s.execute(update(User).where(User.id == user.id).values(created_at=joined, **prefs))
 
 
 async def sent(store, subject: str, recipients: list[str], when: dt.datetime, user: str = ME):
@@ -112,11 +112,7 @@ async def sent(store, subject: str, recipients: list[str], when: dt.datetime, us
         untracked_reason=None,
     )
     async with store.begin() as s:
-        await s.execute(
-            update(storage.Message)
-            .where(storage.Message.id == recorded.id)
-            .values(accepted_at=when)
-        )
+        await s.execute(update(Message).where(Message.id == recorded.id).values(accepted_at=when))
     await tracking.record_outcomes(
         store, [(d.id, "accepted", "250 ok") for d in recorded.deliveries]
     )
@@ -172,12 +168,11 @@ async def test_two_schedulers_racing_on_one_store_send_one_digest(tmp_path, db_u
             store, f"Mail {i}", ["ana@example.org"], at(2026, 6, 1, 7), user=f"user{i}@example.com"
         )
     clock = Clock(at(2026, 6, 1, 8, 0, 5))
-    engines = [storage.make_engine(db_url) for _ in range(2)]
+    engines = [make_engine(db_url) for _ in range(2)]
     try:
         async with capture_upstream(data_delay=0.05) as up:
             runners = [
-                runner_for(tmp_path, db_url, storage.make_sessionmaker(e), up.port, clock)
-                for e in engines
+                runner_for(tmp_path, db_url, make_sessionmaker(e), up.port, clock) for e in engines
             ]
             for tick in range(3):
                 results = await asyncio.gather(*(r.tick() for r in runners * 2))
@@ -193,7 +188,7 @@ async def test_two_schedulers_racing_on_one_store_send_one_digest(tmp_path, db_u
         f"user{i}@example.com" for i in range(5)
     )
     async with store() as s:
-        runs = (await s.execute(select(storage.DigestRun))).scalars().all()
+        runs = (await s.execute(select(DigestRun))).scalars().all()
     assert len(runs) == 5 and {r.status for r in runs} == {"sent"}
 
 
@@ -249,7 +244,7 @@ async def test_an_unreachable_upstream_and_downtime(tmp_path, db_url, store) -> 
     assert [(s.day, s.status) for s in results] == [(dt.date(2026, 6, 4), "sent")]
     assert "Numbers" in bodies(up.messages[0].data)[1]
     async with store() as s:
-        runs = {r.day: r for r in (await s.execute(select(storage.DigestRun))).scalars()}
+        runs = {r.day: r for r in (await s.execute(select(DigestRun))).scalars()}
     assert runs[dt.date(2026, 6, 1)].status == "failed"
     assert runs[dt.date(2026, 6, 1)].last_error.endswith("(given up: the next digest was due)")
 
@@ -286,7 +281,7 @@ async def seeded(store) -> dict[str, int]:
         "gone@example.org",
     ]
     async with store.begin() as s:
-        user = await storage.get_or_create_user(s, ME)
+        user = await get_or_create_user(s, ME)
         user.exclusions = ["firm.example"]
     rec = await sent(store, HOSTILE, recipients, at(2026, 6, 1, 9))
     ids = {d.recipient: d.id for d in rec.deliveries}
@@ -321,8 +316,8 @@ async def seeded(store) -> dict[str, int]:
         ),
     ]
     async with store.begin() as s:
-        await storage.add_hits(s, hits)
-        await storage.refresh_states(s, [*ids.values(), old.deliveries[0].id])
+        await add_hits(s, hits)
+        await refresh_states(s, [*ids.values(), old.deliveries[0].id])
     return tokens | {"late@example.org": old.deliveries[0].token}
 
 

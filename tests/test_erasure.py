@@ -14,7 +14,9 @@ import pytest
 from sqlalchemy import select, text
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from pixelserver.store import storage
+from pixelserver.store.accounts import create_api_token, get_or_create_user
+from pixelserver.store.appsecrets import token_key
+from pixelserver.store.schema import Base, Delivery, Message, User
 from relay import cli
 from tests.conftest import USERS, send_as
 from tests.test_pixel import fetch, wait_for_hits
@@ -25,7 +27,7 @@ async def store_text(store) -> str:
     """Every row of every table, as text (what a database dump would show)."""
     parts = []
     async with store() as s:
-        for table in storage.Base.metadata.sorted_tables:
+        for table in Base.metadata.sorted_tables:
             rows = await s.execute(select(table))
             parts += [repr(tuple(r)) for r in rows]
     return "\n".join(parts).lower()
@@ -75,9 +77,7 @@ async def test_a_user_forgets_a_recipient_from_the_page_and_the_api(site, store)
     )
     assert saved.code in (200, 302), saved.body[:500]
     async with store() as s:
-        user = (
-            await s.execute(select(storage.User).where(storage.User.address == "ana@example.org"))
-        ).scalar_one()
+        user = (await s.execute(select(User).where(User.address == "ana@example.org"))).scalar_one()
         assert user.exclusions == ["carol@gmail.com"]
         carol = await _delivery(s, "carol@gmail.com")
     # The hit pipeline writes in batches: under load the fetch above may not be stored yet.
@@ -106,7 +106,7 @@ async def test_a_user_forgets_a_recipient_from_the_page_and_the_api(site, store)
 
     # The API does the same with a personal token.
     async with store.begin() as s:
-        api_token = await storage.create_api_token(s, "ana@example.org", "script")
+        api_token = await create_api_token(s, "ana@example.org", "script")
     resp = await AsyncHTTPClient().fetch(
         HTTPRequest(
             base + "/api/v1/recipients/dan%40example.net",
@@ -119,7 +119,7 @@ async def test_a_user_forgets_a_recipient_from_the_page_and_the_api(site, store)
     assert await traces(store, cfg, "dan@example.net") == []
     # The message had no recipient left: it went too.
     async with store() as s:
-        subjects = set((await s.execute(select(storage.Message.subject))).scalars())
+        subjects = set((await s.execute(select(Message.subject))).scalars())
     assert subjects == {"Bob's private plans"}
 
     # The rule still holds: a new message to Carol is not tracked, although her address is
@@ -133,18 +133,14 @@ async def test_a_user_forgets_a_recipient_from_the_page_and_the_api(site, store)
     )
     async with store() as s:
         rows = (
-            await s.execute(
-                select(storage.Delivery.recipient, storage.Delivery.tracking).order_by(
-                    storage.Delivery.id
-                )
-            )
+            await s.execute(select(Delivery.recipient, Delivery.tracking).order_by(Delivery.id))
         ).all()
     assert ("carol@gmail.com", "untracked") in rows and ("frank@example.net", "tracked") in rows
 
 
 async def _delivery(s, recipient: str) -> int | None:
     return (
-        await s.execute(select(storage.Delivery.id).where(storage.Delivery.recipient == recipient))
+        await s.execute(select(Delivery.id).where(Delivery.recipient == recipient))
     ).scalar_one_or_none()
 
 
@@ -243,7 +239,7 @@ async def test_forgetting_removes_the_copies_in_the_local_outbox(
         assert list(cfg.outbox_dir.glob("*.eml")) == []
         assert await traces(store, cfg, "gina@example.org") == []
         async with store() as s:
-            left = list((await s.execute(select(storage.Delivery.recipient))).scalars())
+            left = list((await s.execute(select(Delivery.recipient))).scalars())
         assert left == ["hal@example.org"]
     finally:
         await relay.close()
@@ -258,7 +254,7 @@ async def test_the_relay_plans_forgotten_recipients_untracked_with_tagged_tokens
     from relay import tracking
 
     async with store.begin() as s:
-        owner = await storage.get_or_create_user(s, "ana@example.org")
+        owner = await get_or_create_user(s, "ana@example.org")
         owner.exclusions = ["internal.example"]
     await erasure.forget_recipient(store, "Carol@Gmail.com", user="ana@example.org")
     await erasure.forget_recipient(store, "zed@example.net", user=None)  # for everyone
@@ -266,7 +262,7 @@ async def test_the_relay_plans_forgotten_recipients_untracked_with_tagged_tokens
     facts = await cache.get(store, "ana@example.org")
     assert facts is not None and facts.token_key is not None
     async with store.begin() as s:
-        assert facts.token_key == await storage.token_key(s)
+        assert facts.token_key == await token_key(s)
     rcpts = ["carol@gmail.com", "zed@example.net", "x@internal.example", "dan@example.net"]
     plan = tracking.plan_deliveries(rcpts, None, facts)
     assert [d.untracked_reason for d in plan] == ["excluded", "excluded", "excluded", None]

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from pixelserver.store import storage
+from pixelserver.store.accounts import set_local_user
+from pixelserver.store.schema import Message
 from relay import auth, service
 from relay.certs import make_self_signed
 from relay.smtp import RelaySMTP
@@ -309,7 +310,7 @@ async def test_the_client_address_comes_from_the_proxy_header(
     assert no_header == b""  # closed: a client cannot skip the header and pass as the balancer
     assert "<-  250 2.0.0 Sent to 1 recipient" in sent.stdout, sent.stdout
     async with store() as s:
-        prefixes = (await s.execute(select(storage.Message.sender_prefix))).scalars().all()
+        prefixes = (await s.execute(select(Message.sender_prefix))).scalars().all()
     assert [p.split("/")[0].rsplit(".", 1)[0] for p in prefixes] == ["203.0.113"]
 
 
@@ -321,7 +322,7 @@ async def test_implicit_tls_and_logins_behind_a_proxy_balancer(
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     make_self_signed(address, cert, key)
     async with store.begin() as s:
-        await storage.set_local_user(s, "ana@example.org", auth.hash_password("ana-password-1"))
+        await set_local_user(s, "ana@example.org", auth.hash_password("ana-password-1"))
     cfg = make_config(
         tmp_path,
         db_url,
@@ -420,7 +421,7 @@ async def test_a_long_passphrase_fits_in_an_auth_line(
     """RFC 4954 lets an AUTH command line be 12288 octets; RFC 5321's 512 is for the others."""
     passphrase = "correct horse battery staple " * 20  # 580 characters
     async with store.begin() as s:
-        await storage.set_local_user(s, "ana@example.org", auth.hash_password(passphrase))
+        await set_local_user(s, "ana@example.org", auth.hash_password(passphrase))
     cfg = make_config(tmp_path, db_url, upstream.port, relay={"auth": "local"})
     relay = await service.start_relay(cfg, store)
     try:

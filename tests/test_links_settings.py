@@ -12,7 +12,8 @@ from playwright.async_api import expect
 from sqlalchemy import select
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from pixelserver.store import storage
+from pixelserver.store.accounts import create_api_token
+from pixelserver.store.schema import Delivery, Message, User
 from tests.conftest import SHOTS, XSS, send_as
 from tests.test_classify import THUNDERBIRD
 from tests.test_pixel import fetch, wait_for_hits
@@ -65,12 +66,10 @@ class WebSession:
         return s
 
 
-async def delivery_of(store, message_id: int) -> storage.Delivery:
+async def delivery_of(store, message_id: int) -> Delivery:
     async with store() as s:
         return (
-            await s.execute(
-                select(storage.Delivery).where(storage.Delivery.message_id == message_id)
-            )
+            await s.execute(select(Delivery).where(Delivery.message_id == message_id))
         ).scalar_one()
 
 
@@ -149,7 +148,7 @@ async def test_a_link_seen_from_the_makers_network_is_the_sender_and_needs_a_nam
     assert (d.recipient, d.outcome, d.tracking) == ("", "accepted", "tracked")
     # The API and export say where the message came from.
     async with store.begin() as s:
-        token = await storage.create_api_token(s, "ana@example.org", "t")
+        token = await create_api_token(s, "ana@example.org", "t")
     resp = await fetch(
         f"{base}/api/v1/messages/{message_id}", headers={"Authorization": f"Bearer {token}"}
     )
@@ -166,8 +165,8 @@ async def test_demo_mode_links_belong_to_the_address_given(stack) -> None:
     made = await web.request("/links/new", {"label": "Note", "sender": "me@example.com"})
     assert made.code == 302
     async with stack.store() as s:
-        m = (await s.execute(select(storage.Message))).scalar_one()
-        owner = await s.get(storage.User, m.user_id)
+        m = (await s.execute(select(Message))).scalar_one()
+        owner = await s.get(User, m.user_id)
     assert (m.subject, m.source, owner.address) == ("Note", "manual", "me@example.com")
 
 
@@ -203,9 +202,7 @@ async def test_settings_are_saved_checked_and_the_relay_skips_excluded_recipient
         in await page.get_by_role("alert").inner_text()
     )
     async with store() as s:
-        user = (
-            await s.execute(select(storage.User).where(storage.User.address == "ana@example.org"))
-        ).scalar_one()
+        user = (await s.execute(select(User).where(User.address == "ana@example.org"))).scalar_one()
     assert (user.digest_hour, user.digest_timezone) == (7, "Europe/Paris")  # kept
 
     port = int(cfg.relay.listen.rsplit(":", 1)[1])
@@ -218,7 +215,7 @@ async def test_settings_are_saved_checked_and_the_relay_skips_excluded_recipient
     async with store() as s:
         rows = {
             d.recipient: (d.state, d.untracked_reason)
-            for d in (await s.execute(select(storage.Delivery))).scalars()
+            for d in (await s.execute(select(Delivery))).scalars()
         }
     assert rows["x@sub.example.net"] == ("untracked", "excluded")
     assert rows["zoe@example.org"] == ("not_opened", None)

@@ -9,7 +9,8 @@ import contextlib
 import pytest
 from sqlalchemy.engine import make_url
 
-from pixelserver.store import retention, storage
+from pixelserver.store import retention
+from pixelserver.store.schema import make_engine, make_sessionmaker
 from tests.conftest import capture_upstream
 from tests.test_digest import Clock, at, new_user, runner_for, sent
 from tests.test_scale import CuttableProxy
@@ -21,8 +22,8 @@ async def test_the_digest_scheduler_survives_a_database_restart(tmp_path, db_url
     proxy = CuttableProxy((url.host or "127.0.0.1", url.port or 5432))
     await proxy.start()
     via = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    engine = storage.make_engine(via)
-    sessions = storage.make_sessionmaker(engine)
+    engine = make_engine(via)
+    sessions = make_sessionmaker(engine)
     await new_user(store)
     await sent(store, "Numbers", ["ana@example.org"], at(2026, 3, 28, 5))
     clock = Clock(at(2026, 3, 28, 6, 0))  # before the 08:00 (UTC) digest

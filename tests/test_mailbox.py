@@ -8,9 +8,11 @@ import secrets
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from pixelserver.store import storage
+from pixelserver.store.hitrecords import hit_contexts
+from pixelserver.store.messages import NewDelivery, add_message
+from pixelserver.store.schema import Delivery, make_engine
 from pixelserver.verdicts import mailbox
 from pixelserver.verdicts.mailbox import MailboxRefresher, MxResolver, provider_from_mx
 from tests.dns_server import DnsServer, Zone
@@ -105,25 +107,21 @@ async def test_a_dead_server_gives_no_answer_and_is_not_asked_again_at_once() ->
 
 async def _deliveries(store, recipients: list[str]) -> list[int]:
     async with store.begin() as session:
-        _, rows = await storage.add_message(
+        _, rows = await add_message(
             session,
             user_address="sender@example.org",
             envelope_from="sender@example.org",
             subject="quote",
             message_id_header=f"<{secrets.token_hex(6)}@example.org>",
             size=100,
-            deliveries=[
-                storage.NewDelivery(r, secrets.token_hex(8), "tracked", None) for r in recipients
-            ],
+            deliveries=[NewDelivery(r, secrets.token_hex(8), "tracked", None) for r in recipients],
         )
         return [d.id for d in rows]
 
 
 async def _providers(store) -> dict[str, str | None]:
     async with store() as session:
-        rows = await session.execute(
-            select(storage.Delivery.recipient, storage.Delivery.mailbox_provider)
-        )
+        rows = await session.execute(select(Delivery.recipient, Delivery.mailbox_provider))
         return dict(rows.all())
 
 
@@ -157,17 +155,13 @@ async def test_the_judge_uses_the_stored_provider(store) -> None:
     (delivery_id,) = await _deliveries(store, ["ana@acme.example"])
     async with store.begin() as session:
         await session.execute(
-            storage.update(storage.Delivery)
-            .where(storage.Delivery.id == delivery_id)
-            .values(mailbox_provider="google")
+            update(Delivery).where(Delivery.id == delivery_id).values(mailbox_provider="google")
         )
         token = (
-            await session.execute(
-                select(storage.Delivery.token).where(storage.Delivery.id == delivery_id)
-            )
+            await session.execute(select(Delivery.token).where(Delivery.id == delivery_id))
         ).scalar_one()
     async with store() as session:
-        ctx = (await storage.hit_contexts(session, [token]))[token]
+        ctx = (await hit_contexts(session, [token]))[token]
     assert ctx.mailbox_provider == "google"
     record = {
         "u": "x",
@@ -188,7 +182,7 @@ async def test_migration_0011_goes_down_and_up_again(db_url: str) -> None:
 
     from pixelserver.store import migrate
 
-    engine = storage.make_engine(db_url)
+    engine = make_engine(db_url)
     try:
         await migrate.upgrade(engine)
 
@@ -252,7 +246,7 @@ async def test_the_recipient_row_shows_the_mailbox_provider(stack) -> None:
     from tests.test_pixel import fetch
 
     async with stack.store.begin() as session:
-        message, rows = await storage.add_message(
+        message, rows = await add_message(
             session,
             user_address="me@example.com",
             envelope_from="me@example.com",
@@ -260,8 +254,8 @@ async def test_the_recipient_row_shows_the_mailbox_provider(stack) -> None:
             message_id_header="<p1@example.com>",
             size=100,
             deliveries=[
-                storage.NewDelivery("ana@acme.example", secrets.token_hex(8), "tracked", None),
-                storage.NewDelivery("bo@unknown.example", secrets.token_hex(8), "tracked", None),
+                NewDelivery("ana@acme.example", secrets.token_hex(8), "tracked", None),
+                NewDelivery("bo@unknown.example", secrets.token_hex(8), "tracked", None),
             ],
         )
         rows[0].mailbox_provider = "google"

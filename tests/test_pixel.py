@@ -12,7 +12,9 @@ from sqlalchemy import func, select
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
 from pixelserver.pixel import GIF
-from pixelserver.store import storage
+from pixelserver.store.hitrecords import hits_for_delivery
+from pixelserver.store.messages import delivery_by_id
+from pixelserver.store.schema import Delivery, Hit, make_engine, make_sessionmaker
 from relay import tracking
 from tests.conftest import Stack, free_port, make_config, start_pixelserver
 
@@ -27,7 +29,7 @@ async def fetch(url: str, **kw: object) -> HTTPResponse:
         return exc.response
 
 
-async def a_delivery(store, recipient: str = "ana@example.org") -> storage.Delivery:
+async def a_delivery(store, recipient: str = "ana@example.org") -> Delivery:
     """A message recorded the way the relay records one."""
     recorded = await tracking.record_message(
         store,
@@ -40,17 +42,17 @@ async def a_delivery(store, recipient: str = "ana@example.org") -> storage.Deliv
         untracked_reason=None,
     )
     async with store() as session:
-        d = await storage.delivery_by_id(session, recorded.deliveries[0].id)
+        d = await delivery_by_id(session, recorded.deliveries[0].id)
         assert d is not None
         return d
 
 
-async def hits_of(store, delivery_id: int) -> list[storage.Hit]:
+async def hits_of(store, delivery_id: int) -> list[Hit]:
     async with store() as session:
-        return await storage.hits_for_delivery(session, delivery_id)
+        return await hits_for_delivery(session, delivery_id)
 
 
-async def wait_for_hits(store, delivery_id: int, n: int) -> list[storage.Hit]:
+async def wait_for_hits(store, delivery_id: int, n: int) -> list[Hit]:
     for _ in range(100):
         hits = await hits_of(store, delivery_id)
         if len(hits) >= n:
@@ -102,7 +104,7 @@ async def test_unknown_and_malformed_tokens_get_the_same_gif_and_record_nothing(
     assert_pixel(resp)
     await asyncio.sleep(0.3)
     async with stack.store() as session:
-        assert (await session.execute(select(func.count(storage.Hit.id)))).scalar() == 0
+        assert (await session.execute(select(func.count(Hit.id)))).scalar() == 0
 
 
 async def test_conditional_request_still_gets_the_image(stack: Stack) -> None:
@@ -139,8 +141,8 @@ async def test_hits_survive_a_database_outage_through_the_journal(
     dead = make_config(
         tmp_path, f"postgresql+asyncpg://nobody:x@127.0.0.1:{free_port()}/none", None
     )
-    dead_engine = storage.make_engine(dead.database_url)
-    pixel = await start_pixelserver(dead, storage.make_sessionmaker(dead_engine))
+    dead_engine = make_engine(dead.database_url)
+    pixel = await start_pixelserver(dead, make_sessionmaker(dead_engine))
     try:
         for _ in range(5):
             assert_pixel(await fetch(f"{dead.pixelserver.public_url}/p/{d.token}.gif"))

@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 from tornado.httpclient import AsyncHTTPClient
 
 from pixelserver.hits import RecordLimits
-from pixelserver.store import storage
+from pixelserver.store.messages import NewDelivery, add_message
+from pixelserver.store.schema import Hit
 from relay import tracking
 from tests.conftest import Stack, make_config, start_pixelserver
 from tests.test_pixel import a_delivery, assert_pixel, fetch, hits_of, wait_for_hits
@@ -99,7 +100,7 @@ async def test_one_network_fetching_thousands_of_tokens_is_limited(
         )
         await wait_for_hits(store, other.id, 1)
         async with store() as s:
-            stored = (await s.execute(select(func.count(storage.Hit.id)))).scalar_one() - 1
+            stored = (await s.execute(select(func.count(Hit.id)))).scalar_one() - 1
         assert stored <= 200 + 20 * took + 5, (stored, took)
         assert stored < 600
         text = (await fetch(f"{url}/metrics")).body.decode()
@@ -149,14 +150,14 @@ async def test_untagged_tokens_minted_before_still_count_while_they_exist(
     tmp_path: Path, db_url: str, store
 ) -> None:
     async with store.begin() as s:
-        _, (old,) = await storage.add_message(
+        _, (old,) = await add_message(
             s,
             user_address="me@example.com",
             envelope_from="me@example.com",
             subject="sent before the upgrade",
             message_id_header="",
             size=1,
-            deliveries=[storage.NewDelivery("ana@example.org", "Q" * 21 + "w", "tracked", None)],
+            deliveries=[NewDelivery("ana@example.org", "Q" * 21 + "w", "tracked", None)],
         )
     pixel = await start_pixelserver(make_config(tmp_path, db_url, None), store)
     url = f"http://127.0.0.1:{list(pixel.http._sockets.values())[0].getsockname()[1]}"

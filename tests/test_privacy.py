@@ -22,7 +22,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from pixelserver.hits import Journal
-from pixelserver.store import storage
+from pixelserver.store.schema import make_engine, make_sessionmaker
 from tests.conftest import free_port, make_config, start_pixelserver
 from tests.test_pixel import a_delivery, assert_pixel, fetch, hits_of
 
@@ -85,8 +85,8 @@ async def test_journal_keeps_no_address_while_the_store_is_away(
     dead = make_config(
         tmp_path, f"postgresql+asyncpg://nobody:x@127.0.0.1:{free_port()}/none", None
     )
-    dead_engine = storage.make_engine(dead.database_url)
-    pixel = await start_pixelserver(dead, storage.make_sessionmaker(dead_engine))
+    dead_engine = make_engine(dead.database_url)
+    pixel = await start_pixelserver(dead, make_sessionmaker(dead_engine))
     try:
         for ip in CLIENTS:
             await proxied_fetch(f"{dead.pixelserver.public_url}/p/{d.token}.gif", ip)

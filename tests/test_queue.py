@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from pixelserver.store import storage
+from pixelserver.store.schema import Delivery, Message, make_engine, make_sessionmaker
 from relay import queue_admin, service
 from relay.spool import Spool
 from tests.conftest import CaptureUpstream, capture_upstream, make_config
@@ -42,7 +42,7 @@ def copies(up: CaptureUpstream, rcpt: str) -> int:
 
 async def outcomes(store) -> dict[str, str]:
     async with store() as s:
-        rows = (await s.execute(select(storage.Delivery.recipient, storage.Delivery.outcome))).all()
+        rows = (await s.execute(select(Delivery.recipient, Delivery.outcome))).all()
     return dict(rows)
 
 
@@ -133,7 +133,7 @@ async def test_a_resubmission_after_a_lost_reply_is_not_sent_twice(tmp_path, db_
             await relay.close()
     assert (copies(up, A), copies(up, B), copies(up, C)) == (2, 1, 1)
     async with store() as s:
-        assert await s.scalar(select(func.count()).select_from(storage.Message)) == 3
+        assert await s.scalar(select(func.count()).select_from(Message)) == 3
 
 
 async def test_sending_the_same_message_again_after_hearing_250_sends_it(
@@ -293,9 +293,7 @@ async def test_copies_wait_for_the_login_after_a_restart_and_fail_plainly_withou
             await relay.close()
     assert copies(up, C) == 0
     async with store() as s:
-        row = (
-            await s.execute(select(storage.Delivery).where(storage.Delivery.recipient == C))
-        ).scalar_one()
+        row = (await s.execute(select(Delivery).where(Delivery.recipient == C))).scalar_one()
     assert row.outcome == "expired" and "send the message again" in row.upstream_reply
 
 
@@ -319,8 +317,8 @@ async def test_mail_flows_while_the_database_is_away_and_records_catch_up(
     proxy = CuttableProxy((url.host or "127.0.0.1", url.port or 5432))
     await proxy.start()
     via_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    engine = storage.make_engine(via_proxy)
-    sessions = storage.make_sessionmaker(engine)
+    engine = make_engine(via_proxy)
+    sessions = make_sessionmaker(engine)
     async with capture_upstream() as up:
         cfg = make_config(tmp_path, via_proxy, up.port)
         relay = await service.start_relay(cfg, sessions, with_digests=False)
@@ -344,8 +342,8 @@ async def test_mail_flows_while_the_database_is_away_and_records_catch_up(
             await engine.dispose()
             await proxy.cut()
     async with store() as s:
-        rows = (await s.execute(select(storage.Delivery))).scalars().all()
-        subjects = set((await s.execute(select(storage.Message.subject))).scalars())
+        rows = (await s.execute(select(Delivery))).scalars().all()
+        subjects = set((await s.execute(select(Message.subject))).scalars())
     assert len(rows) == 7 and {r.outcome for r in rows} == {"accepted"}
     assert {"Out 0", "Out 1", "Out 2"} <= subjects
     # Whom this user never tracks could not be asked (nor was it known from a minute ago):

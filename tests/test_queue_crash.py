@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from pixelserver.store import migrate, storage
+from pixelserver.store import migrate
+from pixelserver.store.schema import Delivery, make_engine, make_sessionmaker
 from relay import service
 from tests.conftest import capture_upstream, free_port, make_config, require_postgres
 from tests.helpers import eventually, smtp_send
@@ -113,7 +114,7 @@ async def test_sigkill_under_submissions_then_restart_sends_each_copy_once(
             proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(proc.wait, 20)
     async with store() as s:
-        rows = (await s.execute(select(storage.Delivery))).scalars().all()
+        rows = (await s.execute(select(Delivery))).scalars().all()
     outcome = {r.recipient: r.outcome for r in rows}
     counts: dict[str, int] = {}
     for m in up.messages:
@@ -245,9 +246,9 @@ async def test_postgresql_stopped_and_started_with_pg_ctlcluster(tmp_path) -> No
     try:
         run("su", "postgres", "-c", f"psql -p {port} -qc \"ALTER USER postgres PASSWORD 'pw'\"")
         url = f"postgresql+asyncpg://postgres:pw@127.0.0.1:{port}/postgres"
-        engine = storage.make_engine(url)
+        engine = make_engine(url)
         await migrate.upgrade(engine)
-        sessions = storage.make_sessionmaker(engine)
+        sessions = make_sessionmaker(engine)
         async with capture_upstream() as up:
             cfg = make_config(tmp_path, url, up.port)
             relay = await service.start_relay(cfg, sessions, with_digests=False)
@@ -269,7 +270,7 @@ async def test_postgresql_stopped_and_started_with_pg_ctlcluster(tmp_path) -> No
             finally:
                 await relay.close()
         async with sessions() as s:
-            outcomes = list((await s.execute(select(storage.Delivery.outcome))).scalars())
+            outcomes = list((await s.execute(select(Delivery.outcome))).scalars())
         await engine.dispose()
         assert sorted(outcomes) == ["accepted"] * 9
     finally:

@@ -7,28 +7,28 @@ import secrets
 
 from sqlalchemy import select
 
-from pixelserver.store import reclassify, storage
+from pixelserver.store import reclassify
+from pixelserver.store.messages import NewDelivery, add_message
+from pixelserver.store.schema import Hit, VerdictChange, utcnow
 
 SLACK = "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"
 
 
 async def _message_with_hit(store, verdict: str, rule: str) -> tuple[int, int]:
     async with store.begin() as session:
-        message, (delivery,) = await storage.add_message(
+        message, (delivery,) = await add_message(
             session,
             user_address="me@example.com",
             envelope_from="me@example.com",
             subject="s",
             message_id_header=f"<{secrets.token_hex(4)}@x>",
             size=1,
-            deliveries=[
-                storage.NewDelivery("ana@acme.example", secrets.token_hex(8), "tracked", None)
-            ],
+            deliveries=[NewDelivery("ana@acme.example", secrets.token_hex(8), "tracked", None)],
         )
-        hit = storage.Hit(
+        hit = Hit(
             uid=secrets.token_hex(8),
             delivery_id=delivery.id,
-            at=storage.utcnow(),
+            at=utcnow(),
             method="GET",
             ip_prefix="73.15.20.0/24",
             user_agent=SLACK,
@@ -57,8 +57,8 @@ async def test_a_changed_verdict_records_what_it_was_and_why(store) -> None:
     report = await reclassify.reclassify(store)
     assert (report.checked, report.changed) == (1, 1)
     async with store() as session:
-        (change,) = (await session.execute(select(storage.VerdictChange))).scalars().all()
-        hit = await session.get(storage.Hit, hit_id)
+        (change,) = (await session.execute(select(VerdictChange))).scalars().all()
+        hit = await session.get(Hit, hit_id)
     assert (change.hit_id, change.old_verdict, change.old_rule) == (
         hit_id,
         "human",
@@ -75,7 +75,7 @@ async def test_a_changed_verdict_records_what_it_was_and_why(store) -> None:
     again = await reclassify.reclassify(store)
     assert again.changed == 0
     async with store() as session:
-        assert len((await session.execute(select(storage.VerdictChange))).scalars().all()) == 1
+        assert len((await session.execute(select(VerdictChange))).scalars().all()) == 1
 
 
 async def test_the_message_page_says_what_changed(stack) -> None:

@@ -14,7 +14,7 @@ import aiosmtplib
 import pytest
 from sqlalchemy import select
 
-from pixelserver.store import storage
+from pixelserver.store.schema import Delivery
 from relay import service
 from relay.rewrite import prepare, untouched_copy
 from tests.conftest import CaptureUpstream, Stack, free_port, make_config
@@ -44,9 +44,9 @@ def send_smtplib(port: int, sender: str, rcpts: list[str], data: bytes) -> tuple
         return refused, "250"
 
 
-async def deliveries(store) -> list[storage.Delivery]:
+async def deliveries(store) -> list[Delivery]:
     async with store() as session:
-        return list((await session.execute(select(storage.Delivery).order_by("id"))).scalars())
+        return list((await session.execute(select(Delivery).order_by("id"))).scalars())
 
 
 @pytest.mark.parametrize("name", sorted(corpus()))

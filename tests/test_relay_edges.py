@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from pixelserver.store import storage
+from pixelserver.store.schema import Delivery, Message
 from relay import rewrite, service
 from tests.conftest import CaptureUpstream, Stack, capture_upstream, make_config
 from tests.helpers import PIXEL_RE, assert_unharmed
@@ -23,14 +23,14 @@ def send(port: int, data: bytes, rcpts: list[str], **kw: object) -> dict:
         return client.sendmail("me@example.com", rcpts, data, **kw)  # type: ignore[arg-type]
 
 
-async def stored_messages(store) -> list[storage.Message]:
+async def stored_messages(store) -> list[Message]:
     async with store() as session:
-        return list((await session.execute(select(storage.Message))).scalars())
+        return list((await session.execute(select(Message))).scalars())
 
 
-async def stored_deliveries(store) -> list[storage.Delivery]:
+async def stored_deliveries(store) -> list[Delivery]:
     async with store() as session:
-        return list((await session.execute(select(storage.Delivery))).scalars())
+        return list((await session.execute(select(Delivery))).scalars())
 
 
 def test_header_text_is_text_any_database_stores() -> None:

@@ -9,7 +9,12 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from pixelserver.store import reclassify, retention, storage
+from pixelserver.store import reclassify, retention
+from pixelserver.store.accounts import add_user_network, get_or_create_user
+from pixelserver.store.hitrecords import NewHit, add_hits, hits_for_delivery
+from pixelserver.store.messages import delivery_by_id
+from pixelserver.store.schema import DigestRun, Message, UserNetwork
+from pixelserver.store.states import refresh_states
 from relay import tracking
 
 
@@ -23,20 +28,20 @@ async def test_retention_covers_networks_digest_ledger_outbox_and_left_journals(
 ) -> None:
     now = dt.datetime.now(dt.UTC)
     async with store.begin() as s:
-        await storage.add_user_network(s, "me@example.com", "192.0.2.0/24")
-        await storage.add_user_network(s, "me@example.com", "198.51.100.0/24")
+        await add_user_network(s, "me@example.com", "192.0.2.0/24")
+        await add_user_network(s, "me@example.com", "198.51.100.0/24")
         await s.execute(
-            update(storage.UserNetwork)
-            .where(storage.UserNetwork.prefix == "192.0.2.0/24")
+            update(UserNetwork)
+            .where(UserNetwork.prefix == "192.0.2.0/24")
             .values(seen_at=now - dt.timedelta(days=40))
         )
-        user = await storage.get_or_create_user(s, "me@example.com")
+        user = await get_or_create_user(s, "me@example.com")
         for day, claimed in (
             (dt.date(2020, 1, 1), now - dt.timedelta(days=400)),
             (now.date(), now),
         ):
             s.add(
-                storage.DigestRun(
+                DigestRun(
                     user_id=user.id,
                     day=day,
                     period_start=claimed - dt.timedelta(days=1),
@@ -70,8 +75,8 @@ async def test_retention_covers_networks_digest_ledger_outbox_and_left_journals(
     )
 
     async with store() as s:
-        prefixes = list((await s.execute(select(storage.UserNetwork.prefix))).scalars())
-        days = list((await s.execute(select(storage.DigestRun.day))).scalars())
+        prefixes = list((await s.execute(select(UserNetwork.prefix))).scalars())
+        days = list((await s.execute(select(DigestRun.day))).scalars())
     # A network older than the 30 days it is used for is gone well before the retention.
     assert prefixes == ["198.51.100.0/24"]
     assert days == [now.date()]
@@ -95,17 +100,13 @@ async def test_a_rejudged_hit_that_is_no_longer_a_direct_open_loses_its_place(st
     delivery = recorded.deliveries[0]
     sent = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
     async with store.begin() as s:
-        await s.execute(
-            update(storage.Message)
-            .where(storage.Message.id == recorded.id)
-            .values(accepted_at=sent)
-        )
+        await s.execute(update(Message).where(Message.id == recorded.id).values(accepted_at=sent))
         # Stored as a direct open with a place by older rules; its facts say Microsoft's
         # mail filter fetched it, so judged again it is a scanner.
-        await storage.add_hits(
+        await add_hits(
             s,
             [
-                storage.NewHit(
+                NewHit(
                     uid="h1",
                     token=delivery.token,
                     at=sent + dt.timedelta(seconds=4),
@@ -127,16 +128,16 @@ async def test_a_rejudged_hit_that_is_no_longer_a_direct_open_loses_its_place(st
                 )
             ],
         )
-        await storage.refresh_states(s, [delivery.id])
+        await refresh_states(s, [delivery.id])
     async with store() as s:
-        before = await storage.delivery_by_id(s, delivery.id)
+        before = await delivery_by_id(s, delivery.id)
         assert before is not None and "Dublin" in before.place
 
     report = await reclassify.reclassify(store)
     assert report.changed == 1
     async with store() as s:
-        (hit,) = await storage.hits_for_delivery(s, delivery.id)
-        after = await storage.delivery_by_id(s, delivery.id)
+        (hit,) = await hits_for_delivery(s, delivery.id)
+        after = await delivery_by_id(s, delivery.id)
     assert hit.verdict != "human"
     assert (hit.country, hit.region, hit.city) == ("", "", "")
     assert after is not None and "Dublin" not in after.place

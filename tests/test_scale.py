@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from pixelserver.store import storage
+from pixelserver.store.schema import Delivery, Hit, Message, make_engine, make_sessionmaker
 from relay import service, tracking
 from tests.conftest import (
     capture_upstream,
@@ -50,7 +50,7 @@ async def deliveries(store, n: int) -> list[str]:
 
 async def count_hits(store) -> int:
     async with store() as s:
-        return (await s.execute(select(func.count(storage.Hit.id)))).scalar_one()
+        return (await s.execute(select(func.count(Hit.id)))).scalar_one()
 
 
 async def settle(store, at_least: int, timeout: float = 40) -> int:
@@ -110,7 +110,7 @@ async def test_sigkill_under_load_loses_no_answered_hit(tmp_path, db_url, store)
     print(f"answered {result.answered}, failed {result.failed}, stored {stored}")
     assert result.answered <= stored <= result.answered + concurrency, (result, stored)
     async with store() as s:
-        uids = (await s.execute(select(func.count(func.distinct(storage.Hit.uid))))).scalar_one()
+        uids = (await s.execute(select(func.count(func.distinct(Hit.uid))))).scalar_one()
     assert uids == stored
 
 
@@ -171,8 +171,8 @@ async def test_a_database_outage_under_load_loses_no_hit(tmp_path, db_url, store
             cfg.pixelserver, record_burst_per_token=10**6, record_burst_per_network=10**6
         ),
     )
-    engine = storage.make_engine(via_proxy)
-    pixel = await start_pixelserver(cfg, storage.make_sessionmaker(engine))
+    engine = make_engine(via_proxy)
+    pixel = await start_pixelserver(cfg, make_sessionmaker(engine))
     port = int(cfg.pixelserver.listen.rsplit(":", 1)[1])
     stop = asyncio.Event()
     try:
@@ -250,7 +250,7 @@ async def test_workers_share_the_ports_on_postgresql(tmp_path, db_url, store) ->
     assert proc.returncode == 0, out
     assert stored == 16
     async with store() as s:
-        assert (await s.execute(select(func.count(storage.Delivery.id)))).scalar_one() == 16
+        assert (await s.execute(select(func.count(Delivery.id)))).scalar_one() == 16
     assert (tmp_path / "data" / "hits-0.journal").exists()
     assert (tmp_path / "data" / "hits-1.journal").exists()
     # Summed over both workers.
@@ -272,9 +272,9 @@ async def test_two_relays_and_two_pixel_servers_on_one_postgresql(tmp_path, db_u
         for name in ("a", "b"):
             cfg = make_config(tmp_path / name, db_url, up.port)
             cfg.data_dir.mkdir(parents=True)
-            engine = storage.make_engine(db_url)
+            engine = make_engine(db_url)
             engines.append(engine)
-            sessions = storage.make_sessionmaker(engine)
+            sessions = make_sessionmaker(engine)
             relay = await service.start_relay(cfg, sessions)
             pixel = await start_pixelserver(cfg, sessions)
             running.append((cfg, relay, pixel))
@@ -311,12 +311,12 @@ async def test_two_relays_and_two_pixel_servers_on_one_postgresql(tmp_path, db_u
     async with store() as s:
         per_delivery = (
             await s.execute(
-                select(storage.Delivery.token, func.count(storage.Hit.id))
-                .join(storage.Hit, storage.Hit.delivery_id == storage.Delivery.id)
-                .group_by(storage.Delivery.token)
+                select(Delivery.token, func.count(Hit.id))
+                .join(Hit, Hit.delivery_id == Delivery.id)
+                .group_by(Delivery.token)
             )
         ).all()
-        messages = (await s.execute(select(func.count(storage.Message.id)))).scalar_one()
+        messages = (await s.execute(select(func.count(Message.id)))).scalar_one()
     assert messages == 6
     assert sorted(per_delivery) == sorted((t, 2) for t in tokens)
 

@@ -15,7 +15,9 @@ import pytest
 from sqlalchemy import select, update
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
-from pixelserver.store import storage
+from pixelserver.store.accounts import api_tokens, create_api_token
+from pixelserver.store.schema import WebSession
+from pixelserver.store.websessions import start_web_session
 from relay import cli
 
 
@@ -149,7 +151,7 @@ async def test_removing_a_user_ends_their_sessions_and_revokes_their_tokens(
     await ana.login("ana@example.org", "ana-password-1")
     await bob.login("bob@example.org", "bob-password-2")
     async with store.begin() as session:
-        token = await storage.create_api_token(session, "ana@example.org", "script")
+        token = await create_api_token(session, "ana@example.org", "script")
     api = await AsyncHTTPClient().fetch(
         HTTPRequest(base + "/api/v1/messages", headers={"Authorization": f"Bearer {token}"}),
         raise_error=False,
@@ -205,7 +207,7 @@ async def test_sessions_end_after_idle_and_absolute_lifetimes(site, store) -> No
     for v in (idle, old, fresh):
         await v.login("ana@example.org", "ana-password-1")
     now = dt.datetime.now(dt.UTC)
-    rows = storage.WebSession.__table__
+    rows = WebSession.__table__
     async with store.begin() as session:
         ids = [
             r[0]
@@ -240,15 +242,15 @@ async def test_removing_a_user_without_a_local_login_still_ends_their_access(
     """With relay.auth = "upstream" users have no local login, but they have sessions and
     tokens, which `mailping user remove` must still end."""
     async with store.begin() as session:
-        await storage.create_api_token(session, "zoe@example.org", "script")
-        await storage.start_web_session(session, "zoe@example.org")
+        await create_api_token(session, "zoe@example.org", "script")
+        await start_web_session(session, "zoe@example.org")
     code = await asyncio.to_thread(
         cli.main, ["--config", _config_file(tmp_path, db_url), "user", "remove", "zoe@example.org"]
     )
     assert code == 0
     async with store() as session:
-        assert await storage.api_tokens(session, "zoe@example.org") == []
-        left = (await session.execute(select(storage.WebSession))).scalars().all()
+        assert await api_tokens(session, "zoe@example.org") == []
+        left = (await session.execute(select(WebSession))).scalars().all()
     assert left == []
     code = await asyncio.to_thread(
         cli.main, ["--config", _config_file(tmp_path, db_url), "user", "remove", "nobody@x.org"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from pixelserver.store import storage
+from pixelserver.store.schema import Delivery
 from relay import replies, service
 from relay.certs import make_self_signed
 from relay.handler import RelayHandler
@@ -72,7 +72,7 @@ def send(port: int, rcpts: list[str], data: bytes = HTML, **kw) -> str:
 
 async def outcomes(store) -> list[str]:
     async with store() as s:
-        return list((await s.execute(select(storage.Delivery.outcome).order_by("id"))).scalars())
+        return list((await s.execute(select(Delivery.outcome).order_by("id"))).scalars())
 
 
 async def test_ehlo_advertises_what_the_relay_does(stack: Stack) -> None:
@@ -446,6 +446,6 @@ async def test_no_reply_after_the_whole_message_is_not_resent(
         assert reply == "250"  # b went out; a is in the delivery report
         assert [m.rcpt_tos for m in cap.messages].count(["a@example.org"]) == 1
     async with store() as s:
-        rows = (await s.execute(select(storage.Delivery).order_by("id"))).scalars().all()
+        rows = (await s.execute(select(Delivery).order_by("id"))).scalars().all()
     assert [r.outcome for r in rows] == ["uncertain", "accepted"]
     assert "may have been delivered" in rows[0].upstream_reply

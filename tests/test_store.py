@@ -7,9 +7,14 @@ import datetime as dt
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from pixelserver.store import migrate, queries, storage
+from pixelserver.store import migrate, queries
+from pixelserver.store.hitrecords import NewHit, add_hits, hits_for_delivery
+from pixelserver.store.messages import NewDelivery, add_message, search_text, set_outcomes
+from pixelserver.store.schema import SEARCH_INDEXES, Base, Message
+from pixelserver.store.states import refresh_states
 
 
 async def test_migrations_match_the_models(db_url: str, store) -> None:
@@ -17,11 +22,11 @@ async def test_migrations_match_the_models(db_url: str, store) -> None:
     engine = store.kw["bind"]
 
     def outside_models(_obj, name, _type, _reflected, _compare_to) -> bool:
-        return not (name or "").startswith(storage.SEARCH_INDEXES)
+        return not (name or "").startswith(SEARCH_INDEXES)
 
     def diff(conn):
         context = MigrationContext.configure(conn, opts={"include_object": outside_models})
-        return compare_metadata(context, storage.Base.metadata)
+        return compare_metadata(context, Base.metadata)
 
     async with engine.connect() as conn:
         assert await conn.run_sync(diff) == []
@@ -30,7 +35,7 @@ async def test_migrations_match_the_models(db_url: str, store) -> None:
 
 async def add(store, recipients: list[str], subject: str = "s", user: str = "me@example.com"):
     async with store.begin() as session:
-        return await storage.add_message(
+        return await add_message(
             session,
             user_address=user,
             envelope_from=user,
@@ -38,14 +43,14 @@ async def add(store, recipients: list[str], subject: str = "s", user: str = "me@
             message_id_header="<m@x>",
             size=10,
             deliveries=[
-                storage.NewDelivery(r, f"tok-{subject}-{i:02d}".ljust(22, "x"), "tracked", None)
+                NewDelivery(r, f"tok-{subject}-{i:02d}".ljust(22, "x"), "tracked", None)
                 for i, r in enumerate(recipients)
             ],
         )
 
 
-def hit(uid: str, token: str, minutes: int = 0, verdict: str = "human") -> storage.NewHit:
-    return storage.NewHit(
+def hit(uid: str, token: str, minutes: int = 0, verdict: str = "human") -> NewHit:
+    return NewHit(
         uid=uid,
         token=token,
         at=dt.datetime(2026, 1, 1, 12, minutes, tzinfo=dt.UTC),
@@ -77,11 +82,11 @@ async def test_hits_are_stored_once_and_unknown_tokens_dropped(store) -> None:
         hit("u3", "no-such-token".ljust(22, "y")),
     ]
     async with store.begin() as session:
-        assert await storage.add_hits(session, batch) == (2, 1)
+        assert await add_hits(session, batch) == (2, 1)
     async with store.begin() as session:  # a replay of the same journal lines
-        await storage.add_hits(session, batch)
+        await add_hits(session, batch)
     async with store() as session:
-        hits = await storage.hits_for_delivery(session, d.id)
+        hits = await hits_for_delivery(session, d.id)
     assert [h.uid for h in hits] == ["u1", "u2"]
     assert hits[0].at == dt.datetime(2026, 1, 1, 12, 1, tzinfo=dt.UTC)
     assert hits[0].headers == {"Accept": "image/*"}
@@ -91,7 +96,7 @@ async def test_message_list_newest_first_with_states_and_pages(store) -> None:
     _, (a,) = await add(store, ["a@x"], "first")
     _, (b, c) = await add(store, ["b@x", "c@x"], "second")
     async with store.begin() as session:
-        await storage.add_hits(
+        await add_hits(
             session,
             [
                 hit("h0", b.token, 1, "privacy_prefetch"),
@@ -99,10 +104,8 @@ async def test_message_list_newest_first_with_states_and_pages(store) -> None:
                 hit("h2", b.token, 9),
             ],
         )
-        await storage.set_outcomes(
-            session, [(b.id, "accepted", "ok"), (c.id, "rejected", "550 no")]
-        )
-        await storage.refresh_states(session, [a.id, b.id, c.id])
+        await set_outcomes(session, [(b.id, "accepted", "ok"), (c.id, "rejected", "550 no")])
+        await refresh_states(session, [a.id, b.id, c.id])
     async with store() as session:
         page = await queries.list_messages(session, None, limit=1)
         older = await queries.list_messages(session, None, before_id=page[0].id, limit=1)
@@ -127,7 +130,7 @@ async def test_unknown_outcome_is_refused(store) -> None:
     _, (d,) = await add(store, ["a@x"], "bad")
     async with store.begin() as session:
         with pytest.raises(ValueError):
-            await storage.set_outcomes(session, [(d.id, "lost", "")])
+            await set_outcomes(session, [(d.id, "lost", "")])
 
 
 async def test_stored_state_agrees_with_the_hits(store) -> None:
@@ -143,13 +146,13 @@ async def test_stored_state_agrees_with_the_hits(store) -> None:
         hit("s5", c.token, 4, "sender"),
     ]
     async with store.begin() as session:
-        await storage.add_hits(session, views)
-        await storage.set_outcomes(session, [(d.id, "rejected", "550 no")])
-        await storage.refresh_states(session, [b.id, c.id, d.id])
+        await add_hits(session, views)
+        await set_outcomes(session, [(d.id, "rejected", "550 no")])
+        await refresh_states(session, [b.id, c.id, d.id])
     async with store() as session:
         (message,) = await queries.list_messages(session, None)
         for row in message.deliveries:
-            hits = await storage.hits_for_delivery(session, row.id)
+            hits = await hits_for_delivery(session, row.id)
             computed = delivery_state(
                 row.outcome,
                 row.tracking,
@@ -177,11 +180,11 @@ async def test_search_finds_any_part_of_a_subject_or_recipient(store) -> None:
         await add(store, recipients, subject.replace(" ", "")[:12])
         async with store.begin() as session:  # the subject as sent, not the token's
             await session.execute(
-                storage.update(storage.Message)
-                .where(storage.Message.subject == subject.replace(" ", "")[:12])
+                update(Message)
+                .where(Message.subject == subject.replace(" ", "")[:12])
                 .values(
                     subject=subject,
-                    search_text=storage.search_text(subject, recipients),
+                    search_text=search_text(subject, recipients),
                 )
             )
     await add(store, ["ana@client.example"], "theirs", user="other@example.com")

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from pixelserver.store import retention, storage
+from pixelserver.store import retention
+from pixelserver.store.hitrecords import HitContext, NewHit, add_hits
+from pixelserver.store.schema import Delivery, Hit, Message
 from relay import tracking
 from tests.conftest import CaptureUpstream, Stack
 from tests.test_classify import CHROME, GMAIL, THUNDERBIRD
@@ -49,9 +51,9 @@ async def fetch_as(url: str, ip: str, ua: str) -> None:
 async def stored(store) -> dict[str, list[str]]:
     async with store() as s:
         rows = await s.execute(
-            select(storage.Delivery.recipient, storage.Hit.verdict)
-            .join(storage.Hit, storage.Hit.delivery_id == storage.Delivery.id)
-            .order_by(storage.Hit.at)
+            select(Delivery.recipient, Hit.verdict)
+            .join(Hit, Hit.delivery_id == Delivery.id)
+            .order_by(Hit.at)
         )
         out: dict[str, list[str]] = {}
         for recipient, verdict in rows:
@@ -88,9 +90,7 @@ async def test_states_in_the_store_and_on_the_page(stack: Stack, upstream: Captu
         "dave@example.net": ["scanner"],
     }
     async with stack.store() as s:
-        bob = (
-            await s.execute(select(storage.Hit).where(storage.Hit.verdict == "human"))
-        ).scalar_one()
+        bob = (await s.execute(select(Hit).where(Hit.verdict == "human"))).scalar_one()
     assert (bob.ip_prefix, bob.asn, bob.client) == ("73.15.20.0/24", 7922, "Thunderbird 128")
     assert (bob.country, bob.city) == ("US", "Pinole")
 
@@ -119,7 +119,7 @@ async def test_reclassify_rejudges_stored_hits(stack: Stack, upstream: CaptureUp
     await wait_hits(stack.store, 2)
     # As if an older rule set had judged them: everything "unknown".
     async with stack.store.begin() as s:
-        await s.execute(update(storage.Hit).values(verdict="unknown", rule="old"))
+        await s.execute(update(Hit).values(verdict="unknown", rule="old"))
     from pixelserver.store.reclassify import reclassify
 
     report = await reclassify(stack.store)
@@ -229,14 +229,12 @@ async def test_retention_purges_old_mail_and_hits(store) -> None:
     long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=400)
     async with store.begin() as s:
         await s.execute(
-            update(storage.Message)
-            .where(storage.Message.id == recorded.id)
-            .values(accepted_at=long_ago)
+            update(Message).where(Message.id == recorded.id).values(accepted_at=long_ago)
         )
-        await storage.add_hits(
+        await add_hits(
             s,
             [
-                storage.NewHit(
+                NewHit(
                     uid="old-hit",
                     token=fresh.deliveries[0].token,
                     at=long_ago,
@@ -249,7 +247,7 @@ async def test_retention_purges_old_mail_and_hits(store) -> None:
         )
     assert await retention.purge_once(store, days=395) == (1, 1)
     async with store() as s:
-        subjects = list((await s.execute(select(storage.Message.subject))).scalars())
+        subjects = list((await s.execute(select(Message.subject))).scalars())
     assert subjects == ["new"]
     assert await retention.purge_once(store, days=395) == (0, 0)
 
@@ -306,8 +304,8 @@ def test_geo_precision_and_no_place_for_proxies() -> None:
     from pixelserver.hits import Judge
     from tests.conftest import shared_networks
 
-    def judged(precision: str, ip: str, ua: str) -> storage.NewHit:
-        ctx = storage.HitContext(
+    def judged(precision: str, ip: str, ua: str) -> NewHit:
+        ctx = HitContext(
             1, "bob@example.org", dt.datetime(2026, 1, 1, tzinfo=dt.UTC), frozenset(), []
         )
         record = {

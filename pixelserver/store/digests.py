@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pixelserver.store.storage import DigestRun, User, insert_ignore
+from pixelserver.store.schema import DigestRun, User, insert_ignore
 
 SENDING = "sending"  # claimed; the mail is being composed or sent
 SENT = "sent"

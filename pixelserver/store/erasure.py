@@ -25,14 +25,20 @@ from pathlib import Path
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver.store import storage
-from pixelserver.store.storage import (
+from pixelserver.store.accounts import get_or_create_user
+from pixelserver.store.appsecrets import app_secret
+from pixelserver.store.messages import search_text
+from pixelserver.store.schema import (
+    ApiToken,
     Delivery,
+    DigestRun,
     ForgottenRecipient,
     Hit,
     LocalUser,
     Message,
     User,
+    UserNetwork,
+    WebSession,
 )
 
 ERASURE_KEY = "erasure_key"
@@ -83,7 +89,7 @@ async def forgotten_among(
     hashes = set(await forgotten_hashes(session, user_id))
     if not hashes:
         return set()
-    key = await storage.app_secret(session, ERASURE_KEY)
+    key = await app_secret(session, ERASURE_KEY)
     return {r for r in recipients if address_hash(key, r) in hashes}
 
 
@@ -107,7 +113,7 @@ async def forget_recipient(
                 await session.execute(select(User.id).where(User.address == normal(user)))
             ).scalar_one_or_none()
             if user_id is None:
-                user_id = (await storage.get_or_create_user(session, user)).id
+                user_id = (await get_or_create_user(session, user)).id
         q = (
             select(Delivery.id, Delivery.message_id)
             .join(Message, Message.id == Delivery.message_id)
@@ -120,7 +126,7 @@ async def forget_recipient(
         done.deliveries = len(delivery_ids)
         done.messages = await _drop_deliveries(session, delivery_ids, {r.message_id for r in rows})
         await _drop_rule(session, address, user_id)
-        key = await storage.app_secret(session, ERASURE_KEY)
+        key = await app_secret(session, ERASURE_KEY)
         digest = address_hash(key, address)
         already = (
             await session.execute(
@@ -174,10 +180,10 @@ async def erase_user(
                 await session.execute(delete(Message).where(Message.user_id == user_id))
             ).rowcount or 0
             for table in (
-                storage.WebSession,
-                storage.ApiToken,
-                storage.UserNetwork,
-                storage.DigestRun,
+                WebSession,
+                ApiToken,
+                UserNetwork,
+                DigestRun,
                 ForgottenRecipient,
             ):
                 await session.execute(delete(table).where(table.user_id == user_id))
@@ -218,7 +224,7 @@ async def _drop_deliveries(
         await session.execute(
             update(Message)
             .where(Message.id == message_id)
-            .values(search_text=storage.search_text(subject, left))
+            .values(search_text=search_text(subject, left))
         )
     return gone
 

@@ -15,7 +15,9 @@ import tornado.escape
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pixelserver.store import storage
+from pixelserver.store.appsecrets import token_key
+from pixelserver.store.messages import NewDelivery, add_message
+from pixelserver.store.schema import Delivery
 from pixelserver.tokens import mint_token
 
 MANUAL = "manual"
@@ -52,22 +54,22 @@ async def create_link(
     session: AsyncSession, user: str, label: str, recipient: str, sender_prefix: str
 ) -> NewLink:
     label, recipient = check(label, recipient)
-    token = mint_token(await storage.token_key(session))
-    message, (delivery,) = await storage.add_message(
+    token = mint_token(await token_key(session))
+    message, (delivery,) = await add_message(
         session,
         user_address=user,
         envelope_from=user,
         subject=label,
         message_id_header="",
         size=0,
-        deliveries=[storage.NewDelivery(recipient, token, "tracked", None)],
+        deliveries=[NewDelivery(recipient, token, "tracked", None)],
         sender_prefix=sender_prefix,
         source=MANUAL,
     )
     # Nothing is sent: the copy counts as delivered the moment its link exists.
     await session.execute(
-        update(storage.Delivery)
-        .where(storage.Delivery.id == delivery.id)
+        update(Delivery)
+        .where(Delivery.id == delivery.id)
         .values(outcome="accepted", finished_at=message.accepted_at)
     )
     return NewLink(message.id, token)

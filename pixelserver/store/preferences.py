@@ -12,7 +12,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixelserver.config import DigestConfig, is_timezone
-from pixelserver.store.storage import User, get_or_create_user
+from pixelserver.store.accounts import get_or_create_user
+from pixelserver.store.schema import User
 from pixelserver.verdicts import exclusions
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, Row, Select, column, exists, false, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixelserver.store.links import MANUAL
-from pixelserver.store.storage import Delivery, Hit, Message, User, VerdictChange
+from pixelserver.store.schema import Delivery, Hit, Message, User, VerdictChange
 from pixelserver.verdicts.mailbox import provider_words
 from pixelserver.verdicts.state import STATES, DeliveryState, chip
 

@@ -20,7 +20,9 @@ from typing import TextIO
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver.store import storage
+from pixelserver.store.hitrecords import hit_contexts
+from pixelserver.store.schema import Delivery, Hit, VerdictChange, utcnow
+from pixelserver.store.states import refresh_states
 from pixelserver.verdicts import classify
 from pixelserver.verdicts.networks import NetworkFacts, Networks, fetcher_table
 
@@ -95,13 +97,13 @@ async def count_hits(
 ) -> int:
     """How many hits a run will check (for the progress line)."""
     async with sessions() as session:
-        q = select(func.count(storage.Hit.id))
+        q = select(func.count(Hit.id))
         if since is not None:
-            q = q.where(storage.Hit.at >= since)
+            q = q.where(Hit.at >= since)
         return (await session.execute(q)).scalar_one()
 
 
-def stored_facts(hit: storage.Hit) -> NetworkFacts:
+def stored_facts(hit: Hit) -> NetworkFacts:
     """The facts a hit was judged on, plus what the current fetcher table says of its ASN:
     a vendor added to the table since is recognised without looking the network up again."""
     lists = frozenset(hit.net_lists or ()) | fetcher_table().asn_labels(hit.asn)
@@ -131,14 +133,14 @@ async def reclassify(
     while True:
         async with sessions.begin() as session:
             q = (
-                select(storage.Hit.delivery_id)
-                .where(storage.Hit.delivery_id > last_delivery)
+                select(Hit.delivery_id)
+                .where(Hit.delivery_id > last_delivery)
                 .distinct()
-                .order_by(storage.Hit.delivery_id)
+                .order_by(Hit.delivery_id)
                 .limit(batch)
             )
             if since is not None:
-                q = q.where(storage.Hit.at >= since)
+                q = q.where(Hit.at >= since)
             delivery_ids = list((await session.execute(q)).scalars())
             if not delivery_ids:
                 return report
@@ -159,19 +161,17 @@ async def _judge_deliveries(
     tokens = dict(
         (
             await session.execute(
-                select(storage.Delivery.id, storage.Delivery.token).where(
-                    storage.Delivery.id.in_(delivery_ids)
-                )
+                select(Delivery.id, Delivery.token).where(Delivery.id.in_(delivery_ids))
             )
         ).all()
     )
-    contexts = await storage.hit_contexts(session, tokens.values())
+    contexts = await hit_contexts(session, tokens.values())
     hits = (
         (
             await session.execute(
-                select(storage.Hit)
-                .where(storage.Hit.delivery_id.in_(delivery_ids))
-                .order_by(storage.Hit.delivery_id, storage.Hit.at)
+                select(Hit)
+                .where(Hit.delivery_id.in_(delivery_ids))
+                .order_by(Hit.delivery_id, Hit.at)
             )
         )
         .scalars()
@@ -180,7 +180,7 @@ async def _judge_deliveries(
     prior: dict[int, list[classify.PriorHit]] = {d: [] for d in delivery_ids}
     changed: set[int] = set()
     history: list[dict] = []
-    now = storage.utcnow()
+    now = utcnow()
     for hit in hits:
         ctx = contexts[tokens[hit.delivery_id]]
         seconds = hit.seconds_after_send
@@ -227,8 +227,8 @@ async def _judge_deliveries(
                 {} if verdict.kind == classify.HUMAN else {"country": "", "region": "", "city": ""}
             )
             await session.execute(
-                update(storage.Hit)
-                .where(storage.Hit.id == hit.id)
+                update(Hit)
+                .where(Hit.id == hit.id)
                 .values(
                     verdict=verdict.kind,
                     rule=verdict.rule,
@@ -240,6 +240,6 @@ async def _judge_deliveries(
                 )
             )
     if history:  # what each hit was before, so the report can say what changed and why
-        await session.execute(insert(storage.VerdictChange), history)
+        await session.execute(insert(VerdictChange), history)
     if changed:
-        await storage.refresh_states(session, changed)
+        await refresh_states(session, changed)

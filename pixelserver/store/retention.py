@@ -16,9 +16,19 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import (
+    delete,
+    select,
+)
+from sqlalchemy.ext.asyncio import (
+    AsyncSession,
+    async_sessionmaker,
+)
 
-from pixelserver.store import storage, throttle
+from pixelserver.store import throttle
+from pixelserver.store.hitrecords import SENDER_NETWORK_DAYS
+from pixelserver.store.schema import Delivery, DigestRun, Hit, Message, UserNetwork
+from pixelserver.store.websessions import SessionLimits, purge_web_sessions
 
 log = logging.getLogger("mailping.retention")
 INTERVAL = 3600.0
@@ -32,17 +42,15 @@ async def purge_once(
     outbox_dir: Path | None = None,
     data_dir: Path | None = None,
     keep_journals: Iterable[Path] = (),
-    limits: storage.SessionLimits | None = None,
+    limits: SessionLimits | None = None,
 ) -> tuple[int, int]:
     """One pass; returns (messages, hits) deleted (the rest is logged)."""
     now = dt.datetime.now(dt.UTC)
     cutoff = now - dt.timedelta(days=days)
     async with sessions.begin() as session:
-        messages, hits = await storage.purge_before(session, cutoff)
-        others = await storage.purge_people_data(session, cutoff, now)
-        others["web sessions"] = await storage.purge_web_sessions(
-            session, limits or storage.SessionLimits(), now
-        )
+        messages, hits = await purge_before(session, cutoff)
+        others = await purge_people_data(session, cutoff, now)
+        others["web sessions"] = await purge_web_sessions(session, limits or SessionLimits(), now)
         others["login attempt windows"] = await throttle.purge(session)
     files = 0
     if outbox_dir is not None:
@@ -95,3 +103,34 @@ async def purge_forever(
         except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
             log.warning("retention purge failed (%s); will try again", exc)
         await asyncio.sleep(interval)
+
+
+async def purge_before(session: AsyncSession, cutoff: dt.datetime) -> tuple[int, int]:
+    """Delete messages accepted before `cutoff` (with their deliveries and hits) and any hit
+    older than it; returns (messages, hits) deleted."""
+    hits = (await session.execute(delete(Hit).where(Hit.at < cutoff))).rowcount or 0
+    old = select(Message.id).where(Message.accepted_at < cutoff)
+    await session.execute(
+        delete(Hit).where(
+            Hit.delivery_id.in_(select(Delivery.id).where(Delivery.message_id.in_(old)))
+        )
+    )
+    await session.execute(delete(Delivery).where(Delivery.message_id.in_(old)))
+    messages = (
+        await session.execute(delete(Message).where(Message.accepted_at < cutoff))
+    ).rowcount or 0
+    return messages, hits
+
+
+async def purge_people_data(
+    session: AsyncSession, cutoff: dt.datetime, now: dt.datetime
+) -> dict[str, int]:
+    """What retention deletes beside messages and hits: digest ledger rows claimed before
+    `cutoff`, and networks users logged in from that are older than `cutoff` or than the
+    30 days they serve for (SenderNetworks), whichever is sooner."""
+    networks_cutoff = max(cutoff, now - dt.timedelta(days=SENDER_NETWORK_DAYS))
+    networks = await session.execute(
+        delete(UserNetwork).where(UserNetwork.seen_at < networks_cutoff)
+    )
+    digests = await session.execute(delete(DigestRun).where(DigestRun.claimed_at < cutoff))
+    return {"user networks": networks.rowcount or 0, "digest ledger rows": digests.rowcount or 0}

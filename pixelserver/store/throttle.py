@@ -23,11 +23,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import (
+    case,
+    delete,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import (
+    AsyncSession,
+    async_sessionmaker,
+)
 
-from pixelserver.store import storage
+from pixelserver.store.schema import LoginThrottle as AttemptRow
 
 log = logging.getLogger("mailping.throttle")
 
@@ -115,10 +125,10 @@ class LoginThrottle:
                 async with self.sessions() as session:
                     n = (
                         await session.execute(
-                            select(storage.LoginThrottle.attempts).where(
-                                storage.LoginThrottle.scope == NETWORK,
-                                storage.LoginThrottle.key == network,
-                                storage.LoginThrottle.window_start > now - self.window,
+                            select(AttemptRow.attempts).where(
+                                AttemptRow.scope == NETWORK,
+                                AttemptRow.key == network,
+                                AttemptRow.window_start > now - self.window,
                             )
                         )
                     ).scalar_one_or_none()
@@ -147,32 +157,24 @@ class LoginThrottle:
         try:
             async with self.sessions.begin() as session:
                 if attempt.user:
-                    await storage.forgive_login_attempt(
-                        session, USER, attempt.user, all_=whole_user
-                    )
+                    await forgive_login_attempt(session, USER, attempt.user, all_=whole_user)
                 if attempt.network:
-                    await storage.forgive_login_attempt(
-                        session, NETWORK, attempt.network, all_=False
-                    )
+                    await forgive_login_attempt(session, NETWORK, attempt.network, all_=False)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("store unreachable (%s): a login attempt stays counted", exc)
 
     async def _count_in_store(self, user: str, network: str, now: int) -> tuple[int, int]:
         assert self.sessions is not None
         async with self.sessions.begin() as session:
-            users = (
-                await storage.count_login_attempt(session, USER, user, now, self.window)
-                if user
-                else 0
-            )
+            users = await count_login_attempt(session, USER, user, now, self.window) if user else 0
             nets = (
-                await storage.count_login_attempt(session, NETWORK, network, now, self.window)
+                await count_login_attempt(session, NETWORK, network, now, self.window)
                 if network
                 else 0
             )
             if now - self._last_prune >= PRUNE_EVERY:
                 self._last_prune = now
-                await storage.prune_login_attempts(session, now - self.window)
+                await prune_login_attempts(session, now - self.window)
         return users, nets
 
     def _count_here(self, scope: str, key: str, now: int) -> int:
@@ -198,4 +200,45 @@ class LoginThrottle:
 
 async def purge(session: AsyncSession, window: int = RETENTION_WINDOW) -> int:
     """Retention: forget windows that ended long ago (each throttle also prunes its own)."""
-    return await storage.prune_login_attempts(session, int(time.time()) - window)
+    return await prune_login_attempts(session, int(time.time()) - window)
+
+
+async def count_login_attempt(
+    session: AsyncSession, scope: str, key: str, now: int, window: int
+) -> int:
+    """One more attempt for (scope, key); returns the attempts in its window, this one included.
+    One statement (an upsert), so attempts made at the same moment by any number of processes
+    are all counted. A window older than `window` seconds starts again at 1."""
+    table = AttemptRow.__table__
+    dialect = session.bind.dialect.name
+    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).values(
+        scope=scope, key=key, attempts=1, window_start=now
+    )
+    expired = table.c.window_start <= now - window
+    stmt = ins.on_conflict_do_update(
+        index_elements=[table.c.scope, table.c.key],
+        set_={
+            "attempts": case((expired, 1), else_=table.c.attempts + 1),
+            "window_start": case((expired, now), else_=table.c.window_start),
+        },
+    ).returning(table.c.attempts)
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def forgive_login_attempt(session: AsyncSession, scope: str, key: str, *, all_: bool) -> None:
+    """A login succeeded: take back its attempt (or, `all_`, the key's whole count)."""
+    cond = (AttemptRow.scope == scope) & (AttemptRow.key == key)
+    if all_:
+        await session.execute(delete(AttemptRow).where(cond))
+    else:
+        await session.execute(
+            update(AttemptRow)
+            .where(cond & (AttemptRow.attempts > 0))
+            .values(attempts=AttemptRow.attempts - 1)
+        )
+
+
+async def prune_login_attempts(session: AsyncSession, before: int) -> int:
+    """Drop windows that ended: the table holds only keys seen in the last window."""
+    result = await session.execute(delete(AttemptRow).where(AttemptRow.window_start <= before))
+    return result.rowcount or 0

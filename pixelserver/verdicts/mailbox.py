@@ -208,7 +208,7 @@ class MailboxRefresher:
 
     async def refresh_once(self) -> int:
         """One pass; returns how many deliveries got a provider (known or "")."""
-        from pixelserver.store.storage import Delivery
+        from pixelserver.store.schema import Delivery
 
         async with self.sessions() as session:
             rows = (

@@ -21,7 +21,9 @@ import tornado.web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pixelserver.store import erasure, queries, storage
+from pixelserver.store import erasure, queries
+from pixelserver.store.accounts import api_token_user
+from pixelserver.store.schema import Hit
 from pixelserver.verdicts.state import STATES
 from pixelserver.web.base import BasePage
 
@@ -73,7 +75,7 @@ class ApiHandler(BasePage):
                 401, "unauthorized", "send a personal API token: Authorization: Bearer …"
             )
         async with self.sessions.begin() as session:
-            user = await storage.api_token_user(session, header[7:].strip())
+            user = await api_token_user(session, header[7:].strip())
         if user is None:
             raise ApiError(401, "unauthorized", "this API token is not valid (revoked?)")
         self.api_user = user
@@ -200,10 +202,10 @@ class HitsApi(ApiHandler):
         async with self.sessions() as session:
             if not await queries.delivery_owned(session, self.api_user, int(delivery_id)):
                 raise ApiError(404, "not_found", "no such delivery")
-            q = select(storage.Hit).where(storage.Hit.delivery_id == int(delivery_id))
+            q = select(Hit).where(Hit.delivery_id == int(delivery_id))
             if after is not None:
-                q = q.where(storage.Hit.id > after)
-            hits = list((await session.execute(q.order_by(storage.Hit.id).limit(limit))).scalars())
+                q = q.where(Hit.id > after)
+            hits = list((await session.execute(q.order_by(Hit.id).limit(limit))).scalars())
         self.write(
             {
                 "hits": [

@@ -22,8 +22,14 @@ import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver.store import storage
+from pixelserver.store.accounts import add_user_network
 from pixelserver.store.throttle import LoginThrottle, TooManyAttempts
+from pixelserver.store.websessions import (
+    SessionLimits,
+    end_web_session,
+    start_web_session,
+    web_session_user,
+)
 from pixelserver.verdicts.networks import Network, client_ip, is_loopback, mask
 
 log = logging.getLogger("mailping.web")
@@ -47,7 +53,7 @@ class WebAuth:
     check: CheckLogin | None = None
     report_password: str | None = None
     secure_cookies: bool = False
-    limits: storage.SessionLimits = field(default_factory=storage.SessionLimits)
+    limits: SessionLimits = field(default_factory=SessionLimits)
     throttle: LoginThrottle = field(default_factory=lambda: LoginThrottle(None))
 
     @property
@@ -103,7 +109,7 @@ class BasePage(tornado.web.RequestHandler):
             return None
         try:
             async with self.sessions.begin() as session:
-                return await storage.web_session_user(session, key, self.auth.limits)
+                return await web_session_user(session, key, self.auth.limits)
         except SQLAlchemyError:
             log.warning("cannot check a web session: the store is unreachable")
             raise tornado.web.HTTPError(503) from None
@@ -293,10 +299,10 @@ class LoginPage(BasePage):
         await throttle.succeeded(attempt)
         previous = self.session_key()
         async with self.sessions.begin() as session:
-            await storage.add_user_network(session, username, mask(ip))
+            await add_user_network(session, username, mask(ip))
             if previous:  # a new login never reuses a session (no fixation)
-                await storage.end_web_session(session, previous)
-            key = await storage.start_web_session(session, username)
+                await end_web_session(session, previous)
+            key = await start_web_session(session, username)
         self.set_signed_cookie(
             SESSION_COOKIE,
             key,
@@ -316,6 +322,6 @@ class LogoutPage(BasePage):
         key = self.session_key()
         if key is not None:
             async with self.sessions.begin() as session:
-                await storage.end_web_session(session, key)
+                await end_web_session(session, key)
         self.clear_cookie(SESSION_COOKIE)
         self.redirect("/login" if self.auth.logins else "/")

@@ -18,7 +18,9 @@ import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 
 from pixelserver.config import DigestConfig
-from pixelserver.store import digests, erasure, links, preferences, queries, storage
+from pixelserver.store import digests, erasure, links, preferences, queries
+from pixelserver.store.accounts import api_tokens, create_api_token, revoke_api_token
+from pixelserver.store.websessions import count_user_sessions, end_other_sessions
 from pixelserver.verdicts.networks import mask
 from pixelserver.verdicts.state import STATE_WORDS, STATES, VERDICT_WORDS
 from pixelserver.web.base import BasePage
@@ -233,10 +235,10 @@ class SettingsPage(BasePage):
         if self.user is None:
             raise tornado.web.HTTPError(404)  # the demo mode has no users to keep settings for
         async with self.sessions() as session:
-            tokens = await storage.api_tokens(session, self.user)
+            tokens = await api_tokens(session, self.user)
             prefs = await preferences.load(session, self.user, self.digest_defaults)
             last_digest = await digests.latest(session, self.user)
-            active = await storage.count_user_sessions(session, self.user, self.auth.limits)
+            active = await count_user_sessions(session, self.user, self.auth.limits)
         self.render(
             "settings.html",
             tokens=tokens,
@@ -264,15 +266,15 @@ class SettingsPage(BasePage):
             async with self.sessions.begin() as session:
                 if action == "create":
                     name = self.get_body_argument("name", "").strip() or "API token"
-                    token = await storage.create_api_token(session, self.user, name)
+                    token = await create_api_token(session, self.user, name)
                 elif action == "revoke":
-                    await storage.revoke_api_token(
+                    await revoke_api_token(
                         session, self.user, int(self.get_body_argument("token_id", "0") or 0)
                     )
                 elif action == "logout_others":  # ASVS 3.3.4: end the sessions left elsewhere
                     key = self.session_key()
                     if key is not None:
-                        await storage.end_other_sessions(session, self.user, key)
+                        await end_other_sessions(session, self.user, key)
                 elif action == "preferences":
                     digest = preferences.check_digest(
                         enabled=self.get_body_argument("digest_enabled", "") == "on",

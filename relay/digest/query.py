@@ -20,7 +20,7 @@ from pixelserver.store.queries import (
     owned,
     with_deliveries,
 )
-from pixelserver.store.storage import Delivery, Message, User
+from pixelserver.store.schema import Delivery, Message, User
 from pixelserver.verdicts.state import FAILED, OPENED
 
 MAX_MESSAGES = 100  # in one digest; the rest are counted and linked

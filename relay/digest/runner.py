@@ -25,7 +25,7 @@ from pixelserver import metrics
 from pixelserver.config import DigestConfig
 from pixelserver.store import digests
 from pixelserver.store.preferences import DigestPrefs, effective
-from pixelserver.store.storage import User
+from pixelserver.store.schema import User
 from relay.digest import compose, schedule
 from relay.digest.query import DigestData, collect
 from relay.forward import ACCEPTED, Copy, Credentials, Upstream

@@ -6,7 +6,7 @@ connection (`AsyncConnection.run_sync`), so no second, synchronous driver is nee
 
 from alembic import context
 
-from pixelserver.store.storage import Base
+from pixelserver.store.schema import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:

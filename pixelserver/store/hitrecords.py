@@ -1,0 +1,279 @@
+"""The hit pipeline's records: what it reads to judge a fetch (the delivery, its message and
+the sender's networks) and the judged hits it writes.
+
+Hit rows go in below the ORM: the one write that must keep up with a burst.
+SQLAlchemy's executemany spends more time building parameters than the database spends
+storing them. Below it: on PostgreSQL, one INSERT ... SELECT FROM unnest(one array per column)
+... ON CONFLICT (uid) DO NOTHING per batch, a single round trip; on SQLite, the driver's
+executemany of INSERT OR IGNORE with values encoded by the columns' own type processors, so
+what is stored is exactly what the ORM would store. The encoding is pure Python over every row
+and runs on a worker thread, so a batch never holds up the loop that answers pixels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    select,
+)
+from sqlalchemy.ext.asyncio import (
+    AsyncSession,
+)
+
+from pixelserver.store.schema import Delivery, Hit, Message, UserNetwork, utcnow
+
+# --- writes from the hit pipeline ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewHit:
+    uid: str
+    token: str
+    at: dt.datetime
+    method: str
+    ip_prefix: str
+    user_agent: str
+    headers: dict[str, str]
+    verdict: str = "unknown"
+    reasons: tuple[Any, ...] = ()
+    confidence: float = 0.0
+    rule: str = ""
+    seconds_after_send: float | None = None
+    asn: int | None = None
+    org: str = ""
+    net_lists: tuple[str, ...] = ()
+    hosting: bool = False
+    country: str = ""
+    region: str = ""
+    city: str = ""
+    client: str = ""
+    delivery_id: int | None = None  # known already when judged; else looked up by token
+
+
+async def delivery_ids_for_tokens(session: AsyncSession, tokens: Iterable[str]) -> dict[str, int]:
+    tokens = list(set(tokens))
+    found: dict[str, int] = {}
+    for i in range(0, len(tokens), 500):
+        chunk = tokens[i : i + 500]
+        rows = await session.execute(
+            select(Delivery.token, Delivery.id).where(Delivery.token.in_(chunk))
+        )
+        found.update({t: d for t, d in rows.all()})
+    return found
+
+
+@dataclass
+class HitContext:
+    """What the classifier needs to know about the copy a token belongs to."""
+
+    delivery_id: int
+    recipient: str
+    accepted_at: dt.datetime
+    sender_prefixes: frozenset[str]
+    prior: list[tuple[str, str, float]]  # (prefix, ua, seconds after send) of earlier hits
+    mailbox_provider: str = ""  # from the recipient domain's MX; "" when not known
+
+
+SENDER_NETWORK_DAYS = 30
+
+
+class SenderNetworks:
+    """The networks each user sent from or logged in from in the last 30 days, remembered
+    for `ttl` seconds: every batch of hits needs them, and reading a month of a busy user's
+    messages for each batch of 200 hits cost more than storing the hits."""
+
+    def __init__(self, ttl: float = 60.0) -> None:
+        self.ttl = ttl
+        self._known: dict[int, tuple[float, set[str]]] = {}
+
+    async def get(self, session: AsyncSession, user_ids: set[int]) -> dict[int, set[str]]:
+        now = time.monotonic()
+        stale = {u for u in user_ids if u not in self._known or self._known[u][0] < now}
+        if stale:
+            since = utcnow() - dt.timedelta(days=SENDER_NETWORK_DAYS)
+            fresh: dict[int, set[str]] = {u: set() for u in stale}
+            for user_id, prefix in await session.execute(
+                select(Message.user_id, Message.sender_prefix)
+                .where(
+                    Message.user_id.in_(stale),
+                    Message.accepted_at >= since,
+                    Message.sender_prefix != "",
+                )
+                .distinct()
+            ):
+                fresh[user_id].add(prefix)
+            for user_id, prefix in await session.execute(
+                select(UserNetwork.user_id, UserNetwork.prefix).where(
+                    UserNetwork.user_id.in_(stale), UserNetwork.seen_at >= since
+                )
+            ):
+                fresh[user_id].add(prefix)
+            for u, found in fresh.items():
+                self._known[u] = (now + self.ttl, found)
+        return {u: self._known[u][1] for u in user_ids}
+
+
+async def hit_contexts(
+    session: AsyncSession,
+    tokens: Iterable[str],
+    prior_since: dt.datetime | None = None,
+    networks: SenderNetworks | None = None,
+) -> dict[str, HitContext]:
+    """Per known token: its delivery, when its message was accepted, the networks its sender
+    used recently, and its earlier hits from `prior_since` on (three queries for a batch)."""
+    tokens = list(set(tokens))
+    rows = []
+    for i in range(0, len(tokens), 500):
+        rows += (
+            await session.execute(
+                select(
+                    Delivery.token,
+                    Delivery.id,
+                    Delivery.recipient,
+                    Message.accepted_at,
+                    Message.user_id,
+                    Message.sender_prefix,
+                    Delivery.mailbox_provider,
+                )
+                .join(Message, Message.id == Delivery.message_id)
+                .where(Delivery.token.in_(tokens[i : i + 500]))
+            )
+        ).all()
+    if not rows:
+        return {}
+    nets = await (networks or SenderNetworks(ttl=0)).get(session, {r.user_id for r in rows})
+    prior: dict[int, list[tuple[str, str, float]]] = {r.id: [] for r in rows}
+    earlier = select(Hit.delivery_id, Hit.ip_prefix, Hit.user_agent, Hit.seconds_after_send).where(
+        Hit.delivery_id.in_(prior.keys())
+    )
+    if prior_since is not None:
+        earlier = earlier.where(Hit.at >= prior_since)
+    for delivery_id, prefix, ua, seconds in await session.execute(earlier.order_by(Hit.at)):
+        if seconds is not None:
+            prior[delivery_id].append((prefix, ua, seconds))
+    return {
+        r.token: HitContext(
+            r.id,
+            r.recipient,
+            r.accepted_at,
+            # The copy's own sending network counts at once, whatever the cache says.
+            frozenset(nets[r.user_id] | ({r.sender_prefix} if r.sender_prefix else set())),
+            prior[r.id],
+            r.mailbox_provider or "",
+        )
+        for r in rows
+    }
+
+
+async def add_hits(session: AsyncSession, hits: Sequence[NewHit]) -> tuple[int, int]:
+    """Store hits whose token is known; returns (stored or already stored, unknown tokens).
+
+    Hits are inserted with ON CONFLICT DO NOTHING on their uid so that replaying a journal
+    after a crash never stores one fetch twice.
+    """
+    ids = {h.token: h.delivery_id for h in hits if h.delivery_id is not None}
+    missing = [h.token for h in hits if h.delivery_id is None]
+    if missing:
+        ids.update(await delivery_ids_for_tokens(session, missing))
+    known = [h for h in hits if h.token in ids]
+
+    await insert_hits(session, known, ids)
+    return len(known), len(hits) - len(known)
+
+
+def hit_row(h: NewHit, delivery_id: int) -> dict[str, Any]:
+    """A judged hit as a row of the hit table (lengths cut to the columns)."""
+    return {
+        "uid": h.uid,
+        "delivery_id": delivery_id,
+        "at": h.at,
+        "method": h.method,
+        "ip_prefix": h.ip_prefix,
+        "user_agent": h.user_agent[:1000],
+        "headers": h.headers,
+        "verdict": h.verdict,
+        "reasons": list(h.reasons),
+        "confidence": h.confidence,
+        "rule": h.rule,
+        "seconds_after_send": h.seconds_after_send,
+        "asn": h.asn,
+        "org": h.org[:200],
+        "net_lists": sorted(h.net_lists),
+        "hosting": h.hosting,
+        "country": h.country[:2],
+        "region": h.region[:100],
+        "city": h.city[:100],
+        "client": h.client[:60],
+    }
+
+
+# --- reads for the report ------------------------------------------------------------------
+
+
+async def hits_for_delivery(session: AsyncSession, delivery_id: int) -> list[Hit]:
+    rows = await session.execute(select(Hit).where(Hit.delivery_id == delivery_id).order_by(Hit.at))
+    return list(rows.scalars())
+
+
+COLUMNS = [c for c in Hit.__table__.columns if c.name != "id"]
+NAMES = [c.name for c in COLUMNS]
+JSON_COLUMNS = {"headers", "reasons", "net_lists"}
+_LIST = ", ".join(NAMES)
+
+
+async def insert_hits(session: AsyncSession, hits: Sequence[NewHit], ids: dict[str, int]) -> None:
+    """Insert judged hits (`ids`: their tokens' delivery ids), skipping uids already stored."""
+    if not hits:
+        return
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    if conn.dialect.name == "postgresql":
+        arrays = await asyncio.to_thread(_as_arrays, hits, ids)
+        await driver.execute(_pg_insert(conn.dialect), *arrays)
+        return
+    processors = [c.type.bind_processor(conn.dialect) for c in COLUMNS]
+    encoded = await asyncio.to_thread(_encode, hits, ids, processors)
+    marks = ", ".join("?" for _ in NAMES)
+    await driver.executemany(f"INSERT OR IGNORE INTO hit ({_LIST}) VALUES ({marks})", encoded)
+
+
+def _as_arrays(hits: Sequence[NewHit], ids: dict[str, int]) -> list[list[Any]]:
+    """One list per column, as unnest() takes them (JSON as text, cast back in SQL)."""
+    rows = [hit_row(h, ids[h.token]) for h in hits]
+    return [
+        [json.dumps(r[n], separators=(",", ":")) for r in rows]
+        if n in JSON_COLUMNS
+        else [r[n] for r in rows]
+        for n in NAMES
+    ]
+
+
+@functools.cache
+def _pg_insert(dialect: Any) -> str:
+    arrays = []
+    for i, c in enumerate(COLUMNS, start=1):
+        sql_type = "text" if c.name in JSON_COLUMNS else c.type.compile(dialect=dialect)
+        arrays.append(f"${i}::{sql_type}[]")
+    picked = ", ".join(f"{n}::json" if n in JSON_COLUMNS else n for n in NAMES)
+    return (
+        f"INSERT INTO hit ({_LIST}) SELECT {picked} FROM unnest({', '.join(arrays)}) "
+        f"AS t({_LIST}) ON CONFLICT (uid) DO NOTHING"
+    )
+
+
+def _encode(
+    hits: Sequence[NewHit], ids: dict[str, int], processors: list[Any]
+) -> list[tuple[Any, ...]]:
+    rows = [hit_row(h, ids[h.token]) for h in hits]
+    return [
+        tuple(p(r[n]) if p else r[n] for n, p in zip(NAMES, processors, strict=True)) for r in rows
+    ]
