@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pixelserver.config import (
     ConfigError,
+    ConnectConfig,
     DatabaseConfig,
     DigestConfig,
     GeoipConfig,
@@ -140,8 +141,12 @@ class Config:
     geoip: GeoipConfig = field(default_factory=GeoipConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     digest: DigestConfig = field(default_factory=DigestConfig)
+    connect: ConnectConfig = field(default_factory=ConnectConfig)
     upstream_password: str = field(default="", repr=False)
     oauth_client_secret: str = field(default="", repr=False)
+    # [connect]: the key sealing users' refresh tokens, and each provider's client secret.
+    connect_key: str = field(default="", repr=False)
+    connect_secrets: dict[str, str] = field(default_factory=dict, repr=False)
     digest_password: str = field(default="", repr=False)
     database_password: str = field(default="", repr=False)
     # Set in each process of `--workers N`: its own journal, and ports shared (SO_REUSEPORT).
@@ -237,6 +242,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         "geoip",
         "privacy",
         "digest",
+        "connect",
     }
     for key in raw:
         if key not in sections | {"data_dir"}:
@@ -326,6 +332,8 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
     validate_pixelserver(pixel, file)
     validate_database(database, file)
     database_password = _database_password(database, env, file)
+    connect = build_section(ConnectConfig, raw.get("connect"), file, "connect")
+    connect_key, connect_secrets = _validate_connect(connect, relay, env, file)
 
     return Config(
         source=file,
@@ -342,6 +350,9 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         oauth_client_secret=client_secret,
         digest_password=digest_password,
         database_password=database_password,
+        connect=connect,
+        connect_key=connect_key,
+        connect_secrets=connect_secrets,
     )
 
 
@@ -426,6 +437,65 @@ def _validate_oauth(
             f"environment variable {o.client_secret_env} is not set",
         )
     return env.get(o.client_secret_env, "") if o.client_secret_env else ""
+
+
+def _validate_connect(
+    connect: ConnectConfig, relay: RelayConfig, env: Mapping[str, str], file: str
+) -> tuple[str, dict[str, str]]:
+    """[connect]: users' own accounts. Returns (the token key, client secrets by provider)."""
+    if not connect.offered:
+        return "", {}
+    first = f"connect.{connect.offered[0]}_client_id"
+    if relay.auth != "local":
+        raise ConfigError(
+            file, first, 'users connect their own accounts only with relay.auth = "local"'
+        )
+    if not connect.key_env:
+        raise ConfigError(
+            file,
+            "connect.key_env",
+            "name the environment variable holding the key that encrypts users' refresh "
+            "tokens (make one: python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())')",
+        )
+    if connect.key_env not in env:
+        raise ConfigError(
+            file, "connect.key_env", f"environment variable {connect.key_env} is not set"
+        )
+    from cryptography.fernet import Fernet
+
+    try:
+        Fernet(env[connect.key_env])
+    except ValueError:
+        raise ConfigError(
+            file,
+            "connect.key_env",
+            f"{connect.key_env} is not a Fernet key (32 bytes, URL-safe base64)",
+        ) from None
+    for key in (
+        "microsoft_login_url",
+        "google_authorize_url",
+        "google_token_url",
+        "google_revoke_url",
+        "gmail_api_url",
+    ):
+        url = urllib.parse.urlsplit(getattr(connect, key))
+        if url.scheme != "https" and not (
+            url.scheme == "http" and is_loopback_host(url.hostname or "")
+        ):
+            raise ConfigError(file, f"connect.{key}", "must be an https:// URL")
+    found: dict[str, str] = {}
+    for provider in connect.offered:
+        name = getattr(connect, f"{provider}_client_secret_env")
+        if name and name not in env:
+            raise ConfigError(
+                file,
+                f"connect.{provider}_client_secret_env",
+                f"environment variable {name} is not set",
+            )
+        if name:
+            found[provider] = env[name]
+    return env[connect.key_env], found
 
 
 def _validate_queue(queue: QueueConfig, file: str) -> None:

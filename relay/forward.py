@@ -21,7 +21,7 @@ from typing import Protocol
 
 import aiosmtplib
 
-from relay.oauth import TokenError, TokenSource
+from relay.oauth import TokenError, Tokens
 from relay.smtpdata import END, smtp_data
 
 log = logging.getLogger("mailping.forward")
@@ -34,6 +34,7 @@ class Copy:
     key: int  # the copy's number in its spooled message
     recipient: str
     name: str = ""  # unique file name in the local outbox (the delivery's token)
+    guard: bool = False  # the pixel-free copy to the sender, for their Sent folder
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,7 @@ class OAuthLogin:
     expired early (the provider's clock, a cache that outlived it)."""
 
     username: str
-    tokens: TokenSource
+    tokens: Tokens
 
     async def login(self, smtp: aiosmtplib.SMTP) -> None:
         token = await self.tokens.token()

@@ -21,6 +21,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import tornado.httpclient
 
@@ -34,6 +35,14 @@ MAX_DETAIL = 160  # characters of an endpoint's error_description kept in a repl
 
 class TokenError(Exception):
     """No token could be had; the message says why in words for the user's report."""
+
+
+class Tokens(Protocol):
+    """Where an upstream login gets its access token (the relay's or a connected user's)."""
+
+    async def token(self) -> str: ...
+
+    def invalidate(self, token: str) -> None: ...
 
 
 @dataclass(frozen=True)

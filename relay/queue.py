@@ -20,7 +20,7 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +155,8 @@ class QueueRunner:
     relay_login: bool = False  # True: copies can be sent without the user's password
     store_timeout: float = 5.0
     credentials: dict[str, Credentials] = field(default_factory=dict)
+    # A user's own connected account (relay/useraccounts.py), else None: the relay's upstream.
+    route: Callable[[str], Awaitable[Upstream | None]] | None = None
     working: dict[str, asyncio.Task] = field(default_factory=dict)
     _due: dict[str, _Due] = field(default_factory=dict)
     _store_retry_at: float = 0.0
@@ -474,9 +476,12 @@ class QueueRunner:
             await self._append(entry, event)
 
         started = time.perf_counter()
-        await self.upstream.send(
+        upstream = self.upstream
+        if self.route is not None and h.get("user"):
+            upstream = await self.route(h["user"]) or self.upstream
+        await upstream.send(
             h["sender"],
-            [Copy(c.index, c.recipient, c.token) for c in due],
+            [Copy(c.index, c.recipient, c.token, guard=c.guard) for c in due],
             render,
             smtputf8=bool(h.get("smtputf8")),
             eight_bit=bool(h.get("eight_bit")),

@@ -22,11 +22,13 @@ import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from pixelserver import oauthcode
 from pixelserver.config import ConfigError, is_loopback_host, parse_listen, parse_networks
 from pixelserver.hits import HitPipeline, Journal, Judge, RecordLimits
 from pixelserver.pixel import PixelFrontEnd
 from pixelserver.store import migrate, retention
 from pixelserver.store.appsecrets import app_secret, has_untagged_tokens, token_key
+from pixelserver.store.mailaccounts import Sealer
 from pixelserver.store.schema import make_engine, make_sessionmaker
 from pixelserver.store.throttle import LoginThrottle
 from pixelserver.store.websessions import SessionLimits
@@ -43,6 +45,7 @@ from pixelserver.verdicts.networks import (
 )
 from pixelserver.web.app import make_app
 from pixelserver.web.base import WebAuth
+from pixelserver.web.connect import Connector
 from relay.auth import Authenticator, LocalLogin, SenderPolicy, UpstreamLogin, allowlisted
 from relay.config import Config, config_warnings, resolve_file
 from relay.digest.runner import Clock, DigestRunner, system_clock
@@ -58,6 +61,7 @@ from relay.smtp import RelaySMTP
 from relay.spool import Spool
 from relay.submit import Relay, is_google_host
 from relay.tracking import STORE_ERRORS
+from relay.useraccounts import UserRoutes
 
 log = logging.getLogger("mailping")
 
@@ -159,6 +163,34 @@ def make_upstream(cfg: Config) -> Upstream:
         verify_certificate=cfg.upstream.verify_certificate,
         local_hostname=cfg.relay.hostname or None,
         oauth=oauth,
+    )
+
+
+def connect_providers(cfg: Config) -> dict[str, oauthcode.Provider]:
+    """The providers users may connect their own account with ([connect])."""
+    return oauthcode.providers(cfg.connect, cfg.connect_secrets)
+
+
+def make_connector(cfg: Config) -> Connector | None:
+    """What the Settings pages need to connect users' accounts ([connect])."""
+    if not cfg.connect.offered:
+        return None
+    return Connector(connect_providers(cfg), Sealer(cfg.connect_key), cfg.pixelserver.public_url)
+
+
+def make_user_routes(
+    cfg: Config, sessions: async_sessionmaker[AsyncSession], hostname: str
+) -> UserRoutes | None:
+    """Users' own connected accounts ([connect]); None when none are offered."""
+    if not cfg.connect.offered:
+        return None
+    return UserRoutes(
+        sessions,
+        cfg.connect,
+        connect_providers(cfg),
+        Sealer(cfg.connect_key),
+        timeout=cfg.upstream.timeout,
+        local_hostname=hostname,
     )
 
 
@@ -287,7 +319,14 @@ async def start_relay(
     upstream = upstream or make_upstream(cfg)
     hostname = cfg.relay.hostname or socket.getfqdn()
     queue = make_queue(cfg, sessions, upstream, hostname)
-    relay = Relay(sessions, queue, guard_sent_copy=guard_sent_copy(cfg))
+    routes = make_user_routes(cfg, sessions, hostname)
+    queue.route = routes
+    relay = Relay(
+        sessions,
+        queue,
+        guard_sent_copy=guard_sent_copy(cfg),
+        account_kind=routes.kind if routes is not None else None,
+    )
     for warning in config_warnings(cfg):
         log.warning("%s", warning)
     authenticator = make_authenticator(cfg, sessions, upstream)
@@ -524,6 +563,7 @@ async def start_pixelserver(
         outbox_dir=cfg.outbox_dir,
         data_sources=judge.networks.sources(),
         digest=cfg.digest,
+        connector=make_connector(cfg),
     )
     if cookie_secret is None:
         # The store is down: pixels must still be served. Sessions use a temporary key until

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import json
 import secrets
 import time
@@ -156,8 +157,8 @@ class OAuthSmtp:
     """Accepts mail only after XOAUTH2/OAUTHBEARER with a live token for `mailbox`."""
 
     port: int
-    tokens: TokenEndpoint
-    mailbox: str
+    tokens: TokenEndpoint | AuthServer
+    mailbox: str  # "": each token's own owner (users' accounts)
     messages: list[Captured] = field(default_factory=list)
     logins: list[str] = field(default_factory=list)  # "ok" / "refused", in order
     seen_tokens: list[str] = field(default_factory=list)
@@ -184,7 +185,10 @@ class OAuthSmtp:
 
     async def _check(self, server: SMTP, user: str, token: str) -> AuthResult:
         self.seen_tokens.append(token)
-        if user == self.mailbox and self.tokens.valid(token):
+        owner = self.mailbox or (
+            self.tokens.owner(token) if isinstance(self.tokens, AuthServer) else ""
+        )
+        if user and user == owner and self.tokens.valid(token):
             self.logins.append("ok")
             return AuthResult(success=True, auth_data=user, message=None)
         self.logins.append("refused")
@@ -228,7 +232,9 @@ class OAuthSmtp:
 
 
 @contextlib.asynccontextmanager
-async def oauth_smtp(tokens: TokenEndpoint, mailbox: str) -> AsyncIterator[OAuthSmtp]:
+async def oauth_smtp(
+    tokens: TokenEndpoint | AuthServer, mailbox: str = ""
+) -> AsyncIterator[OAuthSmtp]:
     up = OAuthSmtp(port=free_port(), tokens=tokens, mailbox=mailbox)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
@@ -247,3 +253,216 @@ async def oauth_smtp(tokens: TokenEndpoint, mailbox: str) -> AsyncIterator[OAuth
     finally:
         server.close()
         await server.wait_closed()
+
+
+# --- users' own accounts: authorization code with PKCE, refresh, revoke; the Gmail API -------
+
+
+@dataclass
+class Granted:
+    email: str
+    scope: str
+    expires: float = 0.0
+
+
+@dataclass
+class AuthServer:
+    """An authorization server for users' accounts (both providers' shapes: Microsoft's
+    /{tenant}/oauth2/v2.0/{authorize,token}, Google's /google/{authorize,token,revoke}).
+    The authorize step signs in `signed_in` (else the login_hint) and consents at once."""
+
+    port: int
+    clients: dict[str, str]  # client_id -> secret ("" for a public client)
+    lifetime: float = 3600.0
+    rotate: bool = True  # a new refresh token with each refresh (Microsoft does)
+    signed_in: str = ""
+    codes: dict[str, dict] = field(default_factory=dict)
+    access: dict[str, Granted] = field(default_factory=dict)
+    refresh: dict[str, Granted] = field(default_factory=dict)
+    revoked: list[str] = field(default_factory=list)
+    refreshes: int = 0
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def valid(self, token: str) -> bool:
+        g = self.access.get(token)
+        return g is not None and g.expires > time.time()
+
+    def owner(self, token: str) -> str:
+        g = self.access.get(token)
+        return g.email if g else ""
+
+    def revoke_everything(self) -> None:
+        """The user changed their password: every grant of theirs ends."""
+        self.refresh.clear()
+        self.access.clear()
+
+
+class _AuthorizeHandler(tornado.web.RequestHandler):
+    def initialize(self, server: AuthServer) -> None:
+        self.server = server
+
+    def get(self, _where: str) -> None:
+        s = self.server
+        q = {
+            k: self.get_query_argument(k, "")
+            for k in (
+                "client_id",
+                "redirect_uri",
+                "state",
+                "code_challenge",
+                "code_challenge_method",
+                "scope",
+                "login_hint",
+                "response_type",
+            )
+        }
+        if q["client_id"] not in s.clients or q["response_type"] != "code":
+            raise tornado.web.HTTPError(400)
+        if q["code_challenge_method"] != "S256" or not q["code_challenge"]:
+            raise tornado.web.HTTPError(400, "PKCE required")
+        code = secrets.token_urlsafe(16)
+        s.codes[code] = {**q, "email": s.signed_in or q["login_hint"]}
+        sep = "&" if "?" in q["redirect_uri"] else "?"
+        query = urllib.parse.urlencode({"code": code, "state": q["state"]})
+        self.redirect(q["redirect_uri"] + sep + query)
+
+
+def _id_token(email: str) -> str:
+    def part(obj: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return part({"alg": "none"}) + "." + part({"email": email, "preferred_username": email}) + ".x"
+
+
+class _UserTokenHandler(tornado.web.RequestHandler):
+    def initialize(self, server: AuthServer) -> None:
+        self.server = server
+
+    def _error(self, status: int, error: str, description: str) -> None:
+        self.set_status(status)
+        self.finish({"error": error, "error_description": description})
+
+    def _issue(self, email: str, scope: str, refresh: str | None) -> None:
+        s = self.server
+        token = "at-" + secrets.token_urlsafe(24)
+        s.access[token] = Granted(email, scope, time.time() + s.lifetime)
+        body = {
+            "token_type": "Bearer",
+            "access_token": token,
+            "expires_in": s.lifetime,
+            "scope": scope,
+            "id_token": _id_token(email),
+        }
+        if refresh:
+            s.refresh[refresh] = Granted(email, scope)
+            body["refresh_token"] = refresh
+        self.finish(body)
+
+    def post(self, _where: str) -> None:
+        s = self.server
+        f = {k: v[0] for k, v in urllib.parse.parse_qs(self.request.body.decode()).items()}
+        cid = f.get("client_id", "")
+        if cid not in s.clients or s.clients[cid] != f.get("client_secret", ""):
+            return self._error(401, "invalid_client", "unknown client or wrong secret")
+        if f.get("grant_type") == "authorization_code":
+            c = s.codes.pop(f.get("code", ""), None)
+            if c is None or c["redirect_uri"] != f.get("redirect_uri"):
+                return self._error(400, "invalid_grant", "unknown code or redirect_uri")
+            digest = hashlib.sha256(f.get("code_verifier", "").encode()).digest()
+            if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != c["code_challenge"]:
+                return self._error(400, "invalid_grant", "PKCE verification failed")
+            return self._issue(c["email"], c["scope"], "rt-" + secrets.token_urlsafe(24))
+        if f.get("grant_type") == "refresh_token":
+            old = f.get("refresh_token", "")
+            g = s.refresh.get(old)
+            if g is None:
+                return self._error(
+                    400,
+                    "invalid_grant",
+                    "AADSTS50173: The provided grant has expired due to "
+                    "it being revoked, a fresh auth token is needed.",
+                )
+            s.refreshes += 1
+            new = None
+            if s.rotate:
+                del s.refresh[old]
+                new = "rt-" + secrets.token_urlsafe(24)
+            return self._issue(g.email, g.scope, new)
+        return self._error(400, "unsupported_grant_type", "")
+
+
+class _RevokeHandler(tornado.web.RequestHandler):
+    def initialize(self, server: AuthServer) -> None:
+        self.server = server
+
+    def post(self) -> None:
+        token = urllib.parse.parse_qs(self.request.body.decode()).get("token", [""])[0]
+        self.server.revoked.append(token)
+        if self.server.refresh.pop(token, None) is None:
+            self.set_status(400)
+        self.finish({})
+
+
+@dataclass
+class GmailSent:
+    owner: str
+    raw: bytes
+
+
+@dataclass
+class GmailApi:
+    """users.messages.send: a bearer token from `auth` with gmail.send, a base64url raw."""
+
+    auth: AuthServer
+    sent: list[GmailSent] = field(default_factory=list)
+    refused: int = 0
+
+
+class _GmailSendHandler(tornado.web.RequestHandler):
+    def initialize(self, api: GmailApi) -> None:
+        self.api = api
+
+    def post(self) -> None:
+        bearer = self.request.headers.get("Authorization", "")
+        token = bearer[7:] if bearer.startswith("Bearer ") else ""
+        g = self.api.auth.access.get(token)
+        if g is None or not self.api.auth.valid(token):
+            self.api.refused += 1
+            self.set_status(401)
+            return self.finish({"error": {"code": 401, "message": "Invalid Credentials"}})
+        if "https://www.googleapis.com/auth/gmail.send" not in g.scope.split():
+            self.set_status(403)
+            return self.finish({"error": {"code": 403, "message": "Insufficient Permission"}})
+        try:
+            raw = base64.urlsafe_b64decode(json.loads(self.request.body)["raw"])
+        except (ValueError, KeyError, binascii.Error):
+            self.set_status(400)
+            return self.finish({"error": {"code": 400, "message": "Invalid raw"}})
+        self.api.sent.append(GmailSent(g.email, raw))
+        self.finish({"id": secrets.token_hex(8), "threadId": "t", "labelIds": ["SENT"]})
+
+
+@contextlib.asynccontextmanager
+async def auth_server(clients: dict[str, str], **kw: object) -> AsyncIterator[AuthServer]:
+    """The authorization server and, on the same port, the Gmail API stand-in (.gmail)."""
+    s = AuthServer(port=free_port(), clients=clients, **kw)  # type: ignore[arg-type]
+    gmail = GmailApi(s)
+    app = tornado.web.Application(
+        [
+            (r"/(.+)/authorize", _AuthorizeHandler, {"server": s}),
+            (r"/(.+)/token", _UserTokenHandler, {"server": s}),
+            (r"/google/revoke", _RevokeHandler, {"server": s}),
+            (r"/gmail/v1/users/me/messages/send", _GmailSendHandler, {"api": gmail}),
+        ]
+    )
+    s.gmail = gmail  # type: ignore[attr-defined]
+    server = tornado.httpserver.HTTPServer(app)
+    server.listen(s.port, "127.0.0.1")
+    try:
+        yield s
+    finally:
+        server.stop()
+        await server.close_all_connections()
