@@ -20,6 +20,7 @@ from pathlib import Path
 import aiosmtplib
 from sqlalchemy.exc import SQLAlchemyError
 
+from pixelserver import oauthcode
 from pixelserver.config import ConfigError
 from pixelserver.store import erasure, migrate
 from pixelserver.store.accounts import (
@@ -310,6 +311,15 @@ def describe(cfg: Config) -> str:
             f"relay: SMTP on {cfg.relay.listen}, TLS {cfg.relay.tls}, {auth}, "
             f"messages up to {cfg.relay.max_message_size} bytes",
             f"upstream: {upstream}",
+            *(
+                [
+                    "users' own accounts: "
+                    + " and ".join(oauthcode.LABELS[p] for p in cfg.connect.offered)
+                    + " can be connected in Settings (their mail then goes out as them)"
+                ]
+                if cfg.connect.offered
+                else []
+            ),
             f"queue: {_queue_words(cfg)}",
             f"pixel server: {cfg.pixelserver.listen}, pixel URLs "
             f"{cfg.pixelserver.public_url.rstrip('/')}/{cfg.pixelserver.pixel_path}/<token>.gif",

@@ -39,7 +39,15 @@ def test_every_key_is_documented_in_the_example() -> None:
     text = re.sub(r"^# (\w+ = )", r"\1", EXAMPLE.read_text(), flags=re.M)
     documented = tomllib.loads(text)
     for f in dataclasses.fields(Config):
-        if f.name in ("relay", "upstream", "pixelserver", "database", "geoip", "privacy"):
+        if f.name in (
+            "relay",
+            "upstream",
+            "pixelserver",
+            "database",
+            "geoip",
+            "privacy",
+            "connect",
+        ):
             keys = {k.name for k in dataclasses.fields(f.default_factory())}  # type: ignore[misc]
             assert keys == set(documented[f.name]), f.name
     oauth_keys = {k.name for k in dataclasses.fields(OAuthConfig)}

@@ -180,6 +180,8 @@ async def test_a_refresh_token_that_stops_working_shows_and_mail_waits(
     assert row.status == "broken" and "invalid_grant" in row.problem
     page = (await site.web.request("/settings")).body.decode()
     assert 'id="account-broken"' in page and "Connect your Microsoft 365 account again" in page
+    _data, digest = await service.make_digest_runner(site.cfg, store).preview(ANA)
+    assert "ACTION NEEDED: Your Microsoft 365 account (ana@contoso.example) stopped" in digest.text
     # Connecting again mends it; the waiting copies go out at their next try.
     assert await connect(site, "microsoft") == "/settings?connected=microsoft"
     assert (await stored_row(store)).status == "ok"

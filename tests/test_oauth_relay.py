@@ -351,3 +351,52 @@ async def test_check_config_try_upstream_gets_a_token_and_logs_in(tmp_path, monk
         )
         assert bad != 0 and ep.grants == 1
         assert time.monotonic() - started < 20
+
+
+# --- [connect]: users' own accounts ---------------------------------------------------------
+
+CONNECT = """
+[relay]
+listen = "127.0.0.1:2525"
+auth = "local"
+[connect]
+key_env = "MP_KEY"
+microsoft_client_id = "ms-app"
+microsoft_client_secret_env = "MS_SECRET"
+"""
+FERNET_KEY = "x" * 43 + "="
+
+
+@pytest.mark.parametrize(
+    ("body", "env", "key", "words"),
+    [
+        (
+            CONNECT.replace('auth = "local"', 'auth = "none"'),
+            None,
+            "connect.microsoft_client_id",
+            'relay.auth = "local"',
+        ),
+        (CONNECT.replace('key_env = "MP_KEY"', ""), None, "connect.key_env", "Fernet"),
+        (CONNECT, {"MS_SECRET": "s"}, "connect.key_env", "MP_KEY is not set"),
+        (CONNECT, {"MS_SECRET": "s", "MP_KEY": "short"}, "connect.key_env", "not a Fernet key"),
+        (CONNECT, {"MP_KEY": FERNET_KEY}, "connect.microsoft_client_secret_env", "not set"),
+        (
+            CONNECT + 'gmail_api_url = "http://gmail.example"\n',
+            None,
+            "connect.gmail_api_url",
+            "https",
+        ),
+    ],
+)
+def test_connect_config_mistakes_name_the_key(tmp_path, body, env, key, words) -> None:
+    env = {"MS_SECRET": "s", "MP_KEY": FERNET_KEY} if env is None else env
+    with pytest.raises(ConfigError) as err:
+        _load(tmp_path, body, env)
+    assert key in str(err.value) and words in str(err.value)
+
+
+def test_connect_config_reads_secrets_out_of_the_file(tmp_path) -> None:
+    cfg = _load(tmp_path, CONNECT, {"MS_SECRET": "s3", "MP_KEY": FERNET_KEY})
+    assert cfg.connect.offered == ("microsoft",)
+    assert cfg.connect_secrets == {"microsoft": "s3"} and cfg.connect_key == FERNET_KEY
+    assert "s3" not in repr(cfg) and FERNET_KEY not in repr(cfg)
