@@ -245,3 +245,32 @@ async def test_a_callback_without_this_browsers_state_is_refused(site: Site, sto
     resp = await site.web.request("/settings/connect/callback?code=abc&state=forged")
     assert resp.code == 302 and "connect_error" in resp.headers["Location"]
     assert await stored_row(store) is None
+
+
+async def test_connecting_in_chromium(site: Site, browser, store) -> None:
+    from playwright.async_api import expect
+
+    from tests.conftest import SHOTS
+    from tests.test_web import login
+
+    base = site.cfg.pixelserver.public_url
+    page = await browser.new_page()
+    await login(page, base, ANA, ANA_PW)
+    await page.wait_for_url(base + "/")
+    await page.goto(base + "/settings")
+    await page.get_by_role("link", name="Connect your Microsoft 365 account").click()
+    # Off to the provider (which signs Ana in and consents at once) and back to Settings.
+    await page.wait_for_url(base + "/settings?connected=microsoft")
+    await expect(page.locator("#notice")).to_contain_text("Microsoft 365 account is connected")
+    await expect(page.locator("#account-status")).to_contain_text("ana@contoso.example")
+    await page.get_by_role("button", name="Make a new MailPing password").click()
+    password = await page.locator("#mail-password").inner_text()
+    await page.screenshot(path=str(SHOTS / "settings-connected.png"), full_page=True)
+    await asyncio.to_thread(
+        send, site, message(["bob@example.net"], "From Chromium"), None, password
+    )
+    await eventually(lambda: len(site.smtp.messages) == 2)
+    assert {m.login for m in site.smtp.messages} == {ANA}
+    await page.get_by_role("button", name="Disconnect").click()
+    await expect(page.locator("#notice")).to_contain_text("Disconnected")
+    assert await stored_row(store) is None
