@@ -274,3 +274,10 @@ async def test_connecting_in_chromium(site: Site, browser, store) -> None:
     await page.get_by_role("button", name="Disconnect").click()
     await expect(page.locator("#notice")).to_contain_text("Disconnected")
     assert await stored_row(store) is None
+
+
+async def test_another_mailbox_than_the_login_is_not_connected(site: Site, store) -> None:
+    site.auth.signed_in = "mallory@contoso.example"  # signed in at the provider as someone else
+    where = await connect(site, "microsoft")
+    assert where.startswith("/settings?connect_error=")
+    assert "mallory%40contoso.example" in where and await stored_row(store) is None

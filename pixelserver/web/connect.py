@@ -126,6 +126,13 @@ class ConnectCallback(_ConnectPage):
                 "an hour: remove MailPing's access in your account settings and connect again."
             )
         address = grant.email or self.user or ""
+        if "@" in (self.user or "") and address != (self.user or "").lower():
+            # MailPing lets each login send only as its own address; a mailbox under another
+            # address would have its provider refuse every message (or send as someone else).
+            return self._back(
+                error=f"You signed in to {provider.label} as {address}, but your MailPing login "
+                f"is {self.user}: connect the account of {self.user}."
+            )
         try:
             async with self.sessions.begin() as session:
                 await mailaccounts.connect(
