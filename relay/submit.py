@@ -133,8 +133,9 @@ class Relay:
             untracked = GMAIL_API_SHARED
         facts = await self.exclusions.get(self.sessions, sub.user) if not untracked else None
         plan = tracking.plan_deliveries(recipients, untracked, facts, self.exclusions.token_key)
-        # Both providers users connect file what they send in Sent: the guard covers them.
-        guard = self.guard_sent_copy if kind is None else True
+        # Both providers users connect file what they send in Sent: the guard covers them
+        # (not needed, and only confusing in Sent Mail, for a Gmail API send without a pixel).
+        guard = self.guard_sent_copy if kind is None else not (kind == "google" and untracked)
         header = self._header(sub, prepared, plan, guard)
         entry_id = self.spool.new_id()
         try:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -26,7 +27,7 @@ from pixelserver import oauthcode
 from pixelserver.config import ConnectConfig
 from pixelserver.store import mailaccounts
 from pixelserver.store.mailaccounts import BROKEN, Connection, Sealer, SealError
-from relay.forward import DEFERRED, Copy, Outcome, SmtpUpstream, Upstream
+from relay.forward import DEFERRED, Copy, OAuthLogin, Outcome, Render, SmtpUpstream, Upstream
 from relay.gmailapi import GmailApiUpstream
 from relay.oauth import RENEW_MARGIN, TokenError
 from relay.tracking import STORE_ERRORS
@@ -129,7 +130,9 @@ class Waiting:
     def describe(self) -> str:
         return "waiting"
 
-    async def send(self, sender, copies, render, **kw) -> list[Outcome]:  # type: ignore[no-untyped-def]
+    async def send(
+        self, sender: str, copies: Sequence[Copy], render: Render, **kw: Any
+    ) -> list[Outcome]:
         on_outcome = kw.get("on_outcome")
         outcomes = []
         for c in copies:
@@ -197,8 +200,6 @@ class UserRoutes:
             return GmailApiUpstream(
                 self.connect.gmail_api_url, tokens, address=found.address, timeout=self.timeout
             )
-        from relay.forward import OAuthLogin
-
         c = self.connect
         return SmtpUpstream(
             c.microsoft_smtp_host,
@@ -208,6 +209,3 @@ class UserRoutes:
             local_hostname=self.local_hostname,
             oauth=OAuthLogin(found.address, tokens),
         )
-
-
-__all__ = ["Copy", "UserRoutes", "UserTokens", "Waiting", "broken_words"]
