@@ -30,7 +30,7 @@ log = logging.getLogger("mailping.relay")
 
 # Untracked: a connected Google account sends through the Gmail API, which sends one message
 # to every address in its header; with several recipients no copy can carry one's pixel.
-GMAIL_API_SHARED = "gmail_api_shared"
+GMAIL_API_SHARED = "one_gmail_send_for_all"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from pixelserver.config import ConnectConfig
 from pixelserver.store.accounts import set_local_user
 from pixelserver.store.mailaccounts import MailAccount, Sealer
+from pixelserver.store.schema import Delivery
 from relay import auth, queue_admin, service
 from relay.spool import Spool
 from tests.conftest import capture_upstream, make_config, start_pixelserver
@@ -218,6 +219,16 @@ async def test_google_sends_through_the_gmail_api_with_send_scope_only(site: Sit
     assert parsed["To"] == "bob@example.net, cy@example.org" and parsed["Bcc"] == "dee@example.com"
     assert not PIXEL_RE.search(shared.decode())
     assert site.smtp.messages == [] and site.relay_upstream.messages == []
+    async with store() as s:
+        q = select(Delivery.recipient, Delivery.untracked_reason).order_by(Delivery.id)
+        rows = (await s.execute(q)).all()
+    shared_reason = "one_gmail_send_for_all"
+    assert [tuple(r) for r in rows] == [
+        ("bob@example.net", None),
+        ("bob@example.net", shared_reason),
+        ("cy@example.org", shared_reason),
+        ("dee@example.com", shared_reason),
+    ]
 
 
 async def test_disconnect_revokes_at_google_and_mail_returns_to_the_relay_account(
