@@ -191,6 +191,7 @@ def make_user_routes(
         Sealer(cfg.connect_key),
         timeout=cfg.upstream.timeout,
         local_hostname=hostname,
+        share=cfg.worker_count,
     )
 
 

@@ -30,6 +30,8 @@ from pixelserver.store.mailaccounts import BROKEN, Connection, Sealer, SealError
 from relay.forward import DEFERRED, Copy, OAuthLogin, Outcome, Render, SmtpUpstream, Upstream
 from relay.gmailapi import GmailApiUpstream
 from relay.oauth import RENEW_MARGIN, TokenError
+from relay.pace import Pacer, limit_for
+from relay.queue import Route
 from relay.tracking import STORE_ERRORS
 
 log = logging.getLogger("mailping.useraccounts")
@@ -155,6 +157,7 @@ class UserRoutes:
         *,
         timeout: float = 60,
         local_hostname: str | None = None,
+        share: int = 1,
     ) -> None:
         self.sessions = sessions
         self.connect = connect
@@ -163,6 +166,11 @@ class UserRoutes:
         self.timeout = timeout
         self.local_hostname = local_hostname
         self._upstreams: dict[tuple[str, str, str], Upstream] = {}
+        # Microsoft paces submissions per mailbox (30 a minute); the Gmail API counts per day.
+        self.pacers = {
+            "microsoft": Pacer(limit_for(connect.microsoft_smtp_host, 0), share=share),
+            "google": Pacer(0),
+        }
 
     async def connection(self, user: str) -> Connection | None:
         async with self.sessions() as session:
@@ -177,21 +185,24 @@ class UserRoutes:
             return None
         return found.provider if found is not None else None
 
-    async def __call__(self, user: str) -> Upstream | None:
+    async def __call__(self, user: str) -> Route | None:
         try:
             found = await self.connection(user)
         except STORE_ERRORS:
-            return Waiting("the store is unreachable, so MailPing cannot tell which account sends")
+            return self._waiting(user, "the store is unreachable: which account sends is unknown")
         if found is None:
             return None
         if found.provider not in self.providers:
-            return Waiting(f"{found.provider} accounts are no longer offered here ([connect])")
+            return self._waiting(user, f"{found.provider} accounts are no longer offered here")
         if found.status == BROKEN:
-            return Waiting(broken_words(found.provider, found.problem))
+            return self._waiting(user, broken_words(found.provider, found.problem))
         key = (found.user, found.provider, found.address)
         if key not in self._upstreams:
             self._upstreams[key] = self._make(found)
-        return self._upstreams[key]
+        return Route(self._upstreams[key], found.address, self.pacers[found.provider])
+
+    def _waiting(self, user: str, reason: str) -> Route:
+        return Route(Waiting(reason), user, self.pacers["google"])
 
     def _make(self, found: Connection) -> Upstream:
         provider = self.providers[found.provider]
