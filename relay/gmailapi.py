@@ -33,6 +33,7 @@ from relay.forward import (
     DEFERRED,
     REJECTED,
     Copy,
+    CopyKind,
     Credentials,
     OnCommit,
     OnOutcome,
@@ -122,14 +123,14 @@ class GmailApiUpstream:
                 if pace is not None:
                     await pace()
                 data = b"".join(bytes(c) for c in render(copy))
-                if copy.guard:
+                if copy.kind == CopyKind.SENT_GUARD:
                     raw = readdressed(data, to=[sender])
                 else:
                     named = header_recipients(data)
                     if named != {copy.recipient.lower()}:
                         # Several recipients: one send reaches them all (untracked copies).
-                        batch += [c for c in pending if not c.guard]
-                        pending = [c for c in pending if c.guard]
+                        batch += [c for c in pending if c.kind != CopyKind.SENT_GUARD]
+                        pending = [c for c in pending if c.kind == CopyKind.SENT_GUARD]
                         extra = [c.recipient for c in batch if c.recipient.lower() not in named]
                         raw = readdressed(data, bcc=extra) if extra else data
                     else:
@@ -147,7 +148,7 @@ class GmailApiUpstream:
                 code, reply, status = broken
                 uncertain = False
             for c in batch:
-                outcome = Outcome(c.key, c.recipient, status, code, reply, uncertain=uncertain)
+                outcome = Outcome(c, status, code, reply, uncertain=uncertain)
                 outcomes.append(outcome)
                 if on_outcome is not None:
                     await on_outcome(outcome)

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import metrics
 from pixelserver.tokens import mint_token
 from pixelserver.verdicts.networks import mask
-from relay import replies, rewrite, tracking
+from pixelserver.vocabulary import UntrackedReason
+from relay import metrics, replies, rewrite, tracking
 from relay.forward import Credentials
 from relay.gmailapi import header_recipients
 from relay.providers import is_google_host as is_google_host  # its callers import it here
@@ -27,10 +27,6 @@ from relay.queue import QueueRunner
 from relay.spool import ACCEPTED, BUSY, CLAIMED, TAKEN, Entry, SpoolError
 
 log = logging.getLogger("mailping.relay")
-
-# Untracked: a connected Google account sends through the Gmail API, which sends one message
-# to every address in its header; with several recipients no copy can carry one's pixel.
-GMAIL_API_SHARED = "one_gmail_send_for_all"
 
 
 @dataclass(frozen=True)
@@ -130,7 +126,7 @@ class Relay:
         kind = await self.account_kind(sub.user) if self.account_kind is not None else None
         untracked = prepared.untracked_reason
         if kind == "google" and not untracked and not names_only(sub.data, recipients):
-            untracked = GMAIL_API_SHARED
+            untracked = UntrackedReason.ONE_GMAIL_SEND_FOR_ALL
         facts = await self.exclusions.get(self.sessions, sub.user) if not untracked else None
         plan = tracking.plan_deliveries(recipients, untracked, facts, self.exclusions.token_key)
         # Both providers users connect file what they send in Sent: the guard covers them

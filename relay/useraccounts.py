@@ -138,7 +138,7 @@ class Waiting:
         on_outcome = kw.get("on_outcome")
         outcomes = []
         for c in copies:
-            outcome = Outcome(c.key, c.recipient, DEFERRED, 451, self.reason)
+            outcome = Outcome(c, DEFERRED, 451, self.reason)
             outcomes.append(outcome)
             if on_outcome is not None:
                 await on_outcome(outcome)

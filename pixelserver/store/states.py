@@ -26,6 +26,7 @@ from pixelserver.verdicts.state import (
     HitView,
     state_of,
 )
+from pixelserver.vocabulary import MACHINE_VERDICTS, PERSON_VERDICTS, Verdict
 
 
 async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> None:
@@ -37,7 +38,7 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
     (SQLite 3.30+, PostgreSQL), then the latest hits' facts, then one executemany."""
     ids = sorted(set(delivery_ids))
     person = Hit.verdict.in_(PERSON_VERDICTS)
-    human = Hit.verdict == "human"
+    human = Hit.verdict == Verdict.HUMAN
     for i in range(0, len(ids), 2000):
         chunk = ids[i : i + 2000]
         summary = (
@@ -48,8 +49,8 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
                     Delivery.tracking,
                     func.count(Hit.id).filter(person),
                     func.count(Hit.id).filter(Hit.verdict.in_(MACHINE_VERDICTS)),
-                    func.count(Hit.id).filter(Hit.verdict == "privacy_prefetch"),
-                    func.count(Hit.id).filter(Hit.verdict == "sender"),
+                    func.count(Hit.id).filter(Hit.verdict == Verdict.PRIVACY_PREFETCH),
+                    func.count(Hit.id).filter(Hit.verdict == Verdict.SENDER),
                     func.min(Hit.at).filter(person),
                     func.max(Hit.id).filter(person),
                     func.count(func.distinct(Hit.ip_prefix)).filter(human),
@@ -136,12 +137,6 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
             # executemany, not 2,000 ORM updates (which made ingest 15x slower).
             table = Delivery.__table__
             await session.execute(update(table).where(table.c.id == bindparam("b_id")), values)
-
-
-MACHINE_VERDICTS = ("privacy_prefetch", "scanner", "bot")
-
-
-PERSON_VERDICTS = ("human", "human_via_proxy")
 
 
 def _aware(value: Any) -> dt.datetime:
