@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 import ssl
@@ -66,8 +67,10 @@ class ClientCredentials:
 
 
 def redact(token: str) -> str:
-    """How a token may appear in a log line: its first few characters only."""
-    return f"{token[:4]}…({len(token)} chars)" if token else "(none)"
+    """How a token may appear in a log line: a fingerprint (to tell two apart), none of it."""
+    if not token:
+        return "(none)"
+    return f"#{hashlib.sha256(token.encode()).hexdigest()[:8]} ({len(token)} chars)"
 
 
 Fetch = Callable[[tornado.httpclient.HTTPRequest], Awaitable[tornado.httpclient.HTTPResponse]]
