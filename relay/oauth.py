@@ -20,7 +20,7 @@ import logging
 import ssl
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -73,14 +73,6 @@ def redact(token: str) -> str:
     return f"#{hashlib.sha256(token.encode()).hexdigest()[:8]} ({len(token)} chars)"
 
 
-Fetch = Callable[[tornado.httpclient.HTTPRequest], Awaitable[tornado.httpclient.HTTPResponse]]
-
-
-async def _fetch(request: tornado.httpclient.HTTPRequest) -> tornado.httpclient.HTTPResponse:
-    client = tornado.httpclient.AsyncHTTPClient()
-    return await client.fetch(request, raise_error=False)
-
-
 class TokenSource:
     """One account's current access token, shared by every connection of this process."""
 
@@ -89,18 +81,15 @@ class TokenSource:
         client: ClientCredentials,
         *,
         clock: Callable[[], float] = time.monotonic,
-        fetch: Fetch = _fetch,
     ) -> None:
         self.client = client
         self.clock = clock
-        self.fetch = fetch
         self.grants = 0  # tokens received (for tests and the log)
         self._token = ""
         self._renew_at = 0.0
         self._refused: tuple[float, str] | None = None
         self._lock = asyncio.Lock()
         self._use_basic = client.client_auth == "basic"
-        self._ssl: ssl.SSLContext | None = None
 
     async def token(self) -> str:
         """A token valid for a while yet; asks the endpoint only when needed (one request at
@@ -188,7 +177,7 @@ class TokenSource:
         )
         host = urllib.parse.urlsplit(c.token_url).netloc
         try:
-            response = await self.fetch(request)
+            response = await tornado.httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
         except (OSError, tornado.httpclient.HTTPClientError, ssl.SSLError) as exc:
             raise TokenError(f"could not reach the token endpoint {host}: {exc}") from None
         if response.code == 599:  # tornado's "no HTTP answer" (refused, timeout, TLS)
