@@ -294,3 +294,17 @@ async def test_another_mailbox_than_the_login_is_not_connected(site: Site, store
     where = await connect(site, "microsoft")
     assert where.startswith("/settings?connect_error=")
     assert "mallory%40contoso.example" in where and await stored_row(store) is None
+
+
+async def test_access_tokens_are_renewed_and_rotated_refresh_tokens_kept(site: Site, store) -> None:
+    site.auth.lifetime = 2  # access tokens live two seconds; each refresh rotates the refresh token
+    await connect(site, "microsoft")
+    await asyncio.to_thread(send, site, message(["bob@example.net"], "First"))
+    await eventually(lambda: len(site.smtp.messages) == 2)
+    await asyncio.sleep(2.1)
+    await asyncio.to_thread(send, site, message(["bob@example.net"], "Second"))
+    await eventually(lambda: len(site.smtp.messages) == 4)
+    assert site.auth.refreshes == 2 and set(site.smtp.logins) == {"ok"}
+    [current] = site.auth.refresh  # the old ones were given up at each rotation
+    row = await stored_row(store)
+    assert row.status == "ok" and Sealer(KEY).open(row.refresh_token) == current
