@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver import oauthcode
 from pixelserver.store import mailaccounts
