@@ -157,8 +157,8 @@ class ConnectCallback(_ConnectPage):
 
 async def disconnect(
     connector: Connector,
-    sessions,
-    user: str,  # type: ignore[no-untyped-def]
+    sessions: async_sessionmaker[AsyncSession],
+    user: str,
 ) -> str:
     """Forget the user's connection; revoke it at the provider where that is possible.
     Returns words for the page."""
