@@ -253,9 +253,16 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
 
     relay = build_section(RelayConfig, raw.get("relay"), file, "relay")
     upstream = _build_upstream(raw.get("upstream"), file)
-    if upstream.host and upstream.auth == "password" and "auth" not in (raw.get("relay") or {}):
-        # With a real upstream, the safe default is that clients log in with their account.
-        relay = dataclasses.replace(relay, auth="upstream")
+    if upstream.host and "auth" not in (raw.get("relay") or {}):
+        if upstream.auth == "password":
+            # With a real upstream, the safe default is that clients log in with their account.
+            relay = dataclasses.replace(relay, auth="upstream")
+        elif relay.proxy_protocol or not is_loopback_host(
+            parse_listen(relay.listen, file, "relay.listen")[0]
+        ):
+            # An OAuth relay account takes no client passwords: clients beyond this machine
+            # log in with `mailping user add` logins.
+            relay = dataclasses.replace(relay, auth="local")
     queue = build_section(QueueConfig, raw.get("queue"), file, "queue")
     _validate_queue(queue, file)
     pixel = build_section(PixelServerConfig, raw.get("pixelserver"), file, "pixelserver")

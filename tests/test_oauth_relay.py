@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import text
 
 from relay import queue_admin, service
+from relay.certs import make_self_signed
 from relay.config import ConfigError, OAuthConfig, load_config
 from relay.spool import Spool
 from tests.conftest import make_config
@@ -287,6 +288,12 @@ def test_config_reads_upstream_oauth(tmp_path) -> None:
     assert cfg.upstream.auth == "xoauth2" and cfg.upstream.oauth.client_id == CLIENT
     assert cfg.oauth_client_secret == SECRET and SECRET not in repr(cfg)
     assert cfg.relay.auth == "none", "clients are not checked against an upstream password"
+    make_self_signed("relay.example", tmp_path / "cert.pem", tmp_path / "key.pem")
+    listen = (
+        'listen = "0.0.0.0:2525"\ntls = "starttls"\ncert_file = "cert.pem"\nkey_file = "key.pem"'
+    )
+    wide = _load(tmp_path, BASE.replace('listen = "127.0.0.1:2525"', listen))
+    assert wide.relay.auth == "local", "beyond loopback: logins made with `mailping user add`"
 
 
 @pytest.mark.parametrize(
