@@ -5,6 +5,7 @@ takes nothing but XOAUTH2/OAUTHBEARER with those tokens. Mail goes end to end ov
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import datetime
 import email
@@ -407,3 +408,54 @@ def test_connect_config_reads_secrets_out_of_the_file(tmp_path) -> None:
     assert cfg.connect.offered == ("microsoft",)
     assert cfg.connect_secrets == {"microsoft": "s3"} and cfg.connect_key == FERNET_KEY
     assert "s3" not in repr(cfg) and FERNET_KEY not in repr(cfg)
+
+
+# --- the whole program, as an operator runs it -----------------------------------------------
+
+
+async def test_mailping_relay_forwards_through_an_xoauth2_only_upstream(tmp_path) -> None:
+    """`mailping relay` started from a config file, with the secret in its environment; its
+    whole output (DEBUG) carries neither the secret nor a token."""
+    import os
+    import socket
+    import sys
+
+    from tests.conftest import free_port
+
+    async with token_endpoint({CLIENT: SECRET}, scope=SCOPE) as ep, oauth_smtp(ep, MAILBOX) as up:
+        port = free_port()
+        config = tmp_path / "mailping.toml"
+        config.write_text(
+            f'data_dir = "{tmp_path}/data"\n'
+            + BASE.replace("127.0.0.1:2525", f"127.0.0.1:{port}")
+            .replace('host = "smtp.office365.com"', f'host = "127.0.0.1"\nport = {up.port}')
+            .replace('auth = "xoauth2"', 'auth = "xoauth2"\ntls = "none"')
+            .replace("https://login.microsoftonline.com/contoso.example/oauth2/v2.0/token", ep.url)
+        )
+        env = {**os.environ, "MP_SECRET": SECRET}
+        log_file = (tmp_path / "output.log").open("wb")  # a file: a full pipe would stall it
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay.cli", "--log-level", "DEBUG", "relay",
+            "--config", str(config),
+            env=env, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+
+            def listening() -> bool:
+                with socket.socket() as s:
+                    return s.connect_ex(("127.0.0.1", port)) == 0
+
+            await eventually(listening, timeout=30)
+            for subject in ("One", "Two"):
+                assert (await send(port, [A], subject)).startswith("250")
+            await eventually(lambda: len(up.messages) == 2)
+        finally:
+            proc.terminate()
+            await proc.wait()
+            log_file.close()
+    assert ep.grants == 1 and set(up.logins) == {"ok"}
+    text = (tmp_path / "output.log").read_text(errors="replace")
+    assert "new access token" in text
+    [token] = set(up.seen_tokens)
+    sasl = base64.b64encode(f"user={MAILBOX}\x01auth=Bearer {token}\x01\x01".encode()).decode()
+    assert token not in text and SECRET not in text and sasl not in text
