@@ -471,13 +471,18 @@ def _validate_connect(
         )
     from cryptography.fernet import Fernet
 
+    keys = [k.strip() for k in env[connect.key_env].split(",") if k.strip()]
     try:
-        Fernet(env[connect.key_env])
+        if not keys:
+            raise ValueError
+        for key in keys:
+            Fernet(key)
     except ValueError:
         raise ConfigError(
             file,
             "connect.key_env",
-            f"{connect.key_env} is not a Fernet key (32 bytes, URL-safe base64)",
+            f"{connect.key_env} is not a Fernet key (32 bytes, URL-safe base64; several, "
+            "comma-separated, to rotate)",
         ) from None
     for key in (
         "microsoft_login_url",

@@ -15,6 +15,7 @@ a connection go through the relay's own upstream as before.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -100,7 +101,11 @@ class UserTokens:
             raise TokenError(broken_words(found.provider, str(exc))) from None
         except oauthcode.ProviderUnavailable as exc:
             raise TokenError(f"{label}: {exc}") from None
+        # A new refresh token (rotation), or the old one sealed with an older key: seal again.
         rotated = grant.refresh_token and grant.refresh_token != refresh_token
+        if not rotated and not self.sealer.current(found.sealed_refresh_token):
+            grant = dataclasses.replace(grant, refresh_token=refresh_token)
+            rotated = True
         try:
             async with self.sessions.begin() as session:
                 await mailaccounts.refreshed(

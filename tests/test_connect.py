@@ -308,3 +308,21 @@ async def test_access_tokens_are_renewed_and_rotated_refresh_tokens_kept(site: S
     [current] = site.auth.refresh  # the old ones were given up at each rotation
     row = await stored_row(store)
     assert row.status == "ok" and Sealer(KEY).open(row.refresh_token) == current
+
+
+async def test_a_new_key_first_in_key_env_reseals_tokens_at_their_next_refresh(
+    site: Site, store
+) -> None:
+    from pixelserver import oauthcode
+    from relay.useraccounts import UserTokens
+
+    site.auth.rotate = False  # Google keeps one refresh token: it is sealed again all the same
+    await connect(site, "microsoft")
+    new = Fernet.generate_key().decode()
+    provider = oauthcode.providers(site.cfg.connect, site.cfg.connect_secrets)["microsoft"]
+    tokens = UserTokens(ANA, provider, store, Sealer(f"{new},{KEY}"))
+    assert site.auth.valid(await tokens.token())
+    row = await stored_row(store)
+    [refresh_token] = site.auth.refresh
+    assert Sealer(new).open(row.refresh_token) == refresh_token, "sealed with the new key"
+    assert Sealer(new).current(row.refresh_token) and not Sealer(KEY).current(row.refresh_token)

@@ -387,6 +387,7 @@ FERNET_KEY = "x" * 43 + "="
         (CONNECT.replace('key_env = "MP_KEY"', ""), None, "connect.key_env", "Fernet"),
         (CONNECT, {"MS_SECRET": "s"}, "connect.key_env", "MP_KEY is not set"),
         (CONNECT, {"MS_SECRET": "s", "MP_KEY": "short"}, "connect.key_env", "not a Fernet key"),
+        (CONNECT, {"MS_SECRET": "s", "MP_KEY": FERNET_KEY + ",old"}, "connect.key_env", "rotate"),
         (CONNECT, {"MP_KEY": FERNET_KEY}, "connect.microsoft_client_secret_env", "not set"),
         (
             CONNECT + 'gmail_api_url = "http://gmail.example"\n',
@@ -408,6 +409,8 @@ def test_connect_config_reads_secrets_out_of_the_file(tmp_path) -> None:
     assert cfg.connect.offered == ("microsoft",)
     assert cfg.connect_secrets == {"microsoft": "s3"} and cfg.connect_key == FERNET_KEY
     assert "s3" not in repr(cfg) and FERNET_KEY not in repr(cfg)
+    two = _load(tmp_path, CONNECT, {"MS_SECRET": "s3", "MP_KEY": f"{FERNET_KEY}, {FERNET_KEY}"})
+    assert two.connect_key.count(",") == 1, "a new key first, the old one still opens tokens"
 
 
 # --- the whole program, as an operator runs it -----------------------------------------------

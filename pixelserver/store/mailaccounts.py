@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import ForeignKey, String, Text, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -47,13 +47,27 @@ class SealError(Exception):
 
 
 class Sealer:
-    """Encrypts refresh tokens at rest with the key from connect.key_env."""
+    """Encrypts refresh tokens at rest with the key from connect.key_env.
 
-    def __init__(self, key: str | bytes) -> None:
-        self._fernet = Fernet(key)  # ValueError for a malformed key: a config error upstream
+    Several keys, comma-separated, rotate it: the first seals, every one opens (a token sealed
+    with an older key is sealed again with the first at its next refresh)."""
+
+    def __init__(self, keys: str) -> None:
+        # ValueError for a malformed key: load_config reports it as a config error first.
+        fernets = [Fernet(k.strip()) for k in keys.split(",") if k.strip()]
+        self._first = fernets[0]
+        self._fernet = MultiFernet(fernets)
 
     def seal(self, token: str) -> str:
         return self._fernet.encrypt(token.encode()).decode("ascii")
+
+    def current(self, sealed: str) -> bool:
+        """Whether `sealed` is sealed with the first (current) key."""
+        try:
+            self._first.decrypt(sealed.encode("ascii"))
+            return True
+        except (InvalidToken, ValueError):
+            return False
 
     def open(self, sealed: str) -> str:
         try:
