@@ -51,6 +51,7 @@ from pixelserver.verdicts.networks import (
 )
 from pixelserver.web.app import make_app
 from pixelserver.web.base import WebAuth
+from pixelserver.web.connect import Connector
 
 log = logging.getLogger("mailping")
 
@@ -90,6 +91,7 @@ class PixelSite:
     reuse_port: bool  # one of several worker processes on one port
     upstream_google: bool  # the upstream is Google's: its proxy fetches are the sender's own
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)  # targets Settings takes
+    connector: Connector | None = None  # users connect their own mail accounts ([connect])
 
 
 def make_networks(city_db: Path | None, asn_db: Path | None) -> Networks:
@@ -240,6 +242,7 @@ async def start_pixelserver(
         data_sources=judge.networks.sources(),
         digest=site.digest,
         webhooks=site.webhooks,
+        connector=site.connector,
     )
     if cookie_secret is None:
         # The store is down: pixels must still be served. Sessions use a temporary key until

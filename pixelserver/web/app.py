@@ -31,6 +31,7 @@ from pixelserver.web.api import (
     RecipientApi,
 )
 from pixelserver.web.base import LoginPage, LogoutPage, WebAuth, demo_hosts
+from pixelserver.web.connect import ConnectCallback, Connector, ConnectStart
 from pixelserver.web.live import EventsHandler
 from pixelserver.web.reports import (
     AboutPage,
@@ -85,6 +86,7 @@ def make_app(
     data_sources: Sequence[DataSource] = (),
     digest: DigestConfig | None = None,
     webhooks: WebhooksConfig | None = None,
+    connector: Connector | None = None,
 ) -> tornado.web.Application:
     trusted = parse_networks(config.trusted_proxies, "-", "pixelserver.trusted_proxies")
     pages = {
@@ -95,6 +97,7 @@ def make_app(
         "pixel_url": functools.partial(pixel_url, config.public_url, config.pixel_path),
         "digest_defaults": digest or DigestConfig(),
         "webhooks": webhooks or WebhooksConfig(),
+        "connector": connector,
         "demo_hosts": demo_hosts(
             parse_listen(config.listen, "-", "pixelserver.listen"), config.public_url
         ),
@@ -119,6 +122,8 @@ def make_app(
             (r"/api/v1/openapi.json", OpenApiDocument, pages),
             (r"/api/.*", NotFoundApi, pages),
             (r"/settings", SettingsPage, pages),
+            (r"/settings/connect/callback", ConnectCallback, pages),
+            (r"/settings/connect/(microsoft|google)", ConnectStart, pages),
             (r"/links/new", NewLinkPage, pages),
             (r"/login", LoginPage, pages),
             (r"/logout", LogoutPage, pages),
