@@ -198,6 +198,7 @@ def validate_webhooks(cfg: WebhooksConfig, file: str) -> None:
         raise ConfigError(file, "webhooks.timeout_seconds", "from 1 to 60 seconds")
 
 
+@dataclass(frozen=True)
 class ConnectConfig:
     """[connect]: users connect their own Microsoft 365 or Google account in Settings (OAuth
     2.0 authorization code with PKCE) and the relay sends their mail as them. Needs
