@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from pixelserver import metrics
 from pixelserver.store.hitrecords import HitContext, NewHit, SenderNetworks, add_hits, hit_contexts
 from pixelserver.store.states import refresh_states
+from pixelserver.store.webhooks import enqueue_opens
 from pixelserver.verdicts import classify
 from pixelserver.verdicts.networks import NetworkFacts, Networks
 
@@ -440,7 +441,10 @@ class HitPipeline:
                     # that answers pixels.
                     hits = await asyncio.to_thread(self.judge.batch, batch, contexts)
                     stored, _ = await add_hits(session, hits)
-                    await refresh_states(session, {c.delivery_id for c in contexts.values()})
+                    touched = {c.delivery_id for c in contexts.values()}
+                    await refresh_states(session, touched)
+                    # In the same transaction: a first open is queued with the hit that made it.
+                    await enqueue_opens(session, touched)
                 self.stored += stored
                 self.unknown += len(batch) - len(hits)
                 metrics.BATCH_SECONDS.observe(time.perf_counter() - started)

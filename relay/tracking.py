@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver.store import appsecrets, clickrecords, erasure
+from pixelserver.store import appsecrets, clickrecords, erasure, webhooks
 from pixelserver.store.accounts import get_or_create_user
 from pixelserver.store.messages import (
     NewDelivery,
@@ -29,6 +29,7 @@ from pixelserver.store.messages import (
 )
 from pixelserver.tokens import mint_token, pixel_url
 from pixelserver.verdicts.exclusions import excluded
+from pixelserver.verdicts.state import FAILED_OUTCOMES
 from pixelserver.vocabulary import Tracking, UntrackedReason
 
 __all__ = [
@@ -205,6 +206,9 @@ async def record_spooled(
         )
         if links:  # the addresses rewritten links lead to (relay/clicklinks.py)
             await clickrecords.add_links(session, message_id, links)
+        await webhooks.enqueue_untracked(
+            session, [d.token for d in deliveries if d.untracked_reason]
+        )
 
 
 async def sync_outcomes(
@@ -213,6 +217,9 @@ async def sync_outcomes(
     """(token, outcome, reply) as the spool has them."""
     async with sessions.begin() as session:
         await set_outcomes_by_token(session, outcomes)
+        await webhooks.enqueue_failures_by_token(
+            session, [token for token, outcome, _ in outcomes if outcome in FAILED_OUTCOMES]
+        )
 
 
 # Recording without the spool: the deliveries of a message made elsewhere (benchmarks and
@@ -275,6 +282,7 @@ async def record_message(
             sender_prefix=sender_prefix,
             owner=owner,
         )
+        await webhooks.enqueue_untracked(session, [d.token for d in rows if d.untracked_reason])
         return RecordedMessage(
             id=message.id,
             deliveries=tuple(
@@ -289,3 +297,6 @@ async def record_outcomes(
 ) -> None:
     async with sessions.begin() as session:
         await set_outcomes(session, outcomes)
+        await webhooks.enqueue_failures(
+            session, [d for d, outcome, _ in outcomes if outcome in FAILED_OUTCOMES]
+        )

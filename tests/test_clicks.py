@@ -419,7 +419,8 @@ async def test_a_scanner_clicking_every_link_at_once_is_answered_and_labelled(cl
 
 async def test_a_persons_first_click_per_link_is_told_apart(store) -> None:
     """What a `delivery.clicked` event needs: the first click a person makes on each link."""
-    from pixelserver.store import clickrecords
+    from pixelserver.store import clickrecords, webhooks
+    from pixelserver.store.webhookschema import WebhookMessage
     from pixelserver.verdicts.networks import NetworkFacts
     from relay import tracking
 
@@ -436,6 +437,9 @@ async def test_a_persons_first_click_per_link_is_told_apart(store) -> None:
     token = recorded.deliveries[0].token
     async with store.begin() as s:
         await clickrecords.add_links(s, recorded.id, ["https://a.example/", "https://b.example/"])
+        await webhooks.add_endpoint(
+            s, "me@example.com", "https://hooks.example.com/in", allow_private=False
+        )
     await backdate(store, 3600)
 
     async def one(n: int, ip: str, minutes: float, ua: str = PERSON_UA):
@@ -460,3 +464,14 @@ async def test_a_persons_first_click_per_link_is_told_apart(store) -> None:
         ("human", False),
         ("human", True),
     ]
+    async with store() as s:
+        events = (await s.execute(select(WebhookMessage.event_key, WebhookMessage.payload))).all()
+    # One delivery.clicked per link a person clicked, naming the link's original address.
+    assert sorted(k for k, _ in events) == [
+        f"delivery.clicked:{recorded.deliveries[0].id}:0",
+        f"delivery.clicked:{recorded.deliveries[0].id}:1",
+    ]
+    assert {json.loads(b)["data"]["url"] for _, b in events} == {
+        "https://a.example/",
+        "https://b.example/",
+    }

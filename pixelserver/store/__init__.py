@@ -1,4 +1,6 @@
-"""The store. Tables declared outside schema.py are imported here, so that Base.metadata (what
-migrations are checked against, what erasure walks) always holds them."""
+"""The store: schema, migrations and the queries each part of MailPing needs. Tables declared
+outside schema.py are imported here, so that Base.metadata (what migrations are checked
+against, what erasure walks) always holds them."""
 
 from pixelserver.store import clickrecords as clickrecords  # noqa: F401 - click tables (0014)
+from pixelserver.store import mailaccounts as mailaccounts  # noqa: F401 - its table in metadata

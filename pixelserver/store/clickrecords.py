@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
+from pixelserver.store import webhooks
 from pixelserver.store.accounts import get_or_create_user
 from pixelserver.store.schema import (
     Base,
@@ -253,7 +254,13 @@ async def add_click(session: AsyncSession, target: Target, click: NewClick) -> C
         if r.delivery_id == target.delivery_id and r.n == click.n and r.id != new_id
         and verdicts[r.id].kind == Verdict.HUMAN
     ]  # fmt: skip
-    return ClickResult(kind, kind == Verdict.HUMAN and not earlier)
+    result = ClickResult(kind, kind == Verdict.HUMAN and not earlier)
+    if result.first_by_person:  # delivery.clicked, once per link, in this transaction
+        await webhooks.enqueue_click(
+            session, target.delivery_id, link=str(click.n), url=target.url, at=click.at,
+            verdict=kind,
+        )  # fmt: skip
+    return result
 
 
 async def _sender_prefixes(session: AsyncSession, target: Target) -> frozenset[str]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from pixelserver.oauthcode import LABELS
+from pixelserver.store import mailaccounts
 from pixelserver.store.clickreports import PersonClick, person_clicks_between
 from pixelserver.store.queries import (
     MESSAGE_COLUMNS,
@@ -49,6 +51,8 @@ class DigestData:
     late_opens: list[LateOpen]
     unopened: int  # messages of the last UNOPENED_DAYS days that nobody has read yet
     clicks: list[PersonClick] = field(default_factory=list)  # a person's, in the period
+    # The user's connected mail account stopped working (their mail waits): words, or "".
+    account_problem: str = ""
 
     @property
     def failed(self) -> list[tuple[MessageRow, DeliveryRow]]:
@@ -57,7 +61,7 @@ class DigestData:
     @property
     def empty(self) -> bool:
         """Nothing sent and nothing opened: a day worth no email unless asked for."""
-        return not self.sent and not self.late_opens and not self.clicks
+        return not (self.sent or self.late_opens or self.clicks or self.account_problem)
 
 
 async def collect(
@@ -111,4 +115,16 @@ async def collect(
         ],
         unopened=unopened,
         clicks=await person_clicks_between(session, user, start, end, MAX_MESSAGES),
+        account_problem=await _account_problem(session, user),
+    )
+
+
+async def _account_problem(session: AsyncSession, user: str) -> str:
+    found = await mailaccounts.connection(session, user)
+    if found is None or found.status != mailaccounts.BROKEN:
+        return ""
+    label = LABELS.get(found.provider, found.provider)
+    return (
+        f"Your {label} account ({found.address}) stopped working for MailPing: {found.problem}. "
+        "Your mail waits in the queue until you connect it again in Settings."
     )

@@ -2,7 +2,7 @@
 click on them with its verdict, each user's choice, and a delivery's count of a person's clicks.
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0015 (numbered before it, chained after it: the lead re-chains at merge)
 Create Date: 2026-12-07
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0014"
-down_revision = "0012"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
