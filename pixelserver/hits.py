@@ -25,10 +25,17 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver import metrics
-from pixelserver.store.hitrecords import HitContext, NewHit, SenderNetworks, add_hits, hit_contexts
-from pixelserver.store.states import refresh_states
+from pixelserver.store.hitrecords import (
+    HitContext,
+    NewHit,
+    SenderNetworks,
+    add_new_hits,
+    hit_contexts,
+)
+from pixelserver.store.states import advance_states
 from pixelserver.verdicts import classify
 from pixelserver.verdicts.networks import NetworkFacts, Networks
+from pixelserver.verdicts.state import HitView
 
 log = logging.getLogger("mailping.hits")
 
@@ -439,8 +446,8 @@ class HitPipeline:
                     # Network lookups can take milliseconds when cold: keep them off the loop
                     # that answers pixels.
                     hits = await asyncio.to_thread(self.judge.batch, batch, contexts)
-                    stored, _ = await add_hits(session, hits)
-                    await refresh_states(session, {c.delivery_id for c in contexts.values()})
+                    stored, fresh = await add_new_hits(session, hits)
+                    await advance_states(session, views_by_delivery(fresh))
                 self.stored += stored
                 self.unknown += len(batch) - len(hits)
                 metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
@@ -470,6 +477,27 @@ class HitPipeline:
                 self._failing = True
                 delay = min(max(delay * 2, 0.5), 5.0)
             await asyncio.sleep(delay)
+
+
+def views_by_delivery(hits: Sequence[NewHit]) -> dict[int, list[HitView]]:
+    """New rows as the state computation sees them, per delivery, in insertion order."""
+    out: dict[int, list[HitView]] = {}
+    for h in hits:
+        assert h.delivery_id is not None
+        out.setdefault(h.delivery_id, []).append(
+            HitView(
+                h.at,
+                h.verdict,
+                h.rule,
+                h.ip_prefix,
+                h.client[:60],
+                h.country[:2],
+                h.region[:100],
+                h.city[:100],
+                h.confidence,
+            )
+        )
+    return out
 
 
 def _well_formed(record: dict) -> bool:

@@ -18,7 +18,7 @@ import functools
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import (
@@ -179,14 +179,26 @@ async def add_hits(session: AsyncSession, hits: Sequence[NewHit]) -> tuple[int, 
     Hits are inserted with ON CONFLICT DO NOTHING on their uid so that replaying a journal
     after a crash never stores one fetch twice.
     """
+    known, _ = await add_new_hits(session, hits)
+    return known, len(hits) - known
+
+
+async def add_new_hits(session: AsyncSession, hits: Sequence[NewHit]) -> tuple[int, list[NewHit]]:
+    """Store hits whose token is known; returns how many were known and the hits that are new
+    rows (not stored before, each uid once, in insertion order, with their delivery ids):
+    what the delivery states are moved by."""
     ids = {h.token: h.delivery_id for h in hits if h.delivery_id is not None}
     missing = [h.token for h in hits if h.delivery_id is None]
     if missing:
         ids.update(await delivery_ids_for_tokens(session, missing))
     known = [h for h in hits if h.token in ids]
-
-    await insert_hits(session, known, ids)
-    return len(known), len(hits) - len(known)
+    inserted = await insert_hits(session, known, ids)
+    fresh = []
+    for h in known:
+        if h.uid in inserted:
+            inserted.discard(h.uid)  # a uid twice in one batch is one row
+            fresh.append(h if h.delivery_id is not None else replace(h, delivery_id=ids[h.token]))
+    return len(known), fresh
 
 
 def hit_row(h: NewHit, delivery_id: int) -> dict[str, Any]:
@@ -229,21 +241,41 @@ JSON_COLUMNS = {"headers", "reasons", "net_lists"}
 _LIST = ", ".join(NAMES)
 
 
-async def insert_hits(session: AsyncSession, hits: Sequence[NewHit], ids: dict[str, int]) -> None:
-    """Insert judged hits (`ids`: their tokens' delivery ids), skipping uids already stored."""
+async def insert_hits(
+    session: AsyncSession, hits: Sequence[NewHit], ids: dict[str, int]
+) -> set[str]:
+    """Insert judged hits (`ids`: their tokens' delivery ids), skipping uids already stored;
+    returns the uids of the rows inserted now (PostgreSQL: RETURNING; SQLite: the uids already
+    there are read first; each journal has one pipeline, so nothing adds them in between)."""
     if not hits:
-        return
+        return set()
+    hits = _first_of_each_uid(hits)
     conn = await session.connection()
     raw = await conn.get_raw_connection()
     driver = raw.driver_connection
     if conn.dialect.name == "postgresql":
         arrays = await asyncio.to_thread(_as_arrays, hits, ids)
-        await driver.execute(_pg_insert(conn.dialect), *arrays)
-        return
+        return {r[0] for r in await driver.fetch(_pg_insert(conn.dialect), *arrays)}
+    uids = [h.uid for h in hits]
+    there: set[str] = set()
+    for i in range(0, len(uids), 500):
+        chunk = uids[i : i + 500]
+        marks = ", ".join("?" for _ in chunk)
+        async with driver.execute(f"SELECT uid FROM hit WHERE uid IN ({marks})", chunk) as cur:
+            there.update(r[0] for r in await cur.fetchall())
+    new = [h for h in hits if h.uid not in there]
     processors = [c.type.bind_processor(conn.dialect) for c in COLUMNS]
-    encoded = await asyncio.to_thread(_encode, hits, ids, processors)
+    encoded = await asyncio.to_thread(_encode, new, ids, processors)
     marks = ", ".join("?" for _ in NAMES)
     await driver.executemany(f"INSERT OR IGNORE INTO hit ({_LIST}) VALUES ({marks})", encoded)
+    return {h.uid for h in new}
+
+
+def _first_of_each_uid(hits: Sequence[NewHit]) -> Sequence[NewHit]:
+    seen: set[str] = set()
+    if len({h.uid for h in hits}) == len(hits):
+        return hits
+    return [h for h in hits if not (h.uid in seen or seen.add(h.uid))]
 
 
 def _as_arrays(hits: Sequence[NewHit], ids: dict[str, int]) -> list[list[Any]]:
@@ -264,9 +296,10 @@ def _pg_insert(dialect: Any) -> str:
         sql_type = "text" if c.name in JSON_COLUMNS else c.type.compile(dialect=dialect)
         arrays.append(f"${i}::{sql_type}[]")
     picked = ", ".join(f"{n}::json" if n in JSON_COLUMNS else n for n in NAMES)
+    # In array order (ids follow it: the latest of equal times is the last inserted).
     return (
         f"INSERT INTO hit ({_LIST}) SELECT {picked} FROM unnest({', '.join(arrays)}) "
-        f"AS t({_LIST}) ON CONFLICT (uid) DO NOTHING"
+        f"WITH ORDINALITY AS t({_LIST}, n) ORDER BY n ON CONFLICT (uid) DO NOTHING RETURNING uid"
     )
 
 

@@ -1,30 +1,49 @@
-"""Delivery states in the store: recomputed for the deliveries a batch of hits or a verdict
-change touched. The judging itself is pure (pixelserver/verdicts/state.py); this module only
-reads what it needs and writes the result.
+"""Delivery states in the store, kept two ways. The hit pipeline moves them by each batch's new
+rows only (`advance_states`: counters added, first/last open compared, the state raised by
+rank), so a batch costs the same whether its deliveries have one earlier hit or ten thousand.
+A verdict change or an outcome recomputes them from all their hits (`refresh_states`). Both give
+the same result (tests/test_incremental_state.py). The judging itself is pure
+(pixelserver/verdicts/state.py); this module only reads what it needs and writes the result.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
+    and_,
     bindparam,
+    case,
     func,
+    or_,
     select,
     update,
 )
 from sqlalchemy.ext.asyncio import (
     AsyncSession,
 )
+from sqlalchemy.orm import aliased
 
-from pixelserver.store.schema import Delivery, Hit, utcnow
+from pixelserver.store.schema import Delivery, Hit, UTCDateTime, utcnow
 from pixelserver.verdicts.state import (
+    BY_HITS,
     CERTAIN_CONFIDENCE,
+    FAILED,
+    FAILED_OUTCOMES,
+    HUMAN,
+    QUEUED,
+    RANK,
+    UNTRACKED,
+    WAITING_OUTCOMES,
     HitSummary,
     HitView,
+    hits_state,
+    place_of,
     state_of,
+    summarize,
 )
 
 
@@ -38,6 +57,17 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
     ids = sorted(set(delivery_ids))
     person = Hit.verdict.in_(PERSON_VERDICTS)
     human = Hit.verdict == "human"
+    # The latest person's hit by time (then by id among equal times), as advance_states keeps
+    # it: hits can arrive out of order (two workers, a journal replayed after an outage).
+    latest = aliased(Hit)
+    last_person = (
+        select(latest.id)
+        .where(latest.delivery_id == Delivery.id, latest.verdict.in_(PERSON_VERDICTS))
+        .order_by(latest.at.desc(), latest.id.desc())
+        .limit(1)
+        .correlate(Delivery)
+        .scalar_subquery()
+    )
     for i in range(0, len(ids), 2000):
         chunk = ids[i : i + 2000]
         summary = (
@@ -51,7 +81,7 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
                     func.count(Hit.id).filter(Hit.verdict == "privacy_prefetch"),
                     func.count(Hit.id).filter(Hit.verdict == "sender"),
                     func.min(Hit.at).filter(person),
-                    func.max(Hit.id).filter(person),
+                    last_person,
                     func.count(func.distinct(Hit.ip_prefix)).filter(human),
                     func.count(func.distinct(func.nullif(Hit.client, ""))).filter(human),
                     # as state.is_certain: 0 is a hit from before confidences were stored
@@ -136,6 +166,109 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
             # executemany, not 2,000 ORM updates (which made ingest 15x slower).
             table = Delivery.__table__
             await session.execute(update(table).where(table.c.id == bindparam("b_id")), values)
+
+
+async def advance_states(session: AsyncSession, fresh: Mapping[int, Sequence[HitView]]) -> None:
+    """Move the states of deliveries by their new hits only (`fresh`: delivery id -> the hits
+    just inserted, each stored once, in insertion order), in one executemany.
+
+    In SQL, so two writers moving the same delivery add up rather than overwrite each other:
+    counters +=, first open the earlier, last open (with its client and place) the later or
+    equal (a new row's id is higher than any stored), state raised to the batch's rank unless
+    the outcome or untracking decides it. "Forwarded" (several networks or programs of the
+    recipient's own) needs all of a delivery's direct hits: it is counted only for deliveries
+    with new direct hits and not already forwarded, and never goes back."""
+    if not fresh:
+        return
+    forwarded = await _forwarded(
+        session, [d for d, views in fresh.items() if any(v.verdict == HUMAN for v in views)]
+    )
+    now = utcnow()
+    values = []
+    for delivery_id, views in fresh.items():
+        s = summarize(views)
+        last = s.last_open
+        state = hits_state(s)
+        values.append(
+            {
+                "b_id": delivery_id,
+                "b_people": s.people,
+                "b_machines": s.machines,
+                "b_senders": s.senders,
+                "b_first": s.first_open,
+                "b_last": last.at if last else None,
+                "b_client": last.client[:60] if last else "",
+                "b_place": place_of(last)[:200] if last else "",
+                "b_state": state,
+                "b_rank": RANK[state],
+                "b_forwarded": delivery_id in forwarded,
+                "b_now": now,
+            }
+        )
+    await session.execute(_ADVANCE, values)
+
+
+def _advance_statement() -> Any:
+    t = Delivery.__table__
+    c = t.c
+    when = UTCDateTime()
+    first, last = bindparam("b_first", type_=when), bindparam("b_last", type_=when)
+    earlier = and_(first.is_not(None), or_(c.first_open.is_(None), c.first_open > first))
+    newer = and_(last.is_not(None), or_(c.last_open.is_(None), c.last_open <= last))
+    rank = case({s: r for s, r in RANK.items()}, value=c.state, else_=-1)
+    return (
+        update(t)
+        .where(c.id == bindparam("b_id"))
+        .values(
+            human_hits=c.human_hits + bindparam("b_people"),
+            machine_hits=c.machine_hits + bindparam("b_machines"),
+            sender_hits=c.sender_hits + bindparam("b_senders"),
+            first_open=case((earlier, first), else_=c.first_open),
+            last_open=case((newer, last), else_=c.last_open),
+            client=case((newer, bindparam("b_client")), else_=c.client),
+            place=case((newer, bindparam("b_place")), else_=c.place),
+            forwarded=or_(c.forwarded, bindparam("b_forwarded", type_=Boolean())),
+            state=case(
+                # (OR of equalities: an IN list would expand, which executemany cannot take)
+                (or_(*(c.outcome == o for o in FAILED_OUTCOMES)), FAILED),
+                (or_(*(c.outcome == o for o in WAITING_OUTCOMES)), QUEUED),
+                (c.tracking == UNTRACKED, UNTRACKED),
+                (rank >= bindparam("b_rank"), c.state),
+                else_=bindparam("b_state"),
+            ),
+            state_changed_at=bindparam("b_now", type_=when),
+        )
+    )
+
+
+_ADVANCE = _advance_statement()
+assert BY_HITS[0] == "not_opened"  # a delivery with no hits starts at the lowest rank
+
+
+async def _forwarded(session: AsyncSession, delivery_ids: Sequence[int]) -> set[int]:
+    """Of these deliveries (each with new direct hits), those not yet marked forwarded whose
+    direct hits now come from more than one network or program."""
+    found: set[int] = set()
+    for i in range(0, len(delivery_ids), 2000):
+        chunk = delivery_ids[i : i + 2000]
+        rows = await session.execute(
+            select(Hit.delivery_id)
+            .where(
+                Hit.delivery_id.in_(
+                    select(Delivery.id).where(Delivery.id.in_(chunk), Delivery.forwarded.is_(False))
+                ),
+                Hit.verdict == HUMAN,
+            )
+            .group_by(Hit.delivery_id)
+            .having(
+                or_(
+                    func.count(func.distinct(Hit.ip_prefix)) > 1,
+                    func.count(func.distinct(func.nullif(Hit.client, ""))) > 1,
+                )
+            )
+        )
+        found.update(rows.scalars())
+    return found
 
 
 MACHINE_VERDICTS = ("privacy_prefetch", "scanner", "bot")
