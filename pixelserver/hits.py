@@ -47,6 +47,8 @@ MAX_UA = 512
 MAX_HEADER = 256
 MAX_BATCH = 200  # hits per transaction: small, so no step holds up the pixel (p99)
 READ_BYTES = 64 * 1024  # journal bytes parsed per step (about 200 hits)
+RETRY_MAX = 0.5  # seconds between attempts while the store is away
+BATCH_TIMEOUT = 60.0  # seconds a batch may take before it is abandoned and retried
 COMPACT_AT = 4 * 1024 * 1024  # rewrite the journal once this much of it has been consumed
 
 
@@ -436,7 +438,9 @@ class HitPipeline:
                 batch = [r for r in records[i : i + MAX_BATCH] if _well_formed(r)]
                 # Earlier hits matter only within the burst window of this batch's first one.
                 start = min((r["at"] for r in batch), default=0) - classify.BURST_WINDOW
-                async with self.sessions.begin() as session:
+                # A batch stuck on a connection that died without a reset (no RST from a
+                # host gone away) would hold the journal forever: give up and retry.
+                async with asyncio.timeout(BATCH_TIMEOUT), self.sessions.begin() as session:
                     contexts = await hit_contexts(
                         session,
                         (r["t"] for r in batch),
@@ -475,7 +479,10 @@ class HitPipeline:
                         "cannot write hits to the store (%s); keeping them in the journal", exc
                     )
                 self._failing = True
-                delay = min(max(delay * 2, 0.5), 5.0)
+                # Short: a refused connection costs nothing to retry, and each second waited
+                # after the store is back is a second of fetches more to drain (a backoff that
+                # doubled to 5 s left the store behind a loaded server for good).
+                delay = min(max(delay * 2, 0.25), RETRY_MAX)
             await asyncio.sleep(delay)
 
 
