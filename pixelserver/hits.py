@@ -18,9 +18,10 @@ import os
 import secrets
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -30,6 +31,8 @@ from pixelserver.store.hitrecords import (
     NewHit,
     SenderNetworks,
     add_new_hits,
+    encoder,
+    first_of_each_uid,
     hit_contexts,
 )
 from pixelserver.store.states import advance_states
@@ -338,7 +341,7 @@ class Judge:
             user_agent=ua,
             headers=dict(facts.headers),
             verdict=verdict.kind,
-            reasons=tuple(verdict.as_json()["reasons"]),
+            reasons=tuple({"code": r.code, "text": r.text} for r in verdict.reasons),
             confidence=verdict.confidence,
             rule=verdict.rule,
             seconds_after_send=seconds,
@@ -447,10 +450,12 @@ class HitPipeline:
                         dt.datetime.fromtimestamp(start, dt.UTC),
                         self.sender_networks,
                     )
-                    # Network lookups can take milliseconds when cold: keep them off the loop
-                    # that answers pixels.
-                    hits = await asyncio.to_thread(self.judge.batch, batch, contexts)
-                    stored, fresh = await add_new_hits(session, hits)
+                    # Network lookups can take milliseconds when cold, and judging and encoding
+                    # are pure Python over the batch: one trip to a worker thread for both,
+                    # off the loop that answers pixels.
+                    encode = await encoder(session)
+                    hits, rows = await asyncio.to_thread(self._judged, batch, contexts, encode)
+                    stored, fresh = await add_new_hits(session, hits, rows)
                     await advance_states(session, views_by_delivery(fresh))
                 self.stored += stored
                 self.unknown += len(batch) - len(hits)
@@ -461,6 +466,12 @@ class HitPipeline:
                     metrics.HITS.labels(verdict).inc(n)
             self.journal.committed(end)
             total += len(records)
+
+    def _judged(
+        self, batch: list[dict], contexts: dict[str, HitContext], encode: Callable
+    ) -> tuple[Sequence[NewHit], Any]:
+        hits = first_of_each_uid(self.judge.batch(batch, contexts))
+        return hits, encode(hits)
 
     async def _run(self) -> None:
         delay = self.interval

@@ -17,7 +17,7 @@ import datetime as dt
 import functools
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -151,14 +151,16 @@ async def hit_contexts(
         return {}
     nets = await (networks or SenderNetworks(ttl=0)).get(session, {r.user_id for r in rows})
     prior: dict[int, list[tuple[str, str, float]]] = {r.id: [] for r in rows}
-    earlier = select(Hit.delivery_id, Hit.ip_prefix, Hit.user_agent, Hit.seconds_after_send).where(
+    # Without their User-Agents: the rules look at earlier hits' networks and times only, and
+    # a pixel fetched thousands of times in the window would read megabytes of them.
+    earlier = select(Hit.delivery_id, Hit.ip_prefix, Hit.seconds_after_send).where(
         Hit.delivery_id.in_(prior.keys())
     )
     if prior_since is not None:
         earlier = earlier.where(Hit.at >= prior_since)
-    for delivery_id, prefix, ua, seconds in await session.execute(earlier.order_by(Hit.at)):
+    for delivery_id, prefix, seconds in await session.execute(earlier.order_by(Hit.at)):
         if seconds is not None:
-            prior[delivery_id].append((prefix, ua, seconds))
+            prior[delivery_id].append((prefix, "", seconds))
     return {
         r.token: HitContext(
             r.id,
@@ -183,10 +185,17 @@ async def add_hits(session: AsyncSession, hits: Sequence[NewHit]) -> tuple[int, 
     return known, len(hits) - known
 
 
-async def add_new_hits(session: AsyncSession, hits: Sequence[NewHit]) -> tuple[int, list[NewHit]]:
+async def add_new_hits(
+    session: AsyncSession, hits: Sequence[NewHit], encoded: Encoded | None = None
+) -> tuple[int, list[NewHit]]:
     """Store hits whose token is known; returns how many were known and the hits that are new
     rows (not stored before, each uid once, in insertion order, with their delivery ids):
-    what the delivery states are moved by."""
+    what the delivery states are moved by. `encoded`: the rows as `encoder` made them, for
+    hits that all carry their delivery id and each uid once (the pipeline encodes on its
+    worker thread, with the judging)."""
+    if encoded is not None:
+        inserted = await insert_encoded(session, hits, encoded)
+        return len(hits), [h for h in hits if h.uid in inserted]
     ids = {h.token: h.delivery_id for h in hits if h.delivery_id is not None}
     missing = [h.token for h in hits if h.delivery_id is None]
     if missing:
@@ -241,21 +250,43 @@ JSON_COLUMNS = {"headers", "reasons", "net_lists"}
 _LIST = ", ".join(NAMES)
 
 
+# Rows ready for the driver: PostgreSQL one list per column, SQLite one tuple per row.
+Encoded = list[Any]
+
+
+async def encoder(session: AsyncSession) -> Callable[[Sequence[NewHit]], Encoded]:
+    """The pure function turning judged hits (each with its delivery id) into rows for this
+    session's database, to run on a worker thread."""
+    dialect = (await session.connection()).dialect
+    if dialect.name == "postgresql":
+        return lambda hits: _as_arrays(hits, {})
+    processors = [c.type.bind_processor(dialect) for c in COLUMNS]
+    return lambda hits: _encode(hits, {}, processors)
+
+
 async def insert_hits(
     session: AsyncSession, hits: Sequence[NewHit], ids: dict[str, int]
 ) -> set[str]:
     """Insert judged hits (`ids`: their tokens' delivery ids), skipping uids already stored;
-    returns the uids of the rows inserted now (PostgreSQL: RETURNING; SQLite: the uids already
-    there are read first; each journal has one pipeline, so nothing adds them in between)."""
+    returns the uids of the rows inserted now."""
     if not hits:
         return set()
-    hits = _first_of_each_uid(hits)
+    hits = first_of_each_uid(hits)
+    hits = [h if h.delivery_id is not None else replace(h, delivery_id=ids[h.token]) for h in hits]
+    encode = await encoder(session)
+    return await insert_encoded(session, hits, await asyncio.to_thread(encode, hits))
+
+
+async def insert_encoded(session: AsyncSession, hits: Sequence[NewHit], rows: Encoded) -> set[str]:
+    """Insert encoded rows, skipping uids already stored; returns the uids inserted now
+    (PostgreSQL: RETURNING; SQLite: the uids already there are read first; each journal has
+    one pipeline, so nothing adds them in between)."""
+    if not hits:
+        return set()
     conn = await session.connection()
-    raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
+    driver = (await conn.get_raw_connection()).driver_connection
     if conn.dialect.name == "postgresql":
-        arrays = await asyncio.to_thread(_as_arrays, hits, ids)
-        return {r[0] for r in await driver.fetch(_pg_insert(conn.dialect), *arrays)}
+        return {r[0] for r in await driver.fetch(_pg_insert(conn.dialect), *rows)}
     uids = [h.uid for h in hits]
     there: set[str] = set()
     for i in range(0, len(uids), 500):
@@ -263,15 +294,15 @@ async def insert_hits(
         marks = ", ".join("?" for _ in chunk)
         async with driver.execute(f"SELECT uid FROM hit WHERE uid IN ({marks})", chunk) as cur:
             there.update(r[0] for r in await cur.fetchall())
-    new = [h for h in hits if h.uid not in there]
-    processors = [c.type.bind_processor(conn.dialect) for c in COLUMNS]
-    encoded = await asyncio.to_thread(_encode, new, ids, processors)
+    new = [(h, row) for h, row in zip(hits, rows, strict=True) if h.uid not in there]
     marks = ", ".join("?" for _ in NAMES)
-    await driver.executemany(f"INSERT OR IGNORE INTO hit ({_LIST}) VALUES ({marks})", encoded)
-    return {h.uid for h in new}
+    await driver.executemany(
+        f"INSERT OR IGNORE INTO hit ({_LIST}) VALUES ({marks})", [row for _, row in new]
+    )
+    return {h.uid for h, _ in new}
 
 
-def _first_of_each_uid(hits: Sequence[NewHit]) -> Sequence[NewHit]:
+def first_of_each_uid(hits: Sequence[NewHit]) -> Sequence[NewHit]:
     seen: set[str] = set()
     if len({h.uid for h in hits}) == len(hits):
         return hits
@@ -280,7 +311,7 @@ def _first_of_each_uid(hits: Sequence[NewHit]) -> Sequence[NewHit]:
 
 def _as_arrays(hits: Sequence[NewHit], ids: dict[str, int]) -> list[list[Any]]:
     """One list per column, as unnest() takes them (JSON as text, cast back in SQL)."""
-    rows = [hit_row(h, ids[h.token]) for h in hits]
+    rows = [hit_row(h, h.delivery_id or ids[h.token]) for h in hits]
     return [
         [json.dumps(r[n], separators=(",", ":")) for r in rows]
         if n in JSON_COLUMNS
@@ -306,7 +337,7 @@ def _pg_insert(dialect: Any) -> str:
 def _encode(
     hits: Sequence[NewHit], ids: dict[str, int], processors: list[Any]
 ) -> list[tuple[Any, ...]]:
-    rows = [hit_row(h, ids[h.token]) for h in hits]
+    rows = [hit_row(h, h.delivery_id or ids[h.token]) for h in hits]
     return [
         tuple(p(r[n]) if p else r[n] for n, p in zip(NAMES, processors, strict=True)) for r in rows
     ]
