@@ -1,4 +1,5 @@
-"""Prometheus metrics for the pixel, the hit pipeline and the relay, served at /metrics.
+"""Prometheus metrics for the pixel and the hit pipeline, served at /metrics (the relay's own
+are in relay/metrics.py; one registry serves both).
 
 With `--workers N` every process writes its samples under PROMETHEUS_MULTIPROC_DIR (set by
 the parent before the children start; prometheus-client picks its storage at import) and a
@@ -56,23 +57,6 @@ BATCH_SECONDS = Histogram(
 BATCH_HITS = Histogram(
     "mailping_batch_hits", "Hits per batch", buckets=(1, 10, 100, 500, 1000, 2000, 5000)
 )
-RELAY_MESSAGES = Counter(
-    "mailping_relay_messages_total",
-    "Messages relayed, by result: sent (every copy accepted), partial, failed",
-    ["result"],
-)
-RELAY_COPIES = Counter(
-    "mailping_relay_copies_total", "Per-recipient copies, by upstream outcome", ["outcome"]
-)
-UPSTREAM_SECONDS = Histogram(
-    "mailping_upstream_seconds",
-    "Time the upstream took for one message's copies",
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-)
-UPSTREAM_ERRORS = Counter(
-    "mailping_upstream_errors_total", "Copies the upstream refused or did not take", ["kind"]
-)
-DIGESTS = Counter("mailping_digests_total", "Digest attempts, by result", ["result"])
 
 
 def exposition() -> bytes:

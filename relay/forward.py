@@ -16,34 +16,61 @@ import ssl
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 import aiosmtplib
 
+from pixelserver.vocabulary import Outcome as StoreOutcome
 from relay.smtpdata import END, smtp_data
 
 log = logging.getLogger("mailping.forward")
 
-ACCEPTED, REJECTED, DEFERRED = "accepted", "rejected", "deferred"
+ACCEPTED, REJECTED, DEFERRED = StoreOutcome.ACCEPTED, StoreOutcome.REJECTED, StoreOutcome.DEFERRED
+
+
+class CopyKind(StrEnum):
+    """What a copy is: its outcome goes to a different record for each."""
+
+    DELIVERY = "delivery"  # a recipient's copy of a spooled message
+    SENT_GUARD = "sent-guard"  # the sender's own copy, filed in their Sent folder
+    REPORT = "report"  # a delivery status notification to the sender
+    DIGEST = "digest"  # a daily digest, or one sent at once from the pages
 
 
 @dataclass(frozen=True)
 class Copy:
-    key: int  # the copy's number in its spooled message
+    """One message for one recipient, named by what it is and the record it belongs to.
+
+    `ref` is the delivery's token (a delivery or the Sent-folder guard), the spool entry a
+    report is about, or the digest run; `index` is the copy's place in its spooled message."""
+
+    kind: CopyKind
+    ref: str
     recipient: str
-    name: str = ""  # unique file name in the local outbox (the delivery's token)
+    index: int = 0
+
+    @property
+    def name(self) -> str:
+        """A unique file name in the local outbox: no copy ever replaces another."""
+        if self.kind in (CopyKind.DELIVERY, CopyKind.SENT_GUARD) and self.ref:
+            return self.ref
+        return f"{self.kind}-{self.ref}"
 
 
 @dataclass(frozen=True)
 class Outcome:
-    key: int
-    recipient: str
+    copy: Copy
     status: str
     code: int
     reply: str
     # The whole message went out but its reply was lost: it may have arrived; never resend.
     uncertain: bool = False
+
+    @property
+    def recipient(self) -> str:
+        return self.copy.recipient
 
 
 @dataclass(frozen=True)
@@ -202,7 +229,7 @@ class SmtpUpstream:
         holds one rendered copy at a time."""
 
         def failed(code: int, reply: str) -> Outcome:
-            return Outcome(copy.key, copy.recipient, status_for(code), code, reply)
+            return Outcome(copy, status_for(code), code, reply)
 
         for attempt in (1, 2):
             try:
@@ -212,7 +239,7 @@ class SmtpUpstream:
                     return failed(550, f"5.6.7 {NO_SMTPUTF8.format(host=self.host)}"), False
                 commit = (lambda: on_commit(copy)) if on_commit is not None else None
                 await _transmit(smtp, envelope, copy.recipient, render(copy), self.timeout, commit)
-                return Outcome(copy.key, copy.recipient, ACCEPTED, 250, "accepted"), True
+                return Outcome(copy, ACCEPTED, 250, "accepted"), True
             except UncertainDelivery:
                 link.drop()
                 reply = (
@@ -365,7 +392,7 @@ def _client_tls_context(verify: bool) -> ssl.SSLContext:
 
 
 def _same_failure(first: Outcome, copy: Copy) -> Outcome:
-    return Outcome(copy.key, copy.recipient, first.status, first.code, first.reply)
+    return Outcome(copy, first.status, first.code, first.reply)
 
 
 def _words(exc: BaseException) -> str:
@@ -417,15 +444,12 @@ class OutboxUpstream:
                     f.writelines(chunks)
                 if on_commit is not None:
                     await on_commit(copy)
-                # Named by the delivery's token: unique, so no copy ever replaces another.
-                os.replace(tmp, self.directory / f"{copy.name or copy.key}.eml")
+                os.replace(tmp, self.directory / f"{copy.name}.eml")
             except OSError as exc:
                 Path(tmp).unlink(missing_ok=True)
-                outcome = Outcome(copy.key, copy.recipient, DEFERRED, 451, f"local outbox: {exc}")
+                outcome = Outcome(copy, DEFERRED, 451, f"local outbox: {exc}")
             else:
-                outcome = Outcome(
-                    copy.key, copy.recipient, ACCEPTED, 250, "stored in the local outbox"
-                )
+                outcome = Outcome(copy, ACCEPTED, 250, "stored in the local outbox")
             outcomes.append(outcome)
             if on_outcome is not None:
                 await on_outcome(outcome)

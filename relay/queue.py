@@ -26,11 +26,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import metrics
-from relay import rewrite, spool, tracking
+from pixelserver.vocabulary import Outcome as StoreOutcome
+from relay import metrics, rewrite, spool, tracking
 from relay.config import QueueConfig, parse_duration
 from relay.dsn import DELAYED, FAILED, Item, build_dsn
-from relay.forward import ACCEPTED, REJECTED, Copy, Credentials, Outcome, Upstream
+from relay.forward import ACCEPTED, REJECTED, Copy, CopyKind, Credentials, Outcome, Upstream
 from relay.pace import Pacer, is_throttling
 from relay.spool import (
     COMMITTING,
@@ -49,14 +49,14 @@ log = logging.getLogger("mailping.queue")
 
 # What the store calls each spool status (pixelserver/store/ OUTCOMES).
 STORE_OUTCOME = {
-    QUEUED: "queued",
-    COMMITTING: "queued",
-    spool.ACCEPTED: "accepted",
-    spool.REJECTED: "rejected",
-    DEFERRED: "deferred",
-    UNCERTAIN: "uncertain",
-    EXPIRED: "expired",
-    DROPPED: "dropped",
+    QUEUED: StoreOutcome.QUEUED,
+    COMMITTING: StoreOutcome.QUEUED,
+    spool.ACCEPTED: StoreOutcome.ACCEPTED,
+    spool.REJECTED: StoreOutcome.REJECTED,
+    DEFERRED: StoreOutcome.DEFERRED,
+    UNCERTAIN: StoreOutcome.UNCERTAIN,
+    EXPIRED: StoreOutcome.EXPIRED,
+    DROPPED: StoreOutcome.DROPPED,
 }
 INTERRUPTED = (
     "MailPing stopped after sending this copy, before the mail server confirmed it; it may "
@@ -92,6 +92,10 @@ class QueuePolicy:
     def retry_delay(self, attempts: int) -> float:
         """Wait after the `attempts`-th failed try: the schedule, its last step repeated."""
         return float(self.retry_seconds[min(max(attempts, 1), len(self.retry_seconds)) - 1])
+
+
+def kind_of(c: CopyState) -> CopyKind:
+    return CopyKind.SENT_GUARD if c.guard else CopyKind.DELIVERY
 
 
 def outcome_event(c: CopyState, o: Outcome, arrival: float, now: float, p: QueuePolicy) -> dict:
@@ -447,14 +451,14 @@ class QueueRunner:
         h = entry.header
 
         def render(copy: Copy) -> rewrite.Chunks:
-            c = entry.copies[copy.key]
+            c = entry.copies[copy.index]
             if c.tracked and prepared.tracked:
                 url = tracking.pixel_url(self.public_url, self.pixel_path, c.token)
                 return rewrite.render_chunks(prepared, url)
             return rewrite.untouched_chunks(data)
 
         async def on_commit(copy: Copy) -> None:
-            event = {"e": "status", "c": copy.key, "s": COMMITTING}
+            event = {"e": "status", "c": copy.index, "s": COMMITTING}
             await self._append(entry, event, sync=True)
 
         account = login.username if login else self.account
@@ -463,7 +467,7 @@ class QueueRunner:
             await self.pacer.wait(account)
 
         async def on_outcome(o: Outcome) -> None:
-            c = entry.copies[o.key]
+            c = entry.copies[o.copy.index]
             event = outcome_event(c, o, entry.arrival, time.time(), self.policy)
             if is_throttling(o.code, o.reply):
                 self.pacer.pause(account)
@@ -476,7 +480,7 @@ class QueueRunner:
         started = time.perf_counter()
         await self.upstream.send(
             h["sender"],
-            [Copy(c.index, c.recipient, c.token) for c in due],
+            [Copy(kind_of(c), c.token, c.recipient, c.index) for c in due],
             render,
             smtputf8=bool(h.get("smtputf8")),
             eight_bit=bool(h.get("eight_bit")),
@@ -569,7 +573,7 @@ class QueueRunner:
     ) -> Outcome:
         """The null return path first (RFC 3464: reports must not be bounced); an upstream
         that refuses it gets the user's own address instead."""
-        copy = [Copy(0, to, f"report-{entry_id}")]
+        copy = [Copy(CopyKind.REPORT, entry_id, to)]
         sent = await self.upstream.send("", copy, lambda _c: [report], credentials=login)
         if sent[0].status == REJECTED:
             sent = await self.upstream.send(to, copy, lambda _c: [report], credentials=login)

@@ -24,6 +24,8 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import overload
 
+from pixelserver.vocabulary import UntrackedReason
+
 # Why these attributes: width/height for clients that ignore CSS, border=0 and alt="" so that a
 # blocked image leaves no frame or text; no display:none, which some clients then never fetch.
 # display:block because the pixel opens the body: inline, it would sit on a line of its own a
@@ -41,12 +43,12 @@ PIXEL_TAG_WRAPPED = (
 MAX_LINE = 998
 MAX_DEPTH = 40
 
-# Untracked reasons (DESIGN.md vocabulary).
-TEXT_ONLY = "text_only"
-SIGNED = "signed"
-DKIM_SIGNED = "dkim_signed"
-OPTED_OUT = "opted_out"
-UNPARSABLE = "unparsable"
+# Untracked reasons (pixelserver/vocabulary.py).
+TEXT_ONLY = UntrackedReason.TEXT_ONLY
+SIGNED = UntrackedReason.SIGNED
+DKIM_SIGNED = UntrackedReason.DKIM_SIGNED
+OPTED_OUT = UntrackedReason.OPTED_OUT
+UNPARSABLE = UntrackedReason.UNPARSABLE
 
 _SIGNED_TYPES = {
     "multipart/signed",

@@ -8,40 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import os
-import secrets
 import socket
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import tornado.httpserver
-import tornado.web
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from pixelserver.config import ConfigError, is_loopback_host, parse_listen, parse_networks
-from pixelserver.hits import HitPipeline, Journal, Judge, RecordLimits
-from pixelserver.pixel import PixelFrontEnd
-from pixelserver.store import migrate, retention
-from pixelserver.store.appsecrets import app_secret, has_untagged_tokens, token_key
+from pixelserver import server
+from pixelserver.config import ConfigError, is_loopback_host, parse_listen
+from pixelserver.server import ListenError
+from pixelserver.store import migrate
 from pixelserver.store.schema import make_engine, make_sessionmaker
 from pixelserver.store.throttle import LoginThrottle
-from pixelserver.store.websessions import SessionLimits
-from pixelserver.tokens import TokenCheck
-from pixelserver.verdicts import mailbox
 from pixelserver.verdicts.networks import (
-    AsnSource,
-    MaxMindAsn,
-    MaxMindLocation,
     Networks,
-    PlevinAsn,
-    bundled_city_db,
     mask_addresses_in_logs,
 )
-from pixelserver.web.app import make_app
 from pixelserver.web.base import WebAuth
 from relay.auth import Authenticator, LocalLogin, SenderPolicy, UpstreamLogin, allowlisted
 from relay.config import Config, config_warnings, resolve_file
@@ -60,24 +45,6 @@ from relay.tracking import STORE_ERRORS
 log = logging.getLogger("mailping")
 
 PROXY_HEADER_WAIT = 10.0  # seconds a balancer has to send the PROXY header of a connection
-
-
-class ListenError(Exception):
-    """A listen address cannot be used; says which key to change."""
-
-    def __init__(self, key: str, address: str, exc: OSError) -> None:
-        reason = exc.strerror or str(exc)
-        super().__init__(f"cannot listen on {address} ({key}): {reason.lower()}")
-
-
-# Nothing MailPing serves takes a large body (forms, logins) or a slow one: refuse bigger
-# bodies on their Content-Length instead of buffering Tornado's default 100 MB in memory, and
-# drop connections that dribble headers or bodies.
-REQUEST_LIMITS = {
-    "max_body_size": 256 * 1024,
-    "body_timeout": 30.0,
-    "idle_connection_timeout": 60.0,  # also the wait for a request's headers
-}
 
 
 class SchemaOutOfDate(Exception):
@@ -312,93 +279,12 @@ async def start_relay(
     return RunningRelay(server, handler, queue, digests)
 
 
-@dataclass
-class RunningPixelServer:
-    http: tornado.httpserver.HTTPServer
-    pipeline: HitPipeline
-    purge: asyncio.Task
-    adopted: list[asyncio.Task] = field(default_factory=list)
-    background: list[asyncio.Task] = field(default_factory=list)
-
-    async def close(self) -> None:
-        # Awaited, not just cancelled: a purge stopped mid-query must hand its connection
-        # back, or aiosqlite's connection thread outlives the loop and the process never exits.
-        for task in (self.purge, *self.adopted, *self.background):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self.http.stop()
-        await self.http.close_all_connections()
-        await self.pipeline.close()
-
-
 def make_networks(cfg: Config) -> Networks:
-    """The offline network data: bundled lists, plus location and ASN from the configured
-    .mmdb files or, where none is configured, the data installed with MailPing."""
-    location = None
-    if cfg.geoip.city_db:
-        location = MaxMindLocation(resolve_file(cfg, cfg.geoip.city_db))
-    elif (bundled := bundled_city_db()) is not None:
-        location = MaxMindLocation(bundled, bundled=True)
-    asn: AsnSource | None
-    if cfg.geoip.asn_db:
-        asn = MaxMindAsn(resolve_file(cfg, cfg.geoip.asn_db))
-    else:
-        try:
-            asn = PlevinAsn()
-        except ImportError:
-            log.warning("no ASN data installed (plevin-db-network): network names will be missing")
-            asn = None
-    return Networks(asn=asn, location=location)
-
-
-async def _shared_secret(sessions: async_sessionmaker[AsyncSession]) -> str | None:
-    """The session-cookie key all processes share (kept in the store), or None if it is down."""
-    try:
-        async with sessions.begin() as session:
-            return await app_secret(session, "cookie_secret")
-    except (SQLAlchemyError, OSError) as exc:
-        log.warning("store unreachable at start (%s); serving pixels, logins wait for it", exc)
-        return None
-
-
-async def _adopt_shared_secret(
-    app: tornado.web.Application, sessions: async_sessionmaker[AsyncSession]
-) -> None:
-    delay = 1.0
-    while (secret := await _shared_secret(sessions)) is None:
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 60.0)
-    app.settings["cookie_secret"] = secret
-
-
-async def _read_token_check(check: TokenCheck, sessions: async_sessionmaker[AsyncSession]) -> bool:
-    """Fill `check` from the store (the tag key; whether untagged tokens remain)."""
-    try:
-        async with sessions.begin() as session:
-            key = await token_key(session)
-            untagged = await has_untagged_tokens(session)
-    except (SQLAlchemyError, OSError):
-        return False
-    check.key, check.untagged = key, untagged
-    return True
-
-
-async def _keep_token_check(
-    check: TokenCheck, sessions: async_sessionmaker[AsyncSession], every: float = 3600.0
-) -> None:
-    """Until the store has been read, every well-formed token is journaled; afterwards the
-    untagged tokens of earlier versions are accepted only while deliveries still carry one
-    (retention removes them), checked hourly."""
-    delay = 1.0
-    while check.key is None or check.untagged:
-        if await _read_token_check(check, sessions):
-            delay = every
-        else:
-            delay = min(max(delay * 2, 1.0), 60.0)
-        if check.key is not None and not check.untagged:
-            return
-        await asyncio.sleep(delay)
+    """The offline network data, from the configured .mmdb files or what is installed."""
+    return server.make_networks(
+        resolve_file(cfg, cfg.geoip.city_db) if cfg.geoip.city_db else None,
+        resolve_file(cfg, cfg.geoip.asn_db) if cfg.geoip.asn_db else None,
+    )
 
 
 def web_auth(cfg: Config, sessions: async_sessionmaker[AsyncSession]) -> WebAuth:
@@ -420,7 +306,7 @@ def web_auth(cfg: Config, sessions: async_sessionmaker[AsyncSession]) -> WebAuth
         check=check if authenticator else None,
         report_password=password or None,
         secure_cookies=cfg.pixelserver.public_url.startswith("https://"),
-        limits=session_limits(cfg),
+        limits=server.session_limits(cfg.pixelserver),
         throttle=make_throttle(cfg, sessions),  # the relay's: one count for both
     )
 
@@ -432,116 +318,30 @@ def owned_journals(cfg: Config) -> list[Path]:
     return [cfg.data_dir / f"hits-{i}.journal" for i in range(cfg.worker_count)]
 
 
-def session_limits(cfg: Config) -> SessionLimits:
-    return SessionLimits(
-        idle=dt.timedelta(minutes=cfg.pixelserver.session_idle_minutes),
-        absolute=dt.timedelta(hours=cfg.pixelserver.session_max_hours),
+def pixel_site(cfg: Config) -> server.PixelSite:
+    """What the pixel server needs of this configuration."""
+    return server.PixelSite(
+        pixel=cfg.pixelserver,
+        geoip=cfg.geoip,
+        privacy=cfg.privacy,
+        digest=cfg.digest,
+        source=cfg.source,
+        data_dir=cfg.data_dir,
+        journal_path=cfg.journal_path,
+        outbox_dir=cfg.outbox_dir,
+        keep_journals=(cfg.journal_path, *owned_journals(cfg)),
+        orphan_journals=tuple(cfg.orphan_journals()),
+        reuse_port=cfg.worker is not None,
+        upstream_google=is_google_host(cfg.upstream.host),
     )
 
 
 async def start_pixelserver(
     cfg: Config, sessions: async_sessionmaker[AsyncSession], networks: Networks | None = None
-) -> RunningPixelServer:
-    mask_addresses_in_logs()  # Tornado logs connection errors with the peer's address
-    journal = Journal(
-        cfg.journal_path,
-        fsync=cfg.pixelserver.journal_fsync,
-        max_bytes=cfg.pixelserver.journal_max_mb * 1024 * 1024,
+) -> server.RunningPixelServer:
+    """The pixel server of this configuration, its pages logging people in as the relay does."""
+    if networks is None:
+        networks = await asyncio.to_thread(make_networks, cfg)
+    return await server.start_pixelserver(
+        pixel_site(cfg), sessions, web_auth(cfg, sessions), networks
     )
-    judge = Judge(
-        networks or await asyncio.to_thread(make_networks, cfg),
-        upstream_google=is_google_host(cfg.upstream.host),
-        geo_precision=cfg.privacy.geo_precision,
-    )
-    limits = RecordLimits(
-        token_burst=cfg.pixelserver.record_burst_per_token,
-        network_burst=cfg.pixelserver.record_burst_per_network,
-    )
-    pipeline = HitPipeline(journal, sessions, judge, limits=limits)
-    try:
-        await pipeline.flush()  # replay what an earlier run answered but had not stored
-    except Exception as exc:  # noqa: BLE001 - the pixel must come up even with the store away
-        log.error("cannot replay the hit journal yet (%s); it stays until the store is back", exc)
-    pipeline.start()
-    purge = asyncio.get_running_loop().create_task(
-        retention.purge_forever(
-            sessions,
-            cfg.privacy.retention_days,
-            outbox_dir=cfg.outbox_dir,
-            data_dir=cfg.data_dir,
-            keep_journals=[cfg.journal_path, *owned_journals(cfg)],
-            limits=session_limits(cfg),
-        ),
-        name="retention-purge",
-    )
-    adopted = [
-        asyncio.get_running_loop().create_task(_adopt(path, sessions, judge), name=f"adopt {path}")
-        for path in cfg.orphan_journals()
-    ]
-    cookie_secret = await _shared_secret(sessions)
-    app = make_app(
-        cfg.pixelserver,
-        sessions,
-        auth=web_auth(cfg, sessions),
-        cookie_secret=cookie_secret,
-        outbox_dir=cfg.outbox_dir,
-        data_sources=judge.networks.sources(),
-        digest=cfg.digest,
-    )
-    if cookie_secret is None:
-        # The store is down: pixels must still be served. Sessions use a temporary key until
-        # the shared one can be read (logins made meanwhile end when it is swapped in).
-        app.settings["cookie_secret"] = secrets.token_urlsafe(48)
-        asyncio.get_running_loop().create_task(_adopt_shared_secret(app, sessions))
-    host, port = parse_listen(cfg.pixelserver.listen, cfg.source, "pixelserver.listen")
-    trusted = parse_networks(cfg.pixelserver.trusted_proxies, cfg.source, "trusted_proxies")
-    tokens = TokenCheck()
-    await _read_token_check(tokens, sessions)
-    adopted.append(
-        asyncio.get_running_loop().create_task(
-            _keep_token_check(tokens, sessions), name="token-check"
-        )
-    )
-    front = PixelFrontEnd(app, cfg.pixelserver.pixel_path, pipeline, trusted, tokens)
-    http = tornado.httpserver.HTTPServer(front, xheaders=False, **REQUEST_LIMITS)
-    try:
-        http.listen(port, address=host, reuse_port=cfg.worker is not None)
-    except OSError as exc:
-        for task in (purge, *adopted):
-            task.cancel()
-        await pipeline.close()
-        raise ListenError("pixelserver.listen", cfg.pixelserver.listen, exc) from None
-    return RunningPixelServer(http, pipeline, purge, adopted, _mailbox_refresher(cfg, sessions))
-
-
-def _mailbox_refresher(
-    cfg: Config, sessions: async_sessionmaker[AsyncSession]
-) -> list[asyncio.Task]:
-    """The background MX lookups that record each delivery's mailbox provider."""
-    if not cfg.geoip.mx_lookup:
-        return []
-    try:
-        dns = mailbox.make_resolver(cfg.geoip.mx_nameservers)
-    except ValueError as exc:
-        raise ConfigError(cfg.source, "geoip.mx_nameservers", str(exc)) from None
-    resolver = mailbox.MxResolver(dns)
-    refresher = mailbox.MailboxRefresher(
-        sessions, resolver, interval=float(cfg.geoip.mx_refresh_seconds)
-    )
-    return [asyncio.get_running_loop().create_task(refresher.run_forever(), name="mx-lookups")]
-
-
-async def _adopt(path: Path, sessions: async_sessionmaker[AsyncSession], judge: Judge) -> None:
-    """Store what another (no longer running) process journaled, then remove its journal."""
-    pipeline = HitPipeline(Journal(path), sessions, judge)
-    while True:
-        try:
-            taken = await pipeline.flush()
-        except Exception as exc:  # noqa: BLE001 - the store may be away; try again later
-            log.warning("cannot replay %s yet (%s)", path, exc)
-            await asyncio.sleep(5)
-            continue
-        pipeline.journal.close()
-        path.unlink(missing_ok=True)
-        log.info("replayed %d hits from %s", taken, path.name)
-        return

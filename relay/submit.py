@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import metrics
 from pixelserver.tokens import mint_token
 from pixelserver.verdicts.networks import mask
-from relay import replies, rewrite, tracking
+from relay import metrics, replies, rewrite, tracking
 from relay.forward import Credentials
 from relay.providers import is_google_host as is_google_host  # its callers import it here
 from relay.queue import QueueRunner

@@ -30,6 +30,7 @@ from pixelserver.store.messages import (
 from pixelserver.store.schema import User
 from pixelserver.tokens import mint_token, pixel_url
 from pixelserver.verdicts.exclusions import excluded
+from pixelserver.vocabulary import Tracking, UntrackedReason
 
 __all__ = [
     "STORE_ERRORS",
@@ -46,10 +47,12 @@ __all__ = [
     "sync_outcomes",
 ]
 
-EXCLUDED = "excluded"  # the untracked reason of a recipient on the user's exclusion list
+EXCLUDED = (
+    UntrackedReason.EXCLUDED
+)  # the untracked reason of a recipient on the user's exclusion list
 # The untracked reason when the store could not be asked whom the user never tracks: the mail
 # goes out at once, untracked, rather than waiting for our database (or breaking a promise).
-STORE_UNAVAILABLE = "store_unavailable"
+STORE_UNAVAILABLE = UntrackedReason.STORE_UNAVAILABLE
 
 
 def _store_errors() -> tuple[type[BaseException], ...]:
@@ -199,7 +202,7 @@ async def record_spooled(
                 NewDelivery(
                     recipient=d.recipient,
                     token=d.token,
-                    tracking="untracked" if d.untracked_reason else "tracked",
+                    tracking=Tracking.UNTRACKED if d.untracked_reason else Tracking.TRACKED,
                     untracked_reason=d.untracked_reason,
                 )
                 for d in deliveries
@@ -260,7 +263,7 @@ async def record_message(
                 NewDelivery(
                     recipient=r,
                     token=mint_token(key),
-                    tracking="untracked" if reason else "tracked",
+                    tracking=Tracking.UNTRACKED if reason else Tracking.TRACKED,
                     untracked_reason=reason,
                 )
             )
@@ -278,7 +281,8 @@ async def record_message(
         return RecordedMessage(
             id=message.id,
             deliveries=tuple(
-                RecordedDelivery(d.id, d.recipient, d.token, d.tracking == "tracked") for d in rows
+                RecordedDelivery(d.id, d.recipient, d.token, d.tracking == Tracking.TRACKED)
+                for d in rows
             ),
         )
 

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from pixelserver.config import DatabaseConfig, PixelServerConfig
+from pixelserver.server import RunningPixelServer
 from pixelserver.store import migrate
 from pixelserver.store.accounts import set_local_user
 from pixelserver.store.schema import Message, make_engine, make_sessionmaker
@@ -305,7 +306,7 @@ def shared_networks():
     return _NETWORKS[0]
 
 
-async def start_pixelserver(cfg: Config, store) -> service.RunningPixelServer:
+async def start_pixelserver(cfg: Config, store) -> RunningPixelServer:
     return await service.start_pixelserver(cfg, store, shared_networks())
 
 

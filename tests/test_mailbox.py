@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 from sqlalchemy import select, update
 
 from pixelserver.store.hitrecords import hit_contexts
+from pixelserver.store.mailboxes import MailboxRefresher
 from pixelserver.store.messages import NewDelivery, add_message
 from pixelserver.store.schema import Delivery, make_engine
 from pixelserver.verdicts import mailbox
-from pixelserver.verdicts.mailbox import MailboxRefresher, MxResolver, provider_from_mx
+from pixelserver.verdicts.mailbox import MxResolver, provider_from_mx
 from tests.dns_server import DnsServer, Zone
 
 ZONE = {

@@ -19,8 +19,9 @@ from pixelserver.store.appsecrets import token_key
 from pixelserver.store.messages import NewDelivery, add_message
 from pixelserver.store.schema import Delivery
 from pixelserver.tokens import mint_token
+from pixelserver.vocabulary import Outcome, Source, Tracking
 
-MANUAL = "manual"
+MANUAL = Source.MANUAL
 MAX_LABEL = 200
 
 
@@ -62,7 +63,7 @@ async def create_link(
         subject=label,
         message_id_header="",
         size=0,
-        deliveries=[NewDelivery(recipient, token, "tracked", None)],
+        deliveries=[NewDelivery(recipient, token, Tracking.TRACKED, None)],
         sender_prefix=sender_prefix,
         source=MANUAL,
     )
@@ -70,7 +71,7 @@ async def create_link(
     await session.execute(
         update(Delivery)
         .where(Delivery.id == delivery.id)
-        .values(outcome="accepted", finished_at=message.accepted_at)
+        .values(outcome=Outcome.ACCEPTED, finished_at=message.accepted_at)
     )
     return NewLink(message.id, token)
 

@@ -27,6 +27,7 @@ from pixelserver.verdicts.state import (
     WAITING_OUTCOMES,
     outcome_state,
 )
+from pixelserver.vocabulary import Outcome, Source, State, Tracking
 
 
 def search_text(subject: str, recipients: Iterable[str]) -> str:
@@ -54,10 +55,10 @@ async def add_message(
     message_id_header: str,
     size: int,
     deliveries: Sequence[NewDelivery],
-    source: str = "relay",
+    source: str = Source.RELAY,
     owner: User | None = None,
     accepted_at: dt.datetime | None = None,
-    outcome: str = "pending",
+    outcome: str = Outcome.PENDING,
 ) -> tuple[Message, list[Delivery]]:
     """`owner`: the user row when the caller has read it already (one query less);
     `accepted_at`: when the relay took the message, if it is recorded later than that."""
@@ -83,7 +84,7 @@ async def add_message(
             tracking=d.tracking,
             untracked_reason=d.untracked_reason,
             outcome=outcome,
-            state="untracked" if d.tracking == "untracked" else "not_opened",
+            state=State.UNTRACKED if d.tracking == Tracking.UNTRACKED else State.NOT_OPENED,
         )
         for d in deliveries
     ]
@@ -129,7 +130,7 @@ async def set_outcomes_by_token(
     for token, outcome, reply in outcomes:
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
-        if outcome == "uncertain":
+        if outcome == Outcome.UNCERTAIN:
             uncertain.append(token)
         rows.append(
             {
@@ -143,7 +144,9 @@ async def set_outcomes_by_token(
     if not rows:
         return
     t = Delivery.__table__
-    opened_state = case((t.c.tracking == "untracked", "untracked"), else_="not_opened")
+    opened_state = case(
+        (t.c.tracking == Tracking.UNTRACKED, State.UNTRACKED.value), else_=State.NOT_OPENED.value
+    )
     await session.execute(
         update(t)
         .where(t.c.token == bindparam("b_token"))
@@ -172,7 +175,7 @@ async def insert_spooled_message(
     accepted_at: dt.datetime,
     sender_prefix: str,
     deliveries: Sequence[NewDelivery],
-    outcome: str = "queued",
+    outcome: str = Outcome.QUEUED,
 ) -> None:
     """A relayed message and its deliveries, below the ORM: one INSERT and one executemany
     (the ORM's unit of work cost the relay most of its time per message)."""
@@ -189,7 +192,7 @@ async def insert_spooled_message(
                 accepted_at=accepted_at,
                 sender_prefix=sender_prefix,
                 search_text=search_text(subject, (d.recipient for d in deliveries)),
-                source="relay",
+                source=Source.RELAY,
             )
             .returning(mt.c.id)
         )
@@ -205,7 +208,8 @@ async def insert_spooled_message(
                 "tracking": d.tracking,
                 "untracked_reason": d.untracked_reason,
                 "outcome": outcome,
-                "state": waiting or ("untracked" if d.tracking == "untracked" else "not_opened"),
+                "state": waiting
+                or (State.UNTRACKED if d.tracking == Tracking.UNTRACKED else State.NOT_OPENED),
             }
             for d in deliveries
         ],

@@ -17,6 +17,7 @@ from pixelserver.store.links import MANUAL
 from pixelserver.store.schema import Delivery, Hit, Message, User, VerdictChange
 from pixelserver.verdicts.mailbox import provider_words
 from pixelserver.verdicts.state import STATES, DeliveryState, chip
+from pixelserver.vocabulary import Source
 
 PAGE_SIZE = 50
 
@@ -50,7 +51,7 @@ class MessageRow:
     subject: str
     accepted_at: dt.datetime
     deliveries: tuple[DeliveryRow, ...]
-    source: str = "relay"
+    source: str = Source.RELAY
 
 
 @dataclass(frozen=True)

@@ -38,26 +38,14 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from pixelserver.vocabulary import Outcome, Source, State, Tracking, Verdict
+
 # BigInteger primary keys that still autoincrement on SQLite (which only does so for INTEGER).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
-# pending: recorded before the durable queue existed, never tried. queued: spooled, not tried
-# yet; deferred: tried, will be retried; uncertain: the upstream took the whole copy but its
-# reply was lost (never re-sent); expired: given up; dropped: removed from the queue by hand.
-OUTCOMES = (
-    "pending",
-    "queued",
-    "accepted",
-    "rejected",
-    "deferred",
-    "uncertain",
-    "expired",
-    "dropped",
-)
-
-
-TRACKING = ("tracked", "untracked")
+OUTCOMES = tuple(Outcome)
+TRACKING = tuple(Tracking)
 
 
 def utcnow() -> dt.datetime:
@@ -209,8 +197,10 @@ class Message(Base):
     # Subject and recipients, one per line: what the messages page searches, through a trigram
     # index that is not a model object (SEARCH_INDEXES; migration 0008).
     search_text: Mapped[str] = mapped_column(Text, default="", server_default="")
-    # "relay": sent through MailPing; "manual": a tracking link made on the web page.
-    source: Mapped[str] = mapped_column(String(16), default="relay", server_default="relay")
+    # Source.RELAY: sent through MailPing; Source.MANUAL: a tracking link made on the web page.
+    source: Mapped[str] = mapped_column(
+        String(16), default=Source.RELAY, server_default=Source.RELAY.value
+    )
 
     deliveries: Mapped[list[Delivery]] = relationship(
         back_populates="message", order_by="Delivery.id", lazy="raise"
@@ -237,13 +227,13 @@ class Delivery(Base):
     token: Mapped[str] = mapped_column(String(32), unique=True)
     tracking: Mapped[str] = mapped_column(String(16))
     untracked_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    outcome: Mapped[str] = mapped_column(String(16), default="pending")
+    outcome: Mapped[str] = mapped_column(String(16), default=Outcome.PENDING)
     upstream_reply: Mapped[str] = mapped_column(Text, default="")
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # Derived from outcome and hits (pixelserver/verdicts/state.py), stored so lists can filter by
     # it; rewritten whenever a hit arrives or a verdict changes (refresh_states).
     state: Mapped[str] = mapped_column(
-        String(20), default="not_opened", server_default="not_opened"
+        String(20), default=State.NOT_OPENED, server_default=State.NOT_OPENED.value
     )
     human_hits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     machine_hits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -324,7 +314,7 @@ class Hit(Base):
     ip_prefix: Mapped[str] = mapped_column(String(64), default="")
     user_agent: Mapped[str] = mapped_column(Text, default="")
     headers: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
-    verdict: Mapped[str] = mapped_column(String(24), default="unknown")
+    verdict: Mapped[str] = mapped_column(String(24), default=Verdict.UNKNOWN)
     reasons: Mapped[list[Any]] = mapped_column(JSON, default=list)
     # What the verdict was judged from, kept so it can be judged again (mailping reclassify).
     confidence: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")

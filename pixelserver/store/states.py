@@ -31,6 +31,7 @@ from pixelserver.verdicts.state import (
     FAILED,
     FAILED_OUTCOMES,
     HUMAN,
+    NOT_OPENED,
     QUEUED,
     RANK,
     UNTRACKED,
@@ -42,6 +43,7 @@ from pixelserver.verdicts.state import (
     state_of,
     summarize,
 )
+from pixelserver.vocabulary import MACHINE_VERDICTS, PERSON_VERDICTS, Tracking, Verdict
 
 
 async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> None:
@@ -53,7 +55,7 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
     (SQLite 3.30+, PostgreSQL), then the latest hits' facts, then one executemany."""
     ids = sorted(set(delivery_ids))
     person = Hit.verdict.in_(PERSON_VERDICTS)
-    human = Hit.verdict == "human"
+    human = Hit.verdict == Verdict.HUMAN
     # The latest person's hit by time (then by id among equal times), as advance_states keeps
     # it: hits can arrive out of order (two workers, a journal replayed after an outage).
     latest = aliased(Hit)
@@ -75,8 +77,8 @@ async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> 
                     Delivery.tracking,
                     func.count(Hit.id).filter(person),
                     func.count(Hit.id).filter(Hit.verdict.in_(MACHINE_VERDICTS)),
-                    func.count(Hit.id).filter(Hit.verdict == "privacy_prefetch"),
-                    func.count(Hit.id).filter(Hit.verdict == "sender"),
+                    func.count(Hit.id).filter(Hit.verdict == Verdict.PRIVACY_PREFETCH),
+                    func.count(Hit.id).filter(Hit.verdict == Verdict.SENDER),
                     func.min(Hit.at).filter(person),
                     last_person,
                     func.count(func.distinct(Hit.ip_prefix)).filter(human),
@@ -246,7 +248,7 @@ def _advance_sql(b: Mapping[str, str], old: str) -> str:
         state = CASE
             WHEN {old}outcome IN ({_quoted(FAILED_OUTCOMES)}) THEN '{FAILED}'
             WHEN {old}outcome IN ({_quoted(WAITING_OUTCOMES)}) THEN '{QUEUED}'
-            WHEN {old}tracking = '{UNTRACKED}' THEN '{UNTRACKED}'
+            WHEN {old}tracking = '{Tracking.UNTRACKED}' THEN '{UNTRACKED}'
             WHEN (CASE {old}state {rank} ELSE -1 END) >= {b["rank"]} THEN {old}state
             ELSE {b["state"]} END,
         state_changed_at = {b["now"]}"""
@@ -270,7 +272,7 @@ _PG_ADVANCE = (
     + ", ".join(_BATCH[:-1])
     + ") WHERE d.id = b.id"
 )
-assert BY_HITS[0] == "not_opened"  # a delivery with no hits starts at the lowest rank
+assert BY_HITS[0] == NOT_OPENED  # a delivery with no hits starts at the lowest rank
 
 
 async def _forwarded(session: AsyncSession, delivery_ids: Sequence[int]) -> set[int]:
@@ -297,12 +299,6 @@ async def _forwarded(session: AsyncSession, delivery_ids: Sequence[int]) -> set[
         )
         found.update(rows.scalars())
     return found
-
-
-MACHINE_VERDICTS = ("privacy_prefetch", "scanner", "bot")
-
-
-PERSON_VERDICTS = ("human", "human_via_proxy")
 
 
 def _aware(value: Any) -> dt.datetime:

@@ -14,16 +14,19 @@ from functools import cached_property
 
 from pixelserver.verdicts import agents
 from pixelserver.verdicts.networks import NetworkFacts
+from pixelserver.vocabulary import PERSON_VERDICTS
+from pixelserver.vocabulary import Verdict as Kind
 
-HUMAN = "human"
-HUMAN_VIA_PROXY = "human_via_proxy"
-PRIVACY_PREFETCH = "privacy_prefetch"
-SCANNER = "scanner"
-BOT = "bot"
-SENDER = "sender"
-UNKNOWN = "unknown"
-VERDICTS = (HUMAN, HUMAN_VIA_PROXY, PRIVACY_PREFETCH, SCANNER, BOT, SENDER, UNKNOWN)
-PERSON = frozenset({HUMAN, HUMAN_VIA_PROXY})
+# The verdicts' words live in pixelserver/vocabulary.py; short names for the rules below.
+HUMAN = Kind.HUMAN
+HUMAN_VIA_PROXY = Kind.HUMAN_VIA_PROXY
+PRIVACY_PREFETCH = Kind.PRIVACY_PREFETCH
+SCANNER = Kind.SCANNER
+BOT = Kind.BOT
+SENDER = Kind.SENDER
+UNKNOWN = Kind.UNKNOWN
+VERDICTS = tuple(Kind)
+PERSON = PERSON_VERDICTS
 
 NEAR_DELIVERY = 120.0  # seconds: Defender sandboxes within ~60 s, gophish reports 20-30 s
 BURST_WINDOW = 2.0  # seconds between fetches from one network that no person produces

@@ -2,9 +2,9 @@
 
 A company domain on Google Workspace or Microsoft 365 looks like any other domain; its MX names
 the provider (`smtp.google.com`, `<domain>.mail.protection.outlook.com`). Lookups run in the
-background (MailboxRefresher), never on a pixel's request path: each domain is resolved once
-with dnspython's async resolver and remembered for its record's TTL. A failed lookup leaves the
-delivery's provider unknown (NULL), so verdicts stay as they are without it.
+background (pixelserver/store/mailboxes.py), never on a pixel's request path: each domain is
+resolved once with dnspython's async resolver and remembered for its record's TTL. A failed
+lookup leaves the delivery's provider unknown (NULL), so verdicts stay as they are without it.
 
 Stored values: a provider key below, "" when the domain has no MX or an MX no entry names, NULL
 when it was not (yet) looked up.
@@ -12,7 +12,6 @@ when it was not (yet) looked up.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -20,8 +19,6 @@ from collections.abc import Callable, Iterable
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +144,7 @@ class MxResolver:
         return provider_from_mx(records), ttl
 
 
-_DEFAULT = MxResolver()
+DEFAULT_RESOLVER = MxResolver()
 
 
 def _split(server: str) -> tuple[str, int | None]:
@@ -181,71 +178,4 @@ async def resolve_mailbox_provider(domain: str, resolver: MxResolver | None = No
     """The mailbox provider of a recipient domain from its MX ("" unknown, None on failure).
 
     Cached per domain for the MX record's TTL; meant for background use only."""
-    return await (resolver or _DEFAULT).provider(domain)
-
-
-class MailboxRefresher:
-    """Fills in the mailbox provider of deliveries that lack one, a batch at a time.
-
-    Runs beside the hit pipeline; the relay's writes need not know about it. Domains are
-    resolved once per pass (and cached for their TTL); deliveries whose domain could not be
-    resolved stay NULL and are tried again later."""
-
-    def __init__(
-        self,
-        sessions: async_sessionmaker[AsyncSession],
-        resolver: MxResolver | None = None,
-        *,
-        interval: float = 30.0,
-        batch: int = 500,
-        concurrency: int = 16,
-    ) -> None:
-        self.sessions = sessions
-        self.resolver = resolver or _DEFAULT
-        self.interval = interval
-        self.batch = batch
-        self._limit = asyncio.Semaphore(concurrency)
-
-    async def refresh_once(self) -> int:
-        """One pass; returns how many deliveries got a provider (known or "")."""
-        from pixelserver.store.schema import Delivery
-
-        async with self.sessions() as session:
-            rows = (
-                await session.execute(
-                    select(Delivery.id, Delivery.recipient)
-                    .where(Delivery.mailbox_provider.is_(None))
-                    .order_by(Delivery.id.desc())
-                    .limit(self.batch)
-                )
-            ).all()
-        by_domain: dict[str, list[int]] = {}
-        for delivery_id, recipient in rows:
-            by_domain.setdefault(domain_of(recipient or ""), []).append(delivery_id)
-
-        async def one(domain: str) -> tuple[str, str | None]:
-            async with self._limit:
-                return domain, await self.resolver.provider(domain)
-
-        answers = await asyncio.gather(*(one(d) for d in by_domain))
-        done = 0
-        async with self.sessions.begin() as session:
-            for domain, provider in answers:
-                if provider is None:
-                    continue
-                ids = by_domain[domain]
-                await session.execute(
-                    update(Delivery).where(Delivery.id.in_(ids)).values(mailbox_provider=provider)
-                )
-                done += len(ids)
-        return done
-
-    async def run_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.refresh_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the store may be away; try next time
-                log.warning("mailbox provider refresh failed: %s", exc)
+    return await (resolver or DEFAULT_RESOLVER).provider(domain)

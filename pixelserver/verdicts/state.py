@@ -10,33 +10,28 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pixelserver.verdicts.classify import (
-    BOT,
-    HUMAN,
-    HUMAN_VIA_PROXY,
-    PRIVACY_PREFETCH,
-    SCANNER,
-    SENDER,
+from pixelserver.vocabulary import (
+    FAILED_OUTCOMES,
+    WAITING_OUTCOMES,
+    Outcome,
+    State,
+    Tracking,
+    UntrackedReason,
+    Verdict,
 )
 
-OPENED = "opened"
-PROBABLY_OPENED = "probably_opened"
-PREFETCHED_ONLY = "prefetched_only"
-SCANNED_ONLY = "scanned_only"
-NOT_OPENED = "not_opened"
-UNTRACKED = "untracked"
-FAILED = "failed"
-QUEUED = "queued"  # in the relay's queue: not sent yet, or deferred and to be retried
-STATES = (
-    OPENED,
-    PROBABLY_OPENED,
-    PREFETCHED_ONLY,
-    SCANNED_ONLY,
-    NOT_OPENED,
-    UNTRACKED,
-    QUEUED,
-    FAILED,
-)
+# Short names for the states (their words are in pixelserver/vocabulary.py).
+OPENED = State.OPENED
+PROBABLY_OPENED = State.PROBABLY_OPENED
+PREFETCHED_ONLY = State.PREFETCHED_ONLY
+SCANNED_ONLY = State.SCANNED_ONLY
+NOT_OPENED = State.NOT_OPENED
+UNTRACKED = State.UNTRACKED
+FAILED = State.FAILED
+QUEUED = State.QUEUED
+STATES = tuple(State)
+HUMAN, HUMAN_VIA_PROXY, SENDER = Verdict.HUMAN, Verdict.HUMAN_VIA_PROXY, Verdict.SENDER
+PRIVACY_PREFETCH, SCANNER, BOT = Verdict.PRIVACY_PREFETCH, Verdict.SCANNER, Verdict.BOT
 # A person-like hit (human, human_via_proxy) at or above this confidence makes a recipient
 # "Read"; below it (a proxy fetch seconds after delivery, which may be the provider's own check)
 # only "Probably read". docs/classification.md lists the rules below it.
@@ -47,11 +42,6 @@ def is_certain(confidence: float) -> bool:
     """At or above the threshold; 0 is a hit stored before confidences were recorded (the
     column's default), judged as it was then: certain."""
     return confidence >= CERTAIN_CONFIDENCE or confidence == 0
-
-
-# Outcomes of a copy still in the relay's queue, and of one that will never arrive.
-WAITING_OUTCOMES = ("queued", "deferred")
-FAILED_OUTCOMES = ("rejected", "expired", "dropped")
 
 
 STATE_WORDS = {
@@ -65,13 +55,13 @@ STATE_WORDS = {
     FAILED: "Not delivered",
 }
 VERDICT_WORDS = {
-    "human": "Opened",
-    "human_via_proxy": "Opened through the provider's proxy",
-    "privacy_prefetch": "Apple privacy prefetch",
-    "scanner": "Security scanner",
-    "bot": "Bot",
-    "sender": "You (the sender)",
-    "unknown": "Not judged yet",
+    Verdict.HUMAN: "Opened",
+    Verdict.HUMAN_VIA_PROXY: "Opened through the provider's proxy",
+    Verdict.PRIVACY_PREFETCH: "Apple privacy prefetch",
+    Verdict.SCANNER: "Security scanner",
+    Verdict.BOT: "Bot",
+    Verdict.SENDER: "You (the sender)",
+    Verdict.UNKNOWN: "Not judged yet",
 }
 
 PROXY_NAMES = {
@@ -179,7 +169,7 @@ def hits_state(s: HitSummary) -> str:
 def state_of(outcome: str, tracking: str, s: HitSummary) -> DeliveryState:
     if (decided := outcome_state(outcome)) is not None:
         state = decided
-    elif tracking == "untracked":
+    elif tracking == Tracking.UNTRACKED:
         state = UNTRACKED
     else:
         state = hits_state(s)
@@ -207,21 +197,22 @@ def chip(s: DeliveryState, untracked_reason: str | None = None, outcome: str | N
     if s.state == QUEUED:
         return (
             "Delayed: the mail server deferred it, retrying"
-            if outcome == "deferred"
+            if outcome == Outcome.DEFERRED
             else ("Queued: being sent")
         )
-    if s.state == FAILED and outcome == "expired":
+    if s.state == FAILED and outcome == Outcome.EXPIRED:
         return "Not delivered: gave up after retrying"
     if s.state in (OPENED, PROBABLY_OPENED):
         word = "Read" if s.state == OPENED else "Probably read"
         bits = [f"{word} {s.human_hits}×" if s.human_hits > 1 else word]
         bits += [b for b in (s.client, s.place) if b]
         return " · ".join(bits)
+    reason = untracked_reason or UntrackedReason.EXCLUDED
     words = {
         PREFETCHED_ONLY: "Apple privacy prefetch — reading can't be seen",
         SCANNED_ONLY: "Scanner only",
         NOT_OPENED: "Not opened yet",
-        UNTRACKED: f"Not tracked: {(untracked_reason or 'excluded').replace('_', ' ')}",
+        UNTRACKED: "Not tracked: " + reason.replace("_", " "),
         FAILED: "Not delivered",
     }[s.state]
     if s.sender_hits and s.state in (NOT_OPENED, PREFETCHED_ONLY, SCANNED_ONLY):

@@ -25,6 +25,7 @@ from pixelserver.store import erasure, queries
 from pixelserver.store.accounts import api_token_user
 from pixelserver.store.schema import Hit
 from pixelserver.verdicts.state import STATES
+from pixelserver.vocabulary import Tracking
 from pixelserver.web.base import BasePage
 
 OPENAPI = Path(__file__).parent / "openapi.json"
@@ -154,7 +155,7 @@ def delivery_json(d: queries.DeliveryRow) -> dict:
         "upstream_reply": d.upstream_reply or None,
         "state": st.state,
         "summary": d.chip,
-        "tracked": d.tracking == "tracked",
+        "tracked": d.tracking == Tracking.TRACKED,
         "untracked_reason": d.untracked_reason,
         "opens": st.human_hits,
         "machine_fetches": st.machine_hits,

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
+from pixelserver.vocabulary import MACHINE_VERDICTS, PERSON_VERDICTS, Verdict
+
 BUCKETS = (
     (60, "<1m"),
     (600, "<10m"),
@@ -19,9 +21,9 @@ BUCKETS = (
     (float("inf"), "later"),
 )
 GROUPS = (
-    ("people", ("human", "human_via_proxy"), "#1a7f37"),
-    ("machines", ("privacy_prefetch", "scanner", "bot", "unknown"), "#bf8700"),
-    ("you", ("sender",), "#8c959f"),
+    ("people", tuple(PERSON_VERDICTS), "#1a7f37"),
+    ("machines", (*MACHINE_VERDICTS, Verdict.UNKNOWN), "#bf8700"),
+    ("you", (Verdict.SENDER,), "#8c959f"),
 )
 WIDTH, HEIGHT, PAD, LABEL = 336, 120, 4, 16
 

@@ -30,6 +30,7 @@ from pixelserver.verdicts.state import (
     SCANNED_ONLY,
     UNTRACKED,
 )
+from pixelserver.vocabulary import Source
 from relay.digest.query import UNOPENED_DAYS, DigestData
 
 COLOURS = {
@@ -134,7 +135,7 @@ def compose(data: DigestData, tz: ZoneInfo, report_url: str, now: dt.datetime) -
         html.append(_heading("Sent"))
         for m in data.sent:
             subject = m.subject or "(no subject)"
-            mark = " [manual link]" if m.source == "manual" else ""
+            mark = " [manual link]" if m.source == Source.MANUAL else ""
             text.append(f"* {subject}{mark} — {when(m.accepted_at)}")
             text.append(f"  {base}/messages/{m.id}")
             rows = []

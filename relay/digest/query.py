@@ -22,6 +22,7 @@ from pixelserver.store.queries import (
 )
 from pixelserver.store.schema import Delivery, Message, User
 from pixelserver.verdicts.state import FAILED, OPENED
+from pixelserver.vocabulary import Tracking
 
 MAX_MESSAGES = 100  # in one digest; the rest are counted and linked
 UNOPENED_DAYS = 30
@@ -92,7 +93,7 @@ async def collect(
                 Message.accepted_at < end,
                 ~opened_somewhere.exists(),
                 select(Delivery.id)
-                .where(Delivery.message_id == Message.id, Delivery.tracking == "tracked")
+                .where(Delivery.message_id == Message.id, Delivery.tracking == Tracking.TRACKED)
                 .exists(),
             )
         )

@@ -21,14 +21,14 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver import metrics
 from pixelserver.config import DigestConfig
 from pixelserver.store import digests
 from pixelserver.store.preferences import DigestPrefs, effective
 from pixelserver.store.schema import User
+from relay import metrics
 from relay.digest import compose, schedule
 from relay.digest.query import DigestData, collect
-from relay.forward import ACCEPTED, Copy, Credentials, Upstream
+from relay.forward import ACCEPTED, Copy, CopyKind, Credentials, Upstream
 
 log = logging.getLogger("mailping.digest")
 
@@ -142,7 +142,7 @@ class DigestRunner:
         try:
             (outcome,) = await self.upstream.send(
                 self.sender,
-                [Copy(-c.run_id, c.user)],
+                [Copy(CopyKind.DIGEST, str(c.run_id), c.user)],
                 lambda _copy: [raw],
                 credentials=self.credentials,
             )
@@ -188,7 +188,7 @@ class DigestRunner:
         raw = self.render(data, prefs, now)
         (outcome,) = await self.upstream.send(
             self.sender,
-            [Copy(-user.id, user.address)],
+            [Copy(CopyKind.DIGEST, f"now-{user.id}", user.address)],
             lambda _c: [raw],
             credentials=self.credentials,
         )
