@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 from sqlalchemy import select, update
 
 from pixelserver.hits import views_by_delivery
-from pixelserver.store.hitrecords import NewHit, add_new_hits
+from pixelserver.store.hitrecords import NewHit, add_new_hits, hit_contexts
 from pixelserver.store.messages import NewDelivery, add_message
-from pixelserver.store.schema import Delivery
+from pixelserver.store.schema import Delivery, Message
 from pixelserver.store.states import advance_states, refresh_states
+from pixelserver.verdicts import classify
+from pixelserver.verdicts.networks import NetworkFacts
 
 T0 = dt.datetime(2026, 6, 1, 9, tzinfo=dt.UTC)
 # (outcome, tracking) of the four copies: the hits decide, the queue decides, the failure
@@ -120,3 +122,69 @@ async def test_incremental_states_equal_states_from_all_hits(store, batches) -> 
     async with store.begin() as session:
         await refresh_states(session, ids)
     assert incremental == await states(store, ids)
+
+
+def burst(prior: list[classify.PriorHit], prefix: str, t: float) -> bool:
+    """The classifier's own check: another fetch from this network within BURST_WINDOW."""
+    facts = classify.HitFacts(NetworkFacts(prefix), seconds_after_send=t, prior=prior)
+    return classify._Ctx(facts).burst
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    earlier=st.lists(
+        st.tuples(st.sampled_from(["192.0.2.0/24", "198.51.100.0/24"]), st.floats(0, 12)),
+        max_size=60,
+    ),
+    probes=st.lists(
+        st.tuples(st.sampled_from(["192.0.2.0/24", "198.51.100.0/24"]), st.floats(0, 14)),
+        min_size=1,
+        max_size=10,
+    ),
+)
+async def test_earlier_hits_read_grouped_tell_bursts_as_all_of_them_do(
+    store, earlier, probes
+) -> None:
+    """hit_contexts reads earlier hits grouped (per network and tenth of a second, first and
+    last): every burst judgement must be what the full list of earlier hits gives."""
+    (delivery_id,) = (await copies(store))[:1]
+    async with store() as session:
+        token = (
+            await session.execute(select(Delivery.token).where(Delivery.id == delivery_id))
+        ).scalar_one()
+    accepted = T0 - dt.timedelta(hours=1)
+    async with store.begin() as session:
+        await session.execute(
+            update(Message)
+            .where(
+                Message.id
+                == select(Delivery.message_id).where(Delivery.id == delivery_id).scalar_subquery()
+            )
+            .values(accepted_at=accepted)
+        )
+        hits = [
+            NewHit(
+                uid=secrets.token_hex(8),
+                token=token,
+                at=accepted + dt.timedelta(seconds=s),
+                method="GET",
+                ip_prefix=prefix,
+                user_agent="ua",
+                headers={},
+                seconds_after_send=s,
+                delivery_id=delivery_id,
+            )
+            for prefix, s in earlier
+        ]
+        await add_new_hits(session, hits)
+    async with store() as session:
+        ctx = (await hit_contexts(session, [token]))[token]
+    grouped = [classify.PriorHit(p, u, s) for p, u, s in ctx.prior]
+    assert [p.seconds_after_send for p in grouped] == sorted(p.seconds_after_send for p in grouped)
+    full = [classify.PriorHit(p, "", s) for p, s in sorted(earlier, key=lambda e: e[1])]
+    for prefix, t in probes:
+        assert burst(grouped, prefix, t) == burst(full, prefix, t), (prefix, t)
