@@ -247,10 +247,15 @@ class Journal:
             os.ftruncate(self._fd, 0)
             self.offset = 0
             self._size = 0
-        elif offset >= self.compact_at and offset >= size - offset:
-            # Only once what was consumed outweighs what is left: a backlog of 25 MB drained
-            # 64 KB at a time was rewritten (and fsync'd) from each 4 MB on, about 70 MB of
-            # writes on the loop; now a drain rewrites at most what it consumed.
+        elif offset >= self.compact_at and (
+            size - offset <= self.compact_at // 4
+            or (offset >= 16 * self.compact_at and size - offset <= offset)
+        ):
+            # Only when little is left (the pipeline has nearly caught up), or, under a load it
+            # never catches up with, when what was consumed is large and outweighs the rest. A
+            # 25 MB backlog drained 64 KB at a time was rewritten (and fsync'd, on the loop
+            # answering pixels) from each 4 MB on, about 70 MB of writes; now a drain rewrites
+            # at most what it consumed, mostly in steps of at most 1 MB.
             with open(self.path, "rb") as f:
                 f.seek(offset)
                 rest = f.read()

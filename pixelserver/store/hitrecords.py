@@ -5,9 +5,9 @@ Hit rows go in below the ORM: the one write that must keep up with a burst.
 SQLAlchemy's executemany spends more time building parameters than the database spends
 storing them. Below it: on PostgreSQL, one INSERT ... SELECT FROM unnest(one array per column)
 ... ON CONFLICT (uid) DO NOTHING per batch, a single round trip; on SQLite, the driver's
-executemany of INSERT OR IGNORE with values encoded by the columns' own type processors, so
-what is stored is exactly what the ORM would store. The encoding is pure Python over every row
-and runs on a worker thread, so a batch never holds up the loop that answers pixels.
+executemany of INSERT OR IGNORE with values encoded by the columns' own type processors (JSON
+by orjson), so what is stored is what the ORM would store. The encoding is pure Python over
+every row and runs on a worker thread, so a batch never holds up the loop that answers pixels.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     Integer,
     cast,
@@ -326,10 +327,7 @@ def _as_arrays(hits: Sequence[NewHit], ids: dict[str, int]) -> list[list[Any]]:
     """One list per column, as unnest() takes them (JSON as text, cast back in SQL)."""
     rows = [hit_row(h, h.delivery_id or ids[h.token]) for h in hits]
     return [
-        [json.dumps(r[n], separators=(",", ":")) for r in rows]
-        if n in JSON_COLUMNS
-        else [r[n] for r in rows]
-        for n in NAMES
+        [_json(r[n]) for r in rows] if n in JSON_COLUMNS else [r[n] for r in rows] for n in NAMES
     ]
 
 
@@ -351,6 +349,16 @@ def _encode(
     hits: Sequence[NewHit], ids: dict[str, int], processors: list[Any]
 ) -> list[tuple[Any, ...]]:
     rows = [hit_row(h, h.delivery_id or ids[h.token]) for h in hits]
+    # JSON columns written by orjson (compact, UTF-8): the same values the column's own
+    # processor would write, at a fraction of json.dumps's cost (the largest part of encoding).
+    processors = [_json if n in JSON_COLUMNS else p for n, p in zip(NAMES, processors, strict=True)]
     return [
         tuple(p(r[n]) if p else r[n] for n, p in zip(NAMES, processors, strict=True)) for r in rows
     ]
+
+
+def _json(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # e.g. a lone surrogate, which json.dumps escapes
+        return json.dumps(value, separators=(",", ":"))
