@@ -1,19 +1,25 @@
-"""Messages per second through the MailPing relay, beside a plain pass-through relay.
+"""Messages per second through the MailPing relay, beside plain pass-through relays.
 
-Both relays receive the same 50 KB HTML message (multipart/alternative, quoted-printable HTML)
-for 3 recipients and send 3 per-recipient copies to the same sink. MailPing also parses, adds
-a pixel per copy and records the message and deliveries in SQLite. Each relay runs in its own
-process pinned to core 0; the load and the sink share core 1. The load is Postfix's
-`smtp-source` and the sink its `smtp-sink` (Debian package postfix, daemon not started) when
-they are installed, else an aiosmtplib client and a Python sink (`--load python`).
+Every relay receives the same message for 3 recipients and sends 3 per-recipient copies to the
+same sink. The default message is a 42 KB quoted-printable newsletter with 116 links
+(multipart/alternative); `--message statement` is the 50 KB statement of earlier figures.
+MailPing also parses, adds a pixel per copy, spools the message durably and records the
+message and deliveries in SQLite. Two baselines (bench/passthrough_relay.py): copies sent
+concurrently, one `aiosmtplib.send` each (the one the target is measured against), and copies
+sent one after another over one connection. Each relay runs in its own process pinned to core
+0; the load and the sink share core 1; the relays are measured in turn, run by run, so a
+change in the machine's load touches all of them alike. The load is Postfix's `smtp-source`
+and the sink its `smtp-sink` (Debian package postfix, daemon not started) when they are
+installed, else an aiosmtplib client and a Python sink (`--load python`).
 
-Run: .venv/bin/python bench/relay_bench.py [--messages 400] [--concurrency 4] [--load postfix]
+Run: .venv/bin/python bench/relay_bench.py [--messages 400] [--concurrency 16] [--load postfix]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -48,6 +54,33 @@ def fifty_kb_message() -> bytes:
     return msg.as_bytes()
 
 
+def newsletter() -> bytes:
+    """A 42 KB newsletter, HTML and text both quoted-printable, with 116 links."""
+    items = []
+    for i in range(116):
+        url = f"https://news.example.com/2026/12/story-{i}?utm_source=newsletter&utm_medium=email"
+        items.append(
+            f'<tr><td style="padding:8px 16px;font-family:Arial;'
+            f'font-size:15px"><a href="{url}" style="color:#1a5fb4;'
+            f'text-decoration:none">Story {i}: Neuigkeiten aus der Redaktion – Folge {i}</a>'
+            f"<br>Beitrag {i}."
+            f"</td></tr>\n"
+        )
+    html = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Newsletter</title></head>"
+        f"<body><table width='600' cellpadding='0' cellspacing='0'>{''.join(items)}"
+        "</table></body></html>"
+    )
+    text = "\n".join(f"Story {i}: https://news.example.com/2026/12/story-{i}" for i in range(116))
+    msg = EmailMessage()
+    msg["From"] = "news@example.com"
+    msg["To"] = ", ".join(RECIPIENTS)
+    msg["Subject"] = "Newsletter December"
+    msg.set_content(text, cte="quoted-printable")
+    msg.add_alternative(html, subtype="html", cte="quoted-printable")
+    return msg.as_bytes()
+
+
 async def drive(port: int, data: bytes, messages: int, concurrency: int) -> float:
     """Send `messages` messages over `concurrency` connections; returns messages/s."""
     per_client = messages // concurrency
@@ -75,39 +108,31 @@ def smtp_source(port: int, message: Path, messages: int, concurrency: int) -> fl
     return messages / (time.perf_counter() - start)
 
 
-def measure(
-    port: int, data: bytes, messages: int, concurrency: int, runs: int, load: str, file: Path
+def one_run(
+    port: int, data: bytes, messages: int, concurrency: int, load: str, file: Path
 ) -> float:
     if load == "postfix":
-        smtp_source(port, file, max(concurrency * 5, 20), concurrency)  # warm-up
-        return statistics.median(
-            smtp_source(port, file, messages, concurrency) for _ in range(runs)
-        )
-    asyncio.run(drive(port, data, max(concurrency * 5, 20), concurrency))  # warm-up
-    return statistics.median(
-        asyncio.run(drive(port, data, messages, concurrency)) for _ in range(runs)
-    )
+        return smtp_source(port, file, messages, concurrency)
+    return asyncio.run(drive(port, data, messages, concurrency))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--messages", type=int, default=400)
-    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--message", choices=["newsletter", "statement"], default="newsletter")
     postfix = os.path.exists(SMTP_SOURCE) and os.path.exists(SMTP_SINK)
     ap.add_argument(
         "--load", choices=["postfix", "python"], default="postfix" if postfix else "python"
     )
+    ap.add_argument("--only-mailping", action="store_true", help="no baselines (for profiling)")
     args = ap.parse_args()
-    data = fifty_kb_message()
+    data = newsletter() if args.message == "newsletter" else fifty_kb_message()
     tmp = tempfile.TemporaryDirectory()
     file = Path(tmp.name) / "message.eml"
     file.write_bytes(data.replace(b"\r\n", b"\n"))
 
-    def run(port: int) -> float:
-        return measure(port, data, args.messages, args.concurrency, args.runs, args.load, file)
-
-    results = {}
     sink_port = free_port()
     if args.load == "postfix":
         # As root, smtp-sink must be told which user to drop to (the package makes "postfix").
@@ -115,27 +140,50 @@ def main() -> None:
         sink = [SMTP_SINK, *user, f"127.0.0.1:{sink_port}", "256"]
     else:
         sink = [PYTHON, str(ROOT / "bench" / "sink.py"), str(sink_port)]
-    with running(sink, sink_port, cpu=1):
-        port = free_port()
-        with mailping("relay", port, relay_toml(port, sink_port, "max_in_flight = 64\n"), cpu=0):
-            results["MailPing relay"] = run(port)
-        port = free_port()
-        baseline = [PYTHON, str(ROOT / "bench" / "passthrough_relay.py"), str(port), str(sink_port)]
-        with running(baseline, port, cpu=0):
-            results["pass-through baseline"] = run(port)
+    rates: dict[str, list[float]] = {}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(running(sink, sink_port, cpu=1))
+        ports = {"MailPing relay": free_port()}
+        toml = relay_toml(ports["MailPing relay"], sink_port, "max_in_flight = 64\n")
+        stack.enter_context(mailping("relay", ports["MailPing relay"], toml, cpu=0))
+        if not args.only_mailping:
+            for name, mode in (
+                ("concurrent baseline", "concurrent"),
+                ("sequential baseline", "sequential"),
+            ):
+                ports[name] = port = free_port()
+                script = str(ROOT / "bench" / "passthrough_relay.py")
+                stack.enter_context(
+                    running([PYTHON, script, str(port), str(sink_port), mode], port, cpu=0)
+                )
+        warm = max(args.concurrency * 5, 20)
+        for port in ports.values():
+            one_run(port, data, warm, args.concurrency, args.load, file)
+        for _ in range(args.runs):  # in turn, so the machine's load touches every relay alike
+            for name, port in ports.items():
+                rate = one_run(port, data, args.messages, args.concurrency, args.load, file)
+                rates.setdefault(name, []).append(rate)
 
     print(
-        f"relay: {len(data) // 1024} KB HTML message, {len(RECIPIENTS)} recipients, "
-        f"{args.messages} messages x {args.runs} runs, {args.concurrency} connections, "
+        f"relay: {len(data) / 1000:.1f} KB {args.message}, {len(RECIPIENTS)} recipients, "
+        f"{args.messages} messages x {args.runs} runs, {args.concurrency} sessions, "
         f"load {'smtp-source -> smtp-sink' if args.load == 'postfix' else 'aiosmtplib -> sink.py'}"
     )
     print(f"machine: {machine()}")
-    base = results["pass-through baseline"]
-    for name, rate in results.items():
+    base = statistics.median(rates.get("concurrent baseline", rates["MailPing relay"]))
+    for name, runs in rates.items():
+        rate = statistics.median(runs)
+        each = ", ".join(f"{r:.1f}" for r in runs)
         print(
-            f"  {name:<22} {rate:8.1f} messages/s  ({rate * len(RECIPIENTS):7.1f} copies/s)"
-            f"  {rate / base * 100:5.1f}% of baseline"
+            f"  {name:<20} {rate:7.1f} messages/s ({rate * len(RECIPIENTS):6.1f} copies/s)"
+            f"  {rate / base * 100:5.1f}% of concurrent  [runs: {each}]"
         )
+    if "concurrent baseline" in rates:
+        pairs = [
+            m / b
+            for m, b in zip(rates["MailPing relay"], rates["concurrent baseline"], strict=True)
+        ]
+        print("  MailPing / concurrent, run by run: " + ", ".join(f"{r:.2f}" for r in pairs))
 
 
 if __name__ == "__main__":

@@ -183,6 +183,47 @@ class DigestConfig:
     password_env: str = ""
 
 
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """Signed webhooks each user sets up in Settings (pixelserver/store/webhooks.py)."""
+
+    # Let webhooks go to http:// URLs and to loopback or private addresses (an intranet CRM,
+    # tests). Off: only https:// URLs that resolve to public addresses, checked at every send.
+    allow_private: bool = False
+    timeout_seconds: int = 10
+
+
+def validate_webhooks(cfg: WebhooksConfig, file: str) -> None:
+    if not 1 <= cfg.timeout_seconds <= 60:
+        raise ConfigError(file, "webhooks.timeout_seconds", "from 1 to 60 seconds")
+
+
+@dataclass(frozen=True)
+class ConnectConfig:
+    """[connect]: users connect their own Microsoft 365 or Google account in Settings (OAuth
+    2.0 authorization code with PKCE) and the relay sends their mail as them. Needs
+    relay.auth = "local". A provider is offered when its client_id is set."""
+
+    key_env: str = ""  # environment variable holding the Fernet key for refresh tokens
+    microsoft_client_id: str = ""
+    microsoft_client_secret_env: str = ""  # empty: a public client (PKCE only)
+    microsoft_tenant: str = "common"  # "organizations", or your tenant id / domain
+    microsoft_login_url: str = "https://login.microsoftonline.com"
+    microsoft_smtp_host: str = "smtp.office365.com"
+    microsoft_smtp_port: int = 587
+    microsoft_smtp_tls: str = choices("starttls", "implicit", "none")
+    google_client_id: str = ""
+    google_client_secret_env: str = ""
+    google_authorize_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    google_token_url: str = "https://oauth2.googleapis.com/token"
+    google_revoke_url: str = "https://oauth2.googleapis.com/revoke"
+    gmail_api_url: str = "https://gmail.googleapis.com"
+
+    @property
+    def offered(self) -> tuple[str, ...]:
+        return tuple(p for p in ("microsoft", "google") if getattr(self, f"{p}_client_id"))
+
+
 def validate_digest(cfg: DigestConfig, file: str) -> None:
     if not 0 <= cfg.hour <= 23:
         raise ConfigError(file, "digest.hour", f"an hour from 0 to 23, got {cfg.hour}")

@@ -36,6 +36,7 @@ from pixelserver.store.hitrecords import (
     hit_contexts,
 )
 from pixelserver.store.states import advance_states
+from pixelserver.store.webhooks import enqueue_opens
 from pixelserver.verdicts import classify
 from pixelserver.verdicts.networks import NetworkFacts, Networks
 from pixelserver.verdicts.state import HitView
@@ -464,7 +465,10 @@ class HitPipeline:
                     encode = await encoder(session)
                     hits, rows = await asyncio.to_thread(self._judged, batch, contexts, encode)
                     stored, fresh = await add_new_hits(session, hits, rows)
-                    await advance_states(session, views_by_delivery(fresh))
+                    moved = views_by_delivery(fresh)
+                    await advance_states(session, moved)
+                    # In the same transaction: a first open is queued with the hit that made it.
+                    await enqueue_opens(session, moved.keys())
                 self.stored += stored
                 self.unknown += len(batch) - len(hits)
                 metrics.BATCH_SECONDS.observe(time.perf_counter() - started)

@@ -28,6 +28,7 @@ from pixelserver.config import (
     GeoipConfig,
     PixelServerConfig,
     PrivacyConfig,
+    WebhooksConfig,
     parse_listen,
     parse_networks,
 )
@@ -50,6 +51,7 @@ from pixelserver.verdicts.networks import (
 )
 from pixelserver.web.app import make_app
 from pixelserver.web.base import WebAuth
+from pixelserver.web.connect import Connector
 
 log = logging.getLogger("mailping")
 
@@ -88,6 +90,8 @@ class PixelSite:
     orphan_journals: tuple[Path, ...]  # left by runs that ended: stored, then removed
     reuse_port: bool  # one of several worker processes on one port
     upstream_google: bool  # the upstream is Google's: its proxy fetches are the sender's own
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)  # targets Settings takes
+    connector: Connector | None = None  # users connect their own mail accounts ([connect])
 
 
 def make_networks(city_db: Path | None, asn_db: Path | None) -> Networks:
@@ -237,6 +241,8 @@ async def start_pixelserver(
         outbox_dir=site.outbox_dir,
         data_sources=judge.networks.sources(),
         digest=site.digest,
+        webhooks=site.webhooks,
+        connector=site.connector,
     )
     if cookie_secret is None:
         # The store is down: pixels must still be served. Sessions use a temporary key until

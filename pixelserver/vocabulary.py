@@ -83,6 +83,9 @@ class UntrackedReason(StrEnum):
     UNPARSABLE = "unparsable"  # forwarded byte for byte
     EXCLUDED = "excluded"  # the recipient is on the user's exclusion list or was forgotten
     STORE_UNAVAILABLE = "store_unavailable"  # the store was down: a pixel nobody can record
+    # A connected Google account sends through the Gmail API, which sends one message to every
+    # address in its header: with several recipients no copy can carry one's own pixel.
+    ONE_GMAIL_SEND_FOR_ALL = "one_gmail_send_for_all"
 
 
 class Source(StrEnum):

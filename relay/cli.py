@@ -17,8 +17,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import aiosmtplib
 from sqlalchemy.exc import SQLAlchemyError
 
+from pixelserver import oauthcode
 from pixelserver.config import ConfigError
 from pixelserver.store import erasure, migrate
 from pixelserver.store.accounts import (
@@ -33,9 +35,11 @@ from pixelserver.store.schema import make_engine
 from pixelserver.store.websessions import end_user_sessions
 from pixelserver.verdicts import classify
 from pixelserver.verdicts.networks import mask
-from relay import auth, certs, queue_admin, service
+from relay import auth, certs, queue_admin, service, webhook_cli
 from relay.config import Config, config_path, config_warnings, load_config
 from relay.digest.runner import UnknownUser
+from relay.forward import SmtpUpstream
+from relay.oauth import TokenError
 from relay.pace import limit_for
 from relay.spool import Spool
 from relay.submit import is_google_host
@@ -87,7 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         server.add_argument("--worker-count", type=int, default=1, help=argparse.SUPPRESS)
     db = add("db", help="database maintenance")
     db.add_argument("action", choices=["upgrade", "status"])
-    add("check-config", help="validate the configuration and say what it would do")
+    check = add("check-config", help="validate the configuration and say what it would do")
+    check.add_argument(
+        "--try-upstream",
+        action="store_true",
+        help="also log in to the upstream once (with an access token for upstream.auth = "
+        '"xoauth2"), then log out; sends nothing',
+    )
     user = add("user", help='relay logins for relay.auth = "local"')
     user.add_argument(
         "action",
@@ -149,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue = add("queue", help="the outbound queue: list waiting mail, retry it now, or drop it")
     queue.add_argument("action", choices=["list", "retry", "drop"], nargs="?", default="list")
     queue.add_argument("ids", nargs="*", help="message ids from `mailping queue list`")
+    webhook_cli.add_parser(add, common)
     cert = add("cert", help="make a self-signed TLS certificate and key for testing")
     cert.add_argument("--host", default="localhost", help="name or address the certificate is for")
     cert.add_argument("--out", default=".", help="folder for cert.pem and key.pem")
@@ -172,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(describe(cfg))
             for warning in config_warnings(cfg):
                 print(f"mailping: {warning}", file=sys.stderr)
+            if args.try_upstream:
+                return asyncio.run(try_upstream(cfg))
             return 0
         if args.command == "db":
             return asyncio.run(db_command(cfg, args.action))
@@ -197,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "digest":
             return asyncio.run(digest_command(cfg, args))
+        if args.command == "webhook":
+            return asyncio.run(webhook_cli.webhook_command(cfg, args))
         if args.command == "classify":
             return classify_command(cfg, args)
         if args.command == "reclassify":
@@ -222,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_RUNTIME
-    except UsageError as exc:
+    except (UsageError, webhook_cli.WebhookUsageError) as exc:
         print(f"mailping: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except OSError as exc:
@@ -230,6 +245,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         return 0
+
+
+async def try_upstream(cfg: Config) -> int:
+    """check-config --try-upstream: one login as the relay would do it, in one line."""
+    upstream = service.make_upstream(cfg)
+    if not isinstance(upstream, SmtpUpstream):
+        print("upstream: none configured (local outbox): nothing to try")
+        return 0
+    how = "XOAUTH2 with a new access token" if upstream.oauth else "a password"
+    who = cfg.upstream.username or "(no login)"
+    try:
+        smtp = await upstream.connect(None)
+    except TokenError as exc:
+        print(f"mailping: upstream: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        print(
+            f"mailping: upstream: {upstream.describe()} refused the login as {who}: "
+            f"{exc.code} {exc.message}",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        print(f"mailping: upstream: could not reach {upstream.describe()}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+        await smtp.quit()
+    print(f"upstream: logged in to {upstream.describe()} as {who} with {how}")
+    return 0
 
 
 def queue_command(cfg: Config, action: str, ids: list[str]) -> int:
@@ -254,6 +298,8 @@ def describe(cfg: Config) -> str:
         upstream = f"no upstream: copies are stored in {cfg.outbox_dir} (local outbox)"
     else:
         login = f" as {up.username}" if up.username else ""
+        if up.auth == "xoauth2":
+            login += f" (XOAUTH2, tokens from {up.oauth.token_url} for {up.oauth.client_id})"
         upstream = f"{up.host}:{up.port} with {up.tls} TLS{login}"
     auth = {
         "none": "no login (loopback clients only)",
@@ -268,10 +314,26 @@ def describe(cfg: Config) -> str:
             f"relay: SMTP on {cfg.relay.listen}, TLS {cfg.relay.tls}, {auth}, "
             f"messages up to {cfg.relay.max_message_size} bytes",
             f"upstream: {upstream}",
+            *(
+                [
+                    "users' own accounts: "
+                    + " and ".join(oauthcode.LABELS[p] for p in cfg.connect.offered)
+                    + " can be connected in Settings (their mail then goes out as them)"
+                ]
+                if cfg.connect.offered
+                else []
+            ),
             f"queue: {_queue_words(cfg)}",
             f"pixel server: {cfg.pixelserver.listen}, pixel URLs "
             f"{cfg.pixelserver.public_url.rstrip('/')}/{cfg.pixelserver.pixel_path}/<token>.gif",
             f"digest: {_digest_words(cfg)}",
+            "webhooks: "
+            + (
+                "any http(s) target, private addresses included ([webhooks] allow_private)"
+                if cfg.webhooks.allow_private
+                else "https targets resolving to public addresses only"
+            )
+            + f", {cfg.webhooks.timeout_seconds} s to answer",
             f"report page: {_report_access(cfg)}",
         ]
     )

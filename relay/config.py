@@ -9,17 +9,20 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pixelserver.config import (
     ConfigError,
+    ConnectConfig,
     DatabaseConfig,
     DigestConfig,
     GeoipConfig,
     PixelServerConfig,
     PrivacyConfig,
+    WebhooksConfig,
     build_section,
     choices,
     is_loopback_host,
@@ -27,6 +30,7 @@ from pixelserver.config import (
     validate_database,
     validate_digest,
     validate_pixelserver,
+    validate_webhooks,
 )
 
 ENV_VAR = "MAILPING_CONFIG"
@@ -63,10 +67,32 @@ class RelayConfig:
 
 
 @dataclass(frozen=True)
+class OAuthConfig:
+    """[upstream.oauth]: the app registration that gets the relay's access tokens
+    (client-credentials grant, relay/oauth.py) when upstream.auth = "xoauth2"."""
+
+    token_url: str = ""
+    client_id: str = ""
+    client_secret_env: str = ""  # the environment variable holding the client secret
+    scope: str = ""
+    # How the secret travels: "auto" (form body, then HTTP Basic once if refused), "body",
+    # "basic".
+    client_auth: str = choices("auto", "body", "basic")
+    # Instead of a secret: a certificate registered with the app; its key signs an assertion.
+    certificate_file: str = ""
+    certificate_key_file: str = ""
+    verify_certificate: bool = True  # of the token endpoint's HTTPS certificate
+    ca_file: str = ""  # a CA bundle for the token endpoint (a company's own CA)
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     host: str = ""
     port: int = 587
     tls: str = choices("starttls", "none", "implicit")
+    # "password": log in with username and the password in password_env; "xoauth2": with an
+    # access token from [upstream.oauth].
+    auth: str = choices("password", "xoauth2")
     username: str = ""
     password_env: str = ""
     sent_copy: str = choices("auto", "guard", "off")
@@ -75,6 +101,7 @@ class UpstreamConfig:
     # Submissions a minute to one upstream account; 0: the provider's documented limit if
     # MailPing knows it (relay/pace.py), else no pacing.
     max_per_minute: int = 0
+    oauth: OAuthConfig = field(default_factory=OAuthConfig)
 
 
 @dataclass(frozen=True)
@@ -116,7 +143,13 @@ class Config:
     geoip: GeoipConfig = field(default_factory=GeoipConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     digest: DigestConfig = field(default_factory=DigestConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    connect: ConnectConfig = field(default_factory=ConnectConfig)
     upstream_password: str = field(default="", repr=False)
+    oauth_client_secret: str = field(default="", repr=False)
+    # [connect]: the key sealing users' refresh tokens, and each provider's client secret.
+    connect_key: str = field(default="", repr=False)
+    connect_secrets: dict[str, str] = field(default_factory=dict, repr=False)
     digest_password: str = field(default="", repr=False)
     database_password: str = field(default="", repr=False)
     # Set in each process of `--workers N`: its own journal, and ports shared (SO_REUSEPORT).
@@ -151,7 +184,7 @@ class Config:
         """The login the digest is sent with: [digest]'s own, else the relay's upstream one."""
         if self.digest.username:
             return self.digest.username, self.digest_password
-        if self.upstream.username:
+        if self.upstream.username and self.upstream.auth == "password":
             return self.upstream.username, self.upstream_password
         return None
 
@@ -212,6 +245,8 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         "geoip",
         "privacy",
         "digest",
+        "webhooks",
+        "connect",
     }
     for key in raw:
         if key not in sections | {"data_dir"}:
@@ -221,10 +256,17 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         raise ConfigError(file, "data_dir", f"expected a non-empty string, got {data_dir_value!r}")
 
     relay = build_section(RelayConfig, raw.get("relay"), file, "relay")
-    upstream = build_section(UpstreamConfig, raw.get("upstream"), file, "upstream")
+    upstream = _build_upstream(raw.get("upstream"), file)
     if upstream.host and "auth" not in (raw.get("relay") or {}):
-        # With a real upstream, the safe default is that clients log in with their account.
-        relay = dataclasses.replace(relay, auth="upstream")
+        if upstream.auth == "password":
+            # With a real upstream, the safe default is that clients log in with their account.
+            relay = dataclasses.replace(relay, auth="upstream")
+        elif relay.proxy_protocol or not is_loopback_host(
+            parse_listen(relay.listen, file, "relay.listen")[0]
+        ):
+            # An OAuth relay account takes no client passwords: clients beyond this machine
+            # log in with `mailping user add` logins.
+            relay = dataclasses.replace(relay, auth="local")
     queue = build_section(QueueConfig, raw.get("queue"), file, "queue")
     _validate_queue(queue, file)
     pixel = build_section(PixelServerConfig, raw.get("pixelserver"), file, "pixelserver")
@@ -233,6 +275,8 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
     privacy = build_section(PrivacyConfig, raw.get("privacy"), file, "privacy")
     digest = build_section(DigestConfig, raw.get("digest"), file, "digest")
     validate_digest(digest, file)
+    webhooks = build_section(WebhooksConfig, raw.get("webhooks"), file, "webhooks")
+    validate_webhooks(webhooks, file)
     _require_files(geoip, "geoip", ("city_db", "asn_db"), base, file)
     if privacy.retention_days < 1:
         raise ConfigError(file, "privacy.retention_days", "must be at least 1 day")
@@ -285,7 +329,12 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         raise ConfigError(file, "upstream.timeout", "must be at least 1 second")
     if upstream.max_per_minute < 0:
         raise ConfigError(file, "upstream.max_per_minute", "cannot be negative")
-    password = _login_password(upstream.username, upstream.password_env, env, file, "upstream")
+    if upstream.auth == "xoauth2":
+        password = ""
+        client_secret = _validate_oauth(relay, upstream, env, base, file)
+    else:
+        password = _login_password(upstream.username, upstream.password_env, env, file, "upstream")
+        client_secret = ""
     digest_password = _login_password(digest.username, digest.password_env, env, file, "digest")
     if pixel.report_password_env and pixel.report_password_env not in env:
         raise ConfigError(
@@ -296,6 +345,8 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
     validate_pixelserver(pixel, file)
     validate_database(database, file)
     database_password = _database_password(database, env, file)
+    connect = build_section(ConnectConfig, raw.get("connect"), file, "connect")
+    connect_key, connect_secrets = _validate_connect(connect, relay, env, file)
 
     return Config(
         source=file,
@@ -308,10 +359,162 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
         geoip=geoip,
         privacy=privacy,
         digest=digest,
+        webhooks=webhooks,
         upstream_password=password,
+        oauth_client_secret=client_secret,
         digest_password=digest_password,
         database_password=database_password,
+        connect=connect,
+        connect_key=connect_key,
+        connect_secrets=connect_secrets,
     )
+
+
+def _build_upstream(table: object, file: str) -> UpstreamConfig:
+    """[upstream] with its [upstream.oauth] table."""
+    if isinstance(table, dict) and "oauth" in table:
+        rest = {k: v for k, v in table.items() if k != "oauth"}
+        upstream = build_section(UpstreamConfig, rest, file, "upstream")
+        oauth = build_section(OAuthConfig, table["oauth"], file, "upstream.oauth")
+        return dataclasses.replace(upstream, oauth=oauth)
+    return build_section(UpstreamConfig, table, file, "upstream")
+
+
+def _validate_oauth(
+    relay: RelayConfig, upstream: UpstreamConfig, env: Mapping[str, str], base: Path, file: str
+) -> str:
+    """upstream.auth = "xoauth2": everything the client-credentials grant needs; returns the
+    client secret (from the environment, never the file)."""
+    o = upstream.oauth
+    if not upstream.host:
+        raise ConfigError(file, "upstream.auth", '"xoauth2" needs upstream.host')
+    if not upstream.username:
+        raise ConfigError(
+            file, "upstream.username", 'upstream.auth = "xoauth2" logs in as this mailbox: set it'
+        )
+    if upstream.password_env:
+        raise ConfigError(
+            file, "upstream.password_env", 'not used with upstream.auth = "xoauth2": remove it'
+        )
+    if relay.auth == "upstream":
+        raise ConfigError(
+            file,
+            "relay.auth",
+            '"upstream" checks client passwords against the upstream, which upstream.auth = '
+            '"xoauth2" does not use: set "local" (or "none" on loopback)',
+        )
+    if not is_loopback_host(upstream.host) and (
+        upstream.tls == "none" or not upstream.verify_certificate
+    ):
+        key = "upstream.tls" if upstream.tls == "none" else "upstream.verify_certificate"
+        raise ConfigError(
+            file,
+            key,
+            f"the access token would go to {upstream.host} unprotected: use TLS and check "
+            "the certificate (a loopback upstream is exempt)",
+        )
+    for key in ("token_url", "client_id"):
+        if not getattr(o, key):
+            raise ConfigError(
+                file, f"upstream.oauth.{key}", 'needed with upstream.auth = "xoauth2"'
+            )
+    parts = urllib.parse.urlsplit(o.token_url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigError(file, "upstream.oauth.token_url", f"not an http(s) URL: {o.token_url!r}")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ConfigError(
+            file,
+            "upstream.oauth.token_url",
+            "must be https:// (the client secret travels in it); http:// only on loopback",
+        )
+    with_cert = bool(o.certificate_file or o.certificate_key_file)
+    if with_cert and not (o.certificate_file and o.certificate_key_file):
+        raise ConfigError(
+            file, "upstream.oauth.certificate_file", "needs both certificate_file and key file"
+        )
+    if with_cert and o.client_secret_env:
+        raise ConfigError(
+            file, "upstream.oauth.client_secret_env", "give a secret or a certificate, not both"
+        )
+    if not with_cert and not o.client_secret_env:
+        raise ConfigError(
+            file,
+            "upstream.oauth.client_secret_env",
+            "name the environment variable holding the client secret (or set certificate_file)",
+        )
+    _require_files(o, "upstream.oauth", ("certificate_file", "certificate_key_file"), base, file)
+    _require_files(o, "upstream.oauth", ("ca_file",), base, file)
+    if o.client_secret_env and o.client_secret_env not in env:
+        raise ConfigError(
+            file,
+            "upstream.oauth.client_secret_env",
+            f"environment variable {o.client_secret_env} is not set",
+        )
+    return env.get(o.client_secret_env, "") if o.client_secret_env else ""
+
+
+def _validate_connect(
+    connect: ConnectConfig, relay: RelayConfig, env: Mapping[str, str], file: str
+) -> tuple[str, dict[str, str]]:
+    """[connect]: users' own accounts. Returns (the token key, client secrets by provider)."""
+    if not connect.offered:
+        return "", {}
+    first = f"connect.{connect.offered[0]}_client_id"
+    if relay.auth != "local":
+        raise ConfigError(
+            file, first, 'users connect their own accounts only with relay.auth = "local"'
+        )
+    if not connect.key_env:
+        raise ConfigError(
+            file,
+            "connect.key_env",
+            "name the environment variable holding the key that encrypts users' refresh "
+            "tokens (make one: python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())')",
+        )
+    if connect.key_env not in env:
+        raise ConfigError(
+            file, "connect.key_env", f"environment variable {connect.key_env} is not set"
+        )
+    from cryptography.fernet import Fernet
+
+    keys = [k.strip() for k in env[connect.key_env].split(",") if k.strip()]
+    try:
+        if not keys:
+            raise ValueError
+        for key in keys:
+            Fernet(key)
+    except ValueError:
+        raise ConfigError(
+            file,
+            "connect.key_env",
+            f"{connect.key_env} is not a Fernet key (32 bytes, URL-safe base64; several, "
+            "comma-separated, to rotate)",
+        ) from None
+    for key in (
+        "microsoft_login_url",
+        "google_authorize_url",
+        "google_token_url",
+        "google_revoke_url",
+        "gmail_api_url",
+    ):
+        url = urllib.parse.urlsplit(getattr(connect, key))
+        if url.scheme != "https" and not (
+            url.scheme == "http" and is_loopback_host(url.hostname or "")
+        ):
+            raise ConfigError(file, f"connect.{key}", "must be an https:// URL")
+    found: dict[str, str] = {}
+    for provider in connect.offered:
+        name = getattr(connect, f"{provider}_client_secret_env")
+        if name and name not in env:
+            raise ConfigError(
+                file,
+                f"connect.{provider}_client_secret_env",
+                f"environment variable {name} is not set",
+            )
+        if name:
+            found[provider] = env[name]
+    return env[connect.key_env], found
 
 
 def _validate_queue(queue: QueueConfig, file: str) -> None:

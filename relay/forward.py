@@ -23,6 +23,7 @@ from typing import Protocol
 import aiosmtplib
 
 from pixelserver.vocabulary import Outcome as StoreOutcome
+from relay.oauth import TokenError, Tokens
 from relay.smtpdata import END, smtp_data
 
 log = logging.getLogger("mailping.forward")
@@ -130,8 +131,10 @@ class SmtpUpstream:
         timeout: float = 60,
         verify_certificate: bool = True,
         local_hostname: str | None = None,
+        oauth: OAuthLogin | None = None,
     ) -> None:
         self.host = host
+        self.oauth = oauth
         self.port = port
         self.tls = tls
         self.credentials = credentials
@@ -159,8 +162,14 @@ class SmtpUpstream:
         smtp = self._client()
         await smtp.connect()
         creds = credentials or self.credentials
-        if creds is not None:
-            await smtp.login(creds.username, creds.password)
+        try:
+            if creds is not None:
+                await smtp.login(creds.username, creds.password)
+            elif self.oauth is not None:
+                await self.oauth.login(smtp)
+        except BaseException:
+            smtp.close()
+            raise
         if smtp.last_ehlo_response is None:
             await smtp.ehlo()  # so its extensions (SMTPUTF8, 8BITMIME) are known before sending
         return smtp
@@ -249,7 +258,12 @@ class SmtpUpstream:
                 )
                 return dataclasses.replace(failed(451, reply), uncertain=True), True
             except aiosmtplib.SMTPAuthenticationError as exc:
-                return failed(451, f"{self.host} refused the login: {exc.message}"), False
+                how = ""
+                if self.oauth is not None and (link.credentials or self.credentials) is None:
+                    how = f" (XOAUTH2 as {self.oauth.username})"
+                return failed(451, f"{self.host} refused the login{how}: {exc.message}"), False
+            except TokenError as exc:
+                return failed(451, str(exc)), False
             except aiosmtplib.SMTPConnectResponseError as exc:
                 return failed(exc.code, f"{self.host} refused the connection: {exc.message}"), False
             except aiosmtplib.SMTPResponseException as exc:
@@ -262,6 +276,31 @@ class SmtpUpstream:
                 reply = f"could not reach the upstream server {self.describe()}: {_words(exc)}"
                 return failed(451, reply), False
         raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class OAuthLogin:
+    """SASL XOAUTH2 as `username` with a token from `tokens` (upstream.auth = "xoauth2").
+
+    A refused token is renewed once and tried again: it may have been revoked or have
+    expired early (the provider's clock, a cache that outlived it)."""
+
+    username: str
+    tokens: Tokens
+
+    async def login(self, smtp: aiosmtplib.SMTP) -> None:
+        token = await self.tokens.token()
+        try:
+            await smtp.auth_xoauth2(self.username, token)
+            return
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            if exc.code not in (535, 454, 334):
+                raise
+            self.tokens.invalidate(token)
+            log.info(
+                "%s refused the access token (%s); asking for a new one", smtp.hostname, exc.code
+            )
+        await smtp.auth_xoauth2(self.username, await self.tokens.token())
 
 
 class UncertainDelivery(Exception):

@@ -20,7 +20,7 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +139,15 @@ class Attempt:
             self.told.set_result(refused_told)
 
 
+@dataclass(frozen=True)
+class Route:
+    """Where one user's copies go instead of the relay's upstream, and their pacing."""
+
+    upstream: Upstream
+    account: str
+    pacer: Pacer
+
+
 @dataclass
 class _Due:
     mtime: int
@@ -159,6 +168,8 @@ class QueueRunner:
     relay_login: bool = False  # True: copies can be sent without the user's password
     store_timeout: float = 5.0
     credentials: dict[str, Credentials] = field(default_factory=dict)
+    # A user's own connected account (relay/useraccounts.py), else None: the relay's upstream.
+    route: Callable[[str], Awaitable[Route | None]] | None = None
     working: dict[str, asyncio.Task] = field(default_factory=dict)
     _due: dict[str, _Due] = field(default_factory=dict)
     _store_retry_at: float = 0.0
@@ -462,15 +473,20 @@ class QueueRunner:
             await self._append(entry, event, sync=True)
 
         account = login.username if login else self.account
+        upstream, pacer = self.upstream, self.pacer
+        if self.route is not None and h.get("user"):
+            routed = await self.route(h["user"])
+            if routed is not None:  # the user's own connected account, paced on its own
+                upstream, account, pacer = routed.upstream, routed.account, routed.pacer
 
         async def pace() -> None:
-            await self.pacer.wait(account)
+            await pacer.wait(account)
 
         async def on_outcome(o: Outcome) -> None:
             c = entry.copies[o.copy.index]
             event = outcome_event(c, o, entry.arrival, time.time(), self.policy)
             if is_throttling(o.code, o.reply):
-                self.pacer.pause(account)
+                pacer.pause(account)
             metrics.RELAY_COPIES.labels(event["s"]).inc()
             if event["s"] != spool.ACCEPTED:
                 metrics.UPSTREAM_ERRORS.labels(event["s"]).inc()
@@ -478,7 +494,7 @@ class QueueRunner:
             await self._append(entry, event)
 
         started = time.perf_counter()
-        await self.upstream.send(
+        await upstream.send(
             h["sender"],
             [Copy(kind_of(c), c.token, c.recipient, c.index) for c in due],
             render,

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from pixelserver import server
+from pixelserver import oauthcode, server
 from pixelserver.config import ConfigError, is_loopback_host, parse_listen
 from pixelserver.server import ListenError
 from pixelserver.store import migrate
+from pixelserver.store.mailaccounts import Sealer
 from pixelserver.store.schema import make_engine, make_sessionmaker
 from pixelserver.store.throttle import LoginThrottle
 from pixelserver.verdicts.networks import (
@@ -28,12 +29,15 @@ from pixelserver.verdicts.networks import (
     mask_addresses_in_logs,
 )
 from pixelserver.web.base import WebAuth
+from pixelserver.web.connect import Connector
 from relay.auth import Authenticator, LocalLogin, SenderPolicy, UpstreamLogin, allowlisted
 from relay.config import Config, config_warnings, resolve_file
 from relay.digest.runner import Clock, DigestRunner, system_clock
-from relay.forward import Credentials, OutboxUpstream, SmtpUpstream, Upstream
+from relay.forward import Credentials, OAuthLogin, OutboxUpstream, SmtpUpstream, Upstream
 from relay.handler import RelayHandler
 from relay.limits import ConnectionLimits
+from relay.oauth import ClientCredentials, TokenSource
+from relay.oauth_cert import CertificateError, certificate_assertion
 from relay.pace import Pacer, limit_for
 from relay.providers import files_sent_copy
 from relay.queue import QueuePolicy, QueueRunner
@@ -41,6 +45,8 @@ from relay.smtp import RelaySMTP
 from relay.spool import Spool
 from relay.submit import Relay, is_google_host
 from relay.tracking import STORE_ERRORS
+from relay.useraccounts import UserRoutes
+from relay.webhooks import WebhookRunner
 
 log = logging.getLogger("mailping")
 
@@ -75,11 +81,45 @@ async def open_store(cfg: Config) -> tuple[AsyncEngine, async_sessionmaker[Async
     return engine, make_sessionmaker(engine)
 
 
+def make_token_source(cfg: Config) -> TokenSource:
+    """The relay account's access tokens (upstream.auth = "xoauth2")."""
+    o = cfg.upstream.oauth
+    assertion = None
+    if o.certificate_file:
+        try:
+            assertion = certificate_assertion(
+                resolve_file(cfg, o.certificate_file),
+                resolve_file(cfg, o.certificate_key_file),
+                o.client_id,
+                o.token_url,
+            )
+        except CertificateError as exc:
+            raise ConfigError(cfg.source, "upstream.oauth.certificate_file", str(exc)) from None
+    return TokenSource(
+        ClientCredentials(
+            token_url=o.token_url,
+            client_id=o.client_id,
+            client_secret=cfg.oauth_client_secret,
+            scope=o.scope,
+            client_auth=o.client_auth,
+            verify_certificate=o.verify_certificate,
+            ca_file=str(resolve_file(cfg, o.ca_file)) if o.ca_file else "",
+            timeout=cfg.upstream.timeout,
+            assertion=assertion,
+        )
+    )
+
+
 def make_upstream(cfg: Config) -> Upstream:
     if cfg.outbox_dir is not None:
         return OutboxUpstream(cfg.outbox_dir)
+    oauth = None
+    if cfg.upstream.auth == "xoauth2":
+        oauth = OAuthLogin(cfg.upstream.username, make_token_source(cfg))
     creds = (
-        Credentials(cfg.upstream.username, cfg.upstream_password) if cfg.upstream.username else None
+        Credentials(cfg.upstream.username, cfg.upstream_password)
+        if cfg.upstream.username and oauth is None
+        else None
     )
     return SmtpUpstream(
         cfg.upstream.host,
@@ -89,6 +129,36 @@ def make_upstream(cfg: Config) -> Upstream:
         timeout=cfg.upstream.timeout,
         verify_certificate=cfg.upstream.verify_certificate,
         local_hostname=cfg.relay.hostname or None,
+        oauth=oauth,
+    )
+
+
+def connect_providers(cfg: Config) -> dict[str, oauthcode.Provider]:
+    """The providers users may connect their own account with ([connect])."""
+    return oauthcode.providers(cfg.connect, cfg.connect_secrets)
+
+
+def make_connector(cfg: Config) -> Connector | None:
+    """What the Settings pages need to connect users' accounts ([connect])."""
+    if not cfg.connect.offered:
+        return None
+    return Connector(connect_providers(cfg), Sealer(cfg.connect_key), cfg.pixelserver.public_url)
+
+
+def make_user_routes(
+    cfg: Config, sessions: async_sessionmaker[AsyncSession], hostname: str
+) -> UserRoutes | None:
+    """Users' own connected accounts ([connect]); None when none are offered."""
+    if not cfg.connect.offered:
+        return None
+    return UserRoutes(
+        sessions,
+        cfg.connect,
+        connect_providers(cfg),
+        Sealer(cfg.connect_key),
+        timeout=cfg.upstream.timeout,
+        local_hostname=hostname,
+        share=cfg.worker_count,
     )
 
 
@@ -121,12 +191,14 @@ class RunningRelay:
     handler: RelayHandler
     queue: QueueRunner
     digests: asyncio.Task | None = None
+    webhooks: asyncio.Task | None = None
 
     async def close(self) -> None:
-        if self.digests is not None:
-            self.digests.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.digests
+        for task in (self.digests, self.webhooks):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.server.close()
         await self.server.wait_closed()
         await self.queue.close()
@@ -179,6 +251,16 @@ def make_digest_runner(
     )
 
 
+def make_webhook_runner(cfg: Config, sessions: async_sessionmaker[AsyncSession]) -> WebhookRunner:
+    """Webhooks are posted by every relay process; the ledger's claims keep them from posting
+    one event twice."""
+    return WebhookRunner(
+        sessions,
+        allow_private=cfg.webhooks.allow_private,
+        timeout=cfg.webhooks.timeout_seconds,
+    )
+
+
 def make_authenticator(
     cfg: Config, sessions: async_sessionmaker[AsyncSession], upstream: Upstream | None
 ) -> Authenticator | None:
@@ -217,7 +299,14 @@ async def start_relay(
     upstream = upstream or make_upstream(cfg)
     hostname = cfg.relay.hostname or socket.getfqdn()
     queue = make_queue(cfg, sessions, upstream, hostname)
-    relay = Relay(sessions, queue, guard_sent_copy=guard_sent_copy(cfg))
+    routes = make_user_routes(cfg, sessions, hostname)
+    queue.route = routes
+    relay = Relay(
+        sessions,
+        queue,
+        guard_sent_copy=guard_sent_copy(cfg),
+        account_kind=routes.kind if routes is not None else None,
+    )
     for warning in config_warnings(cfg):
         log.warning("%s", warning)
     authenticator = make_authenticator(cfg, sessions, upstream)
@@ -276,7 +365,10 @@ async def start_relay(
     if with_digests:
         runner = make_digest_runner(cfg, sessions)
         digests = asyncio.get_running_loop().create_task(runner.run_forever())
-    return RunningRelay(server, handler, queue, digests)
+    hooks = asyncio.get_running_loop().create_task(
+        make_webhook_runner(cfg, sessions).run_forever(), name="webhooks"
+    )
+    return RunningRelay(server, handler, queue, digests, hooks)
 
 
 def make_networks(cfg: Config) -> Networks:
@@ -333,6 +425,8 @@ def pixel_site(cfg: Config) -> server.PixelSite:
         orphan_journals=tuple(cfg.orphan_journals()),
         reuse_port=cfg.worker is not None,
         upstream_google=is_google_host(cfg.upstream.host),
+        webhooks=cfg.webhooks,
+        connector=make_connector(cfg),
     )
 
 

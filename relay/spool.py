@@ -10,6 +10,10 @@ Exactly once rests on one event: `committing` is written and fsync'd just before
 of a copy's DATA. A copy whose last event is `committing` may have reached the upstream, so after
 a crash it is never sent again: it is reported as uncertain.
 
+Durability is shared (group commit, as databases do): messages and commit records arriving
+together wait for one flush to disk rather than one each (`GroupCommit`). "Accepted" still
+means on disk: nobody returns before the flush that covers their file.
+
 Several processes may share one spool (`--workers`): whoever works on an entry holds an
 exclusive `flock` on its file, which the kernel drops if that process dies. A process also holds
 a lock on its own owner file for its lifetime, so others can tell whether the process that holds
@@ -19,11 +23,15 @@ a message's credentials in memory is still alive.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import secrets
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -128,9 +136,114 @@ class Entry:
             copy.next_try = 0.0
 
 
+class GroupCommit:
+    """One flush to disk for every file that needs one at about the same time.
+
+    Callers run in worker threads (the spool's writes are kept off the event loop), so this
+    is a thread-safe batcher: the first caller leads, gathers for `window` seconds (or until
+    `batch` are waiting), then makes the whole batch durable at once and wakes everyone in
+    it; callers that arrive while a flush runs form the next batch. Several files are flushed
+    with one `syncfs` of the spool's file system (Linux), one alone with its own fsync; the
+    folder, for new names, with one fsync. A failed flush fails every caller in its batch."""
+
+    def __init__(self, directory: Path, *, window: float = 0.001, batch: int = 64) -> None:
+        self.directory = directory
+        self.window = window
+        self.batch = batch
+        self.flushes = 0  # batches made durable (tests and curious operators)
+        self._cond = threading.Condition()
+        self._fds: list[int] = []
+        self._folder = False
+        self._leading = False
+        self._gathering = 1  # number of the batch now taking callers
+        self._done = 0  # every batch up to this number is flushed
+        self._failed: dict[int, OSError] = {}
+
+    def sync(self, fd: int | None, *, folder: bool = False) -> None:
+        """Return once `fd`'s data (and, with `folder`, the spool folder's names) is on disk."""
+        with self._cond:
+            if fd is not None:
+                self._fds.append(fd)
+            self._folder |= folder
+            mine = self._gathering
+            while self._done < mine:
+                if not self._leading:
+                    self._lead()
+                    continue
+                if len(self._fds) >= self.batch:
+                    self._cond.notify_all()  # the gathering leader need not wait longer
+                self._cond.wait()
+            error = self._failed.get(mine)
+        if error is not None:
+            raise OSError(error.errno, f"flushing the spool: {error.strerror}")
+
+    def _lead(self) -> None:
+        """Gather, flush (without the lock, so the next batch can gather), and wake the batch.
+        Called and returns with the condition's lock held."""
+        self._leading = True
+        deadline = time.monotonic() + self.window
+        while len(self._fds) < self.batch and (left := deadline - time.monotonic()) > 0:
+            self._cond.wait(left)
+        number, fds, folder = self._gathering, self._fds, self._folder
+        self._gathering, self._fds, self._folder = number + 1, [], False
+        self._cond.release()
+        error: BaseException | None = None
+        try:
+            _flush(self.directory, fds, folder)
+        except BaseException as exc:  # noqa: BLE001 - the batch is told, then it is re-raised
+            error = exc
+        finally:
+            self._cond.acquire()
+        self.flushes += 1
+        if error is not None:
+            failed = error if isinstance(error, OSError) else OSError(errno.EIO, repr(error))
+            self._failed[number] = failed
+        for old in [n for n in self._failed if n < number - 1000]:
+            del self._failed[old]
+        self._done = number
+        self._leading = False  # whatever happened: the next batch must find no leader
+        self._cond.notify_all()
+        if error is not None and not isinstance(error, OSError):
+            raise error
+
+
+def _flush(directory: Path, fds: list[int], folder: bool) -> None:
+    """Make `fds` (and the folder's names, if asked) durable, in as few calls as it takes."""
+    if len(fds) > 1 and _SYNCFS is not None:
+        _syncfs(directory)  # every file of the spool's file system, and its folders
+        return
+    for fd in fds:
+        os.fsync(fd)
+    if folder:
+        _fsync_dir(directory)
+
+
+def _load_syncfs():  # type: ignore[no-untyped-def]
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+_SYNCFS = _load_syncfs()
+
+
+def _syncfs(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        if _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+
+
 class Spool:
     def __init__(self, directory: Path, owner: str | None = None) -> None:
         self.directory = directory
+        self.commits = GroupCommit(directory)
         self.seen_dir = directory / "seen"
         self.owners_dir = directory / "owners"
         self.owner = owner or f"{os.getpid()}-{secrets.token_hex(4)}"
@@ -171,7 +284,9 @@ class Spool:
     # --- putting a message in -------------------------------------------------------------
 
     def put(self, header: dict[str, Any], data: bytes, entry_id: str | None = None) -> Entry:
-        """Write, fsync, rename into place and fsync the folder; the entry comes back locked.
+        """Write, flush, rename into place and flush the folder; the entry comes back locked.
+        Both flushes are shared with whatever else is spooled at the same time; the data is on
+        disk before the name, so a file under its final name is always whole.
 
         Only after this returns may the client be told 250."""
         entry_id = entry_id or self.new_id()
@@ -186,9 +301,9 @@ class Spool:
                 _write_all(fd, head)
                 _write_all(fd, data)
                 _write_all(fd, b"\n")
-                os.fsync(fd)
+                self.commits.sync(fd)
                 os.rename(tmp, final)
-                _fsync_dir(self.directory)
+                self.commits.sync(None, folder=True)
             except BaseException:
                 os.close(fd)
                 raise
@@ -264,7 +379,7 @@ class Spool:
         os.lseek(entry.fd, 0, os.SEEK_END)
         _write_all(entry.fd, blob)
         if sync:
-            os.fsync(entry.fd)
+            self.commits.sync(entry.fd)
         for e in events:
             entry.apply(e)
 

@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver.tokens import mint_token
 from pixelserver.verdicts.networks import mask
+from pixelserver.vocabulary import UntrackedReason
 from relay import metrics, replies, rewrite, tracking
 from relay.forward import Credentials
+from relay.gmailapi import header_recipients
 from relay.providers import is_google_host as is_google_host  # its callers import it here
 from relay.queue import QueueRunner
 from relay.spool import ACCEPTED, BUSY, CLAIMED, TAKEN, Entry, SpoolError
@@ -74,6 +76,7 @@ class Relay:
         *,
         guard_sent_copy: bool = False,
         exclusions: tracking.ExclusionCache | None = None,
+        account_kind: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.sessions = sessions
         self.queue = queue
@@ -81,6 +84,8 @@ class Relay:
         self.policy = queue.policy
         self.guard_sent_copy = guard_sent_copy
         self.exclusions = exclusions or tracking.ExclusionCache()
+        # The provider of the user's own connected account (relay/useraccounts.py), if any.
+        self.account_kind = account_kind
 
     async def forget_claim(self, claim: Claim) -> None:
         self.spool.unclaim_message_id(claim.sender, claim.key)  # one unlink: not worth a thread
@@ -118,11 +123,16 @@ class Relay:
             return Receipt(replies.SAME_MESSAGE_BUSY)
         # Whom the user never tracks (exclusions, forgotten recipients) and the token key, in
         # one short store read; an untracked message needs only the key, if it is known.
-        facts = await self.exclusions.get(self.sessions, sub.user) if prepared.tracked else None
-        plan = tracking.plan_deliveries(
-            recipients, prepared.untracked_reason, facts, self.exclusions.token_key
-        )
-        header = self._header(sub, prepared, plan)
+        kind = await self.account_kind(sub.user) if self.account_kind is not None else None
+        untracked = prepared.untracked_reason
+        if kind == "google" and not untracked and not names_only(sub.data, recipients):
+            untracked = UntrackedReason.ONE_GMAIL_SEND_FOR_ALL
+        facts = await self.exclusions.get(self.sessions, sub.user) if not untracked else None
+        plan = tracking.plan_deliveries(recipients, untracked, facts, self.exclusions.token_key)
+        # Both providers users connect file what they send in Sent: the guard covers them
+        # (not needed, and only confusing in Sent Mail, for a Gmail API send without a pixel).
+        guard = self.guard_sent_copy if kind is None else not (kind == "google" and untracked)
+        header = self._header(sub, prepared, plan, guard)
         entry_id = self.spool.new_id()
         try:
             if key:
@@ -159,14 +169,18 @@ class Relay:
         return Receipt(reply, Claim(sub.sender, key) if key else None)
 
     def _header(
-        self, sub: Submission, prepared: rewrite.Prepared, plan: list[tracking.SpooledDelivery]
+        self,
+        sub: Submission,
+        prepared: rewrite.Prepared,
+        plan: list[tracking.SpooledDelivery],
+        guard_sent_copy: bool,
     ) -> dict:
         copies = [
             {"rcpt": d.recipient, "token": d.token, "tracked": not d.untracked_reason}
             | ({"reason": d.untracked_reason} if d.untracked_reason else {})
             for d in plan
         ]
-        if self.guard_sent_copy and sub.sender:
+        if guard_sent_copy and sub.sender:
             # Gmail files the first copy of a Message-ID in the sender's Sent Mail and ignores
             # later ones: make that first copy one without a pixel, addressed to the sender, so
             # re-reading Sent never looks like a recipient opening the mail.
@@ -204,6 +218,13 @@ class Relay:
             prepared.untracked_reason or "tracked",
             reply[:3],
         )
+
+
+def names_only(message: bytes, recipients: Sequence[str]) -> bool:
+    """Whether the message's To/Cc/Bcc name exactly its one envelope recipient: the only case
+    where the Gmail API (which sends to the header's addresses) can carry one recipient's
+    own copy."""
+    return len(recipients) == 1 and header_recipients(message) == {recipients[0].lower()}
 
 
 def resubmission_key(message_id: str, recipients: Sequence[str]) -> str:

@@ -13,23 +13,23 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver.store import appsecrets, erasure
+from pixelserver.store import appsecrets, erasure, webhooks
 from pixelserver.store.accounts import get_or_create_user
 from pixelserver.store.messages import (
     NewDelivery,
     add_message,
     insert_spooled_message,
+    sender_facts,
     set_outcomes,
     set_outcomes_by_token,
     tokens_recorded,
 )
-from pixelserver.store.schema import User
 from pixelserver.tokens import mint_token, pixel_url
 from pixelserver.verdicts.exclusions import excluded
+from pixelserver.verdicts.state import FAILED_OUTCOMES
 from pixelserver.vocabulary import Tracking, UntrackedReason
 
 __all__ = [
@@ -130,18 +130,12 @@ class ExclusionCache:
 
 async def _read_facts(sessions: async_sessionmaker[AsyncSession], user: str) -> TrackingFacts:
     async with sessions.begin() as session:  # begin: the first read of a secret makes it
-        row = (
-            await session.execute(
-                select(User.id, User.exclusions).where(User.address == user.strip().lower())
-            )
-        ).first()
-        user_id = row.id if row is not None else None
-        hashes = frozenset(await erasure.forgotten_hashes(session, user_id))
+        facts = await sender_facts(session, user)
         return TrackingFacts(
-            exclusions=list(row.exclusions or []) if row is not None else [],
-            forgotten_hashes=hashes,
+            exclusions=facts.exclusions,
+            forgotten_hashes=facts.forgotten_hashes,
             erasure_key=await appsecrets.cached_secret(session, erasure.ERASURE_KEY)
-            if hashes
+            if facts.forgotten_hashes
             else "",
             token_key=await appsecrets.token_key(session),
         )
@@ -188,10 +182,9 @@ async def record_spooled(
     async with sessions.begin() as session:
         if maybe_recorded and await tokens_recorded(session, [d.token for d in deliveries]):
             return
-        owner = await get_or_create_user(session, user)
         await insert_spooled_message(
             session,
-            user_id=owner.id,
+            user_address=user,
             envelope_from=envelope_from,
             subject=subject[:1000],
             message_id_header=message_id_header[:1000],
@@ -208,6 +201,9 @@ async def record_spooled(
                 for d in deliveries
             ],
         )
+        await webhooks.enqueue_untracked(
+            session, [d.token for d in deliveries if d.untracked_reason]
+        )
 
 
 async def sync_outcomes(
@@ -216,6 +212,9 @@ async def sync_outcomes(
     """(token, outcome, reply) as the spool has them."""
     async with sessions.begin() as session:
         await set_outcomes_by_token(session, outcomes)
+        await webhooks.enqueue_failures_by_token(
+            session, [token for token, outcome, _ in outcomes if outcome in FAILED_OUTCOMES]
+        )
 
 
 # Recording without the spool: the deliveries of a message made elsewhere (benchmarks and
@@ -278,6 +277,7 @@ async def record_message(
             sender_prefix=sender_prefix,
             owner=owner,
         )
+        await webhooks.enqueue_untracked(session, [d.token for d in rows if d.untracked_reason])
         return RecordedMessage(
             id=message.id,
             deliveries=tuple(
@@ -292,3 +292,6 @@ async def record_outcomes(
 ) -> None:
     async with sessions.begin() as session:
         await set_outcomes(session, outcomes)
+        await webhooks.enqueue_failures(
+            session, [d for d, outcome, _ in outcomes if outcome in FAILED_OUTCOMES]
+        )

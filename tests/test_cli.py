@@ -37,6 +37,7 @@ SUBCOMMANDS: dict[str, list[str]] = {
     "queue": ["list"],
     "networks": ["update", "--data-dir", "nets"],
     "forget": ["someone@example.com"],
+    "webhook": ["list"],
 }
 
 

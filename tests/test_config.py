@@ -33,15 +33,25 @@ def test_every_key_is_documented_in_the_example() -> None:
     import dataclasses
     import tomllib
 
-    from relay.config import Config
+    from relay.config import Config, OAuthConfig
 
     # A key may be shown commented out where its default depends on other keys.
     text = re.sub(r"^# (\w+ = )", r"\1", EXAMPLE.read_text(), flags=re.M)
     documented = tomllib.loads(text)
     for f in dataclasses.fields(Config):
-        if f.name in ("relay", "upstream", "pixelserver", "database", "geoip", "privacy"):
+        if f.name in (
+            "relay",
+            "upstream",
+            "pixelserver",
+            "database",
+            "geoip",
+            "privacy",
+            "connect",
+        ):
             keys = {k.name for k in dataclasses.fields(f.default_factory())}  # type: ignore[misc]
             assert keys == set(documented[f.name]), f.name
+    oauth_keys = {k.name for k in dataclasses.fields(OAuthConfig)}
+    assert oauth_keys == set(documented["upstream"]["oauth"])
 
 
 @pytest.mark.parametrize(

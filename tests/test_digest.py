@@ -452,8 +452,10 @@ async def test_a_failed_digest_is_reported_on_the_settings_page(site, tmp_path, 
     from tests.test_links_settings import WebSession
 
     cfg, _, _ = site
-    tomorrow = dt.datetime.now(UTC).date() + dt.timedelta(days=1)
-    clock = Clock(dt.datetime.combine(tomorrow, dt.time(8), UTC))
+    # The first 08:00 after the site's mail was sent: its digest covers the day before it.
+    now = dt.datetime.now(UTC)
+    eight = dt.datetime.combine(now.date(), dt.time(8), UTC)
+    clock = Clock(eight if now < eight else eight + dt.timedelta(days=1))
     async with capture_upstream(refuse={"ana@example.org": "451 4.7.1 Greylisted"}) as up:
         runner = runner_for(tmp_path, db_url, store, up.port, clock)
         results = {s.user: s.status for s in await runner.tick()}

@@ -23,6 +23,7 @@ LAYERS = {
     "vocabulary": 0,
     "config": 0,
     "tokens": 0,
+    "oauthcode": 1,  # users' OAuth 2.0 grants: needs only the settings
     "verdicts": 1,
     "metrics": 2,
     "store": 2,
@@ -132,6 +133,7 @@ VOCABULARY_ONLY = (
     "dkim_signed",
     "opted_out",
     "store_unavailable",
+    "one_gmail_send_for_all",
 )
 
 

@@ -456,6 +456,10 @@ def test_mailgem_fixture(path) -> None:
     raw = path.read_bytes()
     prepared = rewrite.prepare(raw, own_pixel_prefix=PREFIX)
     out = rewrite.render(prepared, URL)
+    # Every copy spliced from the once-encoded bodies is the copy rendered on its own.
+    assert out == rewrite.render_each(prepared, URL)
+    other = PREFIX + "z9-_" * 5 + "Qq.gif"
+    assert rewrite.render(prepared, other) == rewrite.render_each(prepared, other)
     if prepared.tracked:
         body_parts = sum(is_body_html(p) for p in leaves(raw))
         assert prepared.html_parts == body_parts
@@ -698,3 +702,83 @@ def test_a_multipart_cut_before_its_closing_delimiter_is_untouched(
     prepared = rewrite.prepare(data)
     assert prepared.untracked_reason == rewrite.UNPARSABLE
     assert rewrite.render(prepared, URL) == data
+
+
+tokens = st.text(
+    alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+    min_size=22,
+    max_size=22,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    body=html_texts,
+    prefix=st.text(alphabet="x<> =é\t.", max_size=120),
+    cte=st.sampled_from(["7bit", "8bit", "quoted-printable", "base64"]),
+    charset=st.sampled_from(["utf-8", "iso-8859-1", "shift_jis", "utf-16"]),
+    eol=st.sampled_from(["\r\n", "\n"]),
+    public=st.sampled_from(
+        ["http://127.0.0.1:8025", "https://px.example.com", "https://a=b.example"]
+    ),
+    copies=st.lists(tokens, min_size=1, max_size=4),
+)
+def test_a_spliced_copy_is_the_copy_rendered_on_its_own(
+    body: str, prefix: str, cte: str, charset: str, eol: str, public: str, copies: list[str]
+) -> None:
+    """Each copy's token spliced into the body encoded once equals, byte for byte, the body
+    encoded anew for that copy, wherever quoted-printable breaks the line the pixel is in."""
+    html = f"{prefix}<html><body>{body}</body></html>".replace("\n", eol)
+    data = html.encode(charset, "ignore")
+    if cte == "quoted-printable":
+        encoded = quopri.encodestring(data.replace(b"\r\n", b"\n")).replace(b"\n", eol.encode())
+    elif cte == "base64":
+        encoded = base64.encodebytes(data).replace(b"\n", eol.encode())
+    else:
+        encoded = data
+    raw = html_message(encoded, cte=cte, charset=charset).replace(b"\r\n", eol.encode())
+    prepared = rewrite.prepare(raw, own_pixel_prefix=public + "/p/")
+    assert prepared.tracked
+    for token in copies:
+        url = f"{public}/p/{token}.gif"
+        assert rewrite.render(prepared, url) == rewrite.render_each(prepared, url)
+    # The fast way was taken wherever it can be (a URL with "=" is escaped by
+    # quoted-printable, base64 and wide charsets do not keep a URL's bytes in place).
+    (slot,) = (p for p in prepared.pieces if isinstance(p, rewrite.HtmlSlot))
+    spliced = slot._templates.get(len(url)) is not None
+    assert spliced == (cte != "base64" and charset != "utf-16" and "=" not in public)
+
+
+def test_a_soft_line_break_inside_the_url_stays_where_it_was() -> None:
+    """Quoted-printable breaks lines at 76 octets: moving the pixel along the line puts the
+    break at every place in its URL, and every spliced copy still equals its own rendering."""
+    breaks_in_url = set()
+    for shift in range(80):
+        html = f"<html><head><title>{'x' * shift}</title></head><body><p>Hallo</p></body>"
+        encoded = quopri.encodestring(html.encode())
+        prepared = rewrite.prepare(html_message(encoded, cte="quoted-printable"))
+        for token in ("A" * 22, "z9-_" * 5 + "Qq"):
+            url = PREFIX + token + ".gif"
+            assert rewrite.render(prepared, url) == rewrite.render_each(prepared, url)
+        (slot,) = (p for p in prepared.pieces if isinstance(p, rewrite.HtmlSlot))
+        breaks_in_url.update(slot._templates[len(url)].cuts)
+    assert breaks_in_url == set(range(1, len(url)))
+
+
+@settings(max_examples=500)
+@given(
+    raw=st.lists(st.sampled_from([b"--", b"b=1", b"-", b"\r\n", b"\n", b" ", b"\t", b"x"])).map(
+        b"".join
+    ),
+    cut=st.integers(0, 3),
+)
+def test_delimiters_are_found_where_the_line_anchored_regex_finds_them(
+    raw: bytes, cut: int
+) -> None:
+    import re
+
+    start, end = min(cut, len(raw)), max(len(raw) - cut, min(cut, len(raw)))
+    regex = re.compile(rb"^--b=1(--)?[ \t]*(?:\r?\n|\Z)", re.M)
+    expected = [(m.start(), m.end(), m.group(1)) for m in regex.finditer(raw, start, end)]
+    found = [(s, m.end(), m.group(1)) for s, m in rewrite._delimiters(raw, start, end, b"b=1")]
+    assert found == expected

@@ -218,3 +218,164 @@ async def test_search_finds_any_part_of_a_subject_or_recipient(store) -> None:
         ):
             ids[r.subject] = r.id
     assert await found("client", before_id=ids['He said "hi"']) == ["Quote for Lyon"]
+
+
+async def test_relay_records_below_the_orm_are_the_rows_the_orm_writes(store) -> None:
+    """The relay's statements (one or two per message, one per batch of outcomes, straight to
+    the driver) leave exactly the rows that ORM objects with the same values leave."""
+    from sqlalchemy import select
+
+    from pixelserver.store.accounts import get_or_create_user
+    from pixelserver.store.messages import insert_spooled_message, set_outcomes_by_token
+    from pixelserver.store.schema import Delivery, User
+    from pixelserver.verdicts.state import WAITING_OUTCOMES, outcome_state
+
+    accepted = dt.datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=dt.UTC)
+    heard = dt.datetime(2026, 3, 4, 5, 6, 9, 123456, tzinfo=dt.UTC)
+    plan = [
+        ("ana@example.org", "tracked", None, "accepted", "250 2.0.0 OK"),
+        ("bo@example.org", "untracked", "excluded", "accepted", "250 ok"),
+        ("cy@example.org", "tracked", None, "rejected", "550 5.1.1 no such user"),
+        ("di@example.org", "tracked", None, "deferred", "451 try later"),
+        ("ed@example.org", "untracked", "excluded", "queued", ""),
+    ]
+
+    def token(way: str, i: int) -> str:
+        return f"{way}{i}".ljust(22, "t")
+
+    async def fast(sender: str) -> int:
+        async with store.begin() as s:
+            message_id = await insert_spooled_message(
+                s,
+                user_address=sender,
+                envelope_from=sender,
+                subject="Grüße ✓",
+                message_id_header="<a@b>",
+                size=4242,
+                accepted_at=accepted,
+                sender_prefix="192.0.2.0/24",
+                deliveries=[
+                    NewDelivery(r, token(f"f{sender[0]}", i), t, why)
+                    for i, (r, t, why, _, _) in enumerate(plan)
+                ],
+            )
+        async with store.begin() as s:
+            rows = [(token(f"f{sender[0]}", i), o, reply) for i, (*_, o, reply) in enumerate(plan)]
+            await set_outcomes_by_token(s, rows, now=heard)
+        return message_id
+
+    async def orm(sender: str) -> int:
+        async with store.begin() as s:
+            user = await get_or_create_user(s, sender)
+            message = Message(
+                user_id=user.id,
+                envelope_from=sender,
+                subject="Grüße ✓",
+                message_id_header="<a@b>",
+                size=4242,
+                accepted_at=accepted,
+                sender_prefix="192.0.2.0/24",
+                search_text=search_text("Grüße ✓", [p[0] for p in plan]),
+                source="relay",
+            )
+            s.add(message)
+            await s.flush()
+            for i, (r, t, why, _, _) in enumerate(plan):
+                s.add(
+                    Delivery(
+                        message_id=message.id,
+                        recipient=r,
+                        token=token(f"o{sender[0]}", i),
+                        tracking=t,
+                        untracked_reason=why,
+                        outcome="queued",
+                        state="queued",
+                    )
+                )
+                await s.flush()
+        async with store.begin() as s:
+            for i, (_, t, _, o, reply) in enumerate(plan):
+                d = (
+                    await s.execute(
+                        select(Delivery).where(Delivery.token == token(f"o{sender[0]}", i))
+                    )
+                ).scalar_one()
+                d.outcome, d.upstream_reply = o, reply
+                d.finished_at = None if o in WAITING_OUTCOMES else heard
+                d.state = outcome_state(o) or ("untracked" if t == "untracked" else "not_opened")
+                d.state_changed_at = heard
+        return message.id
+
+    def columns(row, leave: set[str]) -> dict:
+        return {c.name: getattr(row, c.key) for c in row.__table__.columns if c.name not in leave}
+
+    async def stored(message_id: int) -> tuple[dict, list[dict]]:
+        async with store() as s:
+            m = await s.get(Message, message_id)
+            ds = (
+                await s.execute(
+                    select(Delivery).where(Delivery.message_id == message_id).order_by(Delivery.id)
+                )
+            ).scalars()
+            return columns(m, {"id", "user_id"}), [
+                columns(d, {"id", "message_id", "token"}) for d in ds
+            ]
+
+    # A sender the store does not know yet (its row is made on the way), then a known one.
+    for sender in ("new@example.com", "known@example.com"):
+        if sender.startswith("known"):
+            async with store.begin() as s:
+                await get_or_create_user(s, sender)
+        fast_id = await fast(sender)
+        orm_id = await orm(sender)
+        assert await stored(fast_id) == await stored(orm_id)
+        async with store() as s:
+            owners = (
+                await s.execute(select(Message.user_id).where(Message.id.in_([fast_id, orm_id])))
+            ).scalars()
+            (owner,) = set(owners)
+            assert (await s.get(User, owner)).address == sender
+    fast_rows = (await stored(fast_id))[1]
+    assert [d["state"] for d in fast_rows] == [
+        "not_opened",
+        "untracked",
+        "failed",
+        "queued",
+        "queued",
+    ]
+
+
+async def test_the_senders_facts_in_one_statement(store) -> None:
+    """Id, exclusions and the hashes of forgotten recipients (theirs and everyone's), as the
+    ORM reads them, for a known sender and for one the store does not know."""
+    from pixelserver.store import erasure
+    from pixelserver.store.accounts import get_or_create_user
+
+    unknown = await _facts(store, "nobody@example.com")
+    assert (unknown.user_id, unknown.exclusions, unknown.forgotten_hashes) == (
+        None,
+        [],
+        frozenset(),
+    )
+    async with store.begin() as s:
+        user = await get_or_create_user(s, "ana@example.org")
+        user.exclusions = ["internal.example", "boss@example.org"]
+    await erasure.forget_recipient(store, "carol@gmail.com", user="ana@example.org")
+    await erasure.forget_recipient(store, "zed@example.net", user=None)  # for everyone
+    await erasure.forget_recipient(store, "x@example.net", user="other@example.org")
+    async with store() as s:
+        everyone = set(await erasure.forgotten_hashes(s, None))
+        hers = set(await erasure.forgotten_hashes(s, user.id))
+    facts = await _facts(store, " Ana@Example.org ")
+    assert facts.user_id == user.id
+    assert facts.exclusions == ["internal.example", "boss@example.org"]
+    assert facts.forgotten_hashes == hers and len(hers) == 2
+    assert (await _facts(store, "nobody@example.com")).forgotten_hashes == everyone
+    assert len(everyone) == 1
+
+
+async def _facts(store, address: str):
+    from pixelserver.store.messages import sender_facts
+
+    async with store() as s:
+        return await sender_facts(s, address)

@@ -185,7 +185,10 @@ async def test_open_page_updates_live_with_the_right_chips(site, browser) -> Non
     assert await dan.inner_text() == "Read · Thunderbird 128 · Pinole, California, US"
     assert await page.locator('tr[data-recipient="dan@example.net"] .humans').inner_text() == "1"
     first_open = await page.locator('tr[data-recipient="dan@example.net"] .first-open').inner_text()
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", first_open), first_open
+    # In the user's zone (UTC by default), with how long after sending.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC \d+ (s|min) after sending", first_open), (
+        first_open
+    )
     await page.set_viewport_size({"width": 1000, "height": 600})
     await page.screenshot(path=str(SHOTS / "messages.png"), full_page=True)
     await page.goto(f"{base}/messages/{ids[XSS]}")

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver.store.accounts import get_or_create_user
 from pixelserver.store.appsecrets import app_secret
+from pixelserver.store.mailaccounts import MailAccount
 from pixelserver.store.messages import search_text
 from pixelserver.store.schema import (
     ApiToken,
@@ -185,6 +186,7 @@ async def erase_user(
                 UserNetwork,
                 DigestRun,
                 ForgottenRecipient,
+                MailAccount,
             ):
                 await session.execute(delete(table).where(table.user_id == user_id))
             await session.execute(delete(User).where(User.id == user_id))

@@ -283,6 +283,7 @@ class Change:
     delivery: DeliveryRow
     subject: str
     changed_at: dt.datetime
+    accepted_at: dt.datetime | None = None  # when the message was sent
 
 
 async def changes_since(
@@ -291,7 +292,7 @@ async def changes_since(
     """This user's deliveries whose state changed after `since`, oldest change first."""
     q = (
         owned(
-            select(Delivery, Message.subject)
+            select(Delivery, Message.subject, Message.accepted_at)
             .join(Message, Message.id == Delivery.message_id)
             .where(Delivery.state_changed_at > since),
             user,
@@ -300,6 +301,6 @@ async def changes_since(
         .limit(limit)
     )
     return [
-        Change(delivery_row(d), subject, d.state_changed_at)
-        for d, subject in (await session.execute(q)).all()
+        Change(delivery_row(d), subject, d.state_changed_at, sent)
+        for d, subject, sent in (await session.execute(q)).all()
     ]

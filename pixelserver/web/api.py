@@ -27,6 +27,7 @@ from pixelserver.store.schema import Hit
 from pixelserver.verdicts.state import STATES
 from pixelserver.vocabulary import Tracking
 from pixelserver.web.base import BasePage
+from pixelserver.web.localtime import LocalTime
 
 OPENAPI = Path(__file__).parent / "openapi.json"
 MAX_LIMIT = 200
@@ -253,9 +254,14 @@ EXPORT_FIELDS = (
 
 
 async def export_rows(
-    session: AsyncSession, user: str | None, filters: queries.Filters
+    session: AsyncSession,
+    user: str | None,
+    filters: queries.Filters,
+    local: LocalTime | None = None,
 ) -> list[dict]:
-    """Every delivery of the messages matching `filters`, one flat row each (newest first)."""
+    """Every delivery of the messages matching `filters`, one flat row each (newest first);
+    times in the user's zone (`local`) as ISO 8601 with its offset, so still exact."""
+    when = local.iso if local is not None else _when
     rows: list[dict] = []
     before = None
     while len(rows) < EXPORT_ROWS:
@@ -266,10 +272,12 @@ async def export_rows(
                 rows.append(
                     {
                         "message_id": m.id,
-                        "sent_at": _when(m.accepted_at),
+                        "sent_at": when(m.accepted_at),
                         "subject": m.subject,
                         "source": m.source,
                         **{k: j[k] for k in EXPORT_FIELDS[4:]},
+                        "first_open": when(d.state.first_open),
+                        "last_open": when(d.state.last_open),
                     }
                 )
         if len(page) < 500:
@@ -297,8 +305,9 @@ class ExportApi(ApiHandler):
         if fmt not in ("json", "csv"):
             raise ApiError(400, "bad_format", "format must be json or csv")
         filters = queries.Filters(since=self.date("since"), until=self.date("until"))
+        local = await self.local_time(self.api_user)
         async with self.sessions() as session:
-            rows = await export_rows(session, self.api_user, filters)
+            rows = await export_rows(session, self.api_user, filters, local)
         if fmt == "json":
             self.write({"deliveries": rows})
             return

@@ -11,7 +11,13 @@ from pathlib import Path
 import tornado.web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixelserver.config import DigestConfig, PixelServerConfig, parse_listen, parse_networks
+from pixelserver.config import (
+    DigestConfig,
+    PixelServerConfig,
+    WebhooksConfig,
+    parse_listen,
+    parse_networks,
+)
 from pixelserver.metrics import MetricsHandler
 from pixelserver.tokens import pixel_url
 from pixelserver.verdicts.networks import DataSource, Network, client_ip, mask
@@ -25,6 +31,7 @@ from pixelserver.web.api import (
     RecipientApi,
 )
 from pixelserver.web.base import LoginPage, LogoutPage, WebAuth, demo_hosts
+from pixelserver.web.connect import ConnectCallback, Connector, ConnectStart
 from pixelserver.web.live import EventsHandler
 from pixelserver.web.reports import (
     AboutPage,
@@ -37,6 +44,7 @@ from pixelserver.web.reports import (
     RecipientPage,
     SettingsPage,
 )
+from pixelserver.web.webhookpages import WebhookApi, WebhookAttemptsApi, WebhooksApi
 
 HERE = Path(__file__).parent
 access_log = logging.getLogger("tornado.access")
@@ -77,6 +85,8 @@ def make_app(
     outbox_dir: Path | None = None,
     data_sources: Sequence[DataSource] = (),
     digest: DigestConfig | None = None,
+    webhooks: WebhooksConfig | None = None,
+    connector: Connector | None = None,
 ) -> tornado.web.Application:
     trusted = parse_networks(config.trusted_proxies, "-", "pixelserver.trusted_proxies")
     pages = {
@@ -86,6 +96,8 @@ def make_app(
         "outbox_dir": outbox_dir,
         "pixel_url": functools.partial(pixel_url, config.public_url, config.pixel_path),
         "digest_defaults": digest or DigestConfig(),
+        "webhooks": webhooks or WebhooksConfig(),
+        "connector": connector,
         "demo_hosts": demo_hosts(
             parse_listen(config.listen, "-", "pixelserver.listen"), config.public_url
         ),
@@ -104,9 +116,14 @@ def make_app(
             (r"/api/v1/deliveries/([0-9]{1,18})/hits", HitsApi, pages),
             (r"/api/v1/export", ExportApi, pages),
             (r"/api/v1/recipients/([^/]+)", RecipientApi, pages),
+            (r"/api/v1/webhooks", WebhooksApi, pages),
+            (r"/api/v1/webhooks/attempts", WebhookAttemptsApi, pages),
+            (r"/api/v1/webhooks/([^/]+)", WebhookApi, pages),
             (r"/api/v1/openapi.json", OpenApiDocument, pages),
             (r"/api/.*", NotFoundApi, pages),
             (r"/settings", SettingsPage, pages),
+            (r"/settings/connect/callback", ConnectCallback, pages),
+            (r"/settings/connect/(microsoft|google)", ConnectStart, pages),
             (r"/links/new", NewLinkPage, pages),
             (r"/login", LoginPage, pages),
             (r"/logout", LogoutPage, pages),

@@ -16,12 +16,14 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from pixelserver.config import DigestConfig
 from pixelserver.store.accounts import add_user_network
 from pixelserver.store.throttle import LoginThrottle, TooManyAttempts
 from pixelserver.store.websessions import (
@@ -31,6 +33,7 @@ from pixelserver.store.websessions import (
     web_session_user,
 )
 from pixelserver.verdicts.networks import Network, client_ip, is_loopback, mask
+from pixelserver.web.localtime import LocalTime, user_zone
 
 log = logging.getLogger("mailping.web")
 
@@ -124,8 +127,27 @@ class BasePage(tornado.web.RequestHandler):
             self.current_user = await self._session_user()
             if self.current_user is None and self.needs_login:
                 self.redirect(f"/login?next={tornado.escape.url_escape(self.request.uri or '/')}")
-            return
-        await self._demo_access()
+                return
+        else:
+            await self._demo_access()
+        self.local = await self.local_time(self.user)
+
+    local: LocalTime = LocalTime("UTC")
+
+    async def local_time(self, user: str | None) -> LocalTime:
+        """The user's time zone from Settings (the [digest] default for the demo, or while
+        the store cannot say): every time on a page, in an export or a notification."""
+        defaults = self.extra.get("digest_defaults") or DigestConfig()
+        try:
+            async with self.sessions() as session:
+                return LocalTime(await user_zone(session, user, defaults))  # type: ignore[arg-type]
+        except SQLAlchemyError:
+            return LocalTime(defaults.timezone)  # type: ignore[union-attr]
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        namespace = super().get_template_namespace()
+        namespace["local"] = self.local
+        return namespace
 
     needs_login = True
 

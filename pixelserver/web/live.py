@@ -15,10 +15,15 @@ import tornado.iostream
 from sqlalchemy.exc import SQLAlchemyError
 
 from pixelserver.store import queries
+from pixelserver.vocabulary import State
 from pixelserver.web.base import BasePage
 
 POLL = 1.0
 KEEPALIVE = 15.0
+FIRST_OPEN_STATES = (State.OPENED, State.PROBABLY_OPENED)
+# A first open at most this long before the page was opened still notifies (the hit pipeline
+# writes hits some 100 ms after the fetch).
+FIRST_OPEN_GRACE = dt.timedelta(seconds=10)
 
 
 class EventsHandler(BasePage):
@@ -26,7 +31,8 @@ class EventsHandler(BasePage):
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Accel-Buffering", "no")  # nginx: pass events through unbuffered
-        since = dt.datetime.now(dt.UTC)
+        since = started = dt.datetime.now(dt.UTC)
+        local = self.local
         idle = 0.0
         try:
             self.write("retry: 2000\n\n")
@@ -49,8 +55,14 @@ class EventsHandler(BasePage):
                         "chip": d.chip,
                         "humans": d.state.human_hits,
                         "machines": d.state.machine_hits,
-                        "first_open": _minute(d.state.first_open),
-                        "last_open": _minute(d.state.last_open),
+                        "first_open": local(d.state.first_open),
+                        "last_open": local(d.state.last_open),
+                        # A first open while the page is open: what a notification is for.
+                        "first_open_now": d.state.state in FIRST_OPEN_STATES
+                        and d.state.first_open is not None
+                        and d.state.first_open >= started - FIRST_OPEN_GRACE,
+                        "opened_at": local.clock(d.state.first_open),
+                        "after_sending": local.after_sending(d.state.first_open, c.accepted_at),
                     }
                     self.write(f"event: state\ndata: {json.dumps(payload)}\n\n")
                 if changes:
@@ -63,7 +75,3 @@ class EventsHandler(BasePage):
                 await asyncio.sleep(POLL)
         except tornado.iostream.StreamClosedError:
             return
-
-
-def _minute(value: dt.datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M") if value else "–"

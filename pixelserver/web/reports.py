@@ -11,20 +11,39 @@ import email
 import email.policy
 import importlib.metadata
 import logging
+import secrets
 import zoneinfo
 
+import argon2
 import tornado.ioloop
 import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 
 from pixelserver.config import DigestConfig
-from pixelserver.store import digests, erasure, links, preferences, queries
-from pixelserver.store.accounts import api_tokens, create_api_token, revoke_api_token
+from pixelserver.oauthcode import LABELS
+from pixelserver.store import (
+    digests,
+    erasure,
+    links,
+    mailaccounts,
+    preferences,
+    queries,
+    webhookledger,
+    webhooks,
+)
+from pixelserver.store.accounts import (
+    api_tokens,
+    create_api_token,
+    revoke_api_token,
+    set_local_user,
+)
 from pixelserver.store.websessions import count_user_sessions, end_other_sessions
 from pixelserver.verdicts.networks import mask
 from pixelserver.verdicts.state import STATE_WORDS, STATES, VERDICT_WORDS
 from pixelserver.web.base import BasePage
 from pixelserver.web.chart import hits_svg
+from pixelserver.web.connect import Connector, disconnect
+from pixelserver.web.webhookpages import add_for, webhook_config
 
 log = logging.getLogger("mailping.web")
 
@@ -83,7 +102,7 @@ class ExportPage(BasePage):
             until=_date(self.get_query_argument("until", None)),
         )
         async with self.sessions() as session:
-            rows = await export_rows(session, self.user, filters)
+            rows = await export_rows(session, self.user, filters, self.local)
         write_csv(self, rows)
 
 
@@ -231,14 +250,29 @@ class NewLinkPage(BasePage):
 class SettingsPage(BasePage):
     """The user's digest, whom never to track, and personal API tokens (shown once)."""
 
-    async def get(self, new_token: str | None = None, error: str = "", saved: bool = False) -> None:
+    async def get(
+        self,
+        new_token: str | None = None,
+        error: str = "",
+        saved: bool = False,
+        new_secret: str | None = None,
+        notice: str = "",
+        mail_password: str = "",
+    ) -> None:
         if self.user is None:
             raise tornado.web.HTTPError(404)  # the demo mode has no users to keep settings for
+        connector = self.extra.get("connector")
         async with self.sessions() as session:
             tokens = await api_tokens(session, self.user)
+            hooks = await webhooks.endpoints(session, self.user)
+            attempts = await webhookledger.recent_attempts(session, self.user, 20)
             prefs = await preferences.load(session, self.user, self.digest_defaults)
             last_digest = await digests.latest(session, self.user)
             active = await count_user_sessions(session, self.user, self.auth.limits)
+            account = await mailaccounts.connection(session, self.user) if connector else None
+        connected = self.get_query_argument("connected", "")
+        if connected in LABELS and not notice:
+            notice = f"Your {LABELS[connected]} account is connected: MailPing sends as you."
         self.render(
             "settings.html",
             tokens=tokens,
@@ -251,6 +285,17 @@ class SettingsPage(BasePage):
             active_sessions=active,
             idle_minutes=int(self.auth.limits.idle.total_seconds() // 60),
             max_hours=int(self.auth.limits.absolute.total_seconds() // 3600),
+            hooks=hooks,
+            attempts=attempts,
+            new_secret=new_secret,
+            event_types=webhooks.EVENT_TYPES,
+            connector=connector,
+            account=account,
+            labels=LABELS,
+            notice=notice,
+            connect_error=self.get_query_argument("connect_error", "")[:300],
+            mail_password=mail_password,
+            local_logins=self.auth.mode == "local",
         )
 
     @property
@@ -261,7 +306,24 @@ class SettingsPage(BasePage):
         if self.user is None:
             raise tornado.web.HTTPError(404)
         action = self.get_body_argument("action", "")
-        token = None
+        token = secret = None
+        connector = self.extra.get("connector")
+        if action == "disconnect" and isinstance(connector, Connector):
+            try:
+                words = await disconnect(connector, self.sessions, self.user)
+            except SQLAlchemyError:
+                raise tornado.web.HTTPError(503) from None
+            await self.get(notice=words)
+            return
+        if action == "mail_password" and self.auth.mode == "local":
+            password = new_mail_password()
+            hashed = await tornado.ioloop.IOLoop.current().run_in_executor(
+                None, MAIL_HASHER.hash, password
+            )
+            async with self.sessions.begin() as session:
+                await set_local_user(session, self.user, hashed)
+            await self.get(mail_password=password)
+            return
         try:
             async with self.sessions.begin() as session:
                 if action == "create":
@@ -285,13 +347,33 @@ class SettingsPage(BasePage):
                     await preferences.save(
                         session, self.user, digest, self.get_body_argument("exclusions", "")
                     )
+                elif action == "webhook_add":
+                    _, secret = await add_for(
+                        session,
+                        self.user,
+                        self.get_body_argument("url", ""),
+                        self.get_body_arguments("events"),
+                        webhook_config(self),
+                    )
+                elif action == "webhook_remove":
+                    await webhooks.remove_endpoint(
+                        session, int(self.get_body_argument("webhook_id", "0") or 0), self.user
+                    )
                 else:
                     raise tornado.web.HTTPError(400)
-        except preferences.PreferenceError as exc:
+        except (preferences.PreferenceError, webhooks.WebhookError) as exc:
             self.set_status(400)
             await self.get(error=str(exc))
             return
-        await self.get(new_token=token, saved=action == "preferences")
+        await self.get(new_token=token, saved=action == "preferences", new_secret=secret)
 
 
 ZONES = sorted(zoneinfo.available_timezones())
+MAIL_HASHER = argon2.PasswordHasher()  # argon2id, as `mailping user add` stores passwords
+
+
+def new_mail_password() -> str:
+    """A password for the user's mail client: 20 characters from an unambiguous alphabet,
+    about 115 bits; shown once, only its hash is kept."""
+    alphabet = "abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+    return "-".join("".join(secrets.choice(alphabet) for _ in range(5)) for _ in range(4))

@@ -130,6 +130,13 @@ def compose(data: DigestData, tz: ZoneInfo, report_url: str, now: dt.datetime) -
         f'<p style="margin:0 0 4px;color:#57606a;font-size:13px">{escape(period)}</p>',
         f'<p style="margin:0 0 16px;font-size:16px">{escape(summary)}</p>',
     ]
+    if data.account_problem:
+        text += [f"ACTION NEEDED: {data.account_problem} {base}/settings", ""]
+        html.append(
+            '<p style="margin:0 0 16px;color:#a40e26;font-weight:600">'
+            f"{escape(data.account_problem)}"
+            f' <a href="{escape(base)}/settings" style="color:#0969da">Settings</a></p>'
+        )
     if data.sent:
         text.append("SENT")
         html.append(_heading("Sent"))

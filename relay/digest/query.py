@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from pixelserver.oauthcode import LABELS
+from pixelserver.store import mailaccounts
 from pixelserver.store.queries import (
     MESSAGE_COLUMNS,
     DeliveryRow,
@@ -47,6 +49,8 @@ class DigestData:
     more_sent: int  # beyond MAX_MESSAGES
     late_opens: list[LateOpen]
     unopened: int  # messages of the last UNOPENED_DAYS days that nobody has read yet
+    # The user's connected mail account stopped working (their mail waits): words, or "".
+    account_problem: str = ""
 
     @property
     def failed(self) -> list[tuple[MessageRow, DeliveryRow]]:
@@ -55,7 +59,7 @@ class DigestData:
     @property
     def empty(self) -> bool:
         """Nothing sent and nothing opened: a day worth no email unless asked for."""
-        return not self.sent and not self.late_opens
+        return not self.sent and not self.late_opens and not self.account_problem
 
 
 async def collect(
@@ -108,4 +112,16 @@ async def collect(
             LateOpen(i, subject, sent, delivery_row(d)) for i, subject, sent, d in late.all()
         ],
         unopened=unopened,
+        account_problem=await _account_problem(session, user),
+    )
+
+
+async def _account_problem(session: AsyncSession, user: str) -> str:
+    found = await mailaccounts.connection(session, user)
+    if found is None or found.status != mailaccounts.BROKEN:
+        return ""
+    label = LABELS.get(found.provider, found.provider)
+    return (
+        f"Your {label} account ({found.address}) stopped working for MailPing: {found.problem}. "
+        "Your mail waits in the queue until you connect it again in Settings."
     )

@@ -6,6 +6,7 @@ connection (`AsyncConnection.run_sync`), so no second, synchronous driver is nee
 
 from alembic import context
 
+from pixelserver.store import webhookschema  # noqa: F401 - its tables join Base.metadata
 from pixelserver.store.schema import Base
 
 connection = context.config.attributes.get("connection")
