@@ -18,18 +18,28 @@ import os
 import secrets
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver import metrics
-from pixelserver.store.hitrecords import HitContext, NewHit, SenderNetworks, add_hits, hit_contexts
-from pixelserver.store.states import refresh_states
+from pixelserver.store.hitrecords import (
+    HitContext,
+    NewHit,
+    SenderNetworks,
+    add_new_hits,
+    encoder,
+    first_of_each_uid,
+    hit_contexts,
+)
+from pixelserver.store.states import advance_states
 from pixelserver.store.webhooks import enqueue_opens
 from pixelserver.verdicts import classify
 from pixelserver.verdicts.networks import NetworkFacts, Networks
+from pixelserver.verdicts.state import HitView
 
 log = logging.getLogger("mailping.hits")
 
@@ -41,6 +51,8 @@ MAX_UA = 512
 MAX_HEADER = 256
 MAX_BATCH = 200  # hits per transaction: small, so no step holds up the pixel (p99)
 READ_BYTES = 64 * 1024  # journal bytes parsed per step (about 200 hits)
+RETRY_MAX = 0.5  # seconds between attempts while the store is away
+BATCH_TIMEOUT = 60.0  # seconds a batch may take before it is abandoned and retried
 COMPACT_AT = 4 * 1024 * 1024  # rewrite the journal once this much of it has been consumed
 
 
@@ -236,7 +248,15 @@ class Journal:
             os.ftruncate(self._fd, 0)
             self.offset = 0
             self._size = 0
-        elif offset >= self.compact_at:
+        elif offset >= self.compact_at and (
+            size - offset <= self.compact_at // 4
+            or (offset >= 16 * self.compact_at and size - offset <= offset)
+        ):
+            # Only when little is left (the pipeline has nearly caught up), or, under a load it
+            # never catches up with, when what was consumed is large and outweighs the rest. A
+            # 25 MB backlog drained 64 KB at a time was rewritten (and fsync'd, on the loop
+            # answering pixels) from each 4 MB on, about 70 MB of writes; now a drain rewrites
+            # at most what it consumed, mostly in steps of at most 1 MB.
             with open(self.path, "rb") as f:
                 f.seek(offset)
                 rest = f.read()
@@ -330,7 +350,7 @@ class Judge:
             user_agent=ua,
             headers=dict(facts.headers),
             verdict=verdict.kind,
-            reasons=tuple(verdict.as_json()["reasons"]),
+            reasons=tuple({"code": r.code, "text": r.text} for r in verdict.reasons),
             confidence=verdict.confidence,
             rule=verdict.rule,
             seconds_after_send=seconds,
@@ -430,21 +450,25 @@ class HitPipeline:
                 batch = [r for r in records[i : i + MAX_BATCH] if _well_formed(r)]
                 # Earlier hits matter only within the burst window of this batch's first one.
                 start = min((r["at"] for r in batch), default=0) - classify.BURST_WINDOW
-                async with self.sessions.begin() as session:
+                # A batch stuck on a connection that died without a reset (no RST from a
+                # host gone away) would hold the journal forever: give up and retry.
+                async with asyncio.timeout(BATCH_TIMEOUT), self.sessions.begin() as session:
                     contexts = await hit_contexts(
                         session,
                         (r["t"] for r in batch),
                         dt.datetime.fromtimestamp(start, dt.UTC),
                         self.sender_networks,
                     )
-                    # Network lookups can take milliseconds when cold: keep them off the loop
-                    # that answers pixels.
-                    hits = await asyncio.to_thread(self.judge.batch, batch, contexts)
-                    stored, _ = await add_hits(session, hits)
-                    touched = {c.delivery_id for c in contexts.values()}
-                    await refresh_states(session, touched)
+                    # Network lookups can take milliseconds when cold, and judging and encoding
+                    # are pure Python over the batch: one trip to a worker thread for both,
+                    # off the loop that answers pixels.
+                    encode = await encoder(session)
+                    hits, rows = await asyncio.to_thread(self._judged, batch, contexts, encode)
+                    stored, fresh = await add_new_hits(session, hits, rows)
+                    moved = views_by_delivery(fresh)
+                    await advance_states(session, moved)
                     # In the same transaction: a first open is queued with the hit that made it.
-                    await enqueue_opens(session, touched)
+                    await enqueue_opens(session, moved.keys())
                 self.stored += stored
                 self.unknown += len(batch) - len(hits)
                 metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
@@ -454,6 +478,12 @@ class HitPipeline:
                     metrics.HITS.labels(verdict).inc(n)
             self.journal.committed(end)
             total += len(records)
+
+    def _judged(
+        self, batch: list[dict], contexts: dict[str, HitContext], encode: Callable
+    ) -> tuple[Sequence[NewHit], Any]:
+        hits = first_of_each_uid(self.judge.batch(batch, contexts))
+        return hits, encode(hits)
 
     async def _run(self) -> None:
         delay = self.interval
@@ -472,8 +502,32 @@ class HitPipeline:
                         "cannot write hits to the store (%s); keeping them in the journal", exc
                     )
                 self._failing = True
-                delay = min(max(delay * 2, 0.5), 5.0)
+                # Short: a refused connection costs nothing to retry, and each second waited
+                # after the store is back is a second of fetches more to drain (a backoff that
+                # doubled to 5 s left the store behind a loaded server for good).
+                delay = min(max(delay * 2, 0.25), RETRY_MAX)
             await asyncio.sleep(delay)
+
+
+def views_by_delivery(hits: Sequence[NewHit]) -> dict[int, list[HitView]]:
+    """New rows as the state computation sees them, per delivery, in insertion order."""
+    out: dict[int, list[HitView]] = {}
+    for h in hits:
+        assert h.delivery_id is not None
+        out.setdefault(h.delivery_id, []).append(
+            HitView(
+                h.at,
+                h.verdict,
+                h.rule,
+                h.ip_prefix,
+                h.client[:60],
+                h.country[:2],
+                h.region[:100],
+                h.city[:100],
+                h.confidence,
+            )
+        )
+    return out
 
 
 def _well_formed(record: dict) -> bool:

@@ -122,6 +122,26 @@ async def test_journal_keeps_no_address_while_the_store_is_away(
     assert files_holding(tmp_path, [*CLIENTS, FIRST_HOP]) == []
 
 
+def test_draining_a_large_journal_rewrites_at_most_what_it_consumed(tmp_path: Path) -> None:
+    """Compaction rewrites what is left after the consumed part. Draining a backlog in small
+    steps must not rewrite the rest again at every step past `compact_at` (which wrote the
+    journal's size squared over the step, with an fsync each, on the loop answering pixels)."""
+    path = tmp_path / "hits.journal"
+    journal = Journal(path, compact_at=16 * 1024)
+    for i in range(6000):
+        journal.append("203.0.113.0/24", (), f"{i:022d}", "GET", "ua", {})
+    total, rewritten, inode = journal.size(), 0, os.stat(path).st_ino
+    while records := journal.read_new()[0]:
+        journal.committed(journal.read_new()[1])
+        if os.stat(path).st_ino != inode:  # compacted: a new file holding what was left
+            inode = os.stat(path).st_ino
+            rewritten += journal.size()
+        assert records
+    journal.close()
+    assert journal.size() == 0
+    assert rewritten <= total
+
+
 def test_journal_compaction_keeps_the_file_private(tmp_path: Path) -> None:
     """The compacted journal replaces the old one: it must be 0600 like the original, whatever
     the process umask."""

@@ -5,9 +5,9 @@ Hit rows go in below the ORM: the one write that must keep up with a burst.
 SQLAlchemy's executemany spends more time building parameters than the database spends
 storing them. Below it: on PostgreSQL, one INSERT ... SELECT FROM unnest(one array per column)
 ... ON CONFLICT (uid) DO NOTHING per batch, a single round trip; on SQLite, the driver's
-executemany of INSERT OR IGNORE with values encoded by the columns' own type processors, so
-what is stored is exactly what the ORM would store. The encoding is pure Python over every row
-and runs on a worker thread, so a batch never holds up the loop that answers pixels.
+executemany of INSERT OR IGNORE with values encoded by the columns' own type processors (JSON
+by orjson), so what is stored is what the ORM would store. The encoding is pure Python over
+every row and runs on a worker thread, so a batch never holds up the loop that answers pixels.
 """
 
 from __future__ import annotations
@@ -17,11 +17,15 @@ import datetime as dt
 import functools
 import json
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
 from sqlalchemy import (
+    Integer,
+    cast,
+    func,
     select,
 )
 from sqlalchemy.ext.asyncio import (
@@ -151,14 +155,26 @@ async def hit_contexts(
         return {}
     nets = await (networks or SenderNetworks(ttl=0)).get(session, {r.user_id for r in rows})
     prior: dict[int, list[tuple[str, str, float]]] = {r.id: [] for r in rows}
-    earlier = select(Hit.delivery_id, Hit.ip_prefix, Hit.user_agent, Hit.seconds_after_send).where(
-        Hit.delivery_id.in_(prior.keys())
+    # The rules ask one thing of earlier hits: is there one from the same network within
+    # BURST_WINDOW seconds of this one. A pixel fetched thousands of times in the window would
+    # read thousands of rows per batch for that, so they are read grouped: per network and
+    # tenth of a second, the earliest and latest time. Exact: an interval of 2 x BURST_WINDOW
+    # holding some time of a group narrower than itself holds the group's first or last.
+    seconds = Hit.seconds_after_send
+    bucket = cast(seconds * 10, Integer)
+    earlier = (
+        select(Hit.delivery_id, Hit.ip_prefix, func.min(seconds), func.max(seconds))
+        .where(Hit.delivery_id.in_(prior.keys()), seconds.is_not(None))
+        .group_by(Hit.delivery_id, Hit.ip_prefix, bucket)
     )
     if prior_since is not None:
         earlier = earlier.where(Hit.at >= prior_since)
-    for delivery_id, prefix, ua, seconds in await session.execute(earlier.order_by(Hit.at)):
-        if seconds is not None:
-            prior[delivery_id].append((prefix, ua, seconds))
+    for delivery_id, prefix, first, last in await session.execute(earlier):
+        prior[delivery_id].append((prefix, "", first))
+        if last != first:
+            prior[delivery_id].append((prefix, "", last))
+    for times in prior.values():
+        times.sort(key=lambda p: p[2])  # oldest first, as the rules scan them
     return {
         r.token: HitContext(
             r.id,
@@ -179,14 +195,33 @@ async def add_hits(session: AsyncSession, hits: Sequence[NewHit]) -> tuple[int, 
     Hits are inserted with ON CONFLICT DO NOTHING on their uid so that replaying a journal
     after a crash never stores one fetch twice.
     """
+    known, _ = await add_new_hits(session, hits)
+    return known, len(hits) - known
+
+
+async def add_new_hits(
+    session: AsyncSession, hits: Sequence[NewHit], encoded: Encoded | None = None
+) -> tuple[int, list[NewHit]]:
+    """Store hits whose token is known; returns how many were known and the hits that are new
+    rows (not stored before, each uid once, in insertion order, with their delivery ids):
+    what the delivery states are moved by. `encoded`: the rows as `encoder` made them, for
+    hits that all carry their delivery id and each uid once (the pipeline encodes on its
+    worker thread, with the judging)."""
+    if encoded is not None:
+        inserted = await insert_encoded(session, hits, encoded)
+        return len(hits), [h for h in hits if h.uid in inserted]
     ids = {h.token: h.delivery_id for h in hits if h.delivery_id is not None}
     missing = [h.token for h in hits if h.delivery_id is None]
     if missing:
         ids.update(await delivery_ids_for_tokens(session, missing))
     known = [h for h in hits if h.token in ids]
-
-    await insert_hits(session, known, ids)
-    return len(known), len(hits) - len(known)
+    inserted = await insert_hits(session, known, ids)
+    fresh = []
+    for h in known:
+        if h.uid in inserted:
+            inserted.discard(h.uid)  # a uid twice in one batch is one row
+            fresh.append(h if h.delivery_id is not None else replace(h, delivery_id=ids[h.token]))
+    return len(known), fresh
 
 
 def hit_row(h: NewHit, delivery_id: int) -> dict[str, Any]:
@@ -229,31 +264,70 @@ JSON_COLUMNS = {"headers", "reasons", "net_lists"}
 _LIST = ", ".join(NAMES)
 
 
-async def insert_hits(session: AsyncSession, hits: Sequence[NewHit], ids: dict[str, int]) -> None:
-    """Insert judged hits (`ids`: their tokens' delivery ids), skipping uids already stored."""
+# Rows ready for the driver: PostgreSQL one list per column, SQLite one tuple per row.
+Encoded = list[Any]
+
+
+async def encoder(session: AsyncSession) -> Callable[[Sequence[NewHit]], Encoded]:
+    """The pure function turning judged hits (each with its delivery id) into rows for this
+    session's database, to run on a worker thread."""
+    dialect = (await session.connection()).dialect
+    if dialect.name == "postgresql":
+        return lambda hits: _as_arrays(hits, {})
+    processors = [c.type.bind_processor(dialect) for c in COLUMNS]
+    return lambda hits: _encode(hits, {}, processors)
+
+
+async def insert_hits(
+    session: AsyncSession, hits: Sequence[NewHit], ids: dict[str, int]
+) -> set[str]:
+    """Insert judged hits (`ids`: their tokens' delivery ids), skipping uids already stored;
+    returns the uids of the rows inserted now."""
     if not hits:
-        return
+        return set()
+    hits = first_of_each_uid(hits)
+    hits = [h if h.delivery_id is not None else replace(h, delivery_id=ids[h.token]) for h in hits]
+    encode = await encoder(session)
+    return await insert_encoded(session, hits, await asyncio.to_thread(encode, hits))
+
+
+async def insert_encoded(session: AsyncSession, hits: Sequence[NewHit], rows: Encoded) -> set[str]:
+    """Insert encoded rows, skipping uids already stored; returns the uids inserted now
+    (PostgreSQL: RETURNING; SQLite: the uids already there are read first; each journal has
+    one pipeline, so nothing adds them in between)."""
+    if not hits:
+        return set()
     conn = await session.connection()
-    raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
+    driver = (await conn.get_raw_connection()).driver_connection
     if conn.dialect.name == "postgresql":
-        arrays = await asyncio.to_thread(_as_arrays, hits, ids)
-        await driver.execute(_pg_insert(conn.dialect), *arrays)
-        return
-    processors = [c.type.bind_processor(conn.dialect) for c in COLUMNS]
-    encoded = await asyncio.to_thread(_encode, hits, ids, processors)
+        return {r[0] for r in await driver.fetch(_pg_insert(conn.dialect), *rows)}
+    uids = [h.uid for h in hits]
+    there: set[str] = set()
+    for i in range(0, len(uids), 500):
+        chunk = uids[i : i + 500]
+        marks = ", ".join("?" for _ in chunk)
+        async with driver.execute(f"SELECT uid FROM hit WHERE uid IN ({marks})", chunk) as cur:
+            there.update(r[0] for r in await cur.fetchall())
+    new = [(h, row) for h, row in zip(hits, rows, strict=True) if h.uid not in there]
     marks = ", ".join("?" for _ in NAMES)
-    await driver.executemany(f"INSERT OR IGNORE INTO hit ({_LIST}) VALUES ({marks})", encoded)
+    await driver.executemany(
+        f"INSERT OR IGNORE INTO hit ({_LIST}) VALUES ({marks})", [row for _, row in new]
+    )
+    return {h.uid for h, _ in new}
+
+
+def first_of_each_uid(hits: Sequence[NewHit]) -> Sequence[NewHit]:
+    seen: set[str] = set()
+    if len({h.uid for h in hits}) == len(hits):
+        return hits
+    return [h for h in hits if not (h.uid in seen or seen.add(h.uid))]
 
 
 def _as_arrays(hits: Sequence[NewHit], ids: dict[str, int]) -> list[list[Any]]:
     """One list per column, as unnest() takes them (JSON as text, cast back in SQL)."""
-    rows = [hit_row(h, ids[h.token]) for h in hits]
+    rows = [hit_row(h, h.delivery_id or ids[h.token]) for h in hits]
     return [
-        [json.dumps(r[n], separators=(",", ":")) for r in rows]
-        if n in JSON_COLUMNS
-        else [r[n] for r in rows]
-        for n in NAMES
+        [_json(r[n]) for r in rows] if n in JSON_COLUMNS else [r[n] for r in rows] for n in NAMES
     ]
 
 
@@ -264,16 +338,27 @@ def _pg_insert(dialect: Any) -> str:
         sql_type = "text" if c.name in JSON_COLUMNS else c.type.compile(dialect=dialect)
         arrays.append(f"${i}::{sql_type}[]")
     picked = ", ".join(f"{n}::json" if n in JSON_COLUMNS else n for n in NAMES)
+    # In array order (ids follow it: the latest of equal times is the last inserted).
     return (
         f"INSERT INTO hit ({_LIST}) SELECT {picked} FROM unnest({', '.join(arrays)}) "
-        f"AS t({_LIST}) ON CONFLICT (uid) DO NOTHING"
+        f"WITH ORDINALITY AS t({_LIST}, n) ORDER BY n ON CONFLICT (uid) DO NOTHING RETURNING uid"
     )
 
 
 def _encode(
     hits: Sequence[NewHit], ids: dict[str, int], processors: list[Any]
 ) -> list[tuple[Any, ...]]:
-    rows = [hit_row(h, ids[h.token]) for h in hits]
+    rows = [hit_row(h, h.delivery_id or ids[h.token]) for h in hits]
+    # JSON columns written by orjson (compact, UTF-8): the same values the column's own
+    # processor would write, at a fraction of json.dumps's cost (the largest part of encoding).
+    processors = [_json if n in JSON_COLUMNS else p for n, p in zip(NAMES, processors, strict=True)]
     return [
         tuple(p(r[n]) if p else r[n] for n, p in zip(NAMES, processors, strict=True)) for r in rows
     ]
+
+
+def _json(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # e.g. a lone surrogate, which json.dumps escapes
+        return json.dumps(value, separators=(",", ":"))

@@ -156,21 +156,35 @@ def outcome_state(outcome: str) -> str | None:
     return None
 
 
+# States the hits decide, lowest first. Each is "some hit of this kind exists", checked from the
+# top, so the state of all hits is the highest of the states of any split of them: a batch of
+# new hits can only move a delivery up this list, never down (the incremental refresh's rank).
+BY_HITS = (NOT_OPENED, SCANNED_ONLY, PREFETCHED_ONLY, PROBABLY_OPENED, OPENED)
+RANK = {state: rank for rank, state in enumerate(BY_HITS)}
+
+
+def hits_state(s: HitSummary) -> str:
+    """The state the hits alone decide (when neither the outcome nor untracking does)."""
+    if s.people and (s.certain is None or s.certain > 0):
+        return OPENED
+    if s.people:
+        return PROBABLY_OPENED
+    if s.prefetches:
+        return PREFETCHED_ONLY
+    if s.machines:
+        return SCANNED_ONLY
+    return NOT_OPENED
+
+
 def state_of(outcome: str, tracking: str, s: HitSummary) -> DeliveryState:
     if (decided := outcome_state(outcome)) is not None:
         state = decided
     elif tracking == Tracking.UNTRACKED:
         state = UNTRACKED
-    elif s.clicks or (s.people and (s.certain is None or s.certain > 0)):
+    elif s.clicks:  # a person's click on a rewritten link: read, whatever the hits say
         state = OPENED
-    elif s.people:
-        state = PROBABLY_OPENED
-    elif s.prefetches:
-        state = PREFETCHED_ONLY
-    elif s.machines:
-        state = SCANNED_ONLY
     else:
-        state = NOT_OPENED
+        state = hits_state(s)
     last = s.last_open
     return DeliveryState(
         state=state,
