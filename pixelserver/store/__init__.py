@@ -2,5 +2,6 @@
 outside schema.py are imported here, so that Base.metadata (what migrations are checked
 against, what erasure walks) always holds them."""
 
-from pixelserver.store import clickrecords as clickrecords  # noqa: F401 - click tables (0014)
+from pixelserver.store import clickrecords as clickrecords  # noqa: F401 - click tables (0016)
 from pixelserver.store import mailaccounts as mailaccounts  # noqa: F401 - its table in metadata
+from pixelserver.store import webhookschema as webhookschema  # noqa: F401 - webhook tables

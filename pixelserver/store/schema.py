@@ -90,7 +90,7 @@ class User(Base):
     digest_empty: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     # Recipients never tracked: addresses and domains (pixelserver/verdicts/exclusions.py).
     exclusions: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
-    # Click tracking for this user's mail; NULL: the [clicks] default of the config (0014).
+    # Click tracking for this user's mail; NULL: the [clicks] default of the config (0016).
     clicks_enabled: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
@@ -249,7 +249,7 @@ class Delivery(Base):
     # From the MX of the recipient's domain (pixelserver/verdicts/mailbox.py): a provider key, ""
     # when none is known, NULL until the background lookup has answered.
     mailbox_provider: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    # Clicks judged a person's (pixelserver/store/clickrecords.py keeps it current; 0014).
+    # Clicks judged a person's (pixelserver/store/clickrecords.py keeps it current; 0016).
     human_clicks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     message: Mapped[Message] = relationship(back_populates="deliveries", lazy="raise")

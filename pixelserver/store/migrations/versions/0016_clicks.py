@@ -1,15 +1,15 @@
 """Click tracking (issue 16): the links of each message whose copies had them rewritten, every
 click on them with its verdict, each user's choice, and a delivery's count of a person's clicks.
 
-Revision ID: 0014
-Revises: 0015 (numbered before it, chained after it: the lead re-chains at merge)
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-07
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014"
+revision = "0016"
 down_revision = "0015"
 branch_labels = None
 depends_on = None
