@@ -29,13 +29,10 @@ from pixelserver.verdicts.state import (
     BY_HITS,
     CERTAIN_CONFIDENCE,
     FAILED,
-    FAILED_OUTCOMES,
-    HUMAN,
     NOT_OPENED,
     QUEUED,
     RANK,
     UNTRACKED,
-    WAITING_OUTCOMES,
     HitSummary,
     HitView,
     hits_state,
@@ -43,7 +40,14 @@ from pixelserver.verdicts.state import (
     state_of,
     summarize,
 )
-from pixelserver.vocabulary import MACHINE_VERDICTS, PERSON_VERDICTS, Tracking, Verdict
+from pixelserver.vocabulary import (
+    FAILED_OUTCOMES,
+    MACHINE_VERDICTS,
+    PERSON_VERDICTS,
+    WAITING_OUTCOMES,
+    Tracking,
+    Verdict,
+)
 
 
 async def refresh_states(session: AsyncSession, delivery_ids: Iterable[int]) -> None:
@@ -183,7 +187,7 @@ async def advance_states(session: AsyncSession, fresh: Mapping[int, Sequence[Hit
     if not fresh:
         return
     forwarded = await _forwarded(
-        session, [d for d, views in fresh.items() if any(v.verdict == HUMAN for v in views)]
+        session, [d for d, views in fresh.items() if any(v.verdict == Verdict.HUMAN for v in views)]
     )
     now = utcnow()
     rows = []
@@ -290,7 +294,7 @@ async def _forwarded(session: AsyncSession, delivery_ids: Sequence[int]) -> set[
                 Hit.delivery_id.in_(
                     select(Delivery.id).where(Delivery.id.in_(chunk), Delivery.forwarded.is_(False))
                 ),
-                Hit.verdict == HUMAN,
+                Hit.verdict == Verdict.HUMAN,
             )
             .group_by(Hit.delivery_id)
             .having(

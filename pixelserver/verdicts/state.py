@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from pixelserver.vocabulary import (
     FAILED_OUTCOMES,
+    MACHINE_VERDICTS,
+    PERSON_VERDICTS,
     WAITING_OUTCOMES,
     Outcome,
     State,
@@ -30,8 +32,6 @@ UNTRACKED = State.UNTRACKED
 FAILED = State.FAILED
 QUEUED = State.QUEUED
 STATES = tuple(State)
-HUMAN, HUMAN_VIA_PROXY, SENDER = Verdict.HUMAN, Verdict.HUMAN_VIA_PROXY, Verdict.SENDER
-PRIVACY_PREFETCH, SCANNER, BOT = Verdict.PRIVACY_PREFETCH, Verdict.SCANNER, Verdict.BOT
 # A person-like hit (human, human_via_proxy) at or above this confidence makes a recipient
 # "Read"; below it (a proxy fetch seconds after delivery, which may be the provider's own check)
 # only "Probably read". docs/classification.md lists the rules below it.
@@ -126,13 +126,13 @@ class HitSummary:
 
 
 def summarize(hits: Sequence[HitView]) -> HitSummary:
-    people = sorted((h for h in hits if h.verdict in (HUMAN, HUMAN_VIA_PROXY)), key=lambda h: h.at)
-    direct = [h for h in people if h.verdict == HUMAN]
+    people = sorted((h for h in hits if h.verdict in PERSON_VERDICTS), key=lambda h: h.at)
+    direct = [h for h in people if h.verdict == Verdict.HUMAN]
     return HitSummary(
         people=len(people),
-        machines=sum(h.verdict in (PRIVACY_PREFETCH, SCANNER, BOT) for h in hits),
-        prefetches=sum(h.verdict == PRIVACY_PREFETCH for h in hits),
-        senders=sum(h.verdict == SENDER for h in hits),
+        machines=sum(h.verdict in MACHINE_VERDICTS for h in hits),
+        prefetches=sum(h.verdict == Verdict.PRIVACY_PREFETCH for h in hits),
+        senders=sum(h.verdict == Verdict.SENDER for h in hits),
         first_open=people[0].at if people else None,
         last_open=people[-1] if people else None,
         direct_networks=len({h.prefix for h in direct}),
@@ -142,7 +142,7 @@ def summarize(hits: Sequence[HitView]) -> HitSummary:
 
 
 def place_of(hit: HitView) -> str:
-    if hit.verdict == HUMAN_VIA_PROXY:
+    if hit.verdict == Verdict.HUMAN_VIA_PROXY:
         return f"location hidden by {PROXY_NAMES.get(hit.rule, 'the mail provider')}"
     return ", ".join(p for p in (hit.city, hit.region, hit.country) if p)
 
