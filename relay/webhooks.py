@@ -35,6 +35,7 @@ from tornado.simple_httpclient import SimpleAsyncHTTPClient
 from pixelserver.store import webhookledger as ledger
 from pixelserver.store import webhooks
 from pixelserver.store.webhooks import refused_address
+from relay.passes import run_passes
 
 log = logging.getLogger("mailping.webhooks")
 
@@ -216,21 +217,8 @@ class WebhookRunner:
     async def run_forever(self, interval: float = 2.0) -> None:
         """Pass after pass for as long as the process runs; a failed pass (the store away) is
         logged once and the next one tries again."""
-        failing = False
         try:
-            while True:
-                try:
-                    await self.tick()
-                    if failing:
-                        log.info("webhook passes work again")
-                    failing = False
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # noqa: BLE001 - the sender must outlive any one failure
-                    if not failing:
-                        log.exception("webhook pass failed; trying again every %g s", interval)
-                    failing = True
-                await asyncio.sleep(interval)
+            await run_passes(self.tick, "webhook", interval, log)
         finally:
             with contextlib.suppress(Exception):
                 self.close()

@@ -9,7 +9,6 @@ backoff by whichever process gets there first, then given up and shown on the Se
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import os
@@ -29,6 +28,7 @@ from relay import metrics
 from relay.digest import compose, schedule
 from relay.digest.query import DigestData, collect
 from relay.forward import ACCEPTED, Copy, CopyKind, Credentials, Upstream
+from relay.passes import run_passes
 
 log = logging.getLogger("mailping.digest")
 
@@ -241,17 +241,4 @@ class DigestRunner:
         """Pass after pass for as long as the process runs. Any error of one pass (the store
         away: asyncpg's connection errors are OSErrors, not SQLAlchemy's) is logged and the
         next pass tries again; a digest that fell due meanwhile is sent then."""
-        failing = False
-        while True:
-            try:
-                await self.tick()
-                if failing:
-                    log.info("digest passes work again")
-                failing = False
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - the scheduler must outlive any one failure
-                if not failing:
-                    log.exception("digest pass failed; trying again every %g s", interval)
-                failing = True
-            await asyncio.sleep(interval)
+        await run_passes(self.tick, "digest", interval, log)
