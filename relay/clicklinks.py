@@ -29,7 +29,15 @@ from email.policy import compat32
 from html.entities import html5 as _html5
 from urllib.parse import urlsplit
 
-from relay.rewrite import MAX_LINE, PIXEL_TAG, Chunks, HtmlSlot, Prepared
+from relay.rewrite import (
+    MAX_LINE,
+    PIXEL_LINE_ROOM,
+    UNENCODED,
+    Chunks,
+    HtmlSlot,
+    Prepared,
+    line_around,
+)
 
 HEADER = "X-MailPing-Clicks"  # "off": no click tracking for this message (removed on the way)
 MAX_URL = 8000
@@ -140,10 +148,12 @@ class ClickSlot(HtmlSlot):
         def fill(parts: tuple[str | int, ...]) -> str:
             return "".join(p if isinstance(p, str) else link_url(p) for p in parts)
 
+        before, after = fill(self.before_parts), fill(self.after_parts)
+        line_len = self.line_len
+        if self.cte in UNENCODED:  # the links grew the pixel's line: measure it again
+            line_len = sum(line_around(before, after, self.codec))
         base = HtmlSlot(**_slot_fields(self))
-        return replace(base, before=fill(self.before_parts), after=fill(self.after_parts)).encode(
-            url
-        )
+        return replace(base, before=before, after=after, line_len=line_len).encode(url)
 
 
 def _slot_fields(slot: HtmlSlot) -> dict:
@@ -190,7 +200,7 @@ def plan(
                     track=track,
                     unsubscribe=unsubscribe,
                     links=links,
-                    unencoded=piece.cte in ("7bit", "8bit", "binary"),
+                    unencoded=piece.cte in UNENCODED,
                     longest=longest,
                 )
             )
@@ -284,15 +294,17 @@ def _rewritable(url: str, public: str, unsubscribe: frozenset[str], anchor: str)
 
 def _fits(text: str, start: int, end: int, longest: int) -> bool:
     """Whether the line holding text[start:end] stays within 998 octets (RFC 5322 2.1.1) with
-    the href replaced by the longest link we write and room for the pixel tag, for parts sent
-    without a transfer encoding (others are re-wrapped by their encoding)."""
+    the href replaced by the longest link we write and room for the pixel, for parts sent
+    without a transfer encoding (others are re-wrapped by their encoding). The pixel needs only
+    the ends of its wrapped form: each copy's slot measures its grown line again and wraps the
+    pixel when the whole would not fit."""
     line_start = max(text.rfind("\n", 0, start), text.rfind("\r", 0, start)) + 1
     nl = text.find("\n", end)
     line_end = len(text) if nl < 0 else nl
     line = text[line_start:line_end]
     # Every link on the line may grow to `longest` (counted without their old values).
     hrefs = max(1, line.lower().count("href"))
-    return len(line) + hrefs * longest + len(PIXEL_TAG) + longest <= MAX_LINE
+    return len(line) + hrefs * longest + PIXEL_LINE_ROOM <= MAX_LINE
 
 
 def render_chunks(

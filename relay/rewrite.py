@@ -26,6 +26,7 @@ from email.headerregistry import HeaderRegistry
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from enum import StrEnum
 from typing import overload
 
 from pixelserver.vocabulary import UntrackedReason
@@ -44,6 +45,55 @@ PIXEL_TAG_WRAPPED = (
     '<img{eol}src="{url}"{eol}width="1" height="1" alt="" border="0"{eol}'
     'style="display:block;border:0;width:1px;height:1px;max-width:1px;max-height:1px">'
 )
+# The pixel as the background of a 1x1 table cell, for HTML parts that have no image of their
+# own and under 3,200 bytes of HTML: there any <img> costs the copy SpamAssassin's
+# HTML_IMAGE_ONLY_xx (0.6 to 2.8 points by length, docs/deliverability.md), which a background
+# does not. The cell carries both the `background` attribute and the CSS (Gmail, Yahoo,
+# Outlook.com and Apple Mail load one of them, through their proxies too); desktop Outlook on
+# Windows renders with Word, which shows no cell backgrounds, so it gets the <img> in a
+# conditional comment that only it reads (SpamAssassin, like every browser, sees a comment).
+# A client fetches the URL once however many times the document names it.
+CELL_PIXEL_WRAPPED = (
+    '<table{eol}role="presentation" width="1" height="1" cellpadding="0" cellspacing="0"{eol}'
+    'border="0" style="border-collapse:collapse;width:1px;height:1px"><tr><td{eol}'
+    'background="{url}"{eol}width="1" height="1"{eol}'
+    "style=\"background-image:url('{url}');width:1px;height:1px;font-size:0;line-height:0;"
+    'padding:0"></td></tr></table><!--[if mso]><img{eol}src="{url}"{eol}'
+    'width="1" height="1" alt="" border="0"{eol}style="display:block"><![endif]-->'
+)
+CELL_PIXEL = CELL_PIXEL_WRAPPED.replace("{eol}", " ")
+# SpamAssassin's HTML_IMAGE_ONLY_04 .. _32 fire for an <img> in HTML of at most 3,200 bytes
+# (its own `length`: the whole decoded part, markup included, not only the words).
+IMAGE_ONLY_LIMIT = 3200
+_ANY_IMG_RE = re.compile(r"<img\b", re.I)
+
+
+class PixelForm(StrEnum):
+    IMG = "img"  # the usual <img>: the most widely loaded form
+    CELL = "cell"  # a table cell's background (and <img> for Word): no image-only cost
+
+
+def pixel_form(html: str) -> PixelForm:
+    """The form of the pixel for one HTML part (cleared of earlier pixels of ours). An <img>
+    wherever it is free: the part has an image already (the image-only rules fire or not
+    without ours) or is long enough that they never fire; else the table cell."""
+    if len(html) >= IMAGE_ONLY_LIMIT or _ANY_IMG_RE.search(html):
+        return PixelForm.IMG
+    return PixelForm.CELL
+
+
+def pixel_markup(url: str, form: PixelForm, eol: str | None = None) -> str:
+    """The pixel in `form`; with `eol`, broken between attributes at `eol` (lines of at most
+    998 octets, RFC 5322 2.1.1), never elsewhere, so the HTML around it is unchanged."""
+    if form is PixelForm.CELL:
+        return (
+            CELL_PIXEL.format(url=url)
+            if eol is None
+            else CELL_PIXEL_WRAPPED.format(url=url, eol=eol)
+        )
+    return PIXEL_TAG.format(url=url) if eol is None else PIXEL_TAG_WRAPPED.format(url=url, eol=eol)
+
+
 MAX_LINE = 998
 # Header fields no copy carries: Bcc, and MailPing's own per-message switches (X-MailPing: off,
 # X-MailPing-Clicks: off), which are for the relay, not the recipient.
@@ -92,6 +142,7 @@ class HtmlSlot:
     separator: str = ""  # the blank line a part without a body lacks before its pixel
     final_eol: str = ""  # the line break an empty body ending the message lacks after it
     pixel: bool = True  # False: a part of an attached message, only cleared of earlier pixels
+    form: PixelForm = PixelForm.IMG
     # Encodings with a stand-in URL, by URL length (None: this slot cannot be spliced).
     _templates: dict[int, _Template | None] = field(
         default_factory=dict, init=False, compare=False, repr=False
@@ -104,8 +155,8 @@ class HtmlSlot:
         if not self.pixel:  # no URL in it: the same bytes for every copy
             fixed = self._templates.get(-1)
             if fixed is None:
-                fixed = self._templates[-1] = _Template(self.encode(url), (), (), b"")
-            return [fixed.head]
+                fixed = self._templates[-1] = _Template((self.encode(url),), ())
+            return [fixed.fixed[0]]
         if not _splices(url):
             return [self.encode(url)]
         template = self._templates.get(len(url), _MISSING)
@@ -117,28 +168,34 @@ class HtmlSlot:
 
     def _template(self, length: int) -> _Template | None:
         """This body encoded once with a random stand-in URL of `length` characters, and where
-        the stand-in's characters landed; None where a URL's characters do not pass through
-        the encoding one byte each, in order (base64, wide or stateful charsets)."""
+        each of the stand-in's occurrences (one per mention of the URL in the pixel's markup)
+        landed; None where a URL's characters do not pass through the encoding one byte each,
+        in order (base64, wide or stateful charsets)."""
         if self.cte == "base64" or self.codec != "latin-1":
             return None
         stand_in, pattern = _stand_in(length, self.eol if self.cte == "quoted-printable" else "")
         data = self.encode(stand_in)
         found = list(pattern.finditer(data))
-        if len(found) != 1:
+        if len(found) != pixel_markup(stand_in, self.form).count(stand_in):
             return None
-        m = found[0]
-        cuts, breaks = [], []
-        for i, group in enumerate(m.groups(), start=1):
-            if group is not None:
-                cuts.append(i)
-                breaks.append(group)
-        return _Template(data[: m.start()], tuple(cuts), tuple(breaks), data[m.end() :])
+        fixed, holes, pos = [], [], 0
+        for m in found:
+            cuts, breaks = [], []
+            for i, group in enumerate(m.groups(), start=1):
+                if group is not None:
+                    cuts.append(i)
+                    breaks.append(group)
+            fixed.append(data[pos : m.start()])
+            holes.append(_Hole(tuple(cuts), tuple(breaks)))
+            pos = m.end()
+        fixed.append(data[pos:])
+        return _Template(tuple(fixed), tuple(holes))
 
     def encode(self, url: str) -> bytes:
         """The body carrying `url`, encoded from the text (the slow way, once per copy)."""
-        tag = PIXEL_TAG.format(url=url) if self.pixel else ""
+        tag = pixel_markup(url, self.form) if self.pixel else ""
         if self.line_len + len(tag) > MAX_LINE:
-            tag = PIXEL_TAG_WRAPPED.format(url=url, eol=self.eol)
+            tag = pixel_markup(url, self.form, self.eol)
         html = self.before + tag + self.after
         data = html.encode(self.codec)
         if self.cte == "quoted-printable":
@@ -172,24 +229,29 @@ def _splices(url: str) -> bool:
 
 
 @dataclass(frozen=True)
-class _Template:
-    """An encoded HTML body with a hole for the pixel URL: `head`, the URL's characters (with
-    `breaks[i]` before its character `cuts[i]`), `tail`."""
+class _Hole:
+    """Where one mention of the pixel URL landed: `breaks[i]` goes before its character
+    `cuts[i]` (quoted-printable soft line breaks)."""
 
-    head: bytes
     cuts: tuple[int, ...]
     breaks: tuple[bytes, ...]
-    tail: bytes
+
+
+@dataclass(frozen=True)
+class _Template:
+    """An encoded HTML body with holes for the pixel URL: fixed[0], hole 0, fixed[1], ..."""
+
+    fixed: tuple[bytes, ...]  # one more than holes
+    holes: tuple[_Hole, ...]
 
     def fill(self, url: bytes) -> list[bytes]:
-        if not self.cuts:
-            return [self.head, url, self.tail]
-        out = [self.head]
-        pos = 0
-        for cut, brk in zip(self.cuts, self.breaks, strict=True):
-            out += (url[pos:cut], brk)
-            pos = cut
-        out += (url[pos:], self.tail)
+        out = [self.fixed[0]]
+        for hole, after in zip(self.holes, self.fixed[1:], strict=True):
+            pos = 0
+            for cut, brk in zip(hole.cuts, hole.breaks, strict=True):
+                out += (url[pos:cut], brk)
+                pos = cut
+            out += (url[pos:], after)
         return out
 
 
@@ -324,32 +386,69 @@ def needs_smtputf8(
     )
 
 
+def remove_own_pixels(html: str, prefix: str) -> str:
+    """`html` less every pixel of this MailPing: a URL of `prefix` (its
+    `{public_url}/{pixel_path}/`) followed by a token and `.gif`. The pixel may be in the form
+    the relay writes (an image tag on one line or wrapped, or the table cell with Word's
+    conditional image) or as a client re-wrote it (attributes in another order, entities in
+    the URL, http for https). The cell and the conditional comment go whole; a cell background
+    or CSS url() of ours left anywhere else is emptied. Other images are left alone."""
+    if not prefix:
+        return html
+    lower = html.lower()
+    if "<img" not in lower and "background" not in lower:
+        return html
+    own = _SCHEME_RE.sub("", prefix).lower()
+
+    def is_own(url: str) -> bool:
+        url = _SCHEME_RE.sub("", _html.unescape(url).strip())
+        return url.lower().startswith(own) and _OWN_TOKEN_RE.fullmatch(url[len(own) :]) is not None
+
+    def own_src(tag: str) -> bool:
+        src = _SRC_RE.search(tag, 4)
+        return src is not None and is_own(next(g for g in src.groups() if g is not None))
+
+    def drop_cell(m: re.Match[str]) -> str:
+        bg = _BACKGROUND_RE.search(m.group("td"))
+        return "" if bg and is_own(next(g for g in bg.groups() if g is not None)) else m.group(0)
+
+    def drop_word(m: re.Match[str]) -> str:
+        return "" if own_src(m.group(1)) else m.group(0)
+
+    def drop_img(m: re.Match[str]) -> str:
+        return "" if own_src(m.group(0)) else m.group(0)
+
+    def empty_background(m: re.Match[str]) -> str:
+        return "" if is_own(next(g for g in m.groups() if g is not None)) else m.group(0)
+
+    def empty_css(m: re.Match[str]) -> str:
+        return "none" if is_own(_html.unescape(m.group(2)).strip().strip("'\"")) else m.group(0)
+
+    html = _CELL_RE.sub(drop_cell, html)
+    html = _WORD_IMG_RE.sub(drop_word, html)
+    html = _IMG_RE.sub(drop_img, html)
+    if "background" in html.lower():
+        html = _BACKGROUND_RE.sub(empty_background, html)
+        html = _CSS_URL_RE.sub(empty_css, html)
+    return html
+
+
 _IMG_RE = re.compile(r"<img\b[^<>]*>", re.I)  # a ">" inside quotes ends it early: then kept
 _SRC_RE = re.compile(r"""[\s"'/]src\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""", re.I)
 _SCHEME_RE = re.compile(r"^(?:https?:)?//", re.I)
 _OWN_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,128}\.gif")
-
-
-def remove_own_pixels(html: str, prefix: str) -> str:
-    """`html` less every image tag whose src is a pixel of this MailPing: `prefix` (its
-    `{public_url}/{pixel_path}/`) followed by a token and `.gif`. The tag may be the one the
-    relay writes (on one line or wrapped) or the same image as a client re-wrote it (attributes
-    in another order, entities in the URL, http for https). Other images are left alone."""
-    if not prefix or "<img" not in html.lower():
-        return html
-    own = _SCHEME_RE.sub("", prefix).lower()
-
-    def keep(m: re.Match[str]) -> str:
-        src = _SRC_RE.search(m.group(0), 4)
-        if src is None:
-            return m.group(0)
-        url = _html.unescape(next(g for g in src.groups() if g is not None)).strip()
-        url = _SCHEME_RE.sub("", url)
-        if url.lower().startswith(own) and _OWN_TOKEN_RE.fullmatch(url[len(own) :]):
-            return ""
-        return m.group(0)
-
-    return _IMG_RE.sub(keep, html)
+# The cell pixel as written (any white space between its tags and attributes): a table with
+# one empty cell; whether the cell's background is ours is checked apart.
+_CELL_RE = re.compile(
+    r"<table\b[^<>]*>\s*(?:<tbody\b[^<>]*>\s*)?<tr\b[^<>]*>\s*(?P<td><td\b[^<>]*>)\s*</td>"
+    r"\s*</tr>\s*(?:</tbody>\s*)?</table>",
+    re.I,
+)
+_WORD_IMG_RE = re.compile(r"<!--\[if mso\]>\s*(<img\b[^<>]*>)\s*<!\[endif\]-->", re.I)
+_BACKGROUND_RE = re.compile(
+    r"""[\s"'/]background\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""", re.I
+)
+_CSS_URL_RE = re.compile(r"""url\(\s*(["']?)([^"'()]*)\1\s*\)""", re.I)
 
 
 _ATTRS = r"""(?:[^>"']|"[^"]*"|'[^']*')*"""
@@ -531,13 +630,11 @@ class _Walker:
         text = cleared
         idx = find_insertion(text) if pixel else len(text)
         before, after = text[:idx], text[idx:]
+        form = pixel_form(text)
         line_len = 0
-        if cte in _UNENCODED:
-            line_start = max(before.rfind("\n"), before.rfind("\r")) + 1
-            nl = after.find("\n")
-            head = len(before[line_start:].encode(codec))
-            tail = len((after if nl < 0 else after[:nl]).rstrip("\r").encode(codec))
-            if _has_long_line(body) or not _wrapped_tag_fits(head, tail):
+        if cte in UNENCODED:
+            head, tail = line_around(before, after, codec)
+            if _has_long_line(body) or not _wrapped_tag_fits(form, head, tail):
                 # RFC 5322 2.1.1: a part the relay rewrites leaves with lines of at most 998
                 # octets, even if it came with longer ones; quoted-printable keeps every byte.
                 cte = "quoted-printable"
@@ -553,12 +650,26 @@ class _Walker:
             line_len=line_len,
             trailing_eol=body.endswith(b"\n"),
             pixel=pixel,
+            form=form,
         )
 
 
-_UNENCODED = ("7bit", "8bit", "binary")
-_WRAPPED_FIRST = len(PIXEL_TAG_WRAPPED.split("{eol}")[0])
-_WRAPPED_LAST = len(PIXEL_TAG_WRAPPED.split("{eol}")[-1])
+UNENCODED = ("7bit", "8bit", "binary")
+_WRAPPED_ENDS = {
+    form: (len(t.split("{eol}")[0]), len(t.split("{eol}")[-1]))
+    for form, t in ((PixelForm.IMG, PIXEL_TAG_WRAPPED), (PixelForm.CELL, CELL_PIXEL_WRAPPED))
+}
+# What a line must leave free for the pixel to land in it, wrapped if need be, in either form.
+PIXEL_LINE_ROOM = max(max(ends) for ends in _WRAPPED_ENDS.values())
+
+
+def line_around(before: str, after: str, codec: str) -> tuple[int, int]:
+    """Octets of the line the pixel lands in between `before` and `after`: (ahead, behind)."""
+    line_start = max(before.rfind("\n"), before.rfind("\r")) + 1
+    nl = after.find("\n")
+    head = len(before[line_start:].encode(codec))
+    tail = len((after if nl < 0 else after[:nl]).rstrip("\r").encode(codec))
+    return head, tail
 
 
 def _cte(msg: Message) -> str:
@@ -573,10 +684,11 @@ def _has_long_line(body: bytes) -> bool:
     return any(len(line.rstrip(b"\r")) > MAX_LINE for line in lines)
 
 
-def _wrapped_tag_fits(head: int, tail: int) -> bool:
+def _wrapped_tag_fits(form: PixelForm, head: int, tail: int) -> bool:
     """Whether the pixel, wrapped between its attributes, keeps within 998 octets the line it
     lands in: `head` octets before it on that line, `tail` after it."""
-    return head + _WRAPPED_FIRST <= MAX_LINE and _WRAPPED_LAST + tail <= MAX_LINE
+    first, last = _WRAPPED_ENDS[form]
+    return head + first <= MAX_LINE and last + tail <= MAX_LINE
 
 
 def _set_cte(

@@ -14,15 +14,31 @@ from collections.abc import Awaitable, Callable
 from email.message import Message
 from pathlib import Path
 
+from relay import rewrite
+
 HERE = Path(__file__).parent
 CORPUS_DIR = HERE / "corpus"
 # Beside the checkout (../shared); a git worktree elsewhere names it in MAILPING_MAILGEM_DIR.
 MAILGEM_DIR = Path(
     os.environ.get("MAILPING_MAILGEM_DIR") or HERE.parent.parent / "shared" / "corpus" / "mail-gem"
 )
+def _pixel_pattern(template: str) -> str:
+    """The relay's markup (relay/rewrite.py) as a pattern: its URL the one captured ahead,
+    each place it may be wrapped a space or a line break."""
+    parts = re.split(r'(style="[^"]*")', template)
+    pattern = "".join(
+        'style="[^"]*"' if i % 2 and "{url}" not in part else re.escape(part)
+        for i, part in enumerate(parts)
+    )  # style values vary (earlier relays wrote other ones)
+    pattern = pattern.replace(re.escape("{url}"), "(?P=url)")
+    return pattern.replace(re.escape("{eol}"), r"(?:\r?\n| )")
+
+
+# A pixel of the relay in either form: (url, token) with findall, and its whole markup.
 PIXEL_RE = re.compile(
-    r'<img(?:\r?\n| )src="([^"]+/p/([A-Za-z0-9_-]{22})\.gif)"(?:\r?\n| )width="1" height="1" '
-    r'alt="" border="0"(?:\r?\n| )style="[^"]*">'
+    r"""(?=<(?:img|table)\b[^\0]*?(?:src|background)="(?P<url>[^"]+/p/"""
+    r"""(?P<token>[A-Za-z0-9_-]{22})\.gif)")"""
+    rf"(?:{_pixel_pattern(rewrite.PIXEL_TAG_WRAPPED)}|{_pixel_pattern(rewrite.CELL_PIXEL_WRAPPED)})"
 )
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from pixelserver.tokens import click_tag, click_url, mint_token
 from relay import clicklinks, rewrite
-from tests.helpers import CORPUS_DIR, leaves, mailgem_files
+from tests.helpers import CORPUS_DIR, PIXEL_RE, leaves, mailgem_files
 
 PUBLIC = "https://track.example.com"
 KEY = b"k" * 32
@@ -164,3 +164,27 @@ def test_a_query_that_looks_like_an_entity_is_read_as_a_browser_reads_it() -> No
     )
     _, _, links = copies(mail(html))
     assert links == ("https://a.example/?a=1&copy=2&times=3¶", "https://b.example/?q=&notit=1&r=<")
+
+
+@pytest.mark.parametrize("filler", [0, 300, 560])
+def test_links_on_the_pixels_long_line_keep_it_within_998_octets(filler: int) -> None:
+    """Short HTML on one line gets the pixel as a table cell (three mentions of its URL): the
+    links grow the same line, and the copy wraps the cell between attributes instead of
+    giving up the links or a line over 998 octets (RFC 5322 2.1.1)."""
+    html = (
+        "<html><body><p>"
+        + "y" * filler
+        + "</p>"
+        + "".join(f'<a href="https://{c}.example/page">{c}</a> ' for c in "abc")
+        + "</body></html>"
+    )
+    _, clicked, links = copies(mail(html, "7bit"))
+    assert len(links) == 3
+    (part,) = [p for p in leaves(clicked) if p.get_content_type() == "text/html"]
+    assert part["Content-Transfer-Encoding"] == "7bit"
+    body = part.get_payload().encode("latin-1")
+    assert max(len(x.rstrip(b"\r")) for x in body.split(b"\n")) <= 998
+    (text,) = html_texts(clicked)
+    assert len(PIXEL_RE.findall(text)) == 1 and len(OWN.findall(text)) == 3
+    wrapped = "<table\n" in text.replace("\r", "")
+    assert wrapped if filler else not wrapped  # on one line where it fits
