@@ -114,6 +114,46 @@ async def clicks_of_deliveries(
 
 
 @dataclass(frozen=True)
+class ClickWithLink:
+    """One click with the address of the link it followed, for the export."""
+
+    delivery_id: int
+    n: int
+    url: str
+    at: dt.datetime
+    verdict: str
+    reasons: list[Any]
+
+
+EXPORT_CHUNK = 1000  # delivery ids per query (SQLite's bound-parameter limit is far above)
+
+
+async def clicks_with_links(
+    session: AsyncSession, delivery_ids: Sequence[int]
+) -> dict[int, list[ClickWithLink]]:
+    """Every click of these deliveries, oldest first, with its link's original address: the
+    rows the export adds under each delivery."""
+    out: dict[int, list[ClickWithLink]] = defaultdict(list)
+    ids = sorted(set(delivery_ids))
+    for i in range(0, len(ids), EXPORT_CHUNK):
+        rows = await session.execute(
+            select(
+                Click.delivery_id, Click.n, ClickLink.url, Click.at, Click.verdict, Click.reasons
+            )
+            .join(Delivery, Delivery.id == Click.delivery_id)
+            .join(
+                ClickLink,
+                and_(ClickLink.message_id == Delivery.message_id, ClickLink.n == Click.n),
+            )
+            .where(Click.delivery_id.in_(ids[i : i + EXPORT_CHUNK]))
+            .order_by(Click.delivery_id, Click.at, Click.id)
+        )
+        for d, n, url, at, verdict, reasons in rows:
+            out[d].append(ClickWithLink(d, n, url, _aware(at), verdict, list(reasons or [])))
+    return dict(out)
+
+
+@dataclass(frozen=True)
 class PersonClick:
     """A person's click, for the digest."""
 
