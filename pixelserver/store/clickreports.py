@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixelserver.store.clickrecords import Click, ClickLink
@@ -17,7 +17,10 @@ from pixelserver.store.schema import Delivery, Message, User
 from pixelserver.vocabulary import PERSON_VERDICTS
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
+def _aware(value: dt.datetime | str) -> dt.datetime:
+    """UTC-aware (an aggregate on SQLite may come back naive, or as text)."""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
@@ -110,6 +113,61 @@ async def clicks_of_deliveries(
     )
     for c in rows.scalars():
         out[c.delivery_id].append(c)
+    return dict(out)
+
+
+async def first_person_clicks(
+    session: AsyncSession, delivery_ids: Sequence[int]
+) -> dict[int, dt.datetime]:
+    """Per delivery, when a person first clicked one of its links (for the live report: a
+    click is a first read when no image was fetched before it)."""
+    if not delivery_ids:
+        return {}
+    rows = await session.execute(
+        select(Click.delivery_id, func.min(Click.at))
+        .where(Click.delivery_id.in_(sorted(set(delivery_ids))), Click.verdict.in_(PERSON_VERDICTS))
+        .group_by(Click.delivery_id)
+    )
+    return {d: _aware(at) for d, at in rows if at is not None}
+
+
+@dataclass(frozen=True)
+class ClickWithLink:
+    """One click with the address of the link it followed, for the export."""
+
+    delivery_id: int
+    n: int
+    url: str
+    at: dt.datetime
+    verdict: str
+    reasons: list[Any]
+
+
+EXPORT_CHUNK = 1000  # delivery ids per query (SQLite's bound-parameter limit is far above)
+
+
+async def clicks_with_links(
+    session: AsyncSession, delivery_ids: Sequence[int]
+) -> dict[int, list[ClickWithLink]]:
+    """Every click of these deliveries, oldest first, with its link's original address: the
+    rows the export adds under each delivery."""
+    out: dict[int, list[ClickWithLink]] = defaultdict(list)
+    ids = sorted(set(delivery_ids))
+    for i in range(0, len(ids), EXPORT_CHUNK):
+        rows = await session.execute(
+            select(
+                Click.delivery_id, Click.n, ClickLink.url, Click.at, Click.verdict, Click.reasons
+            )
+            .join(Delivery, Delivery.id == Click.delivery_id)
+            .join(
+                ClickLink,
+                and_(ClickLink.message_id == Delivery.message_id, ClickLink.n == Click.n),
+            )
+            .where(Click.delivery_id.in_(ids[i : i + EXPORT_CHUNK]))
+            .order_by(Click.delivery_id, Click.at, Click.id)
+        )
+        for d, n, url, at, verdict, reasons in rows:
+            out[d].append(ClickWithLink(d, n, url, _aware(at), verdict, list(reasons or [])))
     return dict(out)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import and_, delete, exists, select
+from sqlalchemy import and_, delete, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixelserver.store.accounts import get_or_create_user
@@ -132,8 +132,11 @@ async def add_endpoint(
     *,
     allow_private: bool,
     events: Iterable[str] = (),
+    shown: bool = True,
 ) -> tuple[Endpoint, str]:
-    """A new endpoint and its signing secret (to be shown once)."""
+    """A new endpoint and its signing secret, to be shown once: by the caller now (`shown`,
+    the API and the command), or later by `secret_to_show` (the Settings page, which shows it
+    on the page its form redirects to)."""
     url = check_url(url, allow_private=allow_private)
     chosen = check_events(events)
     user = await get_or_create_user(session, address)
@@ -147,7 +150,13 @@ async def add_endpoint(
     if count >= MAX_ENDPOINTS:
         raise TooManyEndpoints(f"Webhooks: at most {MAX_ENDPOINTS} per user; remove one first.")
     secret = new_secret()
-    row = WebhookEndpoint(user_id=user.id, url=url, secret=secret, events=chosen)
+    row = WebhookEndpoint(
+        user_id=user.id,
+        url=url,
+        secret=secret,
+        events=chosen,
+        secret_shown_at=utcnow() if shown else None,
+    )
     session.add(row)
     await session.flush()
     return Endpoint(row.id, user.address, url, tuple(chosen), row.created_at), secret
@@ -166,6 +175,29 @@ async def endpoints(session: AsyncSession, address: str | None = None) -> list[E
         Endpoint(e.id, a, e.url, tuple(e.events or ()), e.created_at)
         for e, a in (await session.execute(query)).all()
     ]
+
+
+async def secret_to_show(session: AsyncSession, endpoint_id: int, address: str) -> str | None:
+    """The signing secret of this user's endpoint if it was never shown, marked shown by the
+    same compare-and-set (so two page views, in any processes, cannot both get it); None
+    otherwise."""
+    owner = select(User.id).where(User.address == address.strip().lower()).scalar_subquery()
+    taken = await session.execute(
+        update(WebhookEndpoint)
+        .where(
+            WebhookEndpoint.id == endpoint_id,
+            WebhookEndpoint.user_id == owner,
+            WebhookEndpoint.secret_shown_at.is_(None),
+        )
+        .values(secret_shown_at=utcnow())
+    )
+    if taken.rowcount != 1:
+        return None
+    return (
+        await session.execute(
+            select(WebhookEndpoint.secret).where(WebhookEndpoint.id == endpoint_id)
+        )
+    ).scalar_one()
 
 
 async def remove_endpoint(session: AsyncSession, endpoint_id: int, address: str | None) -> bool:

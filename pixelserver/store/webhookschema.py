@@ -19,7 +19,8 @@ from pixelserver.store.schema import Base, BigId, UTCDateTime, utcnow
 
 class WebhookEndpoint(Base):
     """A URL a user's events are posted to. The signing secret is kept as it is (it must sign
-    every request) and shown to the user once, when the endpoint is made."""
+    every request) and shown to the user once: `secret_shown_at` says when (None: made on the
+    Settings page, whose next page view shows it and sets this)."""
 
     __tablename__ = "webhook_endpoint"
 
@@ -31,6 +32,7 @@ class WebhookEndpoint(Base):
     secret: Mapped[str] = mapped_column(String(100))
     events: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    secret_shown_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class WebhookMessage(Base):

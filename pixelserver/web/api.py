@@ -13,6 +13,7 @@ import datetime as dt
 import io
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from pixelserver.store import clickreports, erasure, queries
 from pixelserver.store.accounts import api_token_user
 from pixelserver.store.schema import Hit
-from pixelserver.verdicts.state import STATES
+from pixelserver.verdicts.state import CLICK_WORDS, STATES
 from pixelserver.vocabulary import Tracking
 from pixelserver.web.base import BasePage
 from pixelserver.web.localtime import LocalTime
@@ -302,19 +303,54 @@ EXPORT_FIELDS = (
 )
 
 
+# Added after EXPORT_FIELDS in the CSV (never renamed, so sheets built on them keep working):
+# each delivery's row says kind "delivery" and its count of a person's clicks; under it comes
+# one "click" row per click, naming the message and recipient, the link (as the report numbers
+# it, and its original address), when (the user's time), the verdict and the reasons. A click
+# row leaves the delivery's counts empty, so a column summed over the sheet counts each copy once.
+CLICK_FIELDS = (
+    "kind",
+    "clicks",
+    "link_number",
+    "link",
+    "clicked_at",
+    "click_verdict",
+    "click_summary",
+    "click_reasons",
+)
+CSV_FIELDS = EXPORT_FIELDS + CLICK_FIELDS
+NAMING = EXPORT_FIELDS[:5]  # what a click row repeats from its delivery's row
+
+
+def click_event(c: clickreports.ClickWithLink, when: Any) -> dict:
+    """One click as the export gives it: as the report shows it, in the user's time."""
+    return {
+        "link_number": c.n + 1,
+        "url": c.url,
+        "at": when(c.at),
+        "verdict": c.verdict,
+        "summary": CLICK_WORDS.get(c.verdict, c.verdict),
+        "reasons": [r.get("text", "") for r in c.reasons if isinstance(r, dict)],
+    }
+
+
 async def export_rows(
     session: AsyncSession,
     user: str | None,
     filters: queries.Filters,
     local: LocalTime | None = None,
 ) -> list[dict]:
-    """Every delivery of the messages matching `filters`, one flat row each (newest first);
-    times in the user's zone (`local`) as ISO 8601 with its offset, so still exact."""
+    """Every delivery of the messages matching `filters`, one flat row each (newest first),
+    with its clicks in `click_events`; times in the user's zone (`local`) as ISO 8601 with
+    its offset, so still exact."""
     when = local.iso if local is not None else _when
     rows: list[dict] = []
     before = None
     while len(rows) < EXPORT_ROWS:
         page = await queries.list_messages(session, user, filters, before_id=before, limit=500)
+        clicks = await clickreports.clicks_with_links(
+            session, [d.id for m in page for d in m.deliveries]
+        )
         for m in page:
             for d in m.deliveries:
                 j = delivery_json(d)
@@ -327,6 +363,8 @@ async def export_rows(
                         **{k: j[k] for k in EXPORT_FIELDS[4:]},
                         "first_open": when(d.state.first_open),
                         "last_open": when(d.state.last_open),
+                        "clicks": d.state.human_clicks,
+                        "click_events": [click_event(c, when) for c in clicks.get(d.id, [])],
                     }
                 )
         if len(page) < 500:
@@ -335,12 +373,36 @@ async def export_rows(
     return rows
 
 
+def csv_rows(rows: list[dict]) -> Iterator[dict]:
+    """The export's rows flattened for a sheet: each delivery, then a row per click."""
+    for r in rows:
+        yield {
+            **{k: r[k] for k in EXPORT_FIELDS},
+            "kind": "delivery",
+            "clicks": r["clicks"],
+        }
+        for c in r["click_events"]:
+            yield {
+                **{k: r[k] for k in NAMING},
+                "kind": "click",
+                "link_number": c["link_number"],
+                "link": c["url"],
+                "clicked_at": c["at"],
+                "click_verdict": c["verdict"],
+                "click_summary": c["summary"],
+                "click_reasons": "; ".join(c["reasons"]),
+            }
+
+
 def write_csv(handler: tornado.web.RequestHandler, rows: list[dict]) -> None:
-    """The rows as a CSV download, every cell safe to open in a spreadsheet."""
+    """The rows as a CSV download, every cell safe to open in a spreadsheet (the link's
+    address included: it is the sender's text, like the subject)."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
     writer.writeheader()
-    writer.writerows({k: ("" if v is None else csv_cell(v)) for k, v in r.items()} for r in rows)
+    writer.writerows(
+        {k: ("" if v is None else csv_cell(v)) for k, v in r.items()} for r in csv_rows(rows)
+    )
     handler.set_header("Content-Type", "text/csv; charset=utf-8")
     handler.set_header("Content-Disposition", 'attachment; filename="mailping-export.csv"')
     handler.write(out.getvalue())

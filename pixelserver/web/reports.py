@@ -45,7 +45,7 @@ from pixelserver.verdicts.state import CLICK_WORDS, STATE_WORDS, STATES, VERDICT
 from pixelserver.web.base import BasePage
 from pixelserver.web.chart import hits_svg
 from pixelserver.web.connect import Connector, disconnect
-from pixelserver.web.webhookpages import add_for, webhook_config
+from pixelserver.web.webhookpages import add_for, remember_new, secret_once, webhook_config
 
 log = logging.getLogger("mailping.web")
 
@@ -271,6 +271,8 @@ class SettingsPage(BasePage):
         if self.user is None:
             raise tornado.web.HTTPError(404)  # the demo mode has no users to keep settings for
         connector = self.extra.get("connector")
+        if self.request.method == "GET":  # the page a webhook's form redirected to
+            new_secret = await secret_once(self, self.user) or new_secret
         async with self.sessions() as session:
             tokens = await api_tokens(session, self.user)
             hooks = await webhooks.endpoints(session, self.user)
@@ -318,7 +320,7 @@ class SettingsPage(BasePage):
         if self.user is None:
             raise tornado.web.HTTPError(404)
         action = self.get_body_argument("action", "")
-        token = secret = None
+        token = new_webhook = None
         connector = self.extra.get("connector")
         if action == "disconnect" and isinstance(connector, Connector):
             try:
@@ -366,13 +368,14 @@ class SettingsPage(BasePage):
                     await preferences.save(
                         session, self.user, digest, self.get_body_argument("exclusions", "")
                     )
-                elif action == "webhook_add":
-                    _, secret = await add_for(
+                elif action == "webhook_add":  # its secret is shown after the redirect
+                    new_webhook, _ = await add_for(
                         session,
                         self.user,
                         self.get_body_argument("url", ""),
                         self.get_body_arguments("events"),
                         webhook_config(self),
+                        shown=False,
                     )
                 elif action == "webhook_remove":
                     await webhooks.remove_endpoint(
@@ -384,9 +387,11 @@ class SettingsPage(BasePage):
             self.set_status(400)
             await self.get(error=str(exc))
             return
-        await self.get(
-            new_token=token, saved=action in ("preferences", "clicks"), new_secret=secret
-        )
+        if new_webhook is not None:  # redirect after post: a reload cannot add it twice
+            remember_new(self, new_webhook.id)
+            self.redirect("/settings#webhooks", status=303)
+            return
+        await self.get(new_token=token, saved=action in ("preferences", "clicks"))
 
 
 CLICK_CHOICES = {"default": None, "on": True, "off": False}

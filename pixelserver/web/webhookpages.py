@@ -1,8 +1,12 @@
 """Webhooks in the API (/api/v1/webhooks) and the Settings page's webhook forms.
 
 The signing secret is answered once, when an endpoint is made, and never shown again. The
-targets allowed are pixelserver/store/webhooks.py's (https and a public host unless
-[webhooks] allow_private), checked again by the sender at every post.
+Settings form answers its post with a redirect (303), so that reloading the page it leads to
+does not post the form again (a second endpoint); the secret is shown on that page, once: a
+short-lived, signed, HttpOnly cookie names the new endpoint (never the secret, which is in no
+URL and no cookie), and the store hands the secret out only if it was never shown, marking it
+shown in the same statement. The targets allowed are pixelserver/store/webhooks.py's (https
+and a public host unless [webhooks] allow_private), checked again by the sender at every post.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from pixelserver.config import WebhooksConfig
 from pixelserver.store import webhookledger, webhooks
 from pixelserver.web.api import ApiError, ApiHandler
+from pixelserver.web.base import BasePage
+
+NEW_WEBHOOK_COOKIE = "mailping_new_webhook"
+SHOW_WITHIN = 120  # seconds from the post to the page showing the secret
 
 # As openapi.json's addWebhook url: https and a host name, no port (an address, a port or
 # http:// with allow_private can be set in Settings or with `mailping webhook add`).
@@ -56,12 +64,46 @@ def webhook_config(handler: Any) -> WebhooksConfig:
 
 
 async def add_for(
-    session: AsyncSession, user: str, url: str, events: list[str], config: WebhooksConfig
+    session: AsyncSession,
+    user: str,
+    url: str,
+    events: list[str],
+    config: WebhooksConfig,
+    *,
+    shown: bool = True,
 ) -> tuple[webhooks.Endpoint, str]:
-    """Make an endpoint; WebhookError says what is wrong with it."""
+    """Make an endpoint; WebhookError says what is wrong with it. `shown`: its secret is in
+    this answer (False: the Settings page shows it on the page it redirects to)."""
     return await webhooks.add_endpoint(
-        session, user, url, allow_private=config.allow_private, events=events
+        session, user, url, allow_private=config.allow_private, events=events, shown=shown
     )
+
+
+def remember_new(handler: BasePage, endpoint_id: int) -> None:
+    """After the Settings form made an endpoint: its page view is to show the secret."""
+    handler.set_signed_cookie(
+        NEW_WEBHOOK_COOKIE,
+        str(endpoint_id),
+        expires_days=None,
+        max_age=SHOW_WITHIN,
+        path="/settings",
+        httponly=True,
+        samesite="Strict",
+        secure=handler.auth.secure_cookies,
+    )
+
+
+async def secret_once(handler: BasePage, user: str) -> str | None:
+    """The secret of the endpoint the Settings form just made, if this view is the first to
+    ask (the cookie is cleared whatever it holds)."""
+    if handler.get_cookie(NEW_WEBHOOK_COOKIE) is None:
+        return None
+    handler.clear_cookie(NEW_WEBHOOK_COOKIE, path="/settings")
+    value = handler.get_signed_cookie(NEW_WEBHOOK_COOKIE, max_age_days=SHOW_WITHIN / 86400)
+    if not value or not value.isdigit() or len(value) > 18:
+        return None
+    async with handler.sessions.begin() as session:
+        return await webhooks.secret_to_show(session, int(value), user)
 
 
 class WebhookApiBase(ApiHandler):
