@@ -42,6 +42,7 @@ from pixelserver.store.schema import (
     UserNetwork,
     WebSession,
 )
+from pixelserver.store.showonce import ShownOnce
 
 ERASURE_KEY = "erasure_key"
 log = logging.getLogger("mailping.erasure")
@@ -191,6 +192,7 @@ async def erase_user(
                 DigestRun,
                 ForgottenRecipient,
                 MailAccount,
+                ShownOnce,
             ):
                 await session.execute(delete(table).where(table.user_id == user_id))
             await session.execute(delete(User).where(User.id == user_id))

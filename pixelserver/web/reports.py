@@ -39,9 +39,11 @@ from pixelserver.store.accounts import (
     revoke_api_token,
     set_local_user,
 )
+from pixelserver.store.showonce import API_TOKEN, MAIL_PASSWORD
 from pixelserver.store.websessions import count_user_sessions, end_other_sessions
 from pixelserver.verdicts.networks import mask
 from pixelserver.verdicts.state import CLICK_WORDS, STATE_WORDS, STATES, VERDICT_WORDS
+from pixelserver.web import showonce
 from pixelserver.web.base import BasePage
 from pixelserver.web.chart import hits_svg
 from pixelserver.web.connect import Connector, disconnect
@@ -271,8 +273,11 @@ class SettingsPage(BasePage):
         if self.user is None:
             raise tornado.web.HTTPError(404)  # the demo mode has no users to keep settings for
         connector = self.extra.get("connector")
-        if self.request.method == "GET":  # the page a webhook's form redirected to
+        if self.request.method == "GET":  # the page a form redirected to: its value, once
             new_secret = await secret_once(self, self.user) or new_secret
+            kind, value = await showonce.take(self, self.user) or ("", "")
+            new_token = value if kind == API_TOKEN else new_token
+            mail_password = value if kind == MAIL_PASSWORD else mail_password
         async with self.sessions() as session:
             tokens = await api_tokens(session, self.user)
             hooks = await webhooks.endpoints(session, self.user)
@@ -320,7 +325,8 @@ class SettingsPage(BasePage):
         if self.user is None:
             raise tornado.web.HTTPError(404)
         action = self.get_body_argument("action", "")
-        token = new_webhook = None
+        new_webhook = None
+        ticket = ""  # names the new token or password the page after the redirect shows
         connector = self.extra.get("connector")
         if action == "disconnect" and isinstance(connector, Connector):
             try:
@@ -336,13 +342,16 @@ class SettingsPage(BasePage):
             )
             async with self.sessions.begin() as session:
                 await set_local_user(session, self.user, hashed)
-            await self.get(mail_password=password)
+                ticket = await showonce.hold(session, self.user, MAIL_PASSWORD, password)
+            showonce.remember(self, ticket)  # redirect after post: a reload makes no other
+            self.redirect("/settings#mail-program", status=303)
             return
         try:
             async with self.sessions.begin() as session:
                 if action == "create":
                     name = self.get_body_argument("name", "").strip() or "API token"
                     token = await create_api_token(session, self.user, name)
+                    ticket = await showonce.hold(session, self.user, API_TOKEN, token)
                 elif action == "revoke":
                     await revoke_api_token(
                         session, self.user, int(self.get_body_argument("token_id", "0") or 0)
@@ -391,7 +400,11 @@ class SettingsPage(BasePage):
             remember_new(self, new_webhook.id)
             self.redirect("/settings#webhooks", status=303)
             return
-        await self.get(new_token=token, saved=action in ("preferences", "clicks"))
+        if ticket:  # redirect after post: a reload cannot make a second token
+            showonce.remember(self, ticket)
+            self.redirect("/settings#api-tokens", status=303)
+            return
+        await self.get(saved=action in ("preferences", "clicks"))
 
 
 CLICK_CHOICES = {"default": None, "on": True, "off": False}
