@@ -188,3 +188,51 @@ def test_links_on_the_pixels_long_line_keep_it_within_998_octets(filler: int) ->
     assert len(PIXEL_RE.findall(text)) == 1 and len(OWN.findall(text)) == 3
     wrapped = "<table\n" in text.replace("\r", "")
     assert wrapped if filler else not wrapped  # on one line where it fits
+
+
+def test_iso_2022_jp_lines_are_measured_in_octets_not_characters() -> None:
+    """A 7bit ISO-2022-JP line of 981 octets holds 498 characters (each kana two octets):
+    counted in characters it seemed to leave room for a link of ours, and the copy had a
+    line of 1,034 octets (RFC 5322 2.1.1 allows 998)."""
+    html = (
+        "<html><body>\n<p>" + "\u3042" * 470 + '<a href="http://a.jp/">x</a></p>\n</body></html>\n'
+    )
+    body = html.encode("iso2022_jp")
+    assert max(len(line) for line in body.split(b"\n")) <= 998
+    raw = (
+        b"From: a@example.com\nTo: b@example.org\nSubject: t\nMIME-Version: 1.0\n"
+        b"Content-Type: text/html; charset=iso-2022-jp\nContent-Transfer-Encoding: 7bit\n\n"
+    ) + body
+    _, clicked, _ = copies(raw)
+    assert max(len(line.rstrip(b"\r")) for line in clicked.split(b"\n")) <= 998
+
+
+def test_a_lone_cr_before_a_link_is_no_line_break_for_the_998_octet_limit() -> None:
+    html = (
+        "<html><body>\n<p>"
+        + "x" * 940
+        + '\r<a href="https://a.example/p">t</a></p>\n</body></html>\n'
+    )
+    raw = (
+        b"From: a@example.com\nTo: b@example.org\nSubject: t\nMIME-Version: 1.0\n"
+        b"Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: 7bit\n\n"
+    ) + html.encode()  # as sent: EmailMessage would turn the lone CR into a line break
+    assert max(len(line.rstrip(b"\r")) for line in raw.split(b"\n")) <= 998
+    _, clicked, _ = copies(raw)
+    assert max(len(line.rstrip(b"\r")) for line in clicked.split(b"\n")) <= 998
+
+
+@pytest.mark.parametrize("unit", ["<a ", '<a "'])
+def test_unclosed_link_tags_cost_no_more_than_their_length(unit: str) -> None:
+    """10,000 `<a ` never closed, after 5 MB of text: each was scanned to the end of the
+    document again (quadratic: 6 s here, hours for 5 MB of them). A browser reads all after
+    an unclosed tag as that tag, so there are no links after it to rewrite."""
+    import time
+
+    html = "<html><body>" + "<p>x</p>" * 600_000 + unit * 10_000
+    raw = mail(html, "quoted-printable")
+    started = time.perf_counter()
+    prepared = rewrite.prepare(raw, own_pixel_prefix=f"{PUBLIC}/p/")
+    clicklinks.own_links(prepared, clicklinks.own_prefix(PUBLIC))
+    clicklinks.plan(prepared, raw, public_url=PUBLIC, restore={}, track=True)
+    assert time.perf_counter() - started < 2.0
