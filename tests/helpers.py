@@ -22,6 +22,8 @@ CORPUS_DIR = HERE / "corpus"
 MAILGEM_DIR = Path(
     os.environ.get("MAILPING_MAILGEM_DIR") or HERE.parent.parent / "shared" / "corpus" / "mail-gem"
 )
+
+
 def _pixel_pattern(template: str) -> str:
     """The relay's markup (relay/rewrite.py) as a pattern: its URL the one captured ahead,
     each place it may be wrapped a space or a line break."""
