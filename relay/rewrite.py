@@ -400,8 +400,13 @@ def remove_own_pixels(html: str, prefix: str) -> str:
         return html
     own = _SCHEME_RE.sub("", prefix).lower()
 
-    def is_own(url: str) -> bool:
-        url = _SCHEME_RE.sub("", _html.unescape(url).strip())
+    def is_own(url: str, proxied: bool = True) -> bool:
+        url = _html.unescape(url).strip()
+        if proxied and "#" in url:
+            # An image proxy's address naming ours after "#" (Gmail's googleusercontent.com,
+            # which a forward written in Gmail quotes): fetching it fetches ours.
+            return is_own(url.partition("#")[2], proxied=False)
+        url = _SCHEME_RE.sub("", url)
         return url.lower().startswith(own) and _OWN_TOKEN_RE.fullmatch(url[len(own) :]) is not None
 
     def own_src(tag: str) -> bool:

@@ -882,3 +882,29 @@ def test_a_background_of_ours_right_after_a_quote_leaves_the_quote() -> None:
     out = rewrite.rewrite(html_message(quoted.encode()), URL, own_pixel_prefix=PREFIX)
     text = html_text(leaves(out)[0])
     assert PIXEL_RE.sub("", text) == quoted.replace(f'background="{OLD[0]}"', "")
+
+
+@pytest.mark.parametrize(
+    "earlier",
+    [
+        # Gmail's image proxy names the address it fetches after "#"; a forward written in
+        # Gmail quotes the images by the proxy's address (docs: wordtothewise 2013-12).
+        f'<img src="https://ci3.googleusercontent.com/meips/ADKq_NbX9=s0-d-e1-ft#{OLD[0]}">',
+        f'<img src="https://ci5.googleusercontent.com/proxy/VI2c=s0-d-e1-ft#{OLD[1]}" alt="">',
+    ],
+)
+def test_an_earlier_pixel_quoted_by_its_gmail_proxy_address_is_removed(earlier: str) -> None:
+    """Fetching the proxy's address makes Google fetch ours: the earlier recipient's open."""
+    quoted = f"<html><body><p>Fwd</p><blockquote><p>Hi</p>{earlier}</blockquote></body></html>"
+    out = rewrite.rewrite(html_message(quoted.encode()), URL, own_pixel_prefix=PREFIX)
+    text = html_text(leaves(out)[0])
+    assert PIXEL_RE.sub("", text) == quoted.replace(earlier, "")
+
+
+def test_a_proxied_image_that_is_not_ours_stays() -> None:
+    other = (
+        '<img src="https://ci3.googleusercontent.com/proxy/x=s0-d-e1-ft#https://cdn.example/a.gif">'
+    )
+    quoted = f'<html><body><p>Fwd</p><img src="cid:logo">{other}</body></html>'
+    out = rewrite.rewrite(html_message(quoted.encode()), URL, own_pixel_prefix=PREFIX)
+    assert other in html_text(leaves(out)[0])
