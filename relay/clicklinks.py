@@ -218,7 +218,11 @@ def plan(
             )
         before, after = parts
         if all(isinstance(p, str) for p in (*before, *after)):
-            pieces.append(replace(piece, before="".join(before), after="".join(after)))  # type: ignore[arg-type]
+            text_before, text_after = "".join(before), "".join(after)  # type: ignore[arg-type]
+            line_len = piece.line_len
+            if piece.cte in UNENCODED:  # addresses put back may have grown the pixel's line
+                line_len = sum(line_around(text_before, text_after, piece.codec))
+            pieces.append(replace(piece, before=text_before, after=text_after, line_len=line_len))
         else:
             pieces.append(
                 ClickSlot(
@@ -248,29 +252,37 @@ def _cut(
     out: list[str | int] = []
     pos = 0
     public = _SCHEME_RE.sub("", public_url.rstrip("/")).lower()
+    grown: dict[int, int] = {}  # line start -> characters added there by addresses put back
     for m in _a_tags(text):
         href = _HREF_RE.search(m.group(0), 2)
         if href is None:
             continue
         group = next(i for i, g in enumerate(href.groups(), 1) if g is not None)
         start, end = m.start() + href.start(group), m.start() + href.end(group)
+        line = text.rfind("\n", 0, start) + 1
         url = _value(href)
         key = _own_key(url, prefix)
-        if key is not None and key in restore:
-            url = restore[key]
-            new: str | int = _html.escape(url, quote=True)
-        else:
-            new = text[start:end]
+        new: str | int = text[start:end]
+        restored = key is not None and key in restore
+        if restored:
+            url = restore[key]  # type: ignore[index]
         if (
             track
             and _rewritable(url, public, unsubscribe, _anchor_text(text, m.end()))
-            and (not unencoded or _fits(text, start, end, longest, codec))
+            and (not unencoded or _fits(text, start, end, longest, codec, grown.get(line, 0)))
         ):
             new = links.setdefault(url, len(links))
+        elif restored:
+            value = _html.escape(url, quote=True)
+            if group == 3:  # an unquoted value gets quotes it may need
+                value = f'"{value}"'
+            extra = grown.get(line, 0) + len(value) - (end - start)
+            # Put back where it keeps the line within 998 octets; else it stays our link,
+            # which still leads there (as one the store cannot say does).
+            if not unencoded or _fits(text, start, end, longest, codec, extra):
+                new, grown[line] = value, extra
         if isinstance(new, str) and new == text[start:end]:
             continue
-        if group == 3 and isinstance(new, str):  # an unquoted value gets quotes it may need
-            new = f'"{new}"'
         out += [text[pos:start], new]
         pos = end
     out.append(text[pos:])
@@ -305,14 +317,17 @@ def _rewritable(url: str, public: str, unsubscribe: frozenset[str], anchor: str)
     return not (url in unsubscribe or _UNSUBSCRIBE_RE.search(url) or _UNSUBSCRIBE_RE.search(anchor))
 
 
-def _fits(text: str, start: int, end: int, longest: int, codec: str = "latin-1") -> bool:
+def _fits(
+    text: str, start: int, end: int, longest: int, codec: str = "latin-1", extra: int = 0
+) -> bool:
     """Whether the line holding text[start:end] stays within 998 octets (RFC 5322 2.1.1) with
     the href replaced by the longest link we write and room for the pixel, for parts sent
     without a transfer encoding (others are re-wrapped by their encoding). The pixel needs only
     the ends of its wrapped form: each copy's slot measures its grown line again and wraps the
     pixel when the whole would not fit. Counted in octets of the part's charset (`codec`:
     a kana is two in ISO-2022-JP, whose text is decoded); only LF ends a line (a lone CR is
-    one more octet of it, as the upstream counts)."""
+    one more octet of it, as the upstream counts). `extra`: characters addresses put back
+    add to the line."""
     line_start = text.rfind("\n", 0, start) + 1
     nl = text.find("\n", end)
     line_end = len(text) if nl < 0 else nl
@@ -321,7 +336,7 @@ def _fits(text: str, start: int, end: int, longest: int, codec: str = "latin-1")
     width = 1 if codec == "latin-1" else len("aa".encode(codec)) - len("a".encode(codec))
     # Every link on the line may grow to `longest` (counted without their old values).
     hrefs = max(1, line.lower().count("href"))
-    return octets + (hrefs * longest + PIXEL_LINE_ROOM) * width <= MAX_LINE
+    return octets + (extra + hrefs * longest + PIXEL_LINE_ROOM) * width <= MAX_LINE
 
 
 def render_chunks(

@@ -236,3 +236,24 @@ def test_unclosed_link_tags_cost_no_more_than_their_length(unit: str) -> None:
     clicklinks.own_links(prepared, clicklinks.own_prefix(PUBLIC))
     clicklinks.plan(prepared, raw, public_url=PUBLIC, restore={}, track=True)
     assert time.perf_counter() - started < 2.0
+
+
+@pytest.mark.parametrize("length", [700, 1200])
+def test_an_address_put_back_never_makes_a_line_over_998_octets(length: int) -> None:
+    """A reply (7bit, one line) quotes a link of ours that stood for a long address (the first
+    copy had it in a quoted-printable part, where any length fits). Put back, it made the
+    pixel's line of a 7bit copy 1,849 octets (1,200) or 1,349 (700, the pixel not wrapped as
+    the line was measured before). An address that cannot fit stays our link, as one the
+    store cannot say does (it still leads there)."""
+    token = mint_token(KEY)
+    original = "https://shop.example/offer?" + "q" * length
+    ours = click_url(PUBLIC, token, 0, click_tag(KEY, token, 0, original))
+    html = f'<html><body><p>Earlier: <a href="{ours}">the offer</a></p></body></html>'
+    raw = mail(html, "7bit")
+    prepared = rewrite.prepare(raw, own_pixel_prefix=f"{PUBLIC}/p/")
+    found = clicklinks.own_links(prepared, clicklinks.own_prefix(PUBLIC))
+    plain, clicked, _ = copies(raw, {clicklinks.restore_keys(found)[0]: original})
+    for copy in (plain, clicked):
+        assert max(len(line.rstrip(b"\r")) for line in copy.split(b"\n")) <= 998
+    (text,) = html_texts(plain)
+    assert (original in text) == (length < 900) and len(PIXEL_RE.findall(text)) == 1
