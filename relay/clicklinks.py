@@ -273,7 +273,9 @@ def _cut(
         ):
             new = links.setdefault(url, len(links))
         elif restored:
-            value = _html.escape(url, quote=True)
+            # A character the part's charset cannot carry (one the sender wrote as a
+            # reference, "&#x4F8B;") goes back as a reference, read as the same address.
+            value = _html.escape(url, quote=True).encode(codec, "xmlcharrefreplace").decode(codec)
             if group == 3:  # an unquoted value gets quotes it may need
                 value = f'"{value}"'
             extra = grown.get(line, 0) + len(value) - (end - start)

@@ -257,3 +257,21 @@ def test_an_address_put_back_never_makes_a_line_over_998_octets(length: int) -> 
         assert max(len(line.rstrip(b"\r")) for line in copy.split(b"\n")) <= 998
     (text,) = html_texts(plain)
     assert (original in text) == (length < 900) and len(PIXEL_RE.findall(text)) == 1
+
+
+def test_an_address_put_back_goes_as_references_where_the_charset_lacks_a_character() -> None:
+    """An address written with a character reference (`&#x4F8B;`) is recorded as the browser
+    reads it ("例"); put back into a part read byte for byte as Latin-1 it raised
+    UnicodeEncodeError while the copy was rendered (clicks off: the reply's copy). It goes
+    back as a reference, which the browser reads as the same address."""
+    _, _, links = copies(mail('<p><a href="https://a.example/&#x4F8B;">x</a></p>', "8bit"))
+    assert links == ("https://a.example/\u4f8b",)
+    token = mint_token(KEY)
+    ours = click_url(PUBLIC, token, 0, click_tag(KEY, token, 0, links[0]))
+    raw = mail(f'<p>Re: <a href="{ours}">x</a></p>', "quoted-printable")
+    prepared = rewrite.prepare(raw, own_pixel_prefix=f"{PUBLIC}/p/")
+    found = clicklinks.own_links(prepared, clicklinks.own_prefix(PUBLIC))
+    plain, _, _ = copies(raw, {clicklinks.restore_keys(found)[0]: links[0]})
+    (text,) = html_texts(plain)
+    assert 'href="https://a.example/&#20363;"' in text
+    assert clicklinks.attribute_unescape("https://a.example/&#20363;") == links[0]
