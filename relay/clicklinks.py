@@ -259,7 +259,9 @@ def _cut(
             continue
         group = next(i for i, g in enumerate(href.groups(), 1) if g is not None)
         start, end = m.start() + href.start(group), m.start() + href.end(group)
-        line = text.rfind("\n", 0, start) + 1
+        # Only a part without a transfer encoding has its lines measured (each within 998
+        # octets there, so the search back is short).
+        line = text.rfind("\n", 0, start) + 1 if unencoded else 0
         url = _value(href)
         key = _own_key(url, prefix)
         new: str | int = text[start:end]
