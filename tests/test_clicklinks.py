@@ -11,6 +11,8 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pixelserver.tokens import click_tag, click_url, mint_token
 from relay import clicklinks, rewrite
@@ -275,3 +277,50 @@ def test_an_address_put_back_goes_as_references_where_the_charset_lacks_a_charac
     (text,) = html_texts(plain)
     assert 'href="https://a.example/&#20363;"' in text
     assert clicklinks.attribute_unescape("https://a.example/&#20363;") == links[0]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    words=st.lists(
+        st.sampled_from(["x" * 40, "\u3042" * 20, "\u00e9" * 30, " ", "<p>", "LINK", "OURS"]),
+        max_size=120,
+    ),
+    charset=st.sampled_from(["utf-8", "iso-2022-jp", "shift_jis"]),
+    eol=st.sampled_from(["\r\n", "\n"]),
+    cte=st.sampled_from(["7bit", "8bit"]),
+    put_back=st.integers(min_value=10, max_value=1500),
+    track=st.booleans(),
+)
+def test_no_copy_of_an_unencoded_part_has_a_line_over_998_octets(
+    words: list[str], charset: str, eol: str, cte: str, put_back: int, track: bool
+) -> None:
+    """Lines of every length in multibyte charsets, links to rewrite and links of ours whose
+    addresses are put back, with clicks on and off: no line of a copy passes 998 octets
+    unless the original had one."""
+    token = mint_token(KEY)
+    original = "https://a.example/?" + "q" * put_back
+    ours = click_url(PUBLIC, token, 0, click_tag(KEY, token, 0, original))
+    html = "".join(words).replace("LINK", '<a href="https://b.example/">b</a>')
+    html = html.replace("OURS", f'<a href="{ours}">o</a>')
+    lines = [html[i : i + 320] for i in range(0, len(html), 320)] or [""]
+    text = eol.join(["<html><body>", *lines, "</body></html>"]) + eol
+    body = text.encode(charset, "xmlcharrefreplace")
+    if cte == "7bit" and charset == "utf-8":
+        body = body.decode("utf-8").encode("ascii", "xmlcharrefreplace")
+    head = (
+        f"From: a@example.com{eol}To: b@example.org{eol}Subject: t{eol}MIME-Version: 1.0{eol}"
+        f"Content-Type: text/html; charset={charset}{eol}Content-Transfer-Encoding: {cte}{eol}{eol}"
+    )
+    raw = head.encode() + body
+    limit = max(998, max(len(line.rstrip(b"\r")) for line in raw.split(b"\n")))
+    prepared = rewrite.prepare(raw, own_pixel_prefix=f"{PUBLIC}/p/")
+    found = clicklinks.own_links(prepared, clicklinks.own_prefix(PUBLIC))
+    restore = {k: original for k in clicklinks.restore_keys(found)}
+    plan = clicklinks.plan(prepared, raw, public_url=PUBLIC, restore=restore, track=track)
+    pixel = f"{PUBLIC}/p/{token}.gif"
+    copy = b"".join(
+        clicklinks.render_chunks(
+            plan, pixel, lambda n: click_url(PUBLIC, token, n, click_tag(KEY, token, n, "x"))
+        )
+    )
+    assert max(len(line.rstrip(b"\r")) for line in copy.split(b"\n")) <= limit
