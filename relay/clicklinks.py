@@ -110,12 +110,22 @@ def own_links(prepared: Prepared, prefix: str) -> list[tuple[str, int, str]]:
     return found
 
 
+UNCLOSED_A = 8  # unclosed <a tags tried before the rest of a text is taken for one
+
+
 def _a_tags(text: str) -> Iterator[re.Match[str]]:
-    """The <a> tags of `text`, up to one that is never closed: a browser reads everything
-    after that as its attributes, so no link follows it. (Trying again at every later `<a`,
-    each try scanning to the end, made 5 MB of unclosed tags cost hours.)"""
-    pos = 0
-    while (m := _A_RE.search(text, pos)) is not None and m.group(1) is not None:
+    """The <a> tags of `text`. One that is not closed (no ">", or a quote never closed) is
+    skipped and the search goes on after its "<a", as before; after UNCLOSED_A of them the
+    rest of the text is no tag (a browser reads all after an unclosed tag as that tag): each
+    try scans to the end, and trying every one made 5 MB of unclosed tags cost hours."""
+    pos, unclosed = 0, 0
+    while (m := _A_RE.search(text, pos)) is not None:
+        if m.group(1) is None:
+            unclosed += 1
+            if unclosed >= UNCLOSED_A:
+                return
+            pos = m.start() + 2
+            continue
         yield m
         pos = m.end()
 

@@ -324,3 +324,11 @@ def test_no_copy_of_an_unencoded_part_has_a_line_over_998_octets(
         )
     )
     assert max(len(line.rstrip(b"\r")) for line in copy.split(b"\n")) <= limit
+
+
+def test_a_link_after_a_stray_unclosed_tag_is_still_found() -> None:
+    """`x<a 5" tall` in text is a tag a browser closes at the next ">" (a quote in a name is
+    no quote); read with quotes it never closes. The links after it are still links."""
+    html = '<p>if x<a 5" tall</p><p><a href="https://b.example/">b</a></p>'
+    _, _, links = copies(mail(html, "quoted-printable"))
+    assert links == ("https://b.example/",)
