@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import html as _html
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -43,7 +43,8 @@ HEADER = "X-MailPing-Clicks"  # "off": no click tracking for this message (remov
 MAX_URL = 8000
 TAG_LEN = 12
 _ATTRS = r"""(?:[^>"']|"[^"]*"|'[^']*')*"""
-_A_RE = re.compile(rf"<a\b{_ATTRS}>", re.I)
+# An <a> tag, its attributes scanned once (possessive): group 1 is None when no ">" closes it.
+_A_RE = re.compile(r"""<a\b(?:[^>"']++|"[^"]*+"|'[^']*+')*+(>)?""", re.I)
 # An unquoted value runs to white space or ">" (as browsers read it, "=" and quotes included).
 _HREF_RE = re.compile(r"""[\s"'/]href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
 _CLOSE_A_RE = re.compile(r"</a\s*>", re.I)
@@ -98,7 +99,7 @@ def own_links(prepared: Prepared, prefix: str) -> list[tuple[str, int, str]]:
         for text in (slot.before, slot.after):
             if prefix.split("//", 1)[-1].lower() not in text.lower():
                 continue
-            for m in _A_RE.finditer(text):
+            for m in _a_tags(text):
                 href = _HREF_RE.search(m.group(0), 2)
                 if href is None:
                     continue
@@ -107,6 +108,26 @@ def own_links(prepared: Prepared, prefix: str) -> list[tuple[str, int, str]]:
                     token, n, tag = key.split("/")
                     found.append((token, int(n), tag))
     return found
+
+
+UNCLOSED_A = 8  # unclosed <a tags tried before the rest of a text is taken for one
+
+
+def _a_tags(text: str) -> Iterator[re.Match[str]]:
+    """The <a> tags of `text`. One that is not closed (no ">", or a quote never closed) is
+    skipped and the search goes on after its "<a", as before; after UNCLOSED_A of them the
+    rest of the text is no tag (a browser reads all after an unclosed tag as that tag): each
+    try scans to the end, and trying every one made 5 MB of unclosed tags cost hours."""
+    pos, unclosed = 0, 0
+    while (m := _A_RE.search(text, pos)) is not None:
+        if m.group(1) is None:
+            unclosed += 1
+            if unclosed >= UNCLOSED_A:
+                return
+            pos = m.start() + 2
+            continue
+        yield m
+        pos = m.end()
 
 
 def _slots(prepared: Prepared) -> list[HtmlSlot]:
@@ -202,11 +223,16 @@ def plan(
                     links=links,
                     unencoded=piece.cte in UNENCODED,
                     longest=longest,
+                    codec=piece.codec,
                 )
             )
         before, after = parts
         if all(isinstance(p, str) for p in (*before, *after)):
-            pieces.append(replace(piece, before="".join(before), after="".join(after)))  # type: ignore[arg-type]
+            text_before, text_after = "".join(before), "".join(after)  # type: ignore[arg-type]
+            line_len = piece.line_len
+            if piece.cte in UNENCODED:  # addresses put back may have grown the pixel's line
+                line_len = sum(line_around(text_before, text_after, piece.codec))
+            pieces.append(replace(piece, before=text_before, after=text_after, line_len=line_len))
         else:
             pieces.append(
                 ClickSlot(
@@ -228,6 +254,7 @@ def _cut(
     links: dict[str, int],
     unencoded: bool,
     longest: int,
+    codec: str,
 ) -> list[str | int]:
     """`text` as pieces: strings, and link numbers where an href value is to be rewritten."""
     if "<a" not in text.lower():
@@ -235,29 +262,41 @@ def _cut(
     out: list[str | int] = []
     pos = 0
     public = _SCHEME_RE.sub("", public_url.rstrip("/")).lower()
-    for m in _A_RE.finditer(text):
+    grown: dict[int, int] = {}  # line start -> characters added there by addresses put back
+    for m in _a_tags(text):
         href = _HREF_RE.search(m.group(0), 2)
         if href is None:
             continue
         group = next(i for i, g in enumerate(href.groups(), 1) if g is not None)
         start, end = m.start() + href.start(group), m.start() + href.end(group)
+        # Only a part without a transfer encoding has its lines measured (each within 998
+        # octets there, so the search back is short).
+        line = text.rfind("\n", 0, start) + 1 if unencoded else 0
         url = _value(href)
         key = _own_key(url, prefix)
-        if key is not None and key in restore:
-            url = restore[key]
-            new: str | int = _html.escape(url, quote=True)
-        else:
-            new = text[start:end]
+        new: str | int = text[start:end]
+        restored = key is not None and key in restore
+        if restored:
+            url = restore[key]  # type: ignore[index]
         if (
             track
             and _rewritable(url, public, unsubscribe, _anchor_text(text, m.end()))
-            and (not unencoded or _fits(text, start, end, longest))
+            and (not unencoded or _fits(text, start, end, longest, codec, grown.get(line, 0)))
         ):
             new = links.setdefault(url, len(links))
+        elif restored:
+            # A character the part's charset cannot carry (one the sender wrote as a
+            # reference, "&#x4F8B;") goes back as a reference, read as the same address.
+            value = _html.escape(url, quote=True).encode(codec, "xmlcharrefreplace").decode(codec)
+            if group == 3:  # an unquoted value gets quotes it may need
+                value = f'"{value}"'
+            extra = grown.get(line, 0) + len(value) - (end - start)
+            # Put back where it keeps the line within 998 octets; else it stays our link,
+            # which still leads there (as one the store cannot say does).
+            if not unencoded or _fits(text, start, end, longest, codec, extra):
+                new, grown[line] = value, extra
         if isinstance(new, str) and new == text[start:end]:
             continue
-        if group == 3 and isinstance(new, str):  # an unquoted value gets quotes it may need
-            new = f'"{new}"'
         out += [text[pos:start], new]
         pos = end
     out.append(text[pos:])
@@ -292,19 +331,26 @@ def _rewritable(url: str, public: str, unsubscribe: frozenset[str], anchor: str)
     return not (url in unsubscribe or _UNSUBSCRIBE_RE.search(url) or _UNSUBSCRIBE_RE.search(anchor))
 
 
-def _fits(text: str, start: int, end: int, longest: int) -> bool:
+def _fits(
+    text: str, start: int, end: int, longest: int, codec: str = "latin-1", extra: int = 0
+) -> bool:
     """Whether the line holding text[start:end] stays within 998 octets (RFC 5322 2.1.1) with
     the href replaced by the longest link we write and room for the pixel, for parts sent
     without a transfer encoding (others are re-wrapped by their encoding). The pixel needs only
     the ends of its wrapped form: each copy's slot measures its grown line again and wraps the
-    pixel when the whole would not fit."""
-    line_start = max(text.rfind("\n", 0, start), text.rfind("\r", 0, start)) + 1
+    pixel when the whole would not fit. Counted in octets of the part's charset (`codec`:
+    a kana is two in ISO-2022-JP, whose text is decoded); only LF ends a line (a lone CR is
+    one more octet of it, as the upstream counts). `extra`: characters addresses put back
+    add to the line."""
+    line_start = text.rfind("\n", 0, start) + 1
     nl = text.find("\n", end)
     line_end = len(text) if nl < 0 else nl
     line = text[line_start:line_end]
+    octets = len(line) if codec == "latin-1" else len(line.encode(codec))
+    width = 1 if codec == "latin-1" else len("aa".encode(codec)) - len("a".encode(codec))
     # Every link on the line may grow to `longest` (counted without their old values).
     hrefs = max(1, line.lower().count("href"))
-    return len(line) + hrefs * longest + PIXEL_LINE_ROOM <= MAX_LINE
+    return octets + (extra + hrefs * longest + PIXEL_LINE_ROOM) * width <= MAX_LINE
 
 
 def render_chunks(

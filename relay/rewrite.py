@@ -400,8 +400,13 @@ def remove_own_pixels(html: str, prefix: str) -> str:
         return html
     own = _SCHEME_RE.sub("", prefix).lower()
 
-    def is_own(url: str) -> bool:
-        url = _SCHEME_RE.sub("", _html.unescape(url).strip())
+    def is_own(url: str, proxied: bool = True) -> bool:
+        url = _html.unescape(url).strip()
+        if proxied and "#" in url:
+            # An image proxy's address naming ours after "#" (Gmail's googleusercontent.com,
+            # which a forward written in Gmail quotes): fetching it fetches ours.
+            return is_own(url.partition("#")[2], proxied=False)
+        url = _SCHEME_RE.sub("", url)
         return url.lower().startswith(own) and _OWN_TOKEN_RE.fullmatch(url[len(own) :]) is not None
 
     def own_src(tag: str) -> bool:
@@ -419,10 +424,16 @@ def remove_own_pixels(html: str, prefix: str) -> str:
         return "" if own_src(m.group(0)) else m.group(0)
 
     def empty_background(m: re.Match[str]) -> str:
-        return "" if is_own(next(g for g in m.groups() if g is not None)) else m.group(0)
+        if not is_own(next(g for g in m.groups() if g is not None)):
+            return m.group(0)
+        lead = m.group(0)[0]  # a quote closing the value before stays: `style="x"background=`
+        return lead if lead in "\"'" else ""
 
     def empty_css(m: re.Match[str]) -> str:
-        return "none" if is_own(_html.unescape(m.group(2)).strip().strip("'\"")) else m.group(0)
+        value = _html.unescape(m.group(1)).strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        return "none" if is_own(value) else m.group(0)
 
     html = _CELL_RE.sub(drop_cell, html)
     html = _WORD_IMG_RE.sub(drop_word, html)
@@ -448,7 +459,9 @@ _WORD_IMG_RE = re.compile(r"<!--\[if mso\]>\s*(<img\b[^<>]*>)\s*<!\[endif\]-->",
 _BACKGROUND_RE = re.compile(
     r"""[\s"'/]background\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""", re.I
 )
-_CSS_URL_RE = re.compile(r"""url\(\s*(["']?)([^"'()]*)\1\s*\)""", re.I)
+# Everything between the parentheses, unquoted in `empty_css`: one scan to the next
+# parenthesis (white space and quotes matched apart backtracked cubically on `url(` + spaces).
+_CSS_URL_RE = re.compile(r"url\(([^()]*)\)", re.I)
 
 
 _ATTRS = r"""(?:[^>"']|"[^"]*"|'[^']*')*"""
@@ -665,7 +678,7 @@ PIXEL_LINE_ROOM = max(max(ends) for ends in _WRAPPED_ENDS.values())
 
 def line_around(before: str, after: str, codec: str) -> tuple[int, int]:
     """Octets of the line the pixel lands in between `before` and `after`: (ahead, behind)."""
-    line_start = max(before.rfind("\n"), before.rfind("\r")) + 1
+    line_start = before.rfind("\n") + 1  # a lone CR ends no line (RFC 5322 2.1.1)
     nl = after.find("\n")
     head = len(before[line_start:].encode(codec))
     tail = len((after if nl < 0 else after[:nl]).rstrip("\r").encode(codec))

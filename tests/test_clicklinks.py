@@ -11,6 +11,8 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pixelserver.tokens import click_tag, click_url, mint_token
 from relay import clicklinks, rewrite
@@ -188,3 +190,145 @@ def test_links_on_the_pixels_long_line_keep_it_within_998_octets(filler: int) ->
     assert len(PIXEL_RE.findall(text)) == 1 and len(OWN.findall(text)) == 3
     wrapped = "<table\n" in text.replace("\r", "")
     assert wrapped if filler else not wrapped  # on one line where it fits
+
+
+def test_iso_2022_jp_lines_are_measured_in_octets_not_characters() -> None:
+    """A 7bit ISO-2022-JP line of 981 octets holds 498 characters (each kana two octets):
+    counted in characters it seemed to leave room for a link of ours, and the copy had a
+    line of 1,034 octets (RFC 5322 2.1.1 allows 998)."""
+    html = (
+        "<html><body>\n<p>" + "\u3042" * 470 + '<a href="http://a.jp/">x</a></p>\n</body></html>\n'
+    )
+    body = html.encode("iso2022_jp")
+    assert max(len(line) for line in body.split(b"\n")) <= 998
+    raw = (
+        b"From: a@example.com\nTo: b@example.org\nSubject: t\nMIME-Version: 1.0\n"
+        b"Content-Type: text/html; charset=iso-2022-jp\nContent-Transfer-Encoding: 7bit\n\n"
+    ) + body
+    _, clicked, _ = copies(raw)
+    assert max(len(line.rstrip(b"\r")) for line in clicked.split(b"\n")) <= 998
+
+
+def test_a_lone_cr_before_a_link_is_no_line_break_for_the_998_octet_limit() -> None:
+    html = (
+        "<html><body>\n<p>"
+        + "x" * 940
+        + '\r<a href="https://a.example/p">t</a></p>\n</body></html>\n'
+    )
+    raw = (
+        b"From: a@example.com\nTo: b@example.org\nSubject: t\nMIME-Version: 1.0\n"
+        b"Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: 7bit\n\n"
+    ) + html.encode()  # as sent: EmailMessage would turn the lone CR into a line break
+    assert max(len(line.rstrip(b"\r")) for line in raw.split(b"\n")) <= 998
+    _, clicked, _ = copies(raw)
+    assert max(len(line.rstrip(b"\r")) for line in clicked.split(b"\n")) <= 998
+
+
+@pytest.mark.parametrize("unit", ["<a ", '<a "'])
+def test_unclosed_link_tags_cost_no_more_than_their_length(unit: str) -> None:
+    """10,000 `<a ` never closed, after 5 MB of text: each was scanned to the end of the
+    document again (quadratic: 6 s here, hours for 5 MB of them). A browser reads all after
+    an unclosed tag as that tag, so there are no links after it to rewrite."""
+    import time
+
+    html = "<html><body>" + "<p>x</p>" * 600_000 + unit * 10_000
+    raw = mail(html, "quoted-printable")
+    started = time.perf_counter()
+    prepared = rewrite.prepare(raw, own_pixel_prefix=f"{PUBLIC}/p/")
+    clicklinks.own_links(prepared, clicklinks.own_prefix(PUBLIC))
+    clicklinks.plan(prepared, raw, public_url=PUBLIC, restore={}, track=True)
+    assert time.perf_counter() - started < 2.0
+
+
+@pytest.mark.parametrize("length", [700, 1200])
+def test_an_address_put_back_never_makes_a_line_over_998_octets(length: int) -> None:
+    """A reply (7bit, one line) quotes a link of ours that stood for a long address (the first
+    copy had it in a quoted-printable part, where any length fits). Put back, it made the
+    pixel's line of a 7bit copy 1,849 octets (1,200) or 1,349 (700, the pixel not wrapped as
+    the line was measured before). An address that cannot fit stays our link, as one the
+    store cannot say does (it still leads there)."""
+    token = mint_token(KEY)
+    original = "https://shop.example/offer?" + "q" * length
+    ours = click_url(PUBLIC, token, 0, click_tag(KEY, token, 0, original))
+    html = f'<html><body><p>Earlier: <a href="{ours}">the offer</a></p></body></html>'
+    raw = mail(html, "7bit")
+    prepared = rewrite.prepare(raw, own_pixel_prefix=f"{PUBLIC}/p/")
+    found = clicklinks.own_links(prepared, clicklinks.own_prefix(PUBLIC))
+    plain, clicked, _ = copies(raw, {clicklinks.restore_keys(found)[0]: original})
+    for copy in (plain, clicked):
+        assert max(len(line.rstrip(b"\r")) for line in copy.split(b"\n")) <= 998
+    (text,) = html_texts(plain)
+    assert (original in text) == (length < 900) and len(PIXEL_RE.findall(text)) == 1
+
+
+def test_an_address_put_back_goes_as_references_where_the_charset_lacks_a_character() -> None:
+    """An address written with a character reference (`&#x4F8B;`) is recorded as the browser
+    reads it ("例"); put back into a part read byte for byte as Latin-1 it raised
+    UnicodeEncodeError while the copy was rendered (clicks off: the reply's copy). It goes
+    back as a reference, which the browser reads as the same address."""
+    _, _, links = copies(mail('<p><a href="https://a.example/&#x4F8B;">x</a></p>', "8bit"))
+    assert links == ("https://a.example/\u4f8b",)
+    token = mint_token(KEY)
+    ours = click_url(PUBLIC, token, 0, click_tag(KEY, token, 0, links[0]))
+    raw = mail(f'<p>Re: <a href="{ours}">x</a></p>', "quoted-printable")
+    prepared = rewrite.prepare(raw, own_pixel_prefix=f"{PUBLIC}/p/")
+    found = clicklinks.own_links(prepared, clicklinks.own_prefix(PUBLIC))
+    plain, _, _ = copies(raw, {clicklinks.restore_keys(found)[0]: links[0]})
+    (text,) = html_texts(plain)
+    assert 'href="https://a.example/&#20363;"' in text
+    assert clicklinks.attribute_unescape("https://a.example/&#20363;") == links[0]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    words=st.lists(
+        st.sampled_from(["x" * 40, "\u3042" * 20, "\u00e9" * 30, " ", "<p>", "LINK", "OURS"]),
+        max_size=120,
+    ),
+    charset=st.sampled_from(["utf-8", "iso-2022-jp", "shift_jis"]),
+    eol=st.sampled_from(["\r\n", "\n"]),
+    cte=st.sampled_from(["7bit", "8bit"]),
+    put_back=st.integers(min_value=10, max_value=1500),
+    track=st.booleans(),
+)
+def test_no_copy_of_an_unencoded_part_has_a_line_over_998_octets(
+    words: list[str], charset: str, eol: str, cte: str, put_back: int, track: bool
+) -> None:
+    """Lines of every length in multibyte charsets, links to rewrite and links of ours whose
+    addresses are put back, with clicks on and off: no line of a copy passes 998 octets
+    unless the original had one."""
+    token = mint_token(KEY)
+    original = "https://a.example/?" + "q" * put_back
+    ours = click_url(PUBLIC, token, 0, click_tag(KEY, token, 0, original))
+    html = "".join(words).replace("LINK", '<a href="https://b.example/">b</a>')
+    html = html.replace("OURS", f'<a href="{ours}">o</a>')
+    lines = [html[i : i + 320] for i in range(0, len(html), 320)] or [""]
+    text = eol.join(["<html><body>", *lines, "</body></html>"]) + eol
+    body = text.encode(charset, "xmlcharrefreplace")
+    if cte == "7bit" and charset == "utf-8":
+        body = body.decode("utf-8").encode("ascii", "xmlcharrefreplace")
+    head = (
+        f"From: a@example.com{eol}To: b@example.org{eol}Subject: t{eol}MIME-Version: 1.0{eol}"
+        f"Content-Type: text/html; charset={charset}{eol}Content-Transfer-Encoding: {cte}{eol}{eol}"
+    )
+    raw = head.encode() + body
+    limit = max(998, max(len(line.rstrip(b"\r")) for line in raw.split(b"\n")))
+    prepared = rewrite.prepare(raw, own_pixel_prefix=f"{PUBLIC}/p/")
+    found = clicklinks.own_links(prepared, clicklinks.own_prefix(PUBLIC))
+    restore = {k: original for k in clicklinks.restore_keys(found)}
+    plan = clicklinks.plan(prepared, raw, public_url=PUBLIC, restore=restore, track=track)
+    pixel = f"{PUBLIC}/p/{token}.gif"
+    copy = b"".join(
+        clicklinks.render_chunks(
+            plan, pixel, lambda n: click_url(PUBLIC, token, n, click_tag(KEY, token, n, "x"))
+        )
+    )
+    assert max(len(line.rstrip(b"\r")) for line in copy.split(b"\n")) <= limit
+
+
+def test_a_link_after_a_stray_unclosed_tag_is_still_found() -> None:
+    """`x<a 5" tall` in text is a tag a browser closes at the next ">" (a quote in a name is
+    no quote); read with quotes it never closes. The links after it are still links."""
+    html = '<p>if x<a 5" tall</p><p><a href="https://b.example/">b</a></p>'
+    _, _, links = copies(mail(html, "quoted-printable"))
+    assert links == ("https://b.example/",)
