@@ -33,6 +33,11 @@ NOT_RECORDED = Counter(
     "Pixels answered but not recorded: over the per-token or per-network limit",
     ["limit"],
 )
+CLICKS_NOT_RECORDED = Counter(
+    "mailping_clicks_not_recorded_total",
+    "Clicks redirected but not recorded: over the per-copy or per-network limit",
+    ["limit"],
+)
 FORGED_TOKENS = Counter(
     "mailping_pixel_forged_tokens_total",
     "Pixels answered but not recorded: the token's tag does not check (random or forged)",

@@ -32,8 +32,9 @@ from pixelserver.config import (
     parse_listen,
     parse_networks,
 )
-from pixelserver.hits import HitPipeline, Journal, Judge, RecordLimits
+from pixelserver.hits import HitPipeline, Journal, Judge
 from pixelserver.pixel import PixelFrontEnd
+from pixelserver.recordlimits import RecordLimits
 from pixelserver.store import retention
 from pixelserver.store.appsecrets import app_secret, has_untagged_tokens, token_key
 from pixelserver.store.mailboxes import MailboxRefresher

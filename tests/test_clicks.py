@@ -15,8 +15,9 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
+from pixelserver.recordlimits import RecordLimits
 from pixelserver.store import erasure
 from pixelserver.store.clickrecords import Click, ClickLink
 from pixelserver.store.clickreports import clicks_by_delivery
@@ -475,3 +476,33 @@ async def test_a_persons_first_click_per_link_is_told_apart(store) -> None:
         "https://a.example/",
         "https://b.example/",
     }
+
+
+async def test_a_link_clicked_in_a_flood_is_recorded_only_up_to_its_limit(clicks_stack) -> None:
+    """Anyone holding a copy's link can request it without end: every request is redirected,
+    but past the per-copy limit of the pixel (a burst of 60, then 2 a second) a click is not
+    stored, so a flood fills neither the store, the report nor the export. Another copy's
+    click, in the middle of it, is stored."""
+    cfg, store, upstream = clicks_stack
+    base = cfg.pixelserver.public_url
+    flooded, other = await send(cfg, upstream, message(), ["ana@example.org", "bob@example.net"])
+    await backdate(store, 3600)
+    link = click_links(html_of(flooded), base)[0]
+    answers = [await click(link, "73.15.20.9") for _ in range(150)]
+    assert {a.code for a in answers} == {302} and {a.headers["Location"] for a in answers} == {
+        LINKS["shop"]
+    }
+    assert (await click(click_links(html_of(other), base)[0], "98.4.1.7")).code == 302
+    async with store() as s:
+        counts = dict(
+            (
+                await s.execute(
+                    select(Delivery.recipient, func.count(Click.id))
+                    .join(Click, Click.delivery_id == Delivery.id)
+                    .group_by(Delivery.recipient)
+                )
+            ).all()
+        )
+    limits = RecordLimits()
+    assert counts.get("bob@example.net") == 1
+    assert limits.token_burst <= counts["ana@example.org"] < limits.token_burst + 20, counts

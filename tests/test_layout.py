@@ -26,6 +26,7 @@ LAYERS = {
     "oauthcode": 1,  # users' OAuth 2.0 grants: needs only the settings
     "verdicts": 1,
     "metrics": 2,
+    "recordlimits": 2,  # how often a copy or a network is recorded, for pixel and links
     "store": 2,
     "web": 3,
     "hits": 4,

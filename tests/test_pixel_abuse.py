@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from tornado.httpclient import AsyncHTTPClient
 
-from pixelserver.hits import RecordLimits
+from pixelserver.recordlimits import RecordLimits
 from pixelserver.store.messages import NewDelivery, add_message
 from pixelserver.store.schema import Hit
 from relay import tracking

@@ -20,6 +20,7 @@ from pixelserver.config import (
     parse_networks,
 )
 from pixelserver.metrics import MetricsHandler
+from pixelserver.recordlimits import RecordLimits
 from pixelserver.tokens import pixel_url
 from pixelserver.verdicts.networks import DataSource, Network, Networks, client_ip, mask
 from pixelserver.web.api import (
@@ -114,7 +115,16 @@ def make_app(
             (
                 CLICK_ROUTE,
                 ClickHandler,
-                {**pages, "networks": networks, "click_lock": asyncio.Lock()},
+                {
+                    **pages,
+                    "networks": networks,
+                    "click_lock": asyncio.Lock(),
+                    # Buckets of their own: a flood on a link takes nothing from the pixel's.
+                    "click_limits": RecordLimits(
+                        token_burst=config.record_burst_per_token,
+                        network_burst=config.record_burst_per_network,
+                    ),
+                },
             ),
             (r"/export\.csv", ExportPage, pages),
             (r"/messages/([0-9]{1,18})", MessagePage, pages),

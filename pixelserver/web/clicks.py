@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixelserver import metrics
+from pixelserver.recordlimits import RecordLimits
 from pixelserver.store import clickrecords
 from pixelserver.store.appsecrets import token_key
 from pixelserver.tokens import CLICK_PATH, click_tag, tag_ok
@@ -61,6 +62,7 @@ class ClickHandler(tornado.web.RequestHandler):
         trusted_proxies: Sequence[Network],
         networks: Networks | None,
         click_lock: asyncio.Lock,
+        click_limits: RecordLimits,
         **_: object,
     ) -> None:
         # The app's click transactions, one at a time: clicks are few, and judged together
@@ -69,6 +71,7 @@ class ClickHandler(tornado.web.RequestHandler):
         self.sessions = sessions
         self.trusted_proxies = trusted_proxies
         self.networks = networks
+        self.limits = click_limits
 
     def set_default_headers(self) -> None:
         # No Server header (the recipient's tools need not learn the product), never cached
@@ -96,8 +99,8 @@ class ClickHandler(tornado.web.RequestHandler):
                 expected = click_tag(key, token, n, target.url) if target else ""
                 if target is None or not hmac.compare_digest(expected, tag):
                     return self._page(404, NOT_FOUND)
-                if self.networks is not None:
-                    await clickrecords.add_click(session, target, self._new_click(n))
+                if self.networks is not None and (new := self._new_click(token, n)) is not None:
+                    await clickrecords.add_click(session, target, new)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("a click could not be looked up: %s", exc)
             return self._page(503, UNAVAILABLE)
@@ -106,10 +109,15 @@ class ClickHandler(tornado.web.RequestHandler):
         self.set_header("Location", location(target.url))
         self.finish()
 
-    def _new_click(self, n: int) -> clickrecords.NewClick:
+    def _new_click(self, token: str, n: int) -> clickrecords.NewClick | None:
+        """The click to store; None past the copy's or the network's limit (a flood on one
+        link is redirected as always, but stored only up to the limit)."""
         assert self.networks is not None
         ip = client_ip(self.request.remote_ip or "", self.request.headers, self.trusted_proxies)
         prefix, lists = self.networks.at_edge(ip)
+        if (over := self.limits.drop(token, prefix, lists)) is not None:
+            metrics.CLICKS_NOT_RECORDED.labels(over).inc()
+            return None
         return clickrecords.NewClick(
             n=n,
             at=dt.datetime.now(dt.UTC),
