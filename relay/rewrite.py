@@ -47,7 +47,7 @@ PIXEL_TAG_WRAPPED = (
 )
 # The pixel as the background of a 1x1 table cell, for HTML parts that have no image of their
 # own and under 3,200 bytes of HTML: there any <img> costs the copy SpamAssassin's
-# HTML_IMAGE_ONLY_xx (0.6 to 2.8 points by length, docs/deliverability.md), which a background
+# HTML_IMAGE_ONLY_xx (0.6 to 2.8 points by length, docs/clicks.md), which a background
 # does not. The cell carries both the `background` attribute and the CSS (Gmail, Yahoo,
 # Outlook.com and Apple Mail load one of them, through their proxies too); desktop Outlook on
 # Windows renders with Word, which shows no cell backgrounds, so it gets the <img> in a
