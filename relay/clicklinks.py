@@ -36,7 +36,6 @@ from relay.rewrite import (
     Chunks,
     HtmlSlot,
     Prepared,
-    line_around,
 )
 
 HEADER = "X-MailPing-Clicks"  # "off": no click tracking for this message (removed on the way)
@@ -169,12 +168,8 @@ class ClickSlot(HtmlSlot):
         def fill(parts: tuple[str | int, ...]) -> str:
             return "".join(p if isinstance(p, str) else link_url(p) for p in parts)
 
-        before, after = fill(self.before_parts), fill(self.after_parts)
-        line_len = self.line_len
-        if self.cte in UNENCODED:  # the links grew the pixel's line: measure it again
-            line_len = sum(line_around(before, after, self.codec))
         base = HtmlSlot(**_slot_fields(self))
-        return replace(base, before=before, after=after, line_len=line_len).encode(url)
+        return base.with_text(fill(self.before_parts), fill(self.after_parts)).encode(url)
 
 
 def _slot_fields(slot: HtmlSlot) -> dict:
@@ -228,11 +223,7 @@ def plan(
             )
         before, after = parts
         if all(isinstance(p, str) for p in (*before, *after)):
-            text_before, text_after = "".join(before), "".join(after)  # type: ignore[arg-type]
-            line_len = piece.line_len
-            if piece.cte in UNENCODED:  # addresses put back may have grown the pixel's line
-                line_len = sum(line_around(text_before, text_after, piece.codec))
-            pieces.append(replace(piece, before=text_before, after=text_after, line_len=line_len))
+            pieces.append(piece.with_text("".join(before), "".join(after)))  # type: ignore[arg-type]
         else:
             pieces.append(
                 ClickSlot(

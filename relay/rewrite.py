@@ -191,6 +191,14 @@ class HtmlSlot:
         fixed.append(data[pos:])
         return _Template(tuple(fixed), tuple(holes))
 
+    def with_text(self, before: str, after: str) -> HtmlSlot:
+        """This slot around other text (links rewritten or put back), the line the pixel lands
+        in measured again where it is sent unencoded: the text may have grown it."""
+        line_len = self.line_len
+        if self.cte in UNENCODED:
+            line_len = sum(line_around(before, after, self.codec))
+        return replace(self, before=before, after=after, line_len=line_len)
+
     def encode(self, url: str) -> bytes:
         """The body carrying `url`, encoded from the text (the slow way, once per copy)."""
         tag = pixel_markup(url, self.form) if self.pixel else ""
